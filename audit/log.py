@@ -1,0 +1,119 @@
+"""Append-only, hash-chained audit log.
+
+Each entry's hash covers its own fields and the previous entry's hash, so editing,
+deleting or reordering any entry breaks every link after it; ``verify`` names the first.
+Entries are appended inside the caller's transaction, so an audited action and its
+audit entry commit or roll back together. Details hold codes, counts and our own row
+ids, never identifiers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
+
+from core.errors import StoreError
+from core.tables import AuditEntry, AuditHead
+
+GENESIS = "0" * 64
+
+
+class Outcome(StrEnum):
+    SUCCESS = "success"
+    FAILURE = "failure"
+
+
+def _digest(
+    seq: int, at: str, actor: str, action: str, outcome: str, entity: str, detail: str, prev: str
+) -> str:
+    material = json.dumps([seq, at, actor, action, outcome, entity, detail, prev], separators=(",", ":"))
+    return hashlib.sha256(material.encode()).hexdigest()
+
+
+def append(
+    session: Session,
+    *,
+    actor: str,
+    action: str,
+    entity: str,
+    outcome: Outcome = Outcome.SUCCESS,
+    detail: dict[str, Any] | None = None,
+    now: datetime | None = None,
+) -> int:
+    """Append one entry; returns its sequence number. Call last in a transaction: it
+    holds the chain-head lock until commit, serialising appenders."""
+    head = session.execute(select(AuditHead).where(AuditHead.id == 1).with_for_update()).scalar_one_or_none()
+    if head is None:
+        raise StoreError("audit chain head is missing: the database was not migrated")
+    at = (now or datetime.now(UTC)).isoformat(timespec="microseconds")
+    detail_json = json.dumps(detail or {}, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    seq = head.seq + 1
+    digest = _digest(seq, at, actor, action, str(outcome), entity, detail_json, head.hash)
+    session.add(
+        AuditEntry(
+            seq=seq,
+            at=at,
+            actor=actor,
+            action=action,
+            outcome=str(outcome),
+            entity=entity,
+            detail=detail_json,
+            prev_hash=head.hash,
+            hash=digest,
+        )
+    )
+    head.seq, head.hash = seq, digest
+    return seq
+
+
+@dataclass(frozen=True)
+class ChainReport:
+    entries: int
+    first_broken: int | None  # sequence number of the first entry that fails
+    reason: str | None
+
+    @property
+    def ok(self) -> bool:
+        return self.first_broken is None
+
+
+def verify(engine: Engine, *, batch: int = 5000) -> ChainReport:
+    """Walk the whole chain; stops at the first broken link."""
+    prev, expected_seq, count = GENESIS, 1, 0
+    with Session(engine) as session:
+        head = session.get(AuditHead, 1)
+        last_seq = 0
+        while True:
+            rows = (
+                session.execute(
+                    select(AuditEntry).where(AuditEntry.seq > last_seq).order_by(AuditEntry.seq).limit(batch)
+                )
+                .scalars()
+                .all()
+            )
+            if not rows:
+                break
+            for e in rows:
+                if e.seq != expected_seq:
+                    return ChainReport(count, expected_seq, f"entry {expected_seq} is missing")
+                if e.prev_hash != prev:
+                    return ChainReport(count, e.seq, "previous-hash link does not match")
+                if (
+                    _digest(e.seq, e.at, e.actor, e.action, e.outcome, e.entity, e.detail, e.prev_hash)
+                    != e.hash
+                ):
+                    return ChainReport(count, e.seq, "entry content does not match its hash")
+                prev, expected_seq, count, last_seq = e.hash, e.seq + 1, count + 1, e.seq
+            session.expunge_all()
+        if head is not None and (head.seq != count or head.hash != prev):
+            return ChainReport(
+                count, count + 1, "chain is shorter than its recorded head (entries removed at the end)"
+            )
+    return ChainReport(count, None, None)

@@ -1,0 +1,50 @@
+"""What a connector needs from the rest of the system, defined by the connector (consumer).
+
+A listener depends only on these protocols; the database-backed inbox (connectors.inbox)
+and the in-memory sinks of tests both satisfy them structurally.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from connectors.hl7.header import MessageHeader
+
+
+@dataclass(frozen=True)
+class InboundMessage:
+    raw: bytes  # exactly as received (MLLP frame payload), never re-encoded
+    header: MessageHeader
+    charset: str  # Python codec that decodes ``raw`` (see connectors.hl7.charset)
+    repaired: bool  # the codec differs from what MSH-18 (or the default) declared
+    source: str  # "mllp", later "file", ...
+    peer: str  # "127.0.0.1:54321"
+    received_at: datetime  # UTC, aware
+
+
+@dataclass(frozen=True)
+class Receipt:
+    inbox_id: int
+    duplicate: bool  # a resend of a message already stored (same sender and control id)
+
+
+@dataclass(frozen=True)
+class Rejected:
+    raw: bytes  # what was received (for oversized frames: the first max_frame_bytes)
+    source: str
+    peer: str
+    reason: str  # short, never contains data values
+    code: str  # stable machine key, e.g. "bad-header", "oversized"
+    received_at: datetime
+
+
+class MessageSink(Protocol):
+    def commit(self, message: InboundMessage) -> Receipt:
+        """Store durably; return only once stored. Raises on failure. Blocking."""
+        ...
+
+    def quarantine(self, item: Rejected) -> int:
+        """Store a rejected input durably and return its quarantine id. Blocking."""
+        ...

@@ -1,0 +1,110 @@
+"""One typed settings object for the whole sidecar.
+
+Sources, highest priority first: keyword overrides (CLI flags), environment variables
+``SIDECAR_*``, the TOML file named by ``SIDECAR_CONFIG`` (or passed explicitly), defaults.
+Every field is documented in ``docs/configuration.md``; keep both in step.
+Settings are built once in ``sidecar/`` and passed down, never read from a module global.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, SecretStr
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SIDECAR_", extra="forbid", frozen=True)
+
+    data_dir: Path = Field(
+        Path("./sidecar-data"), description="Where the embedded database, secret and logs live."
+    )
+    database_url: str | None = Field(
+        None,
+        description="SQLAlchemy URL; e.g. postgresql+psycopg://user@127.0.0.1:5432/db. "
+        "Unset: SQLite (WAL) at <data_dir>/sidecar.db.",
+    )
+    broker_url: str | None = Field(
+        None,
+        description="RabbitMQ AMQP URL (amqp://guest:guest@127.0.0.1:5672//). Set: the pipeline runs as "
+        "Celery tasks and events go to RabbitMQ. Unset: embedded in-process pipeline and event bus.",
+    )
+    events_url: str | None = Field(
+        None, description="AMQP URL for the event exchange; defaults to broker_url."
+    )
+    events_exchange: str = Field(
+        "sidecar.events", description="Topic exchange the outbox relay publishes to."
+    )
+
+    mllp_host: str = Field("127.0.0.1", description="Address the MLLP listener binds to.")
+    mllp_port: int = Field(2575, ge=0, le=65535, description="MLLP listener port (0: any free port).")
+    mllp_max_frame_bytes: int = Field(1_048_576, gt=0, description="Largest accepted MLLP frame.")
+    mllp_idle_timeout_s: float = Field(300.0, gt=0, description="Close a connection idle this long.")
+    mllp_max_connections: int = Field(64, gt=0, description="Concurrent MLLP connections accepted.")
+
+    secret_file: Path | None = Field(
+        None,
+        description="File holding the pseudonym secret. Default <data_dir>/secret.key, created on first "
+        "run with mode 0600. The secret is never stored in the database.",
+    )
+    secret: SecretStr | None = Field(None, description="The pseudonym secret itself (overrides secret_file).")
+    date_shift_max_days: int = Field(30, ge=1, le=3650, description="Per-patient date shift range ±N days.")
+    site_timezone: str = Field("UTC", description="IANA zone for HL7 times that carry no offset.")
+
+    summary_coalesce_s: float = Field(
+        2.0, ge=0, description="Summary triggers for one patient within this window become one job."
+    )
+    relay_batch_size: int = Field(500, gt=0, description="Outbox rows published per relay round.")
+    relay_interval_s: float = Field(0.2, gt=0, description="Relay and job poll interval when idle.")
+    pipeline_max_attempts: int = Field(
+        5, ge=1, description="Transient-failure retries before dead-lettering."
+    )
+    log_level: str = Field("INFO", description="Python log level of the JSON-lines logs.")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get("SIDECAR_CONFIG")
+        if config_file:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
+        return tuple(sources)
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'sidecar.db').resolve()}"
+
+    @property
+    def effective_events_url(self) -> str | None:
+        return self.events_url or self.broker_url
+
+    @property
+    def effective_secret_file(self) -> Path:
+        return self.secret_file or self.data_dir / "secret.key"
+
+    @property
+    def embedded(self) -> bool:
+        """True when no broker is configured: pipeline, events and sandbox run in-process."""
+        return self.broker_url is None
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build the settings once; ``overrides`` (from CLI flags) win over everything else."""
+    if config_file is not None:
+        os.environ["SIDECAR_CONFIG"] = str(config_file)
+    clean = {k: v for k, v in overrides.items() if v is not None}
+    return Settings(**clean)

@@ -1,0 +1,104 @@
+"""The de-identified resource store: versioned upsert plus outbox, in the caller's transaction.
+
+Shared by the pipeline (worker) and the sandbox, so it lives in core. Callers must hand
+in resources that are already de-identified; nothing here can tell.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from core.events import ChangeKind, resource_event, resource_routing_key
+from core.tables import OutboxEvent, Resource, ResourceHistory
+
+
+@dataclass(frozen=True)
+class StoredChange:
+    resource_type: str
+    resource_id: str
+    version: int
+    change: ChangeKind | None  # None: identical content, nothing new stored or published
+
+    @property
+    def reference(self) -> str:
+        return f"{self.resource_type}/{self.resource_id}"
+
+
+def canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def content_hash(resource: dict[str, Any]) -> str:
+    # meta is ours (version, timestamp): comparing without it makes a replay of the same
+    # message a no-op instead of a new version.
+    content = {k: v for k, v in resource.items() if k != "meta"}
+    return hashlib.sha256(canonical_json(content).encode()).hexdigest()
+
+
+def put_resource(
+    session: Session, resource: dict[str, Any], *, patient: str | None, origin: str, now: datetime
+) -> StoredChange:
+    rtype, rid = resource["resourceType"], resource["id"]
+    digest = content_hash(resource)
+    head = session.execute(
+        select(Resource).where(Resource.resource_type == rtype, Resource.resource_id == rid).with_for_update()
+    ).scalar_one_or_none()
+    if head is not None and head.content_hash == digest:
+        return StoredChange(rtype, rid, head.version, None)
+
+    version = 1 if head is None else head.version + 1
+    change = ChangeKind.CREATED if head is None else ChangeKind.UPDATED
+    meta = dict(resource.get("meta") or {})
+    meta.update(versionId=str(version), lastUpdated=now.isoformat())
+    stored = {**resource, "meta": meta}
+    body = canonical_json(stored)
+    if head is None:
+        session.add(
+            Resource(
+                resource_type=rtype,
+                resource_id=rid,
+                version=version,
+                patient=patient,
+                body=body,
+                content_hash=digest,
+                updated_at=now,
+            )
+        )
+    else:
+        head.version, head.patient, head.body, head.content_hash, head.updated_at = (
+            version,
+            patient,
+            body,
+            digest,
+            now,
+        )
+    session.add(
+        ResourceHistory(
+            resource_type=rtype, resource_id=rid, version=version, body=body, origin=origin, recorded_at=now
+        )
+    )
+    event = resource_event(stored, change, patient=patient, time=now)
+    add_outbox(session, event, resource_routing_key(rtype, change), now=now)
+    return StoredChange(rtype, rid, version, change)
+
+
+def add_outbox(session: Session, event: dict[str, Any], routing_key: str, *, now: datetime) -> None:
+    session.add(
+        OutboxEvent(event_id=event["id"], routing_key=routing_key, body=canonical_json(event), created_at=now)
+    )
+
+
+def resources_of_patient(session: Session, patient: str) -> list[dict[str, Any]]:
+    rows = session.execute(
+        select(Resource.body)
+        .where(Resource.patient == patient)
+        .order_by(Resource.resource_type, Resource.resource_id)
+    ).scalars()
+    return [json.loads(body) for body in rows]

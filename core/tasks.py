@@ -1,0 +1,41 @@
+"""Celery application factory and the task names both zones agree on.
+
+Tasks are sent by name, so the identified-zone worker can queue a summary job without
+importing the sandbox, and the sandbox never imports the worker.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+from kombu import Queue  # type: ignore[attr-defined]
+
+from core.settings import Settings
+
+PIPELINE_TASK = "sidecar.pipeline.process"
+SUMMARY_TASK = "sidecar.sandbox.summarize"
+PIPELINE_QUEUE = "sidecar.pipeline"
+SANDBOX_QUEUE = "sidecar.sandbox"
+
+
+def make_celery(settings: Settings, name: str) -> Celery:
+    if not settings.broker_url:
+        raise ValueError("Celery needs SIDECAR_BROKER_URL")
+    app = Celery(name, broker=settings.broker_url)
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,
+        # The message is acknowledged to RabbitMQ only after the task finished, so a
+        # worker killed mid-task leaves it queued for another.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_default_queue=PIPELINE_QUEUE,
+        task_queues=[Queue(PIPELINE_QUEUE, durable=True), Queue(SANDBOX_QUEUE, durable=True)],  # type: ignore[no-untyped-call]
+        task_routes={PIPELINE_TASK: {"queue": PIPELINE_QUEUE}, SUMMARY_TASK: {"queue": SANDBOX_QUEUE}},
+        broker_transport_options={"confirm_publish": True},
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+    )
+    return app

@@ -1,0 +1,104 @@
+"""How a known identifying value is recognised in text; shared by the scrubber and the leak check.
+
+Both sides must agree on what counts as an occurrence, otherwise the leak check would
+flag text the scrubber rightly left alone (a name "Ann" inside "Annual"), or the scrubber
+would leave what the leak check is looking for.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Iterator, Mapping
+
+from core.errors import DeidError
+
+from .policy import PHI_KINDS
+
+# Letters and digits of alphabetic scripts: a value that starts or ends with one of these
+# must not continue into a neighbouring one. CJK is deliberately not in here: Chinese
+# text has no spaces, so "患者王芳入院" must still match "王芳".
+_WORD_CHAR = r"[0-9A-Za-z\u00C0-\u024F\u0370-\u03FF\u0400-\u04FF]"
+_WORD_CHAR_RE = re.compile(_WORD_CHAR)
+
+_WIDE_RANGES = (
+    (0x3040, 0x30FF),  # kana
+    (0x3400, 0x4DBF),  # CJK extension A
+    (0x4E00, 0x9FFF),  # CJK unified ideographs
+    (0xAC00, 0xD7AF),  # hangul syllables
+    (0xF900, 0xFAFF),  # CJK compatibility ideographs
+    (0x20000, 0x2FFFF),  # CJK extensions B and later
+)
+
+_NAME_SPLIT = re.compile(r"[\s^,;]+")
+_DIGITS = re.compile(r"\d")
+
+
+def normalise_text(text: str) -> str:
+    """NFKC, so full-width digits and letters compare equal to their ASCII forms."""
+    return unicodedata.normalize("NFKC", text)
+
+
+def _is_wide(char: str) -> bool:
+    code = ord(char)
+    return any(lo <= code <= hi for lo, hi in _WIDE_RANGES)
+
+
+def significance(value: str) -> int:
+    """Length, with a CJK character counted as two.
+
+    A two-character Chinese name is as specific as a five-letter Latin one; counting
+    characters alone would skip most Chinese given names.
+    """
+    return sum(2 if _is_wide(c) else 1 for c in value)
+
+
+def digit_count(value: str) -> int:
+    return len(_DIGITS.findall(value))
+
+
+def longest_digit_run(value: str) -> int:
+    return max((len(run) for run in re.findall(r"\d+", value)), default=0)
+
+
+def variants(phi_values: Mapping[str, str]) -> Iterator[tuple[str, str]]:
+    """(normalised value, kind) for each phi value, plus the parts of multi-part names.
+
+    Free text says "Mr Smith" more often than "John Smith", so each part of a name is
+    looked for on its own as well. Raises DeidError for a kind the policy does not know.
+    """
+    seen: set[tuple[str, str]] = set()
+    for raw, kind in phi_values.items():
+        if kind not in PHI_KINDS:
+            # The kind is not echoed: a mapper that swapped value and kind would leak here.
+            raise DeidError("phi_values holds a kind outside PHI_KINDS")
+        value = " ".join(normalise_text(raw).split())
+        candidates = [value]
+        if kind == "NAME":
+            candidates += [part for part in _NAME_SPLIT.split(value) if part]
+        for candidate in candidates:
+            if candidate and (candidate.casefold(), kind) not in seen:
+                seen.add((candidate.casefold(), kind))
+                yield candidate, kind
+
+
+def value_pattern(value: str, *, bound_digits: bool) -> re.Pattern[str]:
+    """A case-insensitive pattern for ``value`` with flexible inner whitespace.
+
+    An edge that is a letter of an alphabetic script may not continue into another such
+    character. An edge that is a digit may not continue into another digit only if
+    ``bound_digits``: the scrubber over-matches digits on purpose (a zero-padded MRN is
+    still the MRN), the leak check does not (an MRN "4711" is not leaked by a code "14711").
+    """
+    body = r"\s+".join(re.escape(part) for part in value.split())
+    first, last = value[0], value[-1]
+    prefix = suffix = ""
+    if first.isdigit():
+        prefix = r"(?<!\d)" if bound_digits else ""
+    elif _WORD_CHAR_RE.fullmatch(first):
+        prefix = rf"(?<!{_WORD_CHAR})"
+    if last.isdigit():
+        suffix = r"(?!\d)" if bound_digits else ""
+    elif _WORD_CHAR_RE.fullmatch(last):
+        suffix = rf"(?!{_WORD_CHAR})"
+    return re.compile(prefix + body + suffix, re.IGNORECASE)

@@ -1,0 +1,221 @@
+"""What survives de-identification, as data.
+
+Everything here is an allow-list: an element that is not named for its resource type
+(or for the datatype it lives in) is dropped, and a resource type that has no entry in
+``RESOURCES`` is refused. Adding a resource type or an element is a data change here;
+the walker in ``deidentify.py`` does not need to know about it. A later declarative
+policy file is meant to load into these same shapes.
+
+Element types are FHIR datatype names. Primitives fall into four treatments:
+
+* ``KEEP_PRIMITIVES``: kept verbatim (codes, numbers, URIs; they carry no free text),
+* ``TEXT_PRIMITIVES``: free text, scrubbed,
+* ``DATE_PRIMITIVES``: shifted by the patient's offset,
+* ``"Reference"``: rewritten to the pseudonymised id, or dropped.
+
+Every other type name must be a key of ``COMPLEX`` (a datatype or a backbone element,
+the latter named ``Resource.element``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Final
+
+
+@dataclass(frozen=True)
+class Element:
+    type: str
+    many: bool = False
+
+
+def one(type_name: str) -> Element:
+    return Element(type_name)
+
+
+def many(type_name: str) -> Element:
+    return Element(type_name, many=True)
+
+
+# ---- kinds of identifying values the mapper reports, and what replaces them in text ----
+
+PHI_KINDS: Final = frozenset({"NAME", "ID", "DATE", "PHONE", "ADDRESS", "EMAIL"})
+
+# DATE has no placeholder on purpose: a date in text is replaced by its shifted form so
+# that intervals stay readable; "[DATE]" is only the fallback when no shift is possible.
+PLACEHOLDERS: Final = MappingProxyType(
+    {
+        "NAME": "[NAME]",
+        "ID": "[ID]",
+        "PHONE": "[PHONE]",
+        "ADDRESS": "[ADDRESS]",
+        "EMAIL": "[EMAIL]",
+        "DATE": "[DATE]",
+    }
+)
+
+# ---- primitives ----
+
+KEEP_PRIMITIVES: Final = frozenset(
+    {"boolean", "code", "integer", "positiveInt", "unsignedInt", "decimal", "uri", "canonical", "time"}
+)
+TEXT_PRIMITIVES: Final = frozenset({"string", "markdown"})
+DATE_PRIMITIVES: Final = frozenset({"date", "dateTime", "instant"})
+REFERENCE: Final = "Reference"
+
+# ---- identity of a de-identified resource ----
+
+PSEUDONYM_SYSTEM: Final = "urn:sidecar:pseudonym"
+
+# Resource types whose ``identifier`` is replaced by exactly one pseudonym identifier.
+PSEUDONYM_IDENTIFIER_TYPES: Final = frozenset({"Patient"})
+
+# Elements that link a resource to the patient it is about.
+PATIENT_LINKS: Final = ("subject", "patient")
+
+# Added to every output so consumers can assert what they were given.
+# (v3 ObservationValue "PSEUDED": pseudonymised.)
+DEID_SECURITY_LABEL: Final = MappingProxyType(
+    {
+        "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",
+        "code": "PSEUDED",
+        "display": "pseudonymized",
+    }
+)
+
+# ---- complex datatypes and backbone elements ----
+
+_VALUE_X: Final = {
+    "valueQuantity": one("Quantity"),
+    "valueCodeableConcept": one("CodeableConcept"),
+    "valueString": one("string"),
+    "valueBoolean": one("boolean"),
+    "valueInteger": one("integer"),
+    "valueRange": one("Range"),
+    "valueRatio": one("Ratio"),
+    "valueTime": one("time"),
+    "valueDateTime": one("dateTime"),
+    "valuePeriod": one("Period"),
+}
+
+_REFERENCE_RANGE: Final = {
+    "low": one("Quantity"),
+    "high": one("Quantity"),
+    "type": one("CodeableConcept"),
+    "appliesTo": many("CodeableConcept"),
+    "age": one("Range"),
+    "text": one("string"),
+}
+
+COMPLEX: Final = MappingProxyType(
+    {
+        # Coding.version/userSelected are left out until someone needs them.
+        "Coding": {"system": one("uri"), "code": one("code"), "display": one("string")},
+        "CodeableConcept": {"coding": many("Coding"), "text": one("string")},
+        "Period": {"start": one("dateTime"), "end": one("dateTime")},
+        "Quantity": {
+            "value": one("decimal"),
+            "comparator": one("code"),
+            "unit": one("string"),
+            "system": one("uri"),
+            "code": one("code"),
+        },
+        "Range": {"low": one("Quantity"), "high": one("Quantity")},
+        "Ratio": {"numerator": one("Quantity"), "denominator": one("Quantity")},
+        # Annotation.author[x] is a person and Annotation.time is not needed yet.
+        "Annotation": {"text": one("markdown")},
+        # Meta.source often carries the sending system's message id; lastUpdated and
+        # versionId belong to the store that receives the resource.
+        "Meta": {"profile": many("canonical"), "security": many("Coding"), "tag": many("Coding")},
+        "Patient.communication": {"language": one("CodeableConcept")},
+        "Encounter.hospitalization": {
+            "admitSource": one("CodeableConcept"),
+            "dischargeDisposition": one("CodeableConcept"),
+        },
+        "Observation.referenceRange": _REFERENCE_RANGE,
+        "Observation.component": {
+            "code": one("CodeableConcept"),
+            **_VALUE_X,
+            "dataAbsentReason": one("CodeableConcept"),
+            "interpretation": many("CodeableConcept"),
+            "referenceRange": many("Observation.referenceRange"),
+        },
+    }
+)
+
+# ---- resources ----
+# ``resourceType`` and ``id`` are handled by the walker (the id is always replaced), as is
+# ``identifier`` for PSEUDONYM_IDENTIFIER_TYPES.
+
+RESOURCES: Final = MappingProxyType(
+    {
+        "Patient": {
+            "meta": one("Meta"),
+            "gender": one("code"),
+            "birthDate": one("date"),
+            "deceasedBoolean": one("boolean"),
+            "deceasedDateTime": one("dateTime"),
+            "maritalStatus": one("CodeableConcept"),
+            "multipleBirthBoolean": one("boolean"),
+            "communication": many("Patient.communication"),
+        },
+        "Encounter": {
+            "meta": one("Meta"),
+            "status": one("code"),
+            "class": one("Coding"),
+            "type": many("CodeableConcept"),
+            "serviceType": one("CodeableConcept"),
+            "priority": one("CodeableConcept"),
+            "subject": one(REFERENCE),
+            "period": one("Period"),
+            "hospitalization": one("Encounter.hospitalization"),
+            "reasonCode": many("CodeableConcept"),
+        },
+        "Observation": {
+            "meta": one("Meta"),
+            "status": one("code"),
+            "category": many("CodeableConcept"),
+            "code": one("CodeableConcept"),
+            "subject": one(REFERENCE),
+            "encounter": one(REFERENCE),
+            "effectiveDateTime": one("dateTime"),
+            "effectivePeriod": one("Period"),
+            "effectiveInstant": one("instant"),
+            "issued": one("instant"),
+            **_VALUE_X,
+            "dataAbsentReason": one("CodeableConcept"),
+            "interpretation": many("CodeableConcept"),
+            "note": many("Annotation"),
+            "referenceRange": many("Observation.referenceRange"),
+            "method": one("CodeableConcept"),
+            "bodySite": one("CodeableConcept"),
+            "component": many("Observation.component"),
+            "hasMember": many(REFERENCE),
+            "derivedFrom": many(REFERENCE),
+        },
+        "DiagnosticReport": {
+            "meta": one("Meta"),
+            "status": one("code"),
+            "category": many("CodeableConcept"),
+            "code": one("CodeableConcept"),
+            "subject": one(REFERENCE),
+            "encounter": one(REFERENCE),
+            "effectiveDateTime": one("dateTime"),
+            "effectivePeriod": one("Period"),
+            "issued": one("instant"),
+            "result": many(REFERENCE),
+            "conclusion": one("string"),
+            "conclusionCode": many("CodeableConcept"),
+        },
+    }
+)
+
+
+def check_policy() -> None:
+    """Fail loudly if the tables name a type that no treatment covers (run by the tests)."""
+    known = KEEP_PRIMITIVES | TEXT_PRIMITIVES | DATE_PRIMITIVES | {REFERENCE} | set(COMPLEX)
+    for owner, elements in [*RESOURCES.items(), *COMPLEX.items()]:
+        for name, element in elements.items():
+            if element.type not in known:
+                raise ValueError(f"policy: {owner}.{name} has unknown type {element.type}")

@@ -1,0 +1,33 @@
+"""ADT^* (every trigger event): a Patient per PID and an Encounter per PV1 that follows it.
+
+A17 (swap) carries two PID/PV1 pairs; A40 and friends pair each PID with an MRG, which is not
+mapped yet (its old identifier would become a replaced-by link) and so shows as unmapped.
+Other segments (NK1, AL1, DG1, OBX, IN1, ...) are listed in ``unmapped_segments``.
+"""
+
+from __future__ import annotations
+
+from core.errors import MappingError
+from mapping.context import Context, PatientRef
+from mapping.encounter import map_pv1
+from mapping.patient import map_pid
+
+
+def map_adt(ctx: Context) -> None:
+    patient: PatientRef | None = None
+    saw_pid = False
+    for seg in ctx.message.segments[1:]:
+        if seg.name == "PID":
+            saw_pid = True
+            # A bare "PID|1" (seen in real A17 swaps) names nobody: there is no patient to
+            # map and nothing to pseudonymise, so it and its PV1 go to the report instead of
+            # failing the whole message.
+            patient = map_pid(seg, ctx) if seg.has_content() else None
+            if patient is None:
+                ctx.unmapped.append(seg.name)
+        elif seg.name == "PV1" and patient is not None and patient.encounter_id is None and seg.has_content():
+            map_pv1(seg, patient, ctx)
+        else:
+            ctx.skip(seg)
+    if not saw_pid:
+        raise MappingError("no PID segment in an ADT message")

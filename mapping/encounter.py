@@ -1,0 +1,84 @@
+"""PV1 -> Encounter (IG PV1[Encounter]): class, status, visit number, period, subject."""
+
+from __future__ import annotations
+
+from mapping import ids, vocab
+from mapping.context import Context, PatientRef
+from mapping.hl7.datatypes import Json, authority, clean_code, cx_identifier, resource
+from mapping.hl7.dtm import to_date_time
+from mapping.hl7.parse import Segment
+
+
+def _class(pv1: Segment) -> Json:
+    code = pv1.value(2).upper()
+    known = vocab.PATIENT_CLASS.get(code)
+    if known is None and code:
+        # Not in HL7 table 0004: keep the sender's code without claiming a code system.
+        return {"code": clean_code(pv1.value(2))}
+    system, fhir_code, display = known or vocab.UNKNOWN_CLASS
+    return {"system": system, "code": fhir_code, "display": display}
+
+
+def encounter_status(pv1: Segment, trigger: str) -> str:
+    """The trigger event when it fixes the status, else PV1-45 (discharged -> finished), else
+    the patient class (IG PatientClass[EncounterStatus]), else in-progress."""
+    by_event = vocab.EVENT_ENCOUNTER_STATUS.get(trigger)
+    if by_event:
+        return by_event
+    if pv1.value(45):
+        return "finished"
+    return vocab.PATIENT_CLASS_STATUS.get(pv1.value(2).upper(), "in-progress")
+
+
+def _identifiers(pv1: Segment, ctx: Context) -> list[Json]:
+    found = []
+    visit = cx_identifier(pv1.first(19), ctx.zone)
+    if visit is not None:
+        visit["type"] = {
+            "coding": [{"system": vocab.V2_0203, "code": "VN"}],
+            "text": "visit number",
+        }
+        found.append(visit)
+    for cx in pv1.repetitions(50):  # alternate visit id
+        alternate = cx_identifier(cx, ctx.zone)
+        if alternate is not None and alternate not in found:
+            found.append(alternate)
+    return found
+
+
+def _encounter_id(pv1: Segment, patient: PatientRef, ctx: Context) -> str:
+    key = (patient.key.authority, patient.key.value)
+    visit = pv1.first(19)
+    if visit.get(1):
+        return ids.resource_id("Encounter", *key, "visit", authority(visit), visit.get(1))
+    admitted = pv1.value(44)
+    if admitted:
+        return ids.resource_id("Encounter", *key, "admit", admitted)
+    return ids.resource_id("Encounter", ctx.basis, *key)
+
+
+def map_pv1(pv1: Segment, patient: PatientRef, ctx: Context) -> None:
+    """Add the Encounter for ``pv1`` and remember it on ``patient``; a bare ``PV1|1`` maps nothing."""
+    if not pv1.has_content():
+        return
+    encounter_id = _encounter_id(pv1, patient, ctx)
+    if ctx.taken("Encounter", encounter_id):
+        patient.encounter_id = encounter_id
+        return
+    period = {
+        "start": to_date_time(pv1.value(44), ctx.zone),
+        "end": to_date_time(pv1.value(45), ctx.zone),
+    }
+    encounter = resource(
+        "Encounter",
+        encounter_id,
+        {
+            "identifier": _identifiers(pv1, ctx),
+            "status": encounter_status(pv1, ctx.trigger),
+            "class": _class(pv1),
+            "subject": patient.subject,
+            "period": {k: v for k, v in period.items() if v},
+        },
+    )
+    ctx.add(encounter)
+    patient.encounter_id = encounter_id

@@ -1,0 +1,257 @@
+"""HL7 v2 composite data types to FHIR data types, after the IG's datatype maps.
+
+Every function returns ``None`` (or an empty list) instead of an element without content, so
+callers never emit ``{}``/``[]``/``""``. Components are read 1-based, as the IG names them.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from mapping import vocab
+from mapping.hl7.dtm import to_date_time
+from mapping.hl7.parse import Composite
+
+Json = dict[str, Any]
+
+_OID = re.compile(r"[0-2](\.(0|[1-9]\d*))+")
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+_WHITESPACE = re.compile(r"\s+")
+
+
+def clean_code(text: str) -> str:
+    """FHIR ``code`` forbids leading/trailing and repeated whitespace."""
+    return _WHITESPACE.sub(" ", text).strip()
+
+
+def prune(element: Json) -> Json | None:
+    """Drop empty members; None when nothing is left."""
+    kept = {k: v for k, v in element.items() if v not in (None, "", [], {})}
+    return kept or None
+
+
+def resource(resource_type: str, resource_id: str, members: Json) -> Json:
+    """A resource dict with its empty members dropped."""
+    return {"resourceType": resource_type, "id": resource_id, **(prune(members) or {})}
+
+
+# -- identifiers --------------------------------------------------------------------------
+
+
+def hd_system(namespace: str, universal: str, universal_type: str) -> str | None:
+    """An Identifier.system from an assigning authority (HD, or EI.2-4), after HD[uri].
+
+    A registered universal id wins (urn:oid / urn:uuid / the URI itself); a bare namespace id is
+    kept as ``urn:id:<namespace>`` so identifiers from different authorities never merge.
+    """
+    kind = universal_type.upper()
+    if universal:
+        if kind == "ISO" and _OID.fullmatch(universal):
+            return f"urn:oid:{universal}"
+        if kind == "UUID" and _UUID.fullmatch(universal):
+            return f"urn:uuid:{universal.lower()}"
+        if kind in ("URI", "URL") and ":" in universal:
+            return universal
+    if namespace:
+        return vocab.local_system(namespace)
+    if universal:
+        return vocab.local_system(universal)
+    return None
+
+
+def authority(cx: Composite) -> str:
+    """The assigning authority of a CX as a plain key: CX.4.1 namespace, else CX.4.2 universal id."""
+    return cx.get(4, 1) or cx.get(4, 2)
+
+
+def identifier_type(code: str, text: str = "") -> Json | None:
+    code = clean_code(code)
+    if not code:
+        return {"text": text} if text else None
+    if vocab.is_identifier_type(code):
+        return {"coding": [{"system": vocab.V2_0203, "code": code}]}
+    # A local type code is not a v2-0203 code; keep it readable without claiming the system.
+    return {"text": code}
+
+
+def cx_identifier(cx: Composite, default_zone: ZoneInfo) -> Json | None:
+    """CX -> Identifier (IG CX[Identifier])."""
+    value = cx.get(1)
+    if not value:
+        return None
+    period = prune(
+        {
+            "start": to_date_time(cx.get(7), default_zone),
+            "end": to_date_time(cx.get(8), default_zone),
+        }
+    )
+    assigner = cx.get(4, 1) or cx.get(4, 2)
+    return prune(
+        {
+            "type": identifier_type(cx.get(5)),
+            "system": hd_system(cx.get(4, 1), cx.get(4, 2), cx.get(4, 3)),
+            "value": value,
+            "period": period,
+            "assigner": {"display": assigner} if assigner else None,
+        }
+    )
+
+
+def ei_identifier(ei: Composite, type_code: str) -> Json | None:
+    """EI -> Identifier (IG EI[Identifier-Extension]) with a fixed v2-0203 type (PLAC, FILL...)."""
+    value = ei.get(1)
+    if not value:
+        return None
+    return prune(
+        {
+            "type": {"coding": [{"system": vocab.V2_0203, "code": type_code}]},
+            "system": hd_system(ei.get(2), ei.get(3), ei.get(4)),
+            "value": value,
+        }
+    )
+
+
+# -- names, addresses, telecom ------------------------------------------------------------
+
+
+def xpn_name(xpn: Composite, default_zone: ZoneInfo) -> Json | None:
+    """XPN -> HumanName (IG XPN[HumanName]). XPN.3 stays one given name: it may be "Mary Anne"."""
+    given = [g for g in (xpn.get(2), xpn.get(3)) if g]
+    suffix = [s for s in (xpn.get(4), xpn.get(6), xpn.get(14)) if s]
+    period = prune(
+        {
+            "start": to_date_time(xpn.get(12), default_zone),
+            "end": to_date_time(xpn.get(13), default_zone),
+        }
+    )
+    name = prune(
+        {
+            "family": xpn.get(1, 1),
+            "given": given,
+            "prefix": [xpn.get(5)] if xpn.get(5) else None,
+            "suffix": suffix,
+            "period": period,
+        }
+    )
+    if name is None or not ({"family", "given"} & name.keys()):
+        return None
+    use = vocab.NAME_USE.get(xpn.get(7).upper())
+    if use:
+        name["use"] = use
+    return name
+
+
+def xad_address(xad: Composite, default_zone: ZoneInfo) -> Json | None:
+    """XAD -> Address (IG XAD[Address], SAD[Address])."""
+    lines = [line for line in (xad.get(1, 1), xad.get(1, 2), xad.get(1, 3), xad.get(2)) if line]
+    # SAD.2/SAD.3 (street name, house number) usually repeat what SAD.1 already says.
+    if xad.get(1, 1):
+        lines = [xad.get(1, 1), *[line for line in lines[1:] if line not in xad.get(1, 1)]]
+    period = prune(
+        {
+            "start": to_date_time(xad.get(13), default_zone),
+            "end": to_date_time(xad.get(14), default_zone),
+        }
+    )
+    address = prune(
+        {
+            "line": lines,
+            "city": xad.get(3),
+            "district": xad.get(9),
+            "state": xad.get(4),
+            "postalCode": xad.get(5),
+            "country": xad.get(6),
+            "period": period,
+        }
+    )
+    if address is None:
+        return None
+    kind = xad.get(7).upper()
+    if kind in vocab.ADDRESS_USE:
+        address["use"] = vocab.ADDRESS_USE[kind]
+    elif kind in vocab.ADDRESS_TYPE:
+        address["type"] = vocab.ADDRESS_TYPE[kind]
+    return address
+
+
+def xtn_number(xtn: Composite) -> str:
+    """The telephone number text of an XTN (IG XTN[ContactPoint] .value rules for phones)."""
+    if xtn.get(12):
+        return xtn.get(12)
+    country, area, local, ext = xtn.get(5), xtn.get(6), xtn.get(7), xtn.get(8)
+    if local:
+        number = " ".join(p for p in (f"+{country}" if country else "", area, local) if p)
+        return f"{number} X{ext}" if ext else number
+    return xtn.get(1)
+
+
+def xtn_contact(xtn: Composite, default_use: str | None) -> Json | None:
+    """XTN -> ContactPoint. ``default_use`` applies when XTN.2 is empty (PID-13 home, PID-14 work)."""
+    equipment = xtn.get(3).upper()
+    address = xtn.get(4)
+    number = xtn_number(xtn)
+    system = vocab.TELECOM_SYSTEM.get(equipment)
+    if system == "email" or (not number and address):
+        system, value = "email", address or (number if "@" in number else "")
+    else:
+        value = number
+        if system is None:
+            # The IG would say data-absent "unknown"; a ContactPoint with a value needs a system,
+            # and a number sent without an equipment type is a phone number in practice.
+            system = "email" if "@" in value else "phone"
+    if not value:
+        return None
+    use_code = xtn.get(2).upper()
+    use = vocab.TELECOM_USE.get(use_code)
+    if equipment == vocab.MOBILE_EQUIPMENT:
+        use = "mobile"
+    elif use is None and not use_code:
+        use = default_use
+    return prune({"system": system, "value": value, "use": use})
+
+
+# -- codes ----------------------------------------------------------------------------------
+
+
+def _coding(code: str, display: str, system_name: str, version: str) -> Json | None:
+    code = clean_code(code)
+    if not code:
+        return None
+    return prune(
+        {
+            "system": vocab.coding_system(system_name),
+            "version": version,
+            "code": code,
+            "display": display,
+        }
+    )
+
+
+def cwe_concept(cwe: Composite) -> Json | None:
+    """CWE/CE/CNE -> CodeableConcept (IG CWE[CodeableConcept]): up to three codings + text."""
+    codings = [
+        c
+        for c in (
+            _coding(cwe.get(1), cwe.get(2), cwe.get(3), cwe.get(7)),
+            _coding(cwe.get(4), cwe.get(5), cwe.get(6), cwe.get(8)),
+            _coding(cwe.get(10), cwe.get(11), cwe.get(12), cwe.get(13)),
+        )
+        if c is not None
+    ]
+    text = cwe.get(9)
+    if not text and not codings:
+        # Text without a code ("^Body Height") is still a concept a reader can use.
+        text = cwe.get(2) or cwe.get(5)
+    return prune({"coding": codings, "text": text})
+
+
+def data_absent_concept() -> Json:
+    """A required CodeableConcept the sender left empty (OBR-4, OBX-3)."""
+    return {"coding": [{"system": vocab.DATA_ABSENT_REASON, "code": "unknown", "display": "Unknown"}]}
+
+
+def code_key(cwe: Composite) -> str:
+    """The part of a coded element that identifies the concept, for deterministic ids."""
+    return "^".join((clean_code(cwe.get(1)), cwe.get(3))) if cwe.get(1) else cwe.get(2)

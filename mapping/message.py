@@ -1,0 +1,97 @@
+"""``map_message``: tokenize, dispatch on MSH-9, validate, and turn every failure into a
+MappingError whose reason names segments and fields but never a data value."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+from core.errors import MappingError, UnsupportedMessage
+from core.fhir import FhirValidationError, validate_resource
+from mapping import ids, phi
+from mapping.adt import map_adt
+from mapping.context import Context
+from mapping.hl7.dtm import zone
+from mapping.hl7.parse import Message, parse
+from mapping.model import MappedMessage, MappingOptions
+from mapping.oru import RESULT_TRIGGERS, map_oru
+
+_DEFAULT_OPTIONS = MappingOptions()
+_MESSAGE_TYPE = re.compile(r"[A-Z0-9]{3}(\^[A-Z0-9]{1,4})?")
+
+
+def _mapper(code: str, trigger: str) -> Callable[[Context], None] | None:
+    if code == "ADT":
+        return map_adt
+    if code == "ORU" and trigger in RESULT_TRIGGERS:
+        return map_oru
+    return None
+
+
+def _map(text: str, options: MappingOptions) -> MappedMessage:
+    if not isinstance(text, str):
+        raise MappingError("input must be decoded text (str), not bytes")
+    message: Message = parse(text)
+    msh = message.msh
+    code, trigger = msh.value(9, 1).upper(), msh.value(9, 2).upper()
+    message_type = f"{code}^{trigger}" if trigger else code
+    if not code:
+        raise MappingError("MSH-9 message type missing")
+    mapper = _mapper(code, trigger)
+    if mapper is None:
+        if not _MESSAGE_TYPE.fullmatch(message_type):
+            # A shifted or garbled MSH could put anything here; a reason must not quote data.
+            raise MappingError("MSH-9 is not a message type code")
+        raise UnsupportedMessage(f"unsupported message type {message_type}")
+
+    control_id = msh.value(10)
+    sender = "\x1f".join((msh.raw(3), msh.raw(4)))
+    ctx = Context(
+        message=message,
+        zone=zone(options.default_timezone),
+        basis=ids.message_basis(sender, control_id, message.text),
+        trigger=trigger,
+    )
+    mapper(ctx)
+    for resource in ctx.resources:
+        validate_resource(resource)
+    return MappedMessage(
+        message_type=message_type,
+        control_id=control_id,
+        resources=ctx.resources,
+        patient_keys=ctx.patient_keys,
+        phi_values=phi.collect(message),
+        unmapped_segments=tuple(ctx.unmapped),
+    )
+
+
+def _where(exc: BaseException) -> str:
+    """The innermost frame of this package: where a bug is, without any value from the data."""
+    tb = exc.__traceback__
+    location = "?"
+    while tb is not None:
+        frame = tb.tb_frame
+        if frame.f_globals.get("__name__", "").startswith("mapping"):
+            location = f"{frame.f_globals['__name__']}:{tb.tb_lineno}"
+        tb = tb.tb_next
+    return location
+
+
+def map_message(text: str, options: MappingOptions = _DEFAULT_OPTIONS) -> MappedMessage:
+    """Map the decoded text of one HL7 v2 message to FHIR R4 resources.
+
+    Raises UnsupportedMessage for message types without a map, and MappingError for anything
+    else that stops the mapping; no other exception type leaves this function.
+    """
+    try:
+        return _map(text, options)
+    except MappingError:
+        raise
+    except FhirValidationError as exc:
+        raise MappingError(str(exc)) from exc  # its reason names paths only, by design
+    except Exception as exc:
+        # A bug, not bad input. The original message could quote the data (a ValueError
+        # repeating a value), so it is neither chained nor left as context (hence the raise
+        # below, outside this block); the reason says where it happened instead.
+        reason = f"internal mapping error {type(exc).__name__} at {_where(exc)}"
+    raise MappingError(reason)

@@ -1,0 +1,203 @@
+"""OBX -> Observation (IG OBX[Observation]): code, value by OBX-2, range, flags, status, time."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from collections.abc import Callable
+
+from mapping import vocab
+from mapping.context import Context, PatientRef
+from mapping.hl7.datatypes import Json, cwe_concept, data_absent_concept, prune, resource
+from mapping.hl7.dtm import to_date_time, to_time
+from mapping.hl7.numeric import nm_value, parse_number, reference_range, sn_value
+from mapping.hl7.parse import Composite, Segment
+
+# The IG's URL for an R5 Observation.valueAttachment carried in R4 (OBX-5 of type ED or RP).
+ATTACHMENT_EXTENSION = "https://hl7.org/fhir/5.0/StructureDefinition/extension-Observation.valueAttachment"
+
+_MIME_BY_SUBTYPE = {
+    "PDF": "application/pdf",
+    "RTF": "application/rtf",
+    "XML": "application/xml",
+    "HTML": "text/html",
+    "PLAIN": "text/plain",
+    "TEXT": "text/plain",
+    "JPEG": "image/jpeg",
+    "JPG": "image/jpeg",
+    "PNG": "image/png",
+    "GIF": "image/gif",
+    "TIFF": "image/tiff",
+    "TIF": "image/tiff",
+    "DICOM": "application/dicom",
+    "OCTET-STREAM": "application/octet-stream",
+}
+_WHITESPACE = re.compile(r"\s+")
+TEXT_TYPES = frozenset({"ST", "TX", "FT"})
+CODED_TYPES = frozenset({"CE", "CWE", "CNE", "CF", "IS"})
+
+
+def _attachment(data_type: str, subtype: str, encoding: str, data: str, url: str) -> Json | None:
+    content_type = _MIME_BY_SUBTYPE.get(subtype.upper())
+    if content_type is None and data_type.upper() in ("TEXT", "TX"):
+        content_type = "text/plain"
+    payload: str | None = None
+    kind = encoding.upper()
+    try:
+        if kind == "BASE64":
+            payload = _WHITESPACE.sub("", data)
+            base64.b64decode(payload, validate=True)
+        elif kind == "A":
+            payload = base64.b64encode(data.encode("utf-8")).decode("ascii")
+        elif kind == "HEX":
+            payload = base64.b64encode(bytes.fromhex(data)).decode("ascii")
+    except (ValueError, binascii.Error):
+        payload = None  # undecodable data is dropped rather than passed on as garbage
+    attachment = prune({"contentType": content_type, "data": payload or None, "url": url})
+    if attachment is None or not ({"data", "url"} & attachment.keys()):
+        return None
+    return {"extension": [{"url": ATTACHMENT_EXTENSION, "valueAttachment": attachment}]}
+
+
+def _ed_value(ed: Composite) -> Json:
+    found = _attachment(ed.get(2), ed.get(3), ed.get(4), ed.get(5), "")
+    return found or {}
+
+
+def _rp_value(rp: Composite) -> Json:
+    pointer = rp.get(1)
+    url = pointer if ":" in pointer and not _WHITESPACE.search(pointer) else ""
+    return _attachment(rp.get(3), rp.get(4), "", "", url) or ({"valueString": pointer} if pointer else {})
+
+
+def _date_time_value(first: Composite, ctx: Context) -> Json:
+    converted = to_date_time(first.get(1), ctx.zone)
+    if converted:
+        return {"valueDateTime": converted}
+    return {"valueString": first.joined()} if first.joined() else {}
+
+
+def _time_value(first: Composite, _ctx: Context) -> Json:
+    converted = to_time(first.get(1))
+    if converted:
+        return {"valueTime": converted}
+    return {"valueString": first.joined()} if first.joined() else {}
+
+
+def _range_value(first: Composite, _ctx: Context) -> Json:
+    low, high = parse_number(first.get(1)), parse_number(first.get(2))
+    found = prune(
+        {
+            "low": {"value": low} if low is not None else None,
+            "high": {"value": high} if high is not None else None,
+        }
+    )
+    if found:
+        return {"valueRange": found}
+    return {"valueString": first.joined()} if first.joined() else {}
+
+
+def _period_value(first: Composite, ctx: Context) -> Json:
+    found = prune(
+        {
+            "start": to_date_time(first.get(1, 1), ctx.zone),
+            "end": to_date_time(first.get(2, 1), ctx.zone),
+        }
+    )
+    if found:
+        return {"valuePeriod": found}
+    return {"valueString": first.joined()} if first.joined() else {}
+
+
+_SINGLE_VALUE: dict[str, Callable[[Composite, Context], Json]] = {
+    "DT": _date_time_value,
+    "DTM": _date_time_value,
+    "TS": _date_time_value,
+    "TM": _time_value,
+    "NR": _range_value,
+    "DR": _period_value,
+}
+
+
+def observation_value(obx: Segment, ctx: Context) -> Json:
+    """The ``value[x]`` (or attachment extension) for OBX-5, chosen by OBX-2.
+
+    Repeating OBX-5 values are only meaningful for text (joined by lines); for other types a
+    repeat is kept as readable text rather than silently dropping all but the first.
+    """
+    value_type = obx.value(2).upper()
+    reps = obx.repetitions(5)
+    if not reps:
+        return {}
+    if value_type in TEXT_TYPES:
+        text = "\n".join(t for t in obx.texts(5) if t)
+        return {"valueString": text} if text else {}
+    if len(reps) > 1 and value_type not in CODED_TYPES:
+        return {"valueString": ", ".join(r.joined() for r in reps)}
+    first = reps[0]
+    if value_type == "NM":
+        return nm_value(obx.text(5), obx.first(6))
+    if value_type == "SN":
+        return sn_value(first, obx.first(6))
+    if value_type in CODED_TYPES:
+        concept = cwe_concept(first)  # a second coded repetition would be a second concept
+        return {"valueCodeableConcept": concept} if concept else {}
+    if value_type == "ED":
+        return _ed_value(first)
+    if value_type == "RP":
+        return _rp_value(first)
+    single = _SINGLE_VALUE.get(value_type)
+    if single is not None:
+        return single(first, ctx)
+    text = first.joined()
+    return {"valueString": text} if text else {}
+
+
+def _interpretations(obx: Segment) -> list[Json]:
+    found = []
+    for flag in obx.repetitions(8):
+        code = flag.get(1).upper()
+        if code in vocab.INTERPRETATION:
+            concept: Json | None = {
+                "coding": [
+                    {"system": vocab.V3_INTERPRETATION, "code": code, "display": vocab.INTERPRETATION[code]}
+                ]
+            }
+        else:
+            concept = cwe_concept(flag)
+        if concept is not None:
+            found.append(concept)
+    return found
+
+
+def build_observation(
+    obx: Segment, observation_id: str, patient: PatientRef, fallback_time: str, ctx: Context
+) -> Json:
+    """The Observation for one OBX; ``fallback_time`` is its OBR-7 (used when OBX-14 is empty)."""
+    effective = to_date_time(obx.value(14), ctx.zone) or to_date_time(fallback_time, ctx.zone)
+    value = observation_value(obx, ctx)
+    reference = reference_range(obx.text(7), obx.first(6))
+    return resource(
+        "Observation",
+        observation_id,
+        {
+            "status": vocab.OBSERVATION_STATUS.get(obx.value(11).upper(), "unknown"),
+            "code": cwe_concept(obx.first(3)) or data_absent_concept(),
+            "subject": patient.subject,
+            "encounter": patient.encounter,
+            "effectiveDateTime": effective,
+            **value,
+            "interpretation": _interpretations(obx),
+            "referenceRange": [reference] if reference else None,
+        },
+    )
+
+
+def add_note(observation: Json, nte: Segment) -> bool:
+    """NTE-3 (FT, repeating) -> Observation.note (IG NTE[Observation]); False when NTE is empty."""
+    text = "\n".join(t for t in nte.texts(3) if t)
+    if not text:
+        return False
+    observation.setdefault("note", []).append({"text": text})
+    return True

@@ -1,0 +1,101 @@
+"""PID -> Patient (IG PID[Patient]), shared by every message type that carries a PID."""
+
+from __future__ import annotations
+
+from core.errors import MappingError
+from mapping import ids, vocab
+from mapping.context import Context, PatientRef
+from mapping.hl7.datatypes import (
+    Json,
+    authority,
+    cx_identifier,
+    resource,
+    xad_address,
+    xpn_name,
+    xtn_contact,
+)
+from mapping.hl7.dtm import to_date, to_date_time
+from mapping.hl7.parse import Composite, Segment
+from mapping.model import PatientKey
+
+
+def primary_key(pid: Segment) -> PatientKey:
+    """The identifier a Patient id derives from: the PID-3 repetition typed MR, else the first
+    PID-3 with a value; failing that PID-2, then PID-4 (both pre-v2.5 habits)."""
+    candidates = [cx for cx in pid.repetitions(3) if cx.get(1)]
+    chosen: Composite | None = next((cx for cx in candidates if cx.get(5).upper() == "MR"), None)
+    if chosen is None and candidates:
+        chosen = candidates[0]
+    if chosen is None:
+        for field_no in (2, 4):
+            cx = pid.first(field_no)
+            if cx.get(1):
+                chosen = cx
+                break
+    if chosen is None:
+        raise MappingError("PID-3 has no identifier")
+    return PatientKey(authority=authority(chosen), value=chosen.get(1))
+
+
+def _identifiers(pid: Segment, ctx: Context) -> list[Json]:
+    found: list[Json] = []
+    for field_no in (2, 3, 4):  # IG: identifier[1..3]
+        for cx in pid.repetitions(field_no):
+            identifier = cx_identifier(cx, ctx.zone)
+            if identifier is not None and identifier not in found:
+                found.append(identifier)
+    return found
+
+
+def _names(pid: Segment, ctx: Context) -> list[Json]:
+    names = []
+    for field_no in (5, 9):  # PID-9 (alias) is IG name[2]
+        for xpn in pid.repetitions(field_no):
+            name = xpn_name(xpn, ctx.zone)
+            if name is not None:
+                names.append(name)
+    return names
+
+
+def _telecoms(pid: Segment) -> list[Json]:
+    telecoms = []
+    for field_no, default_use in ((13, "home"), (14, "work")):
+        for xtn in pid.repetitions(field_no):
+            contact = xtn_contact(xtn, default_use)
+            if contact is not None and contact not in telecoms:
+                telecoms.append(contact)
+    return telecoms
+
+
+def _deceased(pid: Segment, ctx: Context) -> Json:
+    death = to_date_time(pid.value(29), ctx.zone)
+    if death:
+        return {"deceasedDateTime": death}
+    indicator = vocab.YES_NO.get(pid.value(30).upper())
+    return {} if indicator is None else {"deceasedBoolean": indicator}
+
+
+def map_pid(pid: Segment, ctx: Context) -> PatientRef:
+    """Add the Patient for ``pid`` (once per message) and return what later segments refer to."""
+    key = primary_key(pid)
+    patient_id = ids.resource_id("Patient", key.authority, key.value)
+    if ctx.taken("Patient", patient_id):
+        # The same patient twice in one message (e.g. two ORU result groups): the first wins.
+        return PatientRef(patient_id, key)
+    addresses = [a for a in (xad_address(x, ctx.zone) for x in pid.repetitions(11)) if a]
+    patient = resource(
+        "Patient",
+        patient_id,
+        {
+            "identifier": _identifiers(pid, ctx),
+            "name": _names(pid, ctx),
+            "telecom": _telecoms(pid),
+            "gender": vocab.ADMINISTRATIVE_SEX.get(pid.value(8).upper()),
+            "birthDate": to_date(pid.value(7)),
+            "address": addresses,
+            **_deceased(pid, ctx),
+        },
+    )
+    ctx.add(patient)
+    ctx.patient_keys[patient_id] = key
+    return PatientRef(patient_id, key)

@@ -1,0 +1,150 @@
+"""Every identifying string a message carries, for scrubbing free text and checking for leaks.
+
+Read from the segments directly (not from the FHIR output), so names of relatives and staff,
+merged-away identifiers and accession numbers are caught even where no rule maps them.
+Not collected, on purpose: codes (sex, class), country/state, staff and facility identifiers,
+MSH-10 and other message plumbing.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from typing import Final
+
+from mapping.hl7.dtm import parse_dtm
+from mapping.hl7.parse import Composite, Message, Segment
+
+NAME: Final = "NAME"
+ID: Final = "ID"
+DATE: Final = "DATE"
+PHONE: Final = "PHONE"
+ADDRESS: Final = "ADDRESS"
+EMAIL: Final = "EMAIL"
+
+MIN_LENGTH = 2
+_NON_DIGIT = re.compile(r"\D+")
+
+
+def _name_forms(family: str, surnames: Iterable[str], given: str, middle: str) -> Iterable[tuple[str, str]]:
+    for part in (family, *surnames, given, middle):
+        yield part, NAME
+    if family and given:
+        yield f"{given} {family}", NAME
+        yield f"{family} {given}", NAME
+        yield f"{family}, {given}", NAME
+        if middle:
+            yield f"{given} {middle} {family}", NAME
+
+
+def _xpn(c: Composite) -> Iterable[tuple[str, str]]:
+    # FN subcomponents 3 and 5 are the own and the partner's surname inside a compound family name.
+    return _name_forms(c.get(1, 1), (c.get(1, 3), c.get(1, 5)), c.get(2), c.get(3))
+
+
+def _xcn(c: Composite) -> Iterable[tuple[str, str]]:
+    return _name_forms(c.get(2, 1), (c.get(2, 3), c.get(2, 5)), c.get(3), c.get(4))
+
+
+def _ndl(c: Composite) -> Iterable[tuple[str, str]]:
+    # NDL.1 is a CNN in subcomponents (id&family&given&middle); senders also put an XCN here.
+    if c.get(1, 2) or c.get(1, 3):
+        return _name_forms(c.get(1, 2), (), c.get(1, 3), c.get(1, 4))
+    return _xcn(c)
+
+
+def _cx(c: Composite) -> Iterable[tuple[str, str]]:
+    yield c.get(1), ID
+
+
+def _eip(c: Composite) -> Iterable[tuple[str, str]]:
+    yield c.get(1, 1), ID
+    yield c.get(2, 1), ID
+
+
+def _st_id(c: Composite) -> Iterable[tuple[str, str]]:
+    yield c.get(1), ID
+
+
+def _date(c: Composite) -> Iterable[tuple[str, str]]:
+    raw = c.get(1)
+    yield raw, DATE
+    parsed = parse_dtm(raw)
+    if parsed is not None and parsed.day is not None:
+        yield raw[:8], DATE
+        yield parsed.date(), DATE
+
+
+def _xad(c: Composite) -> Iterable[tuple[str, str]]:
+    for part in (c.get(1, 1), c.get(1, 2), c.get(2), c.get(3), c.get(5)):
+        yield part, ADDRESS
+
+
+def _xtn(c: Composite) -> Iterable[tuple[str, str]]:
+    for part in (c.get(4), c.get(1)):
+        if "@" in part:
+            yield part, EMAIL
+    numbers = [c.get(1), c.get(12), c.get(7)]
+    if c.get(6) and c.get(7):
+        numbers.append(f"{c.get(6)} {c.get(7)}")
+        numbers.append(f"({c.get(6)}){c.get(7)}")
+    for number in numbers:
+        if number and "@" not in number:
+            yield number, PHONE
+            digits = _NON_DIGIT.sub("", number)
+            if digits != number:
+                yield digits, PHONE
+    if c.get(6) and c.get(7):
+        yield _NON_DIGIT.sub("", c.get(6) + c.get(7)), PHONE
+
+
+Extractor = Callable[[Composite], Iterable[tuple[str, str]]]
+
+# segment -> reader -> fields it applies to; staff names are included, staff identifiers are not.
+FIELDS: Final[dict[str, dict[Extractor, tuple[int, ...]]]] = {
+    "PID": {
+        _cx: (2, 3, 4, 18, 21),
+        _st_id: (19, 20),
+        _xpn: (5, 6, 9),
+        _date: (7, 29),
+        _xad: (11,),
+        _xtn: (13, 14),
+    },
+    "PD1": {_xcn: (4,)},
+    "NK1": {_xpn: (2, 30), _xad: (4, 32), _xtn: (5, 6, 31), _date: (16,), _cx: (33,), _st_id: (37,)},
+    "PV1": {_cx: (5, 19, 50), _xcn: (7, 8, 9, 17, 52), _date: (44, 45)},
+    "MRG": {_cx: (1, 2, 3, 4, 5, 6), _xpn: (7,)},
+    "EVN": {_xcn: (5,)},
+    "ORC": {_st_id: (2, 3, 4), _xcn: (10, 11, 12)},
+    "OBR": {_st_id: (2, 3), _xcn: (10, 16, 28), _ndl: (32, 33, 34, 35)},
+    "OBX": {_xcn: (16,)},
+    "SPM": {_eip: (2,)},
+    "GT1": {_cx: (2,), _xpn: (3,), _xad: (5,), _xtn: (6, 7), _date: (8,), _st_id: (12,)},
+    "IN1": {_xpn: (16,), _date: (18,), _xad: (19,), _st_id: (36,), _cx: (49,)},
+    "IN2": {_st_id: (2, 6, 8)},
+    "ROL": {_xcn: (4,)},
+    "PRT": {_xcn: (5,)},
+    "DG1": {_xcn: (16,)},
+}
+
+
+def _segment_values(seg: Segment) -> Iterable[tuple[str, str]]:
+    for extract, field_numbers in FIELDS.get(seg.name, {}).items():
+        for field_no in field_numbers:
+            if seg.raw(field_no):
+                for rep in seg.repetitions(field_no):
+                    yield from extract(rep)
+
+
+def collect(message: Message) -> dict[str, str]:
+    """value -> kind for every identifying value of at least ``MIN_LENGTH`` characters.
+
+    The first kind found for a value wins (a number that is both an ID and a phone stays ID).
+    """
+    found: dict[str, str] = {}
+    for seg in message.segments:
+        for value, kind in _segment_values(seg):
+            value = value.strip()
+            if len(value) >= MIN_LENGTH and value not in found:
+                found[value] = kind
+    return found

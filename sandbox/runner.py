@@ -1,0 +1,153 @@
+"""Runs one summary job: claim → read de-identified context → prompt → PHI guard →
+model → guard + grounding → DocumentReference + Provenance + event, all audited.
+
+The sandbox touches only the de-identified store and the jobs table; it imports
+nothing of the identified zone (an import-linter contract enforces it).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+
+from sqlalchemy import select, update
+
+import audit
+from core.db import Database
+from core.events import summary_event, summary_routing_key
+from core.fhir import FhirValidationError, validate_resource
+from core.store import add_outbox, put_resource
+from core.tables import DeadLetter, Job, JobStatus, Resource
+from sandbox import grounding, guard
+from sandbox.context import patient_context, version_reference
+from sandbox.documents import document_reference, provenance
+from sandbox.models import SummaryModel
+from sandbox.prompt import build_prompt
+
+log = logging.getLogger("sidecar.sandbox")
+
+
+class JobOutcome(StrEnum):
+    DONE = "done"
+    NOT_DUE = "not-due"  # pushed back by a newer trigger, or already taken
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class JobResult:
+    job_id: int
+    outcome: JobOutcome
+    document: str | None = None
+
+
+def due_job_ids(db: Database, *, now: datetime | None = None, limit: int = 100) -> list[int]:
+    now = now or datetime.now(UTC)
+    with db.sessions() as session:
+        query = select(Job.id).where(Job.status == JobStatus.PENDING, Job.due_at <= now)
+        return list(session.execute(query.order_by(Job.due_at).limit(limit)).scalars())
+
+
+def run_job(db: Database, job_id: int, model: SummaryModel, *, ignore_due: bool = False) -> JobResult:
+    """``ignore_due``: run a pending job before its coalescing window ends (shutdown drain)."""
+    now = datetime.now(UTC)
+    due_by = datetime.max.replace(tzinfo=UTC) if ignore_due else now
+    with db.transaction() as session:
+        # Claim atomically: only a due, pending job moves to running, exactly once.
+        claimed = session.execute(  # type: ignore[attr-defined]
+            update(Job)
+            .where(Job.id == job_id, Job.status == JobStatus.PENDING, Job.due_at <= due_by)
+            .values(status=JobStatus.RUNNING, attempts=Job.attempts + 1, updated_at=now)
+        ).rowcount
+        if not claimed:
+            return JobResult(job_id, JobOutcome.NOT_DUE)
+        job = session.get_one(Job, job_id)
+        kind, patient = job.kind, job.patient
+        context = patient_context(session, patient)
+        inputs = [version_reference(r) for r in context]
+        audit.append(
+            session,
+            actor="sandbox",
+            action="context.read",
+            entity=f"job/{job_id}",
+            detail={"inputs": len(inputs), "types": sorted({r["resourceType"] for r in context})},
+            now=now,
+        )
+
+    try:
+        if not context:
+            raise _JobFailure("empty-context", "no de-identified resources for this patient")
+        prompt = build_prompt(context)
+        guard.check(prompt.text)
+        text = model.summarize(prompt)
+        guard.check(text)
+        grounding.check(text, prompt.text)
+        document = document_reference(patient, kind, text, now=now)
+        validate_resource(document)
+    except (guard.PromptLeak, grounding.UngroundedSummary, _JobFailure) as exc:
+        return _fail(db, job_id, getattr(exc, "code", "sandbox"), str(exc))
+    except FhirValidationError as exc:
+        return _fail(db, job_id, "invalid-output", str(exc))
+
+    with db.transaction() as session:
+        change = put_resource(session, document, patient=patient, origin=f"job:{job_id}", now=now)
+        stored = json.loads(
+            session.execute(
+                select(Resource.body).where(
+                    Resource.resource_type == "DocumentReference", Resource.resource_id == document["id"]
+                )
+            ).scalar_one()
+        )
+        prov = provenance(
+            stored, inputs, model=f"{model.name} {model.version}", prompt_version=prompt.version, now=now
+        )
+        validate_resource(prov)
+        put_resource(session, prov, patient=patient, origin=f"job:{job_id}", now=now)
+        add_outbox(
+            session,
+            summary_event(kind, stored, job_id=job_id, patient=patient, time=now),
+            summary_routing_key(kind),
+            now=now,
+        )
+        job = session.get_one(Job, job_id)
+        job.status, job.result, job.updated_at = JobStatus.DONE, change.reference, now
+        audit.append(
+            session,
+            actor="sandbox",
+            action="summary.completed",
+            entity=f"job/{job_id}",
+            detail={"document": change.reference, "version": change.version, "model": model.name},
+            now=now,
+        )
+    return JobResult(job_id, JobOutcome.DONE, change.reference)
+
+
+class _JobFailure(Exception):
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+
+
+def _fail(db: Database, job_id: int, code: str, reason: str) -> JobResult:
+    now = datetime.now(UTC)
+    with db.transaction() as session:
+        job = session.get_one(Job, job_id)
+        job.status, job.error_code, job.updated_at = JobStatus.FAILED, code, now
+        session.add(
+            DeadLetter(
+                inbox_id=None, stage="sandbox", code=code, reason=f"job {job_id}: {reason}", created_at=now
+            )
+        )
+        audit.append(
+            session,
+            actor="sandbox",
+            action="summary.failed",
+            entity=f"job/{job_id}",
+            outcome=audit.Outcome.FAILURE,
+            detail={"code": code},
+            now=now,
+        )
+    log.warning("summary job failed", extra={"job_id": job_id, "code": code})
+    return JobResult(job_id, JobOutcome.FAILED)

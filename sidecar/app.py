@@ -1,0 +1,201 @@
+"""Wiring: the one place that knows every concrete part (pynetdicom's "wiring from
+outside"). Connectors, pipeline, relay and sandbox know only their own interfaces.
+
+Embedded (no broker): MLLP → inbox → in-process pipeline → store/outbox → local bus,
+and the sandbox loop runs due summary jobs in-process.
+Production (SIDECAR_BROKER_URL): MLLP → inbox → Celery task on RabbitMQ (``sidecar
+worker`` runs it), relay → RabbitMQ exchange, summary jobs → ``sidecar sandbox``.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, select
+
+from connectors import InboundMessage, MllpConfig, MllpServer, Receipt
+from connectors.inbox import DatabaseInbox
+from core.db import Database
+from core.settings import Settings
+from core.tables import Job, JobStatus
+from core.tasks import PIPELINE_QUEUE, PIPELINE_TASK, SANDBOX_QUEUE, SUMMARY_TASK, make_celery
+from sandbox.models import ExtractiveSummarizer
+from sandbox.runner import due_job_ids, run_job
+from sidecar.loops import Loop
+from worker.context import build_context
+from worker.inprocess import InProcessPipeline
+from worker.pipeline import ProcessResult, pending_inbox_ids
+from worker.publishers import LocalBus, Publisher, RabbitPublisher
+from worker.relay import Relay
+
+log = logging.getLogger("sidecar.app")
+
+SWEEP_INTERVAL_S = 5.0
+SWEEP_AGE_S = 10.0
+REDISPATCH_AFTER_S = 60.0
+
+
+class SidecarApp:
+    def __init__(self, settings: Settings, *, bus: LocalBus | None = None) -> None:
+        self.settings = settings
+        self.db = Database(settings)
+        self.db.migrate()
+        self.ctx = build_context(settings, self.db)
+        self.bus = bus or LocalBus()
+        events_url = settings.effective_events_url
+        self.publisher: Publisher = (
+            RabbitPublisher(events_url, settings.events_exchange) if events_url else self.bus
+        )
+        self.relay = Relay(self.db, self.publisher, batch_size=settings.relay_batch_size)
+        self.relay_loop = Loop("relay", self.relay.run_once, settings.relay_interval_s)
+        self.sweeper = Loop("sweeper", self._sweep, SWEEP_INTERVAL_S)
+        self.pipeline: InProcessPipeline | None = None
+        self.sandbox_loop: Loop | None = None
+        self._dispatch: queue.Queue[int] | None = None
+        self._celery: Any = None
+        self._dispatcher: threading.Thread | None = None
+        self._swept: dict[int, float] = {}
+        if settings.embedded:
+            self.pipeline = InProcessPipeline(
+                self.ctx, on_result=self._after_pipeline, max_attempts=settings.pipeline_max_attempts
+            )
+            self.model = ExtractiveSummarizer()
+            self.sandbox_loop = Loop("sandbox", self._run_due_jobs, settings.relay_interval_s)
+        else:
+            self._celery = make_celery(settings, "sidecar-serve")
+            self._dispatch = queue.Queue()
+            self._dispatcher = threading.Thread(target=self._dispatch_run, name="dispatcher", daemon=True)
+        self.server = MllpServer(
+            MllpConfig(
+                host=settings.mllp_host,
+                port=settings.mllp_port,
+                max_frame_bytes=settings.mllp_max_frame_bytes,
+                idle_timeout_s=settings.mllp_idle_timeout_s,
+                max_connections=settings.mllp_max_connections,
+            ),
+            DatabaseInbox(self.db),
+            on_committed=self._on_committed,
+        )
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    async def start(self) -> None:
+        if self.pipeline is not None:
+            self.pipeline.start()
+        if self._dispatcher is not None:
+            self._dispatcher.start()
+        self.relay_loop.start()
+        if self.sandbox_loop is not None:
+            self.sandbox_loop.start()
+        self.sweeper.start()
+        self._sweep(age_s=0.0)  # entries acknowledged before a crash go first
+        await self.server.start()
+        log.info("listening", extra={"port": self.port, "embedded": self.settings.embedded})
+
+    async def stop(self, drain_timeout_s: float = 30.0) -> None:
+        """Stop accepting, finish what was acknowledged, publish what was stored."""
+        await self.server.stop(drain_timeout_s=min(10.0, drain_timeout_s))
+        self.sweeper.stop()
+        if self.pipeline is not None:
+            self.pipeline.stop(timeout=drain_timeout_s)
+        if self._dispatch is not None and self._dispatcher is not None:
+            self._dispatch.put(-1)
+            self._dispatcher.join(10)
+        if self.sandbox_loop is not None:
+            self.sandbox_loop.stop()
+            self._run_due_jobs(drain=True)
+        self.relay_loop.stop()
+        self.relay_loop.run_round()
+        self.publisher.close()
+        self.db.dispose()
+        log.info("stopped")
+
+    def wait_idle(self, timeout: float = 60.0) -> bool:
+        """Embedded only: pipeline drained, every summary job run, outbox published."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.pipeline is None or not self.pipeline.wait_idle(max(0.0, deadline - time.monotonic())):
+                return False
+            self._run_due_jobs()
+            self.relay.drain()
+            if not self._pending_jobs() and self.pipeline.wait_idle(0):
+                return True
+            time.sleep(0.05)
+        return False
+
+    def _pending_jobs(self) -> int:
+        with self.db.sessions() as session:
+            return session.execute(
+                select(func.count()).where(Job.status.in_([JobStatus.PENDING, JobStatus.RUNNING]))
+            ).scalar_one()
+
+    # --- wiring callbacks -------------------------------------------------------------
+
+    def _on_committed(self, receipt: Receipt, message: InboundMessage) -> None:
+        if receipt.duplicate:
+            return
+        if self.pipeline is not None:
+            self.pipeline.submit(receipt.inbox_id)
+        elif self._dispatch is not None:
+            self._dispatch.put(receipt.inbox_id)
+
+    def _after_pipeline(self, result: ProcessResult) -> None:
+        if result.changes:
+            self.relay_loop.wake()
+        if result.job_ids and self.sandbox_loop is not None:
+            self.sandbox_loop.wake()
+
+    def _run_due_jobs(self, *, drain: bool = False) -> int:
+        """Run due summary jobs; on drain, every pending one (coalescing is only a delay)."""
+        done = 0
+        horizon = datetime.max.replace(tzinfo=UTC) if drain else None
+        for job_id in due_job_ids(self.db, now=horizon):
+            run_job(self.db, job_id, self.model, ignore_due=drain)
+            done += 1
+        if done:
+            self.relay_loop.wake()
+        return done
+
+    def _dispatch_run(self) -> None:
+        assert self._dispatch is not None
+        while (inbox_id := self._dispatch.get()) != -1:
+            self._send_pipeline_task(inbox_id)
+
+    def _send_pipeline_task(self, inbox_id: int) -> bool:
+        try:
+            self._celery.send_task(PIPELINE_TASK, args=[inbox_id], queue=PIPELINE_QUEUE)
+            return True
+        except Exception as exc:
+            # Broker down: the entry is durable in the inbox; the sweeper sends it later.
+            log.warning("dispatch failed", extra={"inbox_id": inbox_id, "error_type": type(exc).__name__})
+            return False
+
+    def _sweep(self, age_s: float = SWEEP_AGE_S) -> int:
+        """Re-dispatch inbox entries still RECEIVED after a while (lost dispatch, crash,
+        broker outage) and, with Celery, summary jobs overdue. Idempotent by design."""
+        older_than = datetime.now(UTC) - timedelta(seconds=age_s)
+        ids = pending_inbox_ids(self.db, older_than=older_than)
+        now = time.monotonic()
+        for inbox_id in ids:
+            if self.pipeline is not None:
+                self.pipeline.submit(inbox_id)
+                continue
+            # A backlog on RabbitMQ is not a lost dispatch: resend at most once a minute.
+            if now - self._swept.get(inbox_id, -1e9) < REDISPATCH_AFTER_S:
+                continue
+            if not self._send_pipeline_task(inbox_id):
+                break
+            self._swept[inbox_id] = now
+        if len(self._swept) > 100_000:
+            self._swept.clear()
+        if self._celery is not None:
+            for job_id in due_job_ids(self.db, now=older_than):
+                self._celery.send_task(SUMMARY_TASK, args=[job_id], queue=SANDBOX_QUEUE)
+        return 0  # sweeping never needs an immediate second round

@@ -1,0 +1,223 @@
+"""The `sidecar` command line (typer + rich)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+import audit
+from core.db import Database
+from core.errors import SidecarError
+from core.logs import configure_logging
+from core.settings import Settings, load_settings
+from core.tables import DeadLetter
+from core.tasks import PIPELINE_QUEUE, SANDBOX_QUEUE
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, help=__doc__)
+audit_app = typer.Typer(no_args_is_help=True, help="Audit log: verification for auditors.")
+dead_app = typer.Typer(no_args_is_help=True, help="Dead letters: pipeline failures with their reasons.")
+app.add_typer(audit_app, name="audit")
+app.add_typer(dead_app, name="dead-letters")
+
+console = Console()
+err_console = Console(stderr=True)
+
+DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Data directory (default ./sidecar-data).")]
+ConfigFile = Annotated[Path | None, typer.Option("--config", help="TOML settings file (or SIDECAR_CONFIG).")]
+
+
+def _settings(config: Path | None = None, **overrides: object) -> Settings:
+    settings = load_settings(config, **overrides)
+    configure_logging(settings.log_level)
+    return settings
+
+
+@app.command()
+def serve(
+    data_dir: DataDir = None,
+    mllp_port: Annotated[int | None, typer.Option("--mllp-port", help="MLLP port (default 2575).")] = None,
+    host: Annotated[str | None, typer.Option("--host", help="Bind address (default 127.0.0.1).")] = None,
+    config: ConfigFile = None,
+) -> None:
+    """MLLP listener, pipeline and event relay, until SIGTERM/SIGINT; then drain and exit 0."""
+    from sidecar.app import SidecarApp
+
+    settings = _settings(config, data_dir=data_dir, mllp_port=mllp_port, mllp_host=host)
+
+    async def main() -> None:
+        sidecar = SidecarApp(settings)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await sidecar.start()
+        # A line on stdout that scripts and tests can wait for (the port may be 0 → chosen).
+        print(json.dumps({"event": "listening", "mllp_port": sidecar.port}), flush=True)
+        await stop.wait()
+        await sidecar.stop()
+
+    asyncio.run(main())
+
+
+@app.command()
+def worker(
+    config: ConfigFile = None,
+    concurrency: Annotated[int, typer.Option(help="Worker threads. 1 keeps every patient in order.")] = 1,
+) -> None:
+    """Run pipeline tasks from RabbitMQ (needs SIDECAR_BROKER_URL)."""
+    from worker.tasks import build_worker_app
+
+    settings = _settings(config)
+    celery = build_worker_app(settings)
+    celery.worker_main(_celery_argv(PIPELINE_QUEUE, concurrency, "pipeline"))
+
+
+@app.command()
+def sandbox(
+    config: ConfigFile = None,
+    concurrency: Annotated[int, typer.Option(help="Summary jobs run at once.")] = 1,
+) -> None:
+    """Run summary jobs in the model zone (needs SIDECAR_BROKER_URL)."""
+    from sandbox.tasks import build_sandbox_app
+
+    settings = _settings(config)
+    celery = build_sandbox_app(settings)
+    celery.worker_main(_celery_argv(SANDBOX_QUEUE, concurrency, "sandbox"))
+
+
+def _celery_argv(queue: str, concurrency: int, name: str) -> list[str]:
+    return [
+        "worker", "-Q", queue, "--pool", "threads", "-c", str(concurrency), "-n", f"{name}@%h",
+        "--loglevel", "WARNING", "--without-gossip", "--without-mingle", "--without-heartbeat",
+    ]  # fmt: skip
+
+
+@app.command()
+def demo(
+    data_dir: Annotated[
+        Path | None, typer.Option(help="Keep the demo's data here (default: a new temp dir).")
+    ] = None,
+    patients: Annotated[int, typer.Option(min=1, max=2000, help="Synthetic patients.")] = 30,
+) -> None:
+    """The whole chain on embedded defaults: a synthetic hospital sends ADT/ORU over MLLP."""
+    from sidecar.demo import run_demo
+
+    configure_logging("WARNING")
+    report = run_demo(data_dir, patients, console)
+    if not report.audit_ok or not report.summary:
+        raise typer.Exit(1)
+
+
+@app.command()
+def convert(
+    paths: Annotated[list[Path], typer.Argument(help="HL7 v2 files (one message, several, or a batch).")],
+    deid: Annotated[
+        bool, typer.Option("--deid", help="De-identify (uses the data directory's secret).")
+    ] = False,
+    out: Annotated[Path | None, typer.Option("--out", help="Write one Bundle file per message here.")] = None,
+    data_dir: DataDir = None,
+    config: ConfigFile = None,
+) -> None:
+    """Convert HL7 v2 files to FHIR R4 transaction Bundles (stdout as JSON lines, or --out DIR)."""
+    from deid import Vault
+    from mapping import MappingOptions
+    from sidecar.convert import write_outputs
+    from worker.context import load_secret
+
+    settings = _settings(config, data_dir=data_dir)
+    vault = Vault(load_secret(settings), date_shift_max_days=settings.date_shift_max_days) if deid else None
+    failed = write_outputs(
+        paths,
+        MappingOptions(default_timezone=settings.site_timezone),
+        vault,
+        out,
+        emit=lambda line: print(line, file=sys.stdout),
+        report_error=lambda line: print(line, file=sys.stderr),
+    )
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def stats(
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Machine-readable output (keys in README).")
+    ] = False,
+    data_dir: DataDir = None,
+    config: ConfigFile = None,
+) -> None:
+    """Counts: inbox, resources by type, events, jobs, audit entries."""
+    from sidecar.stats import collect
+
+    settings = _settings(config, data_dir=data_dir)
+    db = Database(settings)
+    db.migrate()
+    data = collect(db)
+    db.dispose()
+    if as_json:
+        print(json.dumps(data, indent=2))
+        return
+    table = Table(title="sidecar stats")
+    table.add_column("what")
+    table.add_column("count", justify="right")
+    for key, value in data.items():
+        if isinstance(value, dict):
+            for sub, n in value.items():
+                table.add_row(f"{key}.{sub}", str(n))
+        else:
+            table.add_row(key, str(value))
+    console.print(table)
+
+
+@audit_app.command("verify")
+def audit_verify(data_dir: DataDir = None, config: ConfigFile = None) -> None:
+    """Check the whole hash chain; report the first broken link (exit 1 if any)."""
+    settings = _settings(config, data_dir=data_dir)
+    db = Database(settings)
+    db.migrate()
+    report = audit.verify(db.engine)
+    db.dispose()
+    if report.ok:
+        console.print(f"audit chain verified: {report.entries} entries")
+        return
+    err_console.print(f"audit chain BROKEN at entry {report.first_broken}: {report.reason}")
+    raise typer.Exit(1)
+
+
+@dead_app.command("list")
+def dead_letters_list(data_dir: DataDir = None, config: ConfigFile = None) -> None:
+    """Unresolved dead letters with stage, code and reason."""
+    from sqlalchemy import select
+
+    settings = _settings(config, data_dir=data_dir)
+    db = Database(settings)
+    db.migrate()
+    table = Table(title="dead letters")
+    for col in ("id", "inbox", "stage", "code", "reason", "when"):
+        table.add_column(col)
+    with db.sessions() as s:
+        for d in s.execute(
+            select(DeadLetter).where(DeadLetter.resolved_at.is_(None)).order_by(DeadLetter.id)
+        ).scalars():
+            table.add_row(
+                str(d.id), str(d.inbox_id or ""), d.stage, d.code, d.reason, d.created_at.isoformat()
+            )
+    db.dispose()
+    console.print(table)
+
+
+def main() -> None:
+    try:
+        app()
+    except SidecarError as exc:
+        # A user's mistake (settings, secret file...) deserves one clear line, not a traceback.
+        err_console.print(f"error: {exc}")
+        sys.exit(2)

@@ -1,0 +1,90 @@
+"""`sidecar convert`: HL7 v2 files → FHIR transaction Bundles, offline, for integration teams."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from connectors.hl7 import decode_message, peek_header, split_messages
+from core.errors import IngestError, SidecarError
+from core.fhir import FhirValidationError, transaction_bundle
+from deid import Vault, deidentify
+from mapping import MappingOptions, map_message
+
+
+@dataclass(frozen=True)
+class Converted:
+    path: Path
+    index: int  # 1-based message number within the file
+    count: int  # messages in the file
+    bundle: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ConvertFailure:
+    path: Path
+    reason: str
+
+
+def convert_file(
+    path: Path, options: MappingOptions, vault: Vault | None
+) -> Iterator[Converted | ConvertFailure]:
+    try:
+        messages = split_messages(path.read_bytes())
+    except OSError as exc:
+        yield ConvertFailure(path, exc.strerror or type(exc).__name__)
+        return
+    except IngestError as exc:
+        yield ConvertFailure(path, str(exc))
+        return
+    for index, raw in enumerate(messages, start=1):
+        where = f"message {index}: " if len(messages) > 1 else ""
+        try:
+            yield Converted(path, index, len(messages), _bundle(raw, options, vault))
+        except (SidecarError, FhirValidationError) as exc:
+            yield ConvertFailure(path, f"{where}{exc}")
+
+
+def _bundle(raw: bytes, options: MappingOptions, vault: Vault | None) -> dict[str, Any]:
+    try:
+        declared = peek_header(raw).charset
+    except IngestError:
+        declared = ""  # mapping reports what is wrong with the header, more precisely
+    mapped = map_message(decode_message(raw, declared).text, options)
+    resources = mapped.resources
+    if vault is not None:
+        keys = {pid: (key.authority, key.value) for pid, key in mapped.patient_keys.items()}
+        resources = [r.resource for r in deidentify(resources, keys, mapped.phi_values, vault).resources]
+    return transaction_bundle(resources)
+
+
+def write_outputs(
+    paths: list[Path],
+    options: MappingOptions,
+    vault: Vault | None,
+    out_dir: Path | None,
+    emit: Callable[[str], None],
+    report_error: Callable[[str], None],
+) -> int:
+    """Convert every file; returns the number of files with at least one failure."""
+    failed_files = 0
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    for path in paths:
+        failed = False
+        for result in convert_file(path, options, vault):
+            if isinstance(result, ConvertFailure):
+                report_error(f"{result.path}: {result.reason}")
+                failed = True
+                continue
+            text = json.dumps(result.bundle, ensure_ascii=False)
+            if out_dir is None:
+                emit(text)
+            else:
+                suffix = f"-{result.index}" if result.count > 1 else ""
+                (out_dir / f"{path.stem}{suffix}.json").write_text(text + "\n", encoding="utf-8")
+        failed_files += failed
+    return failed_files

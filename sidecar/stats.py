@@ -1,0 +1,56 @@
+"""Counts for operators and tooling (`sidecar stats --json`). Keys are a contract:
+documented in the README; add keys, never rename them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import func, select
+
+from core.db import Database
+from core.tables import (
+    AuditEntry,
+    DeadLetter,
+    InboxEntry,
+    InboxStatus,
+    Job,
+    JobStatus,
+    OutboxEvent,
+    QuarantineEntry,
+    Resource,
+)
+
+
+def collect(db: Database) -> dict[str, Any]:
+    with db.sessions() as s:
+        by_status = dict(s.execute(select(InboxEntry.status, func.count()).group_by(InboxEntry.status)).all())
+        duplicates = s.execute(select(func.coalesce(func.sum(InboxEntry.resend_count), 0))).scalar_one()
+        repaired = s.execute(select(func.count()).where(InboxEntry.repaired.is_(True))).scalar_one()
+        resources = dict(
+            s.execute(
+                select(Resource.resource_type, func.count())
+                .group_by(Resource.resource_type)
+                .order_by(Resource.resource_type)
+            ).all()
+        )
+        published = s.execute(select(func.count()).where(OutboxEvent.sent_at.is_not(None))).scalar_one()
+        unsent = s.execute(select(func.count()).where(OutboxEvent.sent_at.is_(None))).scalar_one()
+        jobs = dict(s.execute(select(Job.status, func.count()).group_by(Job.status)).all())
+        return {
+            "inbox": {
+                "received": sum(by_status.values()),
+                "processed": by_status.get(InboxStatus.PROCESSED, 0),
+                "failed": by_status.get(InboxStatus.FAILED, 0),
+                "pending": by_status.get(InboxStatus.RECEIVED, 0),
+                "duplicates": int(duplicates),
+                "repaired": repaired,
+            },
+            "quarantined": s.execute(select(func.count()).select_from(QuarantineEntry)).scalar_one(),
+            "dead_letters": s.execute(
+                select(func.count()).select_from(DeadLetter).where(DeadLetter.resolved_at.is_(None))
+            ).scalar_one(),
+            "resources": resources,
+            "events": {"published": published, "pending": unsent},
+            "jobs": {status.value: jobs.get(status, 0) for status in JobStatus},
+            "audit_entries": s.execute(select(func.count()).select_from(AuditEntry)).scalar_one(),
+        }

@@ -1,0 +1,70 @@
+"""Shared fixtures: real servers, fresh state per test.
+
+PostgreSQL: a new database per test (dropped afterwards). RabbitMQ: a new virtual host
+per test, so queues and exchanges of one test never meet another's.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from collections.abc import Iterator
+
+import pika
+import psycopg
+import pytest
+
+PG_ADMIN = os.environ.get("SIDECAR_TEST_PG", "postgresql://root@127.0.0.1:5432/test")
+RABBIT_HOST = os.environ.get("SIDECAR_TEST_RABBIT_HOST", "127.0.0.1")
+
+
+def _pg_available() -> bool:
+    try:
+        psycopg.connect(PG_ADMIN, connect_timeout=3).close()
+        return True
+    except psycopg.Error:
+        return False
+
+
+def _rabbit_available() -> bool:
+    try:
+        pika.BlockingConnection(pika.ConnectionParameters(RABBIT_HOST, socket_timeout=3)).close()
+        return True
+    except Exception:
+        return False
+
+
+def _require(available: bool, what: str) -> None:
+    if available:
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{what} is not reachable; CI must provide it (.ci/run starts it)")
+    pytest.skip(f"{what} is not reachable")
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    _require(_pg_available(), "PostgreSQL at 127.0.0.1:5432")
+    name = f"sidecar_t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base = PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
+    yield f"{base}/{name}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def rabbit_vhost() -> Iterator[str]:
+    """A fresh vhost; yields the AMQP URL (Celery spelling, which pika_parameters accepts)."""
+    _require(_rabbit_available(), "RabbitMQ at 127.0.0.1:5672")
+    vhost = f"sidecar-t-{uuid.uuid4().hex[:12]}"
+    subprocess.run(["rabbitmqctl", "-q", "add_vhost", vhost], check=True, capture_output=True)
+    subprocess.run(
+        ["rabbitmqctl", "-q", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"],
+        check=True,
+        capture_output=True,
+    )
+    yield f"amqp://guest:guest@{RABBIT_HOST}:5672/{vhost}"
+    subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], check=False, capture_output=True)

@@ -1,0 +1,175 @@
+"""The two ways the sidecar runs, behind one small interface, so the same end-to-end
+test runs on both: embedded (SQLite + in-process pipeline, events on the local bus)
+and production (PostgreSQL + RabbitMQ: `sidecar serve`, `sidecar worker` and
+`sidecar sandbox` as real processes, events consumed from a real RabbitMQ queue)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pika
+
+from core.db import Database
+from core.settings import Settings
+from sidecar.app import SidecarApp
+from worker.publishers import LocalBus, OutgoingEvent, pika_parameters
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 60.0, interval: float = 0.1) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s")
+
+
+class Embedded:
+    """SidecarApp in this process, its asyncio loop on a thread."""
+
+    def __init__(self, data_dir: Path, **overrides: Any) -> None:
+        self.settings = Settings(
+            data_dir=data_dir, mllp_port=0, summary_coalesce_s=0.2, relay_interval_s=0.05, **overrides
+        )
+        self.bus = LocalBus()
+        self.events: list[bytes] = []
+        self.bus.subscribe(self._collect)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self.app: SidecarApp | None = None
+        self.db = Database(self.settings)
+
+    def _collect(self, event: OutgoingEvent) -> None:
+        self.events.append(event.body)
+
+    def start(self) -> None:
+        self._thread.start()
+        self.app = SidecarApp(self.settings, bus=self.bus)
+        asyncio.run_coroutine_threadsafe(self.app.start(), self._loop).result(30)
+
+    @property
+    def port(self) -> int:
+        assert self.app is not None
+        return self.app.port
+
+    def settle(self, timeout: float = 60.0) -> None:
+        assert self.app is not None
+        assert self.app.wait_idle(timeout)
+
+    def event_bodies(self) -> list[dict[str, Any]]:
+        return [json.loads(b) for b in self.events]
+
+    def stop(self) -> None:
+        if self.app is not None:
+            asyncio.run_coroutine_threadsafe(self.app.stop(), self._loop).result(60)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self.db.dispose()
+
+
+class Production:
+    """serve + worker + sandbox as separate processes on PostgreSQL and RabbitMQ."""
+
+    def __init__(self, data_dir: Path, database_url: str, broker_url: str) -> None:
+        self.data_dir = data_dir
+        self.env = {
+            **os.environ,
+            "SIDECAR_DATA_DIR": str(data_dir),
+            "SIDECAR_DATABASE_URL": database_url,
+            "SIDECAR_BROKER_URL": broker_url,
+            "SIDECAR_SUMMARY_COALESCE_S": "0.2",
+            "SIDECAR_RELAY_INTERVAL_S": "0.05",
+            "SIDECAR_MLLP_PORT": "0",
+        }
+        self.settings = Settings(data_dir=data_dir, database_url=database_url, broker_url=broker_url)
+        self.db = Database(self.settings)
+        self.procs: dict[str, subprocess.Popen[str]] = {}
+        self.port = 0
+        self._events: list[dict[str, Any]] = []
+        self._conn: Any = None
+        self._channel: Any = None
+        self._queue = ""
+
+    def _spawn(self, name: str, *args: str) -> subprocess.Popen[str]:
+        log = open(self.data_dir / f"{name}.log", "w")  # noqa: SIM115 - closed with the process
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "sidecar", *args],
+            env=self.env,
+            cwd=REPO,
+            stdout=subprocess.PIPE if name == "serve" else log,
+            stderr=log,
+            text=True,
+        )
+        self.procs[name] = proc
+        return proc
+
+    def start(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        # Subscribe before anything is published: bind a queue to every event.
+        self._conn = pika.BlockingConnection(pika_parameters(self.env["SIDECAR_BROKER_URL"]))
+        self._channel = self._conn.channel()
+        self._channel.exchange_declare("sidecar.events", exchange_type="topic", durable=True)
+        self._queue = self._channel.queue_declare("", exclusive=True).method.queue
+        self._channel.queue_bind(self._queue, "sidecar.events", routing_key="#")
+        serve = self._spawn("serve", "serve")
+        assert serve.stdout is not None
+        line = serve.stdout.readline()
+        if not line:
+            raise AssertionError("serve exited: " + (self.data_dir / "serve.log").read_text())
+        self.port = json.loads(line)["mllp_port"]
+        self._spawn("worker", "worker")
+        self._spawn("sandbox", "sandbox")
+
+    def settle(self, timeout: float = 90.0) -> None:
+        from sidecar.stats import collect
+
+        def done() -> bool:
+            s = collect(self.db)
+            return bool(
+                s["inbox"]["pending"] == 0
+                and s["jobs"]["pending"] == 0
+                and s["jobs"]["running"] == 0
+                and s["events"]["pending"] == 0
+            )
+
+        wait_for(done, timeout, 0.2)
+
+    def event_bodies(self) -> list[dict[str, Any]]:
+        while True:
+            method, _props, body = self._channel.basic_get(self._queue, auto_ack=True)
+            if method is None:
+                return list(self._events)
+            self._events.append(json.loads(body))
+
+    def stop(self) -> dict[str, int]:
+        codes: dict[str, int] = {}
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for name, proc in self.procs.items():
+            try:
+                codes[name] = proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                codes[name] = proc.wait(10)
+        if self._conn is not None and self._conn.is_open:
+            self._conn.close()
+        self.db.dispose()
+        return codes
+
+    def logs(self) -> str:
+        return "\n".join(
+            f"--- {p.name}\n{p.read_text()[-4000:]}" for p in sorted(self.data_dir.glob("*.log"))
+        )

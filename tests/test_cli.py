@@ -1,0 +1,149 @@
+"""The command line as a user runs it: real processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from connectors import MllpClient
+from core.fhir import validate_resource
+from tests.corpus import corpus_files, deliberately_malformed, message_type, split_messages
+from tests.fixtures.messages import ADT_A01, IDENTIFIERS, ORU_R01, encoded
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def sidecar(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sidecar", *args],
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def _adt_and_oru_files() -> tuple[list[Path], list[Path]]:
+    """(well-formed, deliberately malformed) corpus ADT and ORU files."""
+    broken = deliberately_malformed()
+    good: list[Path] = []
+    bad: list[Path] = []
+    for path in corpus_files():
+        messages = split_messages(path.read_bytes().decode("utf-8", "replace"))
+        if messages and message_type(messages[0]) in {"ADT", "ORU"}:
+            (bad if path.name in broken else good).append(path)
+    return good, bad
+
+
+def test_convert_every_corpus_adt_and_oru_file(tmp_path: Path) -> None:
+    files, _ = _adt_and_oru_files()
+    assert len(files) >= 40
+    out = tmp_path / "out"
+    result = sidecar("convert", "--out", str(out), "--data-dir", str(tmp_path / "d"), *map(str, files))
+    assert result.returncode == 0, result.stderr
+    bundles = sorted(out.glob("*.json"))
+    assert len(bundles) >= len(files)
+    patients = 0
+    for path in bundles:
+        bundle = json.loads(path.read_text())
+        validate_resource(bundle)
+        assert bundle["type"] == "transaction"
+        patients += sum(e["resource"]["resourceType"] == "Patient" for e in bundle.get("entry", []))
+    assert patients >= len(files) - 1  # one corpus A17 swaps two bare "PID|n" segments
+
+
+def test_convert_deid_on_the_corpus_leaves_no_patient_name(tmp_path: Path) -> None:
+    files, _ = _adt_and_oru_files()
+    result = sidecar("convert", "--deid", "--data-dir", str(tmp_path / "d"), *map(str, files))
+    assert result.returncode == 0, result.stderr
+    for line in result.stdout.splitlines():
+        bundle = json.loads(line)
+        for entry in bundle["entry"]:
+            resource = entry["resource"]
+            assert "name" not in resource or resource["resourceType"] != "Patient"
+            assert "address" not in resource and "telecom" not in resource
+
+
+def test_the_malformed_corpus_message_gets_a_clear_error(tmp_path: Path) -> None:
+    _, broken = _adt_and_oru_files()
+    assert broken
+    result = sidecar("convert", "--data-dir", str(tmp_path / "d"), *map(str, broken))
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    for path in broken:
+        line = next(e for e in result.stderr.splitlines() if e.startswith(f"{path}: "))
+        assert len(line) > len(f"{path}: ") + 10
+
+
+def test_convert_deid_to_stdout_and_a_bad_file_fails_alone(tmp_path: Path) -> None:
+    good = tmp_path / "oru.hl7"
+    good.write_bytes(encoded(ORU_R01))
+    bad = tmp_path / "bad.hl7"
+    bad.write_bytes(b"this is not an HL7 message\n")
+    missing = tmp_path / "missing.hl7"
+    result = sidecar(
+        "convert", "--deid", "--data-dir", str(tmp_path / "d"), str(good), str(bad), str(missing)
+    )
+    assert result.returncode == 1
+    lines = result.stdout.splitlines()
+    assert len(lines) == 1
+    bundle = json.loads(lines[0])
+    validate_resource(bundle)
+    assert not [v for v in IDENTIFIERS if v.lower() in lines[0].lower()]
+    errors = result.stderr.splitlines()
+    assert any(e.startswith(f"{bad}: ") for e in errors)
+    assert any(e.startswith(f"{missing}: ") for e in errors)
+    assert "Traceback" not in result.stderr
+
+
+def test_serve_drains_on_sigterm_and_stats_reports(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sidecar", "serve", "--data-dir", str(data), "--mllp-port", "0"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        port = json.loads(proc.stdout.readline())["mllp_port"]
+        with MllpClient().connect("127.0.0.1", port, timeout=30) as client:
+            client.send(encoded(ADT_A01))
+            client.send(encoded(ORU_R01))
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    logs = proc.stderr.read() if proc.stderr else ""
+    assert not [v for v in IDENTIFIERS if v in logs], "identifier in the logs"
+    for line in logs.splitlines():
+        json.loads(line)  # every log line is JSON
+
+    stats = sidecar("stats", "--json", "--data-dir", str(data))
+    assert stats.returncode == 0, stats.stderr
+    data_out = json.loads(stats.stdout)
+    assert data_out["inbox"] == {
+        "received": 2, "processed": 2, "failed": 0, "pending": 0, "duplicates": 0, "repaired": 0,
+    }  # fmt: skip
+    assert data_out["resources"]["Patient"] == 1
+    assert data_out["resources"]["Observation"] == 3
+    assert data_out["events"]["pending"] == 0 and data_out["events"]["published"] > 0
+    assert data_out["jobs"]["done"] == 1
+    verify = sidecar("audit", "verify", "--data-dir", str(data))
+    assert verify.returncode == 0 and "verified" in verify.stdout
+
+
+def test_demo_prints_a_summary_and_a_verified_chain(tmp_path: Path) -> None:
+    result = sidecar("demo", "--patients", "6", "--data-dir", str(tmp_path / "demo"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "audit chain verified" in result.stdout
+    assert "One summary" in result.stdout

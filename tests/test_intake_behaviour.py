@@ -1,0 +1,141 @@
+"""Skeleton acceptance on the embedded deployment: resends, garbage, dead letters."""
+
+from __future__ import annotations
+
+import socket
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from connectors import InboundMessage, MllpClient
+from connectors.hl7 import peek_header
+from connectors.inbox import DatabaseInbox
+from core.db import Database
+from core.settings import Settings
+from core.tables import DeadLetter, InboxEntry, QuarantineEntry, Resource
+from sidecar.stats import collect
+from tests.deployments import Embedded
+from tests.fixtures.messages import ADT_A01, ORU_R01, encoded, with_control_id
+from tests.test_end_to_end import msa
+
+
+@pytest.fixture
+def sidecar(tmp_path: Path):
+    dep = Embedded(tmp_path / "data")
+    dep.start()
+    yield dep
+    dep.stop()
+
+
+def resource_counts(dep: Embedded) -> dict[str, int]:
+    with dep.db.sessions() as s:
+        return dict(
+            s.execute(select(Resource.resource_type, func.count()).group_by(Resource.resource_type)).all()
+        )
+
+
+def test_a_resend_is_acknowledged_again_and_not_processed_twice(sidecar: Embedded) -> None:
+    with MllpClient().connect("127.0.0.1", sidecar.port, timeout=30) as client:
+        first = msa(client.send(encoded(ORU_R01)))
+        sidecar.settle()
+        counts_after_first = resource_counts(sidecar)
+        events_after_first = len(sidecar.events)
+        second = msa(client.send(encoded(ORU_R01)))
+    sidecar.settle()
+    assert first[1] == second[1] == "AA"
+    assert first[2] == second[2] == "CTRL-LAB-0001"
+    assert resource_counts(sidecar) == counts_after_first
+    assert len(sidecar.events) == events_after_first
+    stats = collect(sidecar.db)
+    assert stats["inbox"]["received"] == 1
+    assert stats["inbox"]["duplicates"] == 1
+
+
+def test_same_content_under_a_new_control_id_creates_no_new_versions(sidecar: Embedded) -> None:
+    with MllpClient().connect("127.0.0.1", sidecar.port, timeout=30) as client:
+        client.send(encoded(ORU_R01))
+        sidecar.settle()
+        before = resource_counts(sidecar)
+        events_before = len(sidecar.events)
+        assert msa(client.send(encoded(with_control_id(ORU_R01, "CTRL-LAB-0002"))))[1] == "AA"
+    sidecar.settle()
+    assert resource_counts(sidecar) == before
+    assert len(sidecar.events) == events_before  # deterministic ids + unchanged content: no event
+
+
+def test_garbage_gets_ar_with_err_and_the_connection_stays_usable(sidecar: Embedded) -> None:
+    with MllpClient().connect("127.0.0.1", sidecar.port, timeout=30) as client:
+        nak = client.send(b"\x00\x01 this is not HL7 at all \xff\xfe")
+        fields = msa(nak)
+        assert fields[1] == "AR"
+        assert b"\rERR|" in nak
+        ok = msa(client.send(encoded(ADT_A01)))
+        assert ok[1] == "AA" and ok[2] == "CTRL-ADT-0001"
+    sidecar.settle()
+    with sidecar.db.sessions() as s:
+        quarantined = s.execute(select(QuarantineEntry)).scalars().all()
+        assert len(quarantined) == 1 and quarantined[0].reason
+        assert s.execute(select(InboxEntry.status)).scalar_one() == "processed"
+    assert resource_counts(sidecar).get("Patient") == 1
+
+
+def test_junk_outside_frames_does_not_break_the_connection(sidecar: Embedded) -> None:
+    with socket.create_connection(("127.0.0.1", sidecar.port), timeout=30) as sock:
+        sock.sendall(b"GET / HTTP/1.0\r\n\r\n" + b"\x0b" + encoded(ADT_A01) + b"\x1c\r")
+        data = b""
+        while not data.endswith(b"\x1c\r"):
+            chunk = sock.recv(4096)
+            assert chunk, "connection closed"
+            data += chunk
+    assert msa(data.strip(b"\x0b\x1c\r"))[1] == "AA"
+
+
+def test_an_unmappable_message_lands_in_dead_letters_with_its_reason(sidecar: Embedded) -> None:
+    message = (
+        "MSH|^~\\&|PHARM|GENHOSP|SIDECAR|GENHOSP|20260301081500||RDE^O11^RDE_O11|CTRL-RX-1|P|2.5.1\r"
+        "PID|1||MRN7734021^^^GENHOSP^MR||Quimby^Harriet\r"
+    )
+    with MllpClient().connect("127.0.0.1", sidecar.port, timeout=30) as client:
+        assert msa(client.send(encoded(message)))[1] == "AA"  # stored durably: accepted
+    sidecar.settle()
+    with sidecar.db.sessions() as s:
+        letter = s.execute(select(DeadLetter)).scalar_one()
+        assert letter.stage == "map" and letter.code == "unsupported-message"
+        assert "RDE" in letter.reason and "Quimby" not in letter.reason
+        assert s.execute(select(InboxEntry.status)).scalar_one() == "failed"
+    assert collect(sidecar.db)["inbox"]["failed"] == 1
+
+
+def test_messages_acknowledged_before_a_crash_are_processed_at_start(tmp_path: Path) -> None:
+    """The inbox is the source of truth: an entry committed (and so ACKed) whose pipeline
+    run never happened, as after a crash between commit and dispatch, is processed when
+    the sidecar starts again."""
+    settings = Settings(data_dir=tmp_path / "data")
+    db = Database(settings)
+    db.migrate()
+    raw = encoded(ADT_A01)
+    receipt = DatabaseInbox(db).commit(
+        InboundMessage(
+            raw=raw,
+            header=peek_header(raw),
+            charset="utf-8",
+            repaired=False,
+            source="mllp",
+            peer="127.0.0.1:1",
+            received_at=datetime.now(UTC),
+        )
+    )
+    assert not receipt.duplicate
+    assert collect(db)["inbox"]["pending"] == 1
+    db.dispose()
+
+    restarted = Embedded(tmp_path / "data")
+    restarted.start()
+    try:
+        restarted.settle()
+        assert collect(restarted.db)["inbox"]["processed"] == 1
+        assert resource_counts(restarted).get("Patient") == 1
+    finally:
+        restarted.stop()

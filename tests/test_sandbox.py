@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from sandbox import grounding, guard
+from sandbox.models import ExtractiveSummarizer
+from sandbox.prompt import build_prompt
+
+CONTEXT: list[dict[str, Any]] = [
+    {"resourceType": "Patient", "id": "p", "gender": "female", "birthDate": "1976-05-02"},
+    {
+        "resourceType": "Observation",
+        "id": "o1",
+        "status": "final",
+        "code": {"text": "Sodium"},
+        "valueQuantity": {"value": 139, "unit": "mmol/L"},
+        "effectiveDateTime": "2026-03-20T11:30:00+08:00",
+    },
+    {
+        "resourceType": "Observation",
+        "id": "o2",
+        "status": "final",
+        "code": {"coding": [{"code": "2823-3", "display": "Potassium"}]},
+        "valueQuantity": {"value": 6.1, "unit": "mmol/L"},
+        "interpretation": [{"coding": [{"code": "H"}]}],
+        "referenceRange": [{"text": "3.5-5.1"}],
+        "effectiveDateTime": "2026-03-20T11:30:00+08:00",
+    },
+]
+
+
+def test_prompt_puts_abnormal_results_first_and_passes_the_guard() -> None:
+    prompt = build_prompt(CONTEXT)
+    assert prompt.facts[0].startswith("Patient: female")
+    assert prompt.facts[1].startswith("Potassium: 6.1 mmol/L (flag H)")
+    guard.check(prompt.text)
+    summary = ExtractiveSummarizer().summarize(prompt)
+    grounding.check(summary, prompt.text)
+
+
+@pytest.mark.parametrize(
+    ("text", "kind"),
+    [
+        ("call 13812345678 today", "cn-mobile"),
+        ("id 11010519491231002X", "cn-resident-id"),
+        ("mail jane.doe@example.org", "email"),
+        ("ssn 123-45-6789", "us-ssn"),
+        ("phone (217) 555-0147", "phone"),
+        ("MRN: 7734021", "mrn-label"),
+        ("see http://his.local/patient/9", "url"),
+    ],
+)
+def test_guard_catches_identifier_shapes_without_echoing_them(text: str, kind: str) -> None:
+    with pytest.raises(guard.PromptLeak) as exc:
+        guard.check(text)
+    assert kind in str(exc.value)
+    assert text.split()[-1] not in str(exc.value)
+
+
+@pytest.mark.parametrize("text", ["Potassium 6.1 mmol/L on 2026-03-20", "LOINC 2823-3", "WBC 11.2 10*3/uL"])
+def test_guard_leaves_clinical_text_alone(text: str) -> None:
+    guard.check(text)
+
+
+def test_grounding_rejects_invented_numbers() -> None:
+    with pytest.raises(grounding.UngroundedSummary):
+        grounding.check("Potassium 7.4 mmol/L", "Potassium: 6.1 mmol/L")

@@ -1,0 +1,29 @@
+"""Builds the pipeline's context from settings (database, vault, mapping options)."""
+
+from __future__ import annotations
+
+from core.db import Database
+from core.settings import Settings
+from deid import Vault, load_or_create_secret
+from mapping import MappingOptions
+from worker.pipeline import PipelineContext
+
+
+def load_secret(settings: Settings) -> bytes:
+    if settings.secret is not None:
+        return settings.secret.get_secret_value().encode()
+    path = settings.effective_secret_file
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return load_or_create_secret(path)
+
+
+def build_context(settings: Settings, db: Database | None = None) -> PipelineContext:
+    if db is None:
+        db = Database(settings)
+        db.migrate()
+    return PipelineContext(
+        db=db,
+        vault=Vault(load_secret(settings), date_shift_max_days=settings.date_shift_max_days),
+        mapping_options=MappingOptions(default_timezone=settings.site_timezone),
+        coalesce_s=settings.summary_coalesce_s,
+    )
