@@ -98,7 +98,9 @@ def build_prompt(resources: list[dict[str, Any]]) -> Prompt:
             line += f"; conclusion: {rep['conclusion']}"
         facts.append(line)
     observations = by_type.get("Observation", [])
-    # Abnormal first, then most recent: what a clinician reads first.
-    observations.sort(key=lambda o: (_flag(o) is None, str(o.get("effectiveDateTime", ""))), reverse=False)
+    # Abnormal first, each group most recent first: what a clinician reads first.
+    # (Two stable sorts, because ISO date strings cannot be negated in one key.)
+    observations.sort(key=lambda o: str(o.get("effectiveDateTime", "")), reverse=True)
+    observations.sort(key=lambda o: _flag(o) is None)
     facts.extend(observation_line(o) for o in observations)
     return Prompt(PROMPT_VERSION, INSTRUCTIONS, tuple(facts))

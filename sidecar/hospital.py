@@ -76,6 +76,29 @@ def _msh(kind: str, control_id: str, when: datetime, sender: str) -> str:
     return f"MSH|^~\\&|{sender}|DEMO-HOSP|SIDECAR|DEMO-HOSP|{when:%Y%m%d%H%M%S}+0800||{kind}|{control_id}|P|2.5.1|||AL|NE||UNICODE UTF-8"
 
 
+def segment(name: str, fields: dict[int, str]) -> str:
+    """A segment from {field number: value}: positions by number, never by counting pipes."""
+    values = [""] * max(fields)
+    for number, value in fields.items():
+        values[number - 1] = value
+    return "|".join([name, *values])
+
+
+def _pv1(visit: str, admitted: datetime, discharged: datetime | None = None) -> str:
+    fields = {
+        1: "1",
+        2: "I",
+        3: "WARD3^301^1^DEMO-HOSP",
+        7: "1234^Attending^Alice",
+        10: "MED",
+        19: f"{visit}^^^DEMO-HOSP^VN",
+        44: f"{admitted:%Y%m%d%H%M%S}+0800",
+    }
+    if discharged is not None:
+        fields[45] = f"{discharged:%Y%m%d%H%M%S}+0800"
+    return segment("PV1", fields)
+
+
 def _pid(p: SyntheticPatient) -> str:
     return (
         f"PID|1||{p.mrn}^^^DEMO-HOSP^MR||{p.family}^{p.given}||{p.birth_date}|{p.sex}|||"
@@ -88,7 +111,7 @@ def admit(p: SyntheticPatient, visit: str, when: datetime, control_id: str) -> b
         _msh("ADT^A01^ADT_A01", control_id, when, "HIS"),
         f"EVN|A01|{when:%Y%m%d%H%M%S}+0800",
         _pid(p),
-        f"PV1|1|I|WARD3^301^1^DEMO-HOSP||||1234^Attending^Alice|||MED||||||||{visit}|||||||||||||||||||||||||{when:%Y%m%d%H%M%S}+0800",
+        _pv1(visit, when),
     ]
     return ("\r".join(segments) + "\r").encode()
 
@@ -98,8 +121,7 @@ def discharge(p: SyntheticPatient, visit: str, admitted: datetime, when: datetim
         _msh("ADT^A03^ADT_A03", control_id, when, "HIS"),
         f"EVN|A03|{when:%Y%m%d%H%M%S}+0800",
         _pid(p),
-        f"PV1|1|I|WARD3^301^1^DEMO-HOSP||||1234^Attending^Alice|||MED||||||||{visit}|||||||||||||||||||||||||"
-        f"{admitted:%Y%m%d%H%M%S}+0800|{when:%Y%m%d%H%M%S}+0800",
+        _pv1(visit, admitted, when),
     ]
     return ("\r".join(segments) + "\r").encode()
 
@@ -116,7 +138,7 @@ def lab_result(p: SyntheticPatient, order: str, when: datetime, control_id: str,
         value = round(rng.uniform(low - spread, high + spread), decimals)
         flag = "H" if value > high else "L" if value < low else "N"
         segments.append(
-            f"OBX|{i}|NM|{code}^{name}^LN||{value}|{unit}|{low}-{high}|{flag}|||F|||{when:%Y%m%d%H%M%S}+0800"
+            f"OBX|{i}|NM|{code}^{name}^LN||{value:.{decimals}f}|{unit}|{low}-{high}|{flag}|||F|||{when:%Y%m%d%H%M%S}+0800"
         )
     # Free text that names the patient: de-identification must scrub it.
     segments.append(f"NTE|1|L|Specimen for {p.given} {p.family} ({p.mrn}) received intact.")

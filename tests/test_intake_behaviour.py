@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,6 +16,7 @@ from connectors.inbox import DatabaseInbox
 from core.db import Database
 from core.settings import Settings
 from core.tables import DeadLetter, InboxEntry, QuarantineEntry, Resource
+from sidecar import hospital
 from sidecar.stats import collect
 from tests.deployments import Embedded
 from tests.fixtures.messages import ADT_A01, ORU_R01, encoded, with_control_id
@@ -139,3 +141,20 @@ def test_messages_acknowledged_before_a_crash_are_processed_at_start(tmp_path: P
         assert resource_counts(restarted).get("Patient") == 1
     finally:
         restarted.stop()
+
+
+def test_a_discharge_updates_the_admission_encounter_and_triggers_a_summary(sidecar: Embedded) -> None:
+    patient = hospital.make_patients(1)[0]
+    admitted, left = datetime(2026, 3, 1, 8, 0), datetime(2026, 3, 3, 10, 0)
+    with MllpClient().connect("127.0.0.1", sidecar.port, timeout=30) as client:
+        assert msa(client.send(hospital.admit(patient, "V1", admitted, "A-1")))[1] == "AA"
+        assert msa(client.send(hospital.discharge(patient, "V1", admitted, left, "D-1")))[1] == "AA"
+    sidecar.settle()
+    with sidecar.db.sessions() as s:
+        (encounter,) = s.execute(select(Resource).where(Resource.resource_type == "Encounter")).scalars()
+        assert encounter.version == 2
+        assert json.loads(encounter.body)["status"] == "finished"
+    keys = [e["type"].rsplit(".", 2)[-2:] for e in sidecar.event_bodies()]
+    assert ["Encounter", "created"] in keys and ["Encounter", "updated"] in keys
+    assert collect(sidecar.db)["jobs"]["done"] == 1
+    assert any(e["type"].endswith("summary.discharge.completed") for e in sidecar.event_bodies())

@@ -67,3 +67,20 @@ def test_guard_leaves_clinical_text_alone(text: str) -> None:
 def test_grounding_rejects_invented_numbers() -> None:
     with pytest.raises(grounding.UngroundedSummary):
         grounding.check("Potassium 7.4 mmol/L", "Potassium: 6.1 mmol/L")
+
+
+def test_normal_results_follow_abnormal_ones_newest_first() -> None:
+    def obs(i: str, when: str, flag: str | None = None) -> dict[str, Any]:
+        o: dict[str, Any] = {
+            "resourceType": "Observation",
+            "id": i,
+            "code": {"text": f"T{i}"},
+            "valueQuantity": {"value": 1, "unit": "u"},
+            "effectiveDateTime": when,
+        }
+        if flag:
+            o["interpretation"] = [{"coding": [{"code": flag}]}]
+        return o
+
+    prompt = build_prompt([obs("1", "2026-01-01"), obs("2", "2026-03-01"), obs("3", "2026-02-01", "H")])
+    assert [f.split(":")[0] for f in prompt.facts] == ["T3", "T2", "T1"]
