@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Connection, Engine, insert, select, update
 from sqlalchemy.orm import Session
 
 from core.errors import StoreError
@@ -38,7 +38,7 @@ def _digest(
 
 
 def append(
-    session: Session,
+    session: Session | Connection,
     *,
     actor: str,
     action: str,
@@ -48,16 +48,22 @@ def append(
     now: datetime | None = None,
 ) -> int:
     """Append one entry; returns its sequence number. Call last in a transaction: it
-    holds the chain-head lock until commit, serialising appenders."""
-    head = session.execute(select(AuditHead).where(AuditHead.id == 1).with_for_update()).scalar_one_or_none()
+    holds the chain-head lock until commit, serialising appenders.
+
+    Core statements, not ORM objects: this runs once per intake batch on the hot path,
+    and works the same inside an ORM Session or on a bare Connection.
+    """
+    head = session.execute(
+        select(AuditHead.seq, AuditHead.hash).where(AuditHead.id == 1).with_for_update()
+    ).one_or_none()
     if head is None:
         raise StoreError("audit chain head is missing: the database was not migrated")
     at = (now or datetime.now(UTC)).isoformat(timespec="microseconds")
     detail_json = json.dumps(detail or {}, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    seq = head.seq + 1
+    seq = int(head.seq) + 1
     digest = _digest(seq, at, actor, action, str(outcome), entity, detail_json, head.hash)
-    session.add(
-        AuditEntry(
+    session.execute(
+        insert(AuditEntry).values(
             seq=seq,
             at=at,
             actor=actor,
@@ -69,7 +75,7 @@ def append(
             hash=digest,
         )
     )
-    head.seq, head.hash = seq, digest
+    session.execute(update(AuditHead).where(AuditHead.id == 1).values(seq=seq, hash=digest))
     return seq
 
 

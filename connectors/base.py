@@ -6,6 +6,7 @@ and the in-memory sinks of tests both satisfy them structurally.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -41,8 +42,13 @@ class Rejected:
 
 
 class MessageSink(Protocol):
-    def commit(self, message: InboundMessage) -> Receipt:
-        """Store durably; return only once stored. Raises on failure. Blocking."""
+    def commit_many(self, messages: Sequence[InboundMessage]) -> list[Receipt]:
+        """Store all in ONE durable transaction; receipts in input order. Blocking.
+
+        Returns only once everything is durable; raises (storing nothing) on failure.
+        Batch-shaped so that concurrent messages share one commit (group commit): the
+        fsync, not the insert, is what a durable listener pays for.
+        """
         ...
 
     def quarantine(self, item: Rejected) -> int:

@@ -1,16 +1,22 @@
 """The database-backed MessageSink: the inbox in core's tables.
 
-``commit`` returns only after the transaction holding the raw bytes (and its audit entry)
-has committed; the listener ACKs after that, never before. A resend of the same
-(sender, control id) is recorded on the existing row and reported as a duplicate.
+``commit_many`` stores a whole batch in one transaction (one fsync) and returns only
+after it committed; the listener ACKs after that, never before. A resend of the same
+(sender, control id) increments ``resend_count`` on the stored row and is reported as a
+duplicate: it is acknowledged again and never processed twice.
+
+This is the intake's hot path: one multi-row ``INSERT … ON CONFLICT DO UPDATE …
+RETURNING`` per batch (SQLite ≥ 3.35 and PostgreSQL both have it), and one audit entry per
+batch listing the inbox ids it covers.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
+from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Connection, update
 
 import audit
 from connectors.base import InboundMessage, MessageSink, Receipt, Rejected
@@ -19,69 +25,88 @@ from core.tables import InboxEntry, InboxStatus, QuarantineEntry
 
 log = logging.getLogger("sidecar.connectors.inbox")
 
+_INBOX = InboxEntry.__table__
+ROWS_PER_STATEMENT = 1000  # x 12 columns: well under SQLite's and PostgreSQL's parameter limits
+
+
+_COLUMNS = (
+    "source", "peer", "sender", "control_id", "message_type", "received_at",
+    "raw", "charset", "repaired", "status", "resend_count", "attempts",
+)  # fmt: skip
+
 
 class DatabaseInbox(MessageSink):
     def __init__(self, db: Database) -> None:
         self._db = db
+        dialect = db.engine.dialect
+        self._placeholder = "?" if dialect.paramstyle == "qmark" else "%s"
+        # The dialect's own converters, so rows look exactly as if the ORM wrote them
+        # (SQLite stores datetimes as text in SQLAlchemy's format, booleans as 0/1).
+        processors = [_INBOX.c[name].type.bind_processor(dialect) for name in _COLUMNS]
+        self._processors: list[Callable[[Any], Any]] = [p or _identity for p in processors]
+        self._sql_by_size: dict[int, str] = {}
 
     def commit(self, message: InboundMessage) -> Receipt:
-        try:
-            return self._commit_once(message)
-        except IntegrityError:
-            # Two connections raced on the same resend: the loser is a duplicate.
-            return self._commit_once(message)
+        return self.commit_many([message])[0]
 
-    def _commit_once(self, message: InboundMessage) -> Receipt:
-        header = message.header
-        with self._db.transaction() as session:
-            existing = session.execute(
-                select(InboxEntry)
-                .where(InboxEntry.sender == header.sender, InboxEntry.control_id == header.control_id)
-                .with_for_update()
-            ).scalar_one_or_none()
-            if existing is not None:
-                existing.resend_count += 1
-                existing.last_resend_at = message.received_at
-                audit.append(
-                    session,
-                    actor=f"connector:{message.source}",
-                    action="message.resend",
-                    entity=f"inbox/{existing.id}",
-                    detail={"peer": message.peer, "resends": existing.resend_count},
-                    now=message.received_at,
+    def commit_many(self, messages: Sequence[InboundMessage]) -> list[Receipt]:
+        if not messages:
+            return []
+        # One row per (sender, control id): PostgreSQL refuses to touch a row twice in one
+        # statement, and a resend inside the same batch is a duplicate all the same.
+        first: dict[tuple[str, str], int] = {}
+        extra: dict[tuple[str, str], int] = {}
+        for index, m in enumerate(messages):
+            key = (m.header.sender, m.header.control_id)
+            if key in first:
+                extra[key] = extra.get(key, 0) + 1
+            else:
+                first[key] = index
+        rows = [
+            [proc(value) for proc, value in zip(self._processors, _values(messages[i]), strict=True)]
+            for i in first.values()
+        ]
+        with self._db.engine.begin() as connection:
+            by_key: dict[tuple[str, str], tuple[int, int]] = {}
+            # Several statements, one transaction: PostgreSQL takes at most 65,535 bound
+            # parameters per statement (a 6,000-message batch file exceeded it).
+            for start in range(0, len(rows), ROWS_PER_STATEMENT):
+                chunk = rows[start : start + ROWS_PER_STATEMENT]
+                params = tuple(value for row in chunk for value in row)
+                for r in connection.exec_driver_sql(self._upsert_sql(len(chunk)), params):
+                    by_key[(r[1], r[2])] = (int(r[0]), int(r[3]))
+            # Resends within this batch beyond the first occurrence.
+            for key, n in extra.items():
+                connection.execute(
+                    update(InboxEntry)
+                    .where(InboxEntry.id == by_key[key][0])
+                    .values(resend_count=InboxEntry.resend_count + n)
                 )
-                return Receipt(inbox_id=existing.id, duplicate=True)
-            entry = InboxEntry(
-                source=message.source,
-                peer=message.peer,
-                sender=header.sender,
-                control_id=header.control_id,
-                message_type=header.message_type,
-                received_at=message.received_at,
-                raw=message.raw,
-                charset=message.charset,
-                repaired=message.repaired,
-                status=InboxStatus.RECEIVED,
-                resend_count=0,
-                attempts=0,
+            receipts: list[Receipt] = []
+            seen: set[tuple[str, str]] = set()
+            for m in messages:
+                key = (m.header.sender, m.header.control_id)
+                inbox_id, resends = by_key[key]
+                receipts.append(Receipt(inbox_id=inbox_id, duplicate=resends > 0 or key in seen))
+                seen.add(key)
+            _audit_batch(connection, messages, receipts)
+        return receipts
+
+    def _upsert_sql(self, rows: int) -> str:
+        # Hand-built SQL for the hottest statement: SQLAlchemy recompiles a multi-row
+        # VALUES for every batch (profiled: ~80% of the commit time), this is cached per
+        # batch size. Both SQLite ≥ 3.35 and PostgreSQL accept it verbatim.
+        sql = self._sql_by_size.get(rows)
+        if sql is None:
+            one = "(" + ", ".join([self._placeholder] * len(_COLUMNS)) + ")"
+            sql = (
+                f"INSERT INTO inbox ({', '.join(_COLUMNS)}) VALUES {', '.join([one] * rows)} "
+                "ON CONFLICT (sender, control_id) DO UPDATE SET "
+                "resend_count = inbox.resend_count + 1, last_resend_at = excluded.received_at "
+                "RETURNING id, sender, control_id, resend_count"
             )
-            session.add(entry)
-            session.flush()
-            audit.append(
-                session,
-                actor=f"connector:{message.source}",
-                action="message.received",
-                entity=f"inbox/{entry.id}",
-                detail={
-                    "peer": message.peer,
-                    "type": header.message_type,
-                    "bytes": len(message.raw),
-                    "charset": message.charset,
-                    "repaired": message.repaired,
-                },
-                now=message.received_at,
-            )
-            return Receipt(inbox_id=entry.id, duplicate=False)
+            self._sql_by_size[rows] = sql
+        return sql
 
     def quarantine(self, item: Rejected) -> int:
         with self._db.transaction() as session:
@@ -106,3 +131,46 @@ class DatabaseInbox(MessageSink):
             )
             log.warning("quarantined", extra={"quarantine_id": row.id, "code": item.code, "peer": item.peer})
             return row.id
+
+
+def _identity(value: Any) -> Any:
+    return value
+
+
+def _values(m: InboundMessage) -> tuple[Any, ...]:
+    # Order of _COLUMNS.
+    return (
+        m.source,
+        m.peer,
+        m.header.sender,
+        m.header.control_id,
+        m.header.message_type[:32],
+        m.received_at,
+        m.raw,
+        m.charset,
+        m.repaired,
+        str(InboxStatus.RECEIVED),
+        0,
+        0,
+    )
+
+
+def _audit_batch(connection: Connection, messages: Sequence[InboundMessage], receipts: list[Receipt]) -> None:
+    """One entry for the whole batch: which inbox rows were written, from where."""
+    new = sorted({r.inbox_id for r in receipts if not r.duplicate})
+    resent = sorted({r.inbox_id for r in receipts if r.duplicate})
+    sources = sorted({m.source for m in messages})
+    audit.append(
+        connection,
+        actor="connector:" + "+".join(sources),
+        action="messages.received",
+        entity=f"inbox/{min(r.inbox_id for r in receipts)}-{max(r.inbox_id for r in receipts)}",
+        detail={
+            "new": new,
+            "resent": resent,
+            "peers": sorted({m.peer for m in messages}),
+            "repaired": sum(m.repaired for m in messages),
+            "bytes": sum(len(m.raw) for m in messages),
+        },
+        now=max(m.received_at for m in messages),
+    )

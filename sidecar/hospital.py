@@ -73,7 +73,7 @@ def make_patients(count: int, seed: int = 7) -> list[SyntheticPatient]:
 
 
 def _msh(kind: str, control_id: str, when: datetime, sender: str) -> str:
-    return f"MSH|^~\\&|{sender}|DEMO-HOSP|SIDECAR|DEMO-HOSP|{when:%Y%m%d%H%M%S}+0800||{kind}|{control_id}|P|2.5.1|||AL|NE||UNICODE UTF-8"
+    return f"MSH|^~\\&|{sender}|DEMO-HOSP|SIDECAR|DEMO-HOSP|{when:%Y%m%d%H%M%S}+0800||{kind}|{control_id}|P|2.5.1||||||UNICODE UTF-8"
 
 
 def segment(name: str, fields: dict[int, str]) -> str:

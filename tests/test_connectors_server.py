@@ -11,7 +11,7 @@ import concurrent.futures
 import logging
 import socket
 import threading
-from collections.abc import Coroutine, Iterator
+from collections.abc import Coroutine, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC
 from typing import Any
@@ -24,7 +24,7 @@ from connectors.base import InboundMessage, Receipt, Rejected
 from connectors.hl7.header import peek_header
 from connectors.mllp.client import MllpClient
 from connectors.mllp.framing import encode_frame
-from connectors.mllp.server import NOT_STORED, MllpConfig, MllpServer
+from connectors.mllp.server import NOT_STORED, AckMode, MllpConfig, MllpServer
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -68,6 +68,9 @@ class MemorySink:
                     return Receipt(index + 1, duplicate=True)
             self.committed.append(message)
             return Receipt(len(self.committed), duplicate=False)
+
+    def commit_many(self, messages: Sequence[InboundMessage]) -> list[Receipt]:
+        return [self.commit(m) for m in messages]
 
     def quarantine(self, item: Rejected) -> int:
         if self.fail_quarantine:
@@ -358,7 +361,8 @@ _items = st.lists(
 
 
 def test_fuzz_never_crashes_and_answers_every_frame(sink: MemorySink, records: Records) -> None:
-    config = MllpConfig(port=0, max_frame_bytes=256)
+    # Original mode: a mutated MSH-15 of "NE"/"ER" would rightly silence enhanced-mode ACKs.
+    config = MllpConfig(port=0, max_frame_bytes=256, ack_mode=AckMode.ORIGINAL)
 
     with running(sink, config) as srv:
 

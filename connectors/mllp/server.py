@@ -1,9 +1,12 @@
 """The MLLP listener: frames in, durable commit, then ACK out — strictly in that order.
 
-Per connection, frames are answered one at a time in arrival order (MLLP is
-request/response). A message is acknowledged AA only after ``sink.commit`` has returned,
-i.e. after it is durable; any failure to store answers AE so the sender keeps it and
-resends. Nothing but ACKs is ever written to the socket.
+Per connection, ACKs go out in frame order. Frames are not handled one at a time,
+though: each complete frame is handed to the group committer at once, so a sender that
+pipelines (or many senders together) share commits, while a sender that waits for each
+ACK sees the latency of a single commit. A message is acknowledged positively (AA, or CA
+in enhanced mode) only after its commit returned, i.e. after it is durable; a failure to
+store answers AE/CE so the sender keeps it and resends. Nothing but ACKs is ever written
+to the socket.
 
 Logs carry peers, sizes, codes, control ids and sending applications — never message
 content. Exceptions raised by the sink are logged by type only: database drivers put
@@ -13,17 +16,23 @@ statement parameters (the raw message) into their exception text.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import socket
-from collections.abc import Callable
+import ssl
+import time
+from collections.abc import Awaitable, Callable
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from enum import StrEnum
 
 from connectors.base import InboundMessage, MessageSink, Receipt, Rejected
+from connectors.commit import GroupCommitter
 from connectors.hl7.ack import AckCode, build_ack
 from connectors.hl7.charset import decode_message
 from connectors.hl7.header import HeaderError, MessageHeader, peek_header
+from connectors.metrics import IntakeMetrics
 from connectors.mllp.framing import Frame, FrameEvent, FrameProblem, FrameReader, ProblemCode, encode_frame
 from core.errors import IngestError
 
@@ -37,6 +46,11 @@ _CLOSE_TIMEOUT_S = 5.0
 CommitListener = Callable[[Receipt, InboundMessage], None]
 
 
+class AckMode(StrEnum):
+    AUTO = "auto"  # follow the message: MSH-15/16 valued means enhanced mode (CA/CE/CR)
+    ORIGINAL = "original"  # always AA/AE/AR, for senders that fill MSH-15/16 but expect AA
+
+
 @dataclass(frozen=True)
 class MllpConfig:
     host: str = "127.0.0.1"
@@ -44,19 +58,81 @@ class MllpConfig:
     max_frame_bytes: int = 1_048_576
     idle_timeout_s: float = 300.0
     max_connections: int = 64
+    max_in_flight: int = 256  # frames of one connection committed but not yet answered
+    ack_mode: AckMode = AckMode.AUTO
+    # Empty: everyone. Networks ("10.1.0.0/16", "127.0.0.1") a peer address must be in.
+    allowed_peers: tuple[str, ...] = ()
+    # Empty: everyone. Sending applications (MSH-3, first component), case-insensitive.
+    allowed_senders: tuple[str, ...] = ()
+    ssl_context: ssl.SSLContext | None = None
+    # MSH-18 empty: the charset to assume, per header (a per-sender policy); None = UTF-8.
+    default_charset: Callable[[MessageHeader], str] | None = None
+    _networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = field(default=(), repr=False)
 
     def __post_init__(self) -> None:
         if self.max_frame_bytes <= 0 or self.idle_timeout_s <= 0 or self.max_connections <= 0:
             raise ValueError("max_frame_bytes, idle_timeout_s and max_connections must be positive")
+        if self.max_in_flight <= 0:
+            raise ValueError("max_in_flight must be positive")
+        networks = tuple(ipaddress.ip_network(n, strict=False) for n in self.allowed_peers)
+        object.__setattr__(self, "_networks", networks)
+
+    def peer_allowed(self, host: str) -> bool:
+        if not self._networks:
+            return True
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        return any(address in network for network in self._networks)
+
+    def sender_allowed(self, header: MessageHeader) -> bool:
+        if not self.allowed_senders:
+            return True
+        app = header.sending_application.split(header.component_separator, 1)[0].strip().casefold()
+        return app in {s.casefold() for s in self.allowed_senders}
+
+
+@dataclass(frozen=True)
+class _AckPlan:
+    """Which ACK codes one message gets, from MSH-15 (accept acknowledgment type)."""
+
+    ok: AckCode | None  # None: the sender asked for no ACK on success
+    error: AckCode | None
+    reject: AckCode | None
+
+
+_ORIGINAL = _AckPlan(AckCode.AA, AckCode.AE, AckCode.AR)
+
+
+def ack_plan(header: MessageHeader, mode: AckMode) -> _AckPlan:
+    """Original mode when MSH-15 and MSH-16 are both empty (or forced); else enhanced mode,
+    where MSH-15 decides whether a commit ACK is sent at all: AL always, NE never, ER only
+    on error/reject, SU only on success (empty in enhanced mode: always). Application
+    ACKs (MSH-16) are never sent: the sidecar has no return path to the sender's system."""
+    accept, application = header.accept_ack_type.upper(), header.application_ack_type.upper()
+    if mode is AckMode.ORIGINAL or not (accept or application):
+        return _ORIGINAL
+    on_success = accept in ("", "AL", "SU")
+    on_error = accept in ("", "AL", "ER")
+    return _AckPlan(
+        AckCode.CA if on_success else None,
+        AckCode.CE if on_error else None,
+        AckCode.CR if on_error else None,
+    )
 
 
 @dataclass(eq=False)
 class _Connection:
     peer: str
     task: asyncio.Task[object] | None
-    # True from the moment bytes are read until their frames are answered: stop() must
-    # not cancel a connection then, or a committed message would go unacknowledged.
-    busy: bool = False
+    # Frames read but not yet answered: stop() must not cancel a connection then, or a
+    # committed message would go unacknowledged.
+    in_flight: int = 0
+
+    @property
+    def busy(self) -> bool:
+        return self.in_flight > 0
 
 
 def _peer_name(writer: asyncio.StreamWriter) -> str:
@@ -94,10 +170,13 @@ class MllpServer:
         sink: MessageSink,
         *,
         on_committed: CommitListener | None = None,
+        metrics: IntakeMetrics | None = None,
     ) -> None:
         self._config = config
         self._sink = sink
+        self._committer = GroupCommitter(sink)
         self._on_committed = on_committed
+        self.metrics = metrics or IntakeMetrics()
         self._server: asyncio.Server | None = None
         self._connections: set[_Connection] = set()
         self._stopping = False
@@ -108,8 +187,13 @@ class MllpServer:
     async def start(self) -> None:
         if self._server is not None:
             raise RuntimeError("server already started")
+        self._committer.start()
         self._server = await asyncio.start_server(
-            self._accept, self._config.host, self._config.port, reuse_address=True
+            self._accept,
+            self._config.host,
+            self._config.port,
+            reuse_address=True,
+            ssl=self._config.ssl_context,
         )
         log.info(
             "mllp listening",
@@ -151,6 +235,7 @@ class MllpServer:
                 await asyncio.wait(pending, timeout=_CLOSE_TIMEOUT_S)
         with suppress(Exception):
             await asyncio.wait_for(self._server.wait_closed(), _CLOSE_TIMEOUT_S)
+        await asyncio.to_thread(self._committer.stop)
         log.info("mllp stopped", extra={"event": "mllp.stopped"})
         self._stopped.set()
 
@@ -167,6 +252,11 @@ class MllpServer:
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = _peer_name(writer)
+        host = writer.get_extra_info("peername")
+        if not self._config.peer_allowed(str(host[0]) if isinstance(host, tuple) else ""):
+            log.warning("mllp peer not allowed", extra={"event": "mllp.peer_denied", "peer": peer})
+            await _close(writer)
+            return
         if self._stopping or len(self._connections) >= self._config.max_connections:
             log.warning(
                 "mllp connection refused",
@@ -181,6 +271,7 @@ class MllpServer:
             return
         conn = _Connection(peer, asyncio.current_task())
         self._connections.add(conn)
+        self.metrics.connections.inc()
         _enable_keepalive(writer)
         log.info("mllp connection opened", extra={"event": "mllp.opened", "peer": peer})
         try:
@@ -195,6 +286,7 @@ class MllpServer:
             log.exception("mllp connection failed", extra={"event": "mllp.failed", "peer": peer})
         finally:
             self._connections.discard(conn)
+            self.metrics.connections.dec()
             await _close(writer)
             log.info("mllp connection closed", extra={"event": "mllp.closed", "peer": peer})
 
@@ -202,36 +294,69 @@ class MllpServer:
         self, conn: _Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
         framer = FrameReader(self._config.max_frame_bytes)
-        while True:
-            try:
-                async with asyncio.timeout(self._config.idle_timeout_s):
-                    data = await reader.read(_READ_CHUNK)
-            except TimeoutError:
-                log.info("mllp idle timeout", extra={"event": "mllp.idle", "peer": conn.peer})
-                return
-            conn.busy = True
-            for event in framer.feed(data) if data else framer.close():
-                reply = await self._answer(event, conn.peer)
-                if reply is not None:
-                    writer.write(encode_frame(reply))
-                    await writer.drain()
-            conn.busy = False
-            if not data or self._stopping:
-                return
+        # Answers in frame order; bounded, so a sender that pipelines without reading
+        # ACKs is slowed down (backpressure) instead of growing our memory.
+        answers: asyncio.Queue[Awaitable[bytes | None] | None] = asyncio.Queue(self._config.max_in_flight)
+        sender = asyncio.create_task(self._send_answers(conn, answers, writer))
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout(self._config.idle_timeout_s):
+                        data = await reader.read(_READ_CHUNK)
+                except TimeoutError:
+                    if conn.busy:
+                        continue  # waiting on our commit is not the sender being idle
+                    log.info("mllp idle timeout", extra={"event": "mllp.idle", "peer": conn.peer})
+                    return
+                for event in framer.feed(data) if data else framer.close():
+                    conn.in_flight += 1
+                    await answers.put(self._answer(event, conn.peer))
+                if not data or self._stopping:
+                    return
+        finally:
+            # Whatever was read is committed and answered before the connection closes.
+            await answers.put(None)
+            await asyncio.shield(sender)
 
-    async def _answer(self, event: FrameEvent, peer: str) -> bytes | None:
-        """The ACK for one framing event, or None when nothing must be sent."""
-        if isinstance(event, Frame):
+    async def _send_answers(
+        self,
+        conn: _Connection,
+        answers: asyncio.Queue[Awaitable[bytes | None] | None],
+        writer: asyncio.StreamWriter,
+    ) -> None:
+        broken = False
+        while (answer := await answers.get()) is not None:
+            reply = await answer
+            conn.in_flight -= 1
+            if self._stopping and not conn.busy and conn.task is not None and answers.empty():
+                # Draining: this was the last frame owed an answer; stop waiting for more.
+                conn.task.cancel()
+            if reply is None or broken:
+                continue
             try:
-                return await self._answer_frame(event.payload, peer)
-            except Exception:
-                log.exception("mllp frame handling failed", extra={"event": "mllp.bug", "peer": peer})
-                return build_ack(None, AckCode.AE, error=NOT_STORED)
-        return await self._answer_problem(event, peer)
+                writer.write(encode_frame(reply))
+                if answers.empty():  # drain once per burst, not per ACK
+                    await writer.drain()
+            except (ConnectionError, OSError):
+                # The sender is gone; its messages are stored, it will resend for the ACKs.
+                broken = True
+
+    def _answer(self, event: FrameEvent, peer: str) -> Awaitable[bytes | None]:
+        """Start handling one framing event now; the awaitable yields its ACK (or None)."""
+        if isinstance(event, Frame):
+            return asyncio.ensure_future(self._answer_frame(event.payload, peer, time.perf_counter()))
+        return asyncio.ensure_future(self._answer_problem(event, peer))
 
     # -- frames ----------------------------------------------------------------------
 
-    async def _answer_frame(self, payload: bytes, peer: str) -> bytes:
+    async def _answer_frame(self, payload: bytes, peer: str, started: float) -> bytes | None:
+        try:
+            return await self._handle_frame(payload, peer, started)
+        except Exception:
+            log.exception("mllp frame handling failed", extra={"event": "mllp.bug", "peer": peer})
+            return build_ack(None, AckCode.AE, error=NOT_STORED)
+
+    async def _handle_frame(self, payload: bytes, peer: str, started: float) -> bytes | None:
         received_at = datetime.now(UTC)
         try:
             header = peek_header(payload)
@@ -242,25 +367,50 @@ class MllpServer:
                 "mllp message rejected",
                 extra={"event": "mllp.rejected", "peer": peer, "nbytes": len(payload), "code": exc.code},
             )
+            self.metrics.received.labels("unknown").inc()
+            self.metrics.nacked.labels("unknown", "AR").inc()
             await self._quarantine(Rejected(payload, SOURCE, peer, reason, exc.code, received_at))
             return build_ack(None, AckCode.AR, error=reason, error_code=error_code)
 
+        sender = header.sender
+        plan = ack_plan(header, self._config.ack_mode)
+        self.metrics.received.labels(sender).inc()
         context = {
             "peer": peer,
             "nbytes": len(payload),
             "control_id": header.control_id,
             "sending_application": header.sending_application,
         }
+        if not self._config.sender_allowed(header):
+            # Not stored: data from an interface nobody configured is not ours to keep.
+            log.warning("mllp sender not allowed", extra={"event": "mllp.sender_denied", **context})
+            return self._nack(header, plan.reject, "sending application not allowed", "207", started)
+
+        default = self._config.default_charset(header) if self._config.default_charset else "UTF-8"
+        decoded = decode_message(payload, header.charset, default=default)
+        message = InboundMessage(
+            raw=payload,
+            header=header,
+            charset=decoded.charset,
+            repaired=decoded.repaired,
+            source=SOURCE,
+            peer=peer,
+            received_at=received_at,
+        )
         try:
-            receipt, message = await asyncio.to_thread(self._store, payload, header, peer, received_at)
+            receipt = await self._committer.submit(message)
         except Exception as exc:
             log.error(
                 "mllp commit failed",
                 extra={"event": "mllp.commit_failed", "error": type(exc).__name__, **context},
             )
-            return build_ack(header, AckCode.AE, error=NOT_STORED, error_code="207")
+            return self._nack(header, plan.error, NOT_STORED, "207", started)
 
-        log.info(
+        if receipt.duplicate:
+            self.metrics.duplicates.labels(sender).inc()
+        if message.repaired:
+            self.metrics.repaired.labels(sender).inc()
+        log.debug(
             "mllp message committed",
             extra={
                 "event": "mllp.committed",
@@ -272,24 +422,21 @@ class MllpServer:
             },
         )
         self._notify(receipt, message)
+        if plan.ok is None:
+            return None
+        self.metrics.acked.labels(sender).inc()
+        self.metrics.ack_latency.observe(time.perf_counter() - started)
         # A resend of a stored message is acknowledged again: the sender lost our first ACK.
-        return build_ack(header, AckCode.AA)
+        return build_ack(header, plan.ok)
 
-    def _store(
-        self, payload: bytes, header: MessageHeader, peer: str, received_at: datetime
-    ) -> tuple[Receipt, InboundMessage]:
-        # Runs in a worker thread: decoding a large message must not stall other connections.
-        decoded = decode_message(payload, header.charset)
-        message = InboundMessage(
-            raw=payload,
-            header=header,
-            charset=decoded.charset,
-            repaired=decoded.repaired,
-            source=SOURCE,
-            peer=peer,
-            received_at=received_at,
-        )
-        return self._sink.commit(message), message
+    def _nack(
+        self, header: MessageHeader, code: AckCode | None, error: str, error_code: str, started: float
+    ) -> bytes | None:
+        if code is None:
+            return None
+        self.metrics.nacked.labels(header.sender, str(code)).inc()
+        self.metrics.ack_latency.observe(time.perf_counter() - started)
+        return build_ack(header, code, error=error, error_code=error_code)
 
     def _notify(self, receipt: Receipt, message: InboundMessage) -> None:
         if self._on_committed is None:

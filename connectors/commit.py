@@ -1,0 +1,120 @@
+"""Group commit: messages that arrive while a commit is running share the next one.
+
+One writer thread owns the durable write. It takes everything queued (up to
+``max_batch``), hands it to ``sink.commit_many`` as ONE transaction, and resolves each
+message's asyncio future on its event loop. With one sender waiting for each ACK, a
+batch is one message and latency is a single commit; with many senders (or a sender
+that pipelines), batches grow by themselves and the fsync is shared — no timer, so a
+quiet listener never waits.
+
+A failing commit fails every future of its batch: each sender gets AE/CE and resends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from connectors.base import InboundMessage, MessageSink, Receipt
+
+log = logging.getLogger("sidecar.connectors.commit")
+
+
+@dataclass(frozen=True)
+class _Pending:
+    message: InboundMessage
+    future: asyncio.Future[Receipt]
+    loop: asyncio.AbstractEventLoop
+
+
+_STOP = object()
+
+
+class GroupCommitter:
+    def __init__(self, sink: MessageSink, *, max_batch: int = 500) -> None:
+        self._sink = sink
+        self._max_batch = max_batch
+        self._queue: queue.SimpleQueue[_Pending | object] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="group-commit", daemon=True)
+        self._started = False
+        self.batches = 0
+        self.messages = 0
+
+    def start(self) -> None:
+        if not self._started:
+            self._started = True
+            self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Commit what is queued, then end the thread."""
+        if self._started:
+            self._queue.put(_STOP)
+            self._thread.join(timeout)
+
+    def submit(self, message: InboundMessage) -> asyncio.Future[Receipt]:
+        """From the event loop: a future that resolves once the message is durable."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Receipt] = loop.create_future()
+        self._queue.put(_Pending(message, future, loop))
+        return future
+
+    def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            item = self._queue.get()
+            if item is _STOP:
+                return
+            batch = [item]
+            while len(batch) < self._max_batch:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is _STOP:
+                    stopping = True
+                    break
+                batch.append(nxt)
+            self._commit([p for p in batch if isinstance(p, _Pending)])
+
+    def _commit(self, batch: Sequence[_Pending]) -> None:
+        try:
+            receipts = self._sink.commit_many([p.message for p in batch])
+        except Exception as exc:
+            # Logged by type only: driver errors quote statement parameters (raw messages).
+            log.error(
+                "group commit failed",
+                extra={"event": "inbox.commit_failed", "batch": len(batch), "error": type(exc).__name__},
+            )
+            _resolve(batch, None, exc)
+            return
+        self.batches += 1
+        self.messages += len(batch)
+        _resolve(batch, receipts, None)
+
+
+def _resolve(batch: Sequence[_Pending], receipts: list[Receipt] | None, error: Exception | None) -> None:
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[int, _Pending]]] = {}
+    for index, pending in enumerate(batch):
+        by_loop.setdefault(pending.loop, []).append((index, pending))
+    for loop, items in by_loop.items():
+        # One hop per loop and batch, not per message: call_soon_threadsafe wakes the loop.
+        try:
+            loop.call_soon_threadsafe(_settle, items, receipts, error)
+        except RuntimeError:
+            log.warning("event loop closed before commit result", extra={"event": "inbox.loop_closed"})
+
+
+def _settle(
+    items: list[tuple[int, _Pending]], receipts: list[Receipt] | None, error: Exception | None
+) -> None:
+    for index, pending in items:
+        if pending.future.done():
+            continue
+        if receipts is not None:
+            pending.future.set_result(receipts[index])
+        else:
+            pending.future.set_exception(error or RuntimeError("commit failed"))
