@@ -16,6 +16,7 @@ import asyncio
 import logging
 import queue
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -43,6 +44,7 @@ class GroupCommitter:
         self._started = False
         self.batches = 0
         self.messages = 0
+        self.commit_seconds = 0.0
 
     def start(self) -> None:
         if not self._started:
@@ -81,6 +83,7 @@ class GroupCommitter:
             self._commit([p for p in batch if isinstance(p, _Pending)])
 
     def _commit(self, batch: Sequence[_Pending]) -> None:
+        started = time.perf_counter()
         try:
             receipts = self._sink.commit_many([p.message for p in batch])
         except Exception as exc:
@@ -93,6 +96,7 @@ class GroupCommitter:
             return
         self.batches += 1
         self.messages += len(batch)
+        self.commit_seconds += time.perf_counter() - started
         _resolve(batch, receipts, None)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import (
@@ -49,6 +49,50 @@ class Settings(BaseSettings):
     mllp_max_frame_bytes: int = Field(1_048_576, gt=0, description="Largest accepted MLLP frame.")
     mllp_idle_timeout_s: float = Field(300.0, gt=0, description="Close a connection idle this long.")
     mllp_max_connections: int = Field(64, gt=0, description="Concurrent MLLP connections accepted.")
+
+    mllp_max_in_flight: int = Field(
+        256, gt=0, description="Frames one connection may have in commit before its ACKs (pipelining)."
+    )
+    mllp_ack_mode: Literal["auto", "original"] = Field(
+        "auto",
+        description="auto: MSH-15/16 valued means enhanced mode (CA/CE/CR, per MSH-15). original: always "
+        "AA/AE/AR, for senders that fill MSH-15/16 yet expect AA.",
+    )
+    mllp_allowed_peers: list[str] = Field(
+        default_factory=list,
+        description='Networks allowed to connect, e.g. ["10.1.0.0/16", "127.0.0.1"]; empty: any.',
+    )
+    mllp_allowed_senders: list[str] = Field(
+        default_factory=list,
+        description='Sending applications (MSH-3, 1st component) accepted, e.g. ["HIS", "LIS"]; empty: any.',
+    )
+    tls_cert_file: Path | None = Field(
+        None, description="PEM certificate: set with tls_key_file to serve MLLP over TLS."
+    )
+    tls_key_file: Path | None = Field(None, description="PEM private key of tls_cert_file.")
+    tls_client_ca_file: Path | None = Field(
+        None, description="PEM CA bundle: when set, senders must present a client certificate it signed."
+    )
+    charset_default: str = Field(
+        "UTF-8", description="Charset (HL7 table 0211 name) assumed when MSH-18 is empty."
+    )
+    charset_by_sender: dict[str, str] = Field(
+        default_factory=dict,
+        description='Per-sender charset when MSH-18 is empty: {"APP": "GB 18030-2000", "APP|FACILITY": ...}.',
+    )
+    drop_dir: Path | None = Field(
+        None,
+        description="Drop folder for HL7 files (incoming/ done/ failed/ below it); unset: no file connector.",
+    )
+    drop_poll_interval_s: float = Field(1.0, gt=0, description="How often the drop folder is scanned.")
+    drop_settle_s: float = Field(0.5, ge=0, description="A file is taken once unchanged this long.")
+    drop_max_file_bytes: int = Field(
+        256 * 1024 * 1024, gt=0, description="Larger files go to failed/ unread."
+    )
+    metrics_port: int | None = Field(
+        None, ge=0, le=65535, description="Serve Prometheus metrics on this port; unset: no metrics endpoint."
+    )
+    metrics_host: str = Field("127.0.0.1", description="Address of the metrics endpoint.")
 
     secret_file: Path | None = Field(
         None,

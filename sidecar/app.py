@@ -9,6 +9,7 @@ worker`` runs it), relay → RabbitMQ exchange, summary jobs → ``sidecar sandb
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import queue
 import threading
@@ -16,11 +17,17 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from prometheus_client import start_http_server
 from sqlalchemy import func, select
 
 from connectors import InboundMessage, MllpConfig, MllpServer, Receipt
+from connectors.files import DropFolder, DropFolderConfig
 from connectors.inbox import DatabaseInbox
+from connectors.metrics import IntakeMetrics
+from connectors.mllp.server import AckMode
+from connectors.mllp.tls import server_context
 from core.db import Database
+from core.errors import ConfigError
 from core.settings import Settings
 from core.tables import Job, JobStatus
 from core.tasks import PIPELINE_QUEUE, PIPELINE_TASK, SANDBOX_QUEUE, SUMMARY_TASK, make_celery
@@ -38,6 +45,28 @@ log = logging.getLogger("sidecar.app")
 SWEEP_INTERVAL_S = 5.0
 SWEEP_AGE_S = 10.0
 REDISPATCH_AFTER_S = 60.0
+
+
+def mllp_config(settings: Settings) -> MllpConfig:
+    ssl_context = None
+    if settings.tls_cert_file is not None or settings.tls_key_file is not None:
+        if settings.tls_cert_file is None or settings.tls_key_file is None:
+            raise ConfigError("TLS needs both tls_cert_file and tls_key_file")
+        ssl_context = server_context(
+            settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file
+        )
+    return MllpConfig(
+        host=settings.mllp_host,
+        port=settings.mllp_port,
+        max_frame_bytes=settings.mllp_max_frame_bytes,
+        idle_timeout_s=settings.mllp_idle_timeout_s,
+        max_connections=settings.mllp_max_connections,
+        max_in_flight=settings.mllp_max_in_flight,
+        ack_mode=AckMode(settings.mllp_ack_mode),
+        allowed_peers=tuple(settings.mllp_allowed_peers),
+        allowed_senders=tuple(settings.mllp_allowed_senders),
+        ssl_context=ssl_context,
+    )
 
 
 class SidecarApp:
@@ -70,17 +99,26 @@ class SidecarApp:
             self._celery = make_celery(settings, "sidecar-serve")
             self._dispatch = queue.Queue()
             self._dispatcher = threading.Thread(target=self._dispatch_run, name="dispatcher", daemon=True)
+        self.metrics = IntakeMetrics()
         self.server = MllpServer(
-            MllpConfig(
-                host=settings.mllp_host,
-                port=settings.mllp_port,
-                max_frame_bytes=settings.mllp_max_frame_bytes,
-                idle_timeout_s=settings.mllp_idle_timeout_s,
-                max_connections=settings.mllp_max_connections,
-            ),
+            mllp_config(settings),
             DatabaseInbox(self.db),
             on_committed=self._on_committed,
+            metrics=self.metrics,
         )
+        self.drop_folder: DropFolder | None = None
+        if settings.drop_dir is not None:
+            settings.drop_dir.mkdir(parents=True, exist_ok=True)
+            self.drop_folder = DropFolder(
+                DropFolderConfig(
+                    root=settings.drop_dir,
+                    poll_interval_s=settings.drop_poll_interval_s,
+                    settle_s=settings.drop_settle_s,
+                    max_file_bytes=settings.drop_max_file_bytes,
+                ),
+                DatabaseInbox(self.db),
+                on_committed=self._on_committed,
+            )
 
     @property
     def port(self) -> int:
@@ -96,12 +134,18 @@ class SidecarApp:
             self.sandbox_loop.start()
         self.sweeper.start()
         self._sweep(age_s=0.0)  # entries acknowledged before a crash go first
+        if self.settings.metrics_port is not None:
+            start_http_server(self.settings.metrics_port, self.settings.metrics_host, self.metrics.registry)
         await self.server.start()
+        if self.drop_folder is not None:
+            self.drop_folder.start()
         log.info("listening", extra={"port": self.port, "embedded": self.settings.embedded})
 
     async def stop(self, drain_timeout_s: float = 30.0) -> None:
         """Stop accepting, finish what was acknowledged, publish what was stored."""
         await self.server.stop(drain_timeout_s=min(10.0, drain_timeout_s))
+        if self.drop_folder is not None:
+            await asyncio.to_thread(self.drop_folder.stop)
         self.sweeper.stop()
         if self.pipeline is not None:
             self.pipeline.stop(timeout=drain_timeout_s)
@@ -180,6 +224,7 @@ class SidecarApp:
     def _sweep(self, age_s: float = SWEEP_AGE_S) -> int:
         """Re-dispatch inbox entries still RECEIVED after a while (lost dispatch, crash,
         broker outage) and, with Celery, summary jobs overdue. Idempotent by design."""
+        self.metrics.inbox_backlog.set(len(pending_inbox_ids(self.db)))
         older_than = datetime.now(UTC) - timedelta(seconds=age_s)
         ids = pending_inbox_ids(self.db, older_than=older_than)
         now = time.monotonic()

@@ -88,7 +88,8 @@ def test_peer_allow_list_closes_other_addresses(sink: MemorySink) -> None:
 
 
 def _read_acks(sock: socket.socket, count: int) -> list[bytes]:
-    reader, acks = FrameReader(1 << 20), []
+    reader = FrameReader(1 << 20)
+    acks: list[bytes] = []
     while len(acks) < count:
         data = sock.recv(65536)
         assert data, "connection closed early"

@@ -2,11 +2,12 @@
 
 from connectors.hl7.ack import AckCode, build_ack, escape_text, new_control_id
 from connectors.hl7.batch import split_messages
-from connectors.hl7.charset import Decoded, decode_message, python_codec
+from connectors.hl7.charset import CharsetPolicy, Decoded, decode_message, python_codec
 from connectors.hl7.header import HeaderError, MessageHeader, peek_header
 
 __all__ = [
     "AckCode",
+    "CharsetPolicy",
     "Decoded",
     "HeaderError",
     "MessageHeader",

@@ -74,7 +74,8 @@ _NOT_CHARSETS = frozenset(
     }
 )
 _PUNCTUATION = re.compile(r"[\s_\-/.]+")
-_HIGH_RUN = re.compile(rb"[\x80-\xff]+")
+_HIGH_AS_H = bytes(ord("a") if byte < 0x80 else ord("h") for byte in range(256))
+_HIGH_BYTES = bytes(range(0x80, 0x100))
 
 # Codecs that decode (nearly) any byte string, so a successful decode proves nothing.
 _SINGLE_BYTE_PREFIXES = ("iso8859-", "cp125", "koi8", "mac-", "tis-620")
@@ -139,8 +140,9 @@ _MIN_CJK_CHARACTERS = 0.9
 # Characters of Chinese text: CJK (radicals to ideographs, compatibility ideographs,
 # fullwidth forms), punctuation, letterlike symbols (℃ №), number forms (Ⅱ), arrows, maths,
 # circled numbers, and the GB2312 Latin-1 signs it uses: the separator of transliterated
-# names (阿卜杜拉·买买提) and signs of lab values.
-_NOT_CHINESE = re.compile("[^\x00-\x7f\u2010-\u24ff\u2e80-\u9fff\uf900-\ufaff\uff00-\uffef·×÷±°§]")
+# names (阿卜杜拉·买买提), signs of lab values and the pinyin letters of GB2312 (Lǚ, García).
+_PINYIN = "āáǎàēéěèīíǐìōóǒòūúǔùǖǘǚǜüêɑńňɡ"
+_NOT_CHINESE = re.compile(f"[^\x00-\x7f\u2010-\u24ff\u2e80-\u9fff\uf900-\ufaff\uff00-\uffef·×÷±°§{_PINYIN}]")
 # Share of GB2312 (everyday) characters above which a GB decode is real Chinese rather
 # than UTF-8 bytes read as GB18030: those land on rare GBK extension characters about
 # half the time, while real text is almost all GB2312 (a rare name character or two aside).
@@ -158,7 +160,7 @@ _LATIN_ALL = _LATIN_2 + "\u1e00-\u1eff"
 # What a wrong decode produces and clinical text practically never contains. One or two
 # GB18030 characters are valid UTF-8 surprisingly often (a two-character name about 3% of
 # the time) and then read as these: C1 controls; Latin-1 symbols other than the few used
-# in medicine and billing (° ± ² ³ µ · × ® ¥ …), or two of those in a row; IPA and spacing
+# in medicine and billing (° ± ² ³ µ · × ® ¥ …; not ÷), or two in a row; IPA and spacing
 # modifiers; archaic Greek, Coptic, historic Cyrillic, the Cyrillic supplement and
 # unassigned points of the Greek and Hebrew blocks; Armenian, Syriac, Thaana and NKo (the
 # rest of the two-byte range, unlikely in a Chinese or European hospital); private use;
@@ -169,8 +171,8 @@ _LATIN_ALL = _LATIN_2 + "\u1e00-\u1eff"
 _SYMBOLS = "\xa1-\xbf\xd7\xf7"
 _GREEK, _CYRILLIC, _HEBREW, _ARABIC = "\u0370-\u03ff", "\u0400-\u04ff", "\u0590-\u05ff", "\u0600-\u06ff"
 _ODD_TEXT = re.compile(
-    "[\x80-\x9f\xa4\xa6\xa8\xaa\xac\xad\xaf\xb4\xb6\xb8-\xba\xbc-\xbe\u0250-\u02ff"
-    "\u0370-\u0377\u0378-\u0383\u038b\u038d\u03a2\u03d8-\u03ef\u0460-\u0489\u0500-\u058f"
+    "[\x80-\x9f\xa4\xa6\xa8\xaa\xac\xad\xaf\xb4\xb6\xb8-\xba\xbc-\xbe\xf7\u0250-\u02ff"
+    "\u0370-\u0383\u038b\u038d\u03a2\u03d8-\u03ef\u0460-\u0489\u0500-\u058f"
     "\u0590\u05c8-\u05cf\u05eb-\u05ee\u05f5-\u05ff\u0700-\u07ff"
     "\ue000-\uf8ff\ufff0-\ufffc\ufffe\uffff]"
     f"|[{_SYMBOLS}]{{2}}"
@@ -187,6 +189,10 @@ _ODD_TEXT = re.compile(
 # Every match of _ODD_TEXT starts on one of these: searching for them first keeps the
 # common case (CJK or ASCII text, a few accented letters) to one fast scan.
 _ODD_START = re.compile("[\x80-\u07ff\ue000-\uf8ff\ufff0-\uffff]")
+# The same starts as UTF-8 bytes: two-byte sequences (leads C2-DF), private use (EE xx xx,
+# EF 80-A3 xx) and specials (EF BF B0-BF).
+_TWO_BYTE_LEADS = bytes(range(0xC2, 0xE0)) + b"\xee"
+_PRIVATE_OR_SPECIAL = re.compile(rb"\xef(?:[\x80-\xa3]|\xbf[\xb0-\xbf])")
 # Ideographs, kana and hangul come from three-byte UTF-8 sequences, which bytes in another
 # encoding almost never form by accident.
 _EAST_ASIAN = re.compile("[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7a3\uf900-\ufaff]")
@@ -262,39 +268,52 @@ def _natural(text: str) -> bool:
     return not any(odd(text, start.start()) for start in _ODD_START.finditer(text))
 
 
+def _natural_utf8(raw: bytes, text: str) -> bool:
+    """``_natural(text)`` for ``text`` decoded from UTF-8 ``raw``, fast for CJK text."""
+    # _ODD_START characters are the two-byte sequences, private use and specials; bytes
+    # that have none of their lead bytes are natural without a character-by-character scan.
+    if len(raw.translate(None, _TWO_BYTE_LEADS)) == len(raw) and not _PRIVATE_OR_SPECIAL.search(raw):
+        return True
+    return _natural(text)
+
+
 def _mostly_paired(raw: bytes) -> bool:
     """Whether most high bytes come in runs of two or more, as double-byte text does."""
-    runs = _HIGH_RUN.findall(raw)
-    high = sum(len(run) for run in runs)
-    paired = sum(len(run) for run in runs if len(run) > 1)
-    return high > 0 and paired >= _MIN_PAIRED_HIGH_BYTES * high
+    # Byte counts instead of a regex: this runs on every GB18030 message, and CPython's
+    # regex engine costs tens of microseconds per kilobyte where these cost one or two.
+    shape = b"a" + raw.translate(_HIGH_AS_H)  # "a" for an ASCII byte, "h" for a high one
+    high = shape.count(b"h")
+    lone = shape.count(b"ah") - shape.count(b"ahh")  # runs of high bytes minus longer runs
+    return high > 0 and high - lone >= _MIN_PAIRED_HIGH_BYTES * high
 
 
 def _swallows_delimiters(raw: bytes, text: str) -> bool:
     return any(raw.count(d.encode()) != text.count(d) for d in _DELIMITERS)
 
 
-def _latin1_reading_wins(raw: bytes) -> bool:
-    """Whether bytes that a double-byte codec decodes are really Latin-1 text.
+def _latin1_reading_wins(raw: bytes, text: str) -> bool:
+    """Whether ``raw``, which a double-byte codec decoded as ``text``, is Latin-1 text.
 
     Latin-1 letters are lone high bytes between ASCII ones, which a double-byte decoder
     pairs with the next ASCII byte ("Müller" reads as "M" + one GBK character + "ler").
     Real GB text can have lone high bytes too (玥 is AB 68), but its Latin-1 reading is
     then rarely natural ("王^玥" reads "Íõ^«h").
     """
+    if len(raw) - len(raw.translate(None, _HIGH_BYTES)) == 2 * _count_non_ascii(text):
+        return False  # the usual case, settled cheaply: every character is two high bytes
     return not _mostly_paired(raw) and _natural(raw.decode("iso8859-1"))
 
 
 def _plausible_gb18030(raw: bytes) -> str | None:
     """The GB18030 text of bytes that look like Chinese in GB18030, else None."""
     text = _strict(raw, "gb18030")
-    if text is None or _swallows_delimiters(raw, text):
+    if text is None or _swallows_delimiters(raw, text) or _latin1_reading_wins(raw, text):
         return None
     text = _strip_bom(text)
     non_ascii = _count_non_ascii(text)
     if not non_ascii or non_ascii - len(_NOT_CHINESE.findall(text)) < _MIN_CJK_CHARACTERS * non_ascii:
         return None
-    return None if _latin1_reading_wins(raw) else text
+    return text
 
 
 def _convincing_gb(raw: bytes, text: str) -> bool:
@@ -327,7 +346,7 @@ def _utf8_wins(raw: bytes) -> str | None:
     text = _strict(raw, "utf-8")
     if text is None:
         return None
-    return text if _natural(text) or not _gb_beats_odd_utf8(raw) else None
+    return text if not _gb_beats_odd_utf8(raw) or _natural_utf8(raw, text) else None
 
 
 def _trusted(raw: bytes, codec: str, text: str) -> bool:
@@ -340,8 +359,9 @@ def _trusted(raw: bytes, codec: str, text: str) -> bool:
     if raw.isascii():
         return True
     if codec == "utf-8":
-        # The hot path: one regex pass over text that is usually plainly natural.
-        return _natural(text) or not _gb_beats_odd_utf8(raw)
+        # The hot path. Real UTF-8 text of any length rarely decodes as GB18030 at all,
+        # so that check goes first and the text is looked at only when it does.
+        return not _gb_beats_odd_utf8(raw) or _natural_utf8(raw, text)
     if codec.startswith(_SINGLE_BYTE_PREFIXES):
         # These decode any bytes, so the decode itself proves nothing; look for better.
         if _utf8_wins(raw) is not None:
@@ -354,7 +374,7 @@ def _trusted(raw: bytes, codec: str, text: str) -> bool:
                 return False  # GB text forms three-byte UTF-8 sequences only by rare accident
             if codec in _GB and not _convincing_gb(raw, text):
                 return False  # a European word in UTF-8 ("M眉ller" is "Müller")
-        return not (codec in _DOUBLE_BYTE_ONLY and _latin1_reading_wins(raw))
+        return not (codec in _DOUBLE_BYTE_ONLY and _latin1_reading_wins(raw, text))
     return True
 
 
@@ -396,15 +416,18 @@ def decode_message(raw: bytes, declared: str, default: str = "UTF-8") -> Decoded
 # -- per-sender defaults ------------------------------------------------------------------
 
 
-def _require_known(charset: object, what: str) -> str:
+def _require_known(charset: object, what: str) -> None:
+    # Settings come from TOML and the environment: check types too, not just names.
     if not isinstance(charset, str) or python_codec(charset) is None:
         raise ValueError(f"unknown charset {charset!r} for {what}")
-    return charset
 
 
-def _sender_key(key: str) -> tuple[str, str]:
+def _sender_key(key: object) -> tuple[str, str]:
+    if not isinstance(key, str):
+        raise ValueError(f"charset_by_sender key {key!r} is not a string")
     app, sep, facility = key.partition("|")
-    app, facility = app.strip().casefold(), facility.strip().casefold()
+    # Keys may be copied from MSH-3/MSH-4 whole; like the header, only the first component counts.
+    app, facility = _first_component(app, "^"), _first_component(facility, "^")
     if not app or (sep and not facility) or "|" in facility:
         raise ValueError(f"charset_by_sender key {key!r} is not 'APP' or 'APP|FACILITY'")
     return app, facility

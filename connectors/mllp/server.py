@@ -276,6 +276,10 @@ class MllpServer:
         log.info("mllp connection opened", extra={"event": "mllp.opened", "peer": peer})
         try:
             await self._serve(conn, reader, writer)
+        except asyncio.CancelledError:
+            # stop() cancelled a connection that owed nothing; its answers went out (or the
+            # sender is gone). The connection task ends here: nothing awaits its result.
+            log.debug("mllp connection cancelled", extra={"event": "mllp.cancelled", "peer": peer})
         except (ConnectionError, OSError) as exc:
             log.info(
                 "mllp connection lost",

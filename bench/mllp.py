@@ -1,0 +1,153 @@
+"""MLLP intake benchmark: durable ingest beside a bare asyncio echo server (the ceiling).
+
+    make bench-mllp          # or: .venv/bin/python -m bench.mllp [--messages N] [--pg URL]
+
+The listener runs in its own process (bench/mllp_server.py) with nothing but the intake:
+frames → MSH peek → charset → group commit into the inbox (fsync'd) → ACK. The load
+client is another process (asyncio). Scenarios:
+
+- 1 connection, original mode: the sender waits for each ACK (how most interfaces send).
+- 8 connections, 1 in flight each.
+- 8 connections, pipelined (a window of 32 frames in flight per connection).
+
+Each is run against the echo server (same framing and ACK building, nothing stored) and
+against the sidecar on SQLite (WAL, synchronous=FULL) and on PostgreSQL. Reported:
+messages/s, ACK latency p50/p99 (send → ACK received), and the ratio to the echo ceiling.
+Messages are the canonical ORU^R01 of tests/fixtures with unique control ids.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+
+import psycopg
+
+from connectors.mllp.framing import Frame, FrameReader, encode_frame
+from tests.fixtures.messages import ORU_R01, with_control_id
+
+DEFAULT_PG = "postgresql://root@127.0.0.1:5432/test"
+
+
+@dataclass(frozen=True)
+class Result:
+    rate: float
+    p50_ms: float
+    p99_ms: float
+
+
+async def _connection(port: int, frames: list[bytes], window: int, latencies: list[float]) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    framer = FrameReader(1 << 20)
+    sent_at: list[float] = []
+    acked = 0
+    next_to_send = 0
+    while acked < len(frames):
+        while next_to_send < len(frames) and next_to_send - acked < window:
+            sent_at.append(time.perf_counter())
+            writer.write(frames[next_to_send])
+            next_to_send += 1
+        await writer.drain()
+        data = await reader.read(65536)
+        if not data:
+            raise ConnectionError("server closed the connection")
+        now = time.perf_counter()
+        for event in framer.feed(data):
+            if isinstance(event, Frame):
+                latencies.append(now - sent_at[acked])
+                acked += 1
+    writer.close()
+
+
+async def _load(port: int, connections: int, per_connection: int, window: int) -> Result:
+    run = uuid.uuid4().hex[:6]
+    payloads = [
+        [encode_frame(with_control_id(ORU_R01, f"{run}-{c}-{i}").encode()) for i in range(per_connection)]
+        for c in range(connections)
+    ]
+    latencies: list[float] = []
+    start = time.perf_counter()
+    await asyncio.gather(*(_connection(port, p, window, latencies) for p in payloads))
+    elapsed = time.perf_counter() - start
+    ordered = sorted(latencies)
+    return Result(
+        rate=len(ordered) / elapsed,
+        p50_ms=statistics.median(ordered) * 1e3,
+        p99_ms=ordered[int(len(ordered) * 0.99) - 1] * 1e3,
+    )
+
+
+@contextmanager
+def listener(kind: str, url: str | None = None) -> Iterator[int]:
+    args = [sys.executable, "-m", "bench.mllp_server", kind] + ([url] if url else [])
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        yield json.loads(proc.stdout.readline())["port"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+
+
+@contextmanager
+def fresh_pg(admin_url: str) -> Iterator[str]:
+    name = f"bench_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield admin_url.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://") + "/" + name
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+SCENARIOS = [
+    ("1 connection, original mode", 1, 1),
+    ("8 connections, 1 in flight each", 8, 1),
+    ("8 connections, pipelined (window 32)", 8, 32),
+]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--messages", type=int, default=8000, help="messages per scenario")
+    parser.add_argument("--pg", default=os.environ.get("SIDECAR_TEST_PG", DEFAULT_PG))
+    parser.add_argument("--no-pg", action="store_true")
+    args = parser.parse_args()
+
+    targets: list[tuple[str, str, str | None]] = [
+        ("echo ceiling", "echo", None),
+        ("sidecar, SQLite", "sidecar", None),
+    ]
+    with ExitStack() as stack:
+        if not args.no_pg:
+            targets.append(("sidecar, PostgreSQL", "sidecar", stack.enter_context(fresh_pg(args.pg))))
+        for title, connections, window in SCENARIOS:
+            per_connection = max(1, args.messages // connections)
+            print(f"\n{title}: {per_connection * connections} messages")
+            ceiling = None
+            for name, kind, url in targets:
+                with listener(kind, url) as port:
+                    result = asyncio.run(_load(port, connections, per_connection, window))
+                ceiling = ceiling or result.rate
+                print(
+                    f"  {name:22s} {result.rate:8.0f} msg/s   p50 {result.p50_ms:6.2f} ms   "
+                    f"p99 {result.p99_ms:6.2f} ms   {result.rate / ceiling:5.2f} of ceiling"
+                )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""Nothing acknowledged is lost: SIGKILL the listener mid-stream, restart, resend.
+
+Four senders, 500 messages each, original mode (each waits for its ACK). The server
+process is killed with SIGKILL once ~600 messages are acknowledged. Each sender then
+resends everything it holds no ACK for (at most the one message in flight) to the
+restarted server and carries on. Afterwards: every acknowledged message is in the inbox
+exactly once, and a message that was stored before the kill but whose ACK was lost is
+recognised as a resend (resend_count 1), not stored twice.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+from connectors import MllpClient
+from tests.fixtures.messages import ORU_R01, with_control_id
+from tests.test_end_to_end import msa
+
+REPO = Path(__file__).resolve().parents[1]
+SENDERS, PER_SENDER, KILL_AFTER = 4, 500, 600
+
+
+class Server:
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.proc: subprocess.Popen[str] | None = None
+        self.port = 0
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "sidecar", "serve", "--data-dir", str(self.data_dir), "--mllp-port", "0"],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        self.port = json.loads(self.proc.stdout.readline())["mllp_port"]
+
+
+def test_sigkill_mid_stream_loses_and_duplicates_nothing(tmp_path: Path) -> None:
+    server = Server(tmp_path / "data")
+    server.start()
+    lock = threading.Lock()
+    acked: set[str] = set()
+    in_flight_at_kill: set[str] = set()
+    restarted = threading.Event()
+    killed = threading.Event()
+    errors: list[BaseException] = []
+
+    def sender(s: int) -> None:
+        try:
+            ids = [f"K{s}-{i:04d}" for i in range(PER_SENDER)]
+            i = 0
+            client = MllpClient().connect("127.0.0.1", server.port, timeout=30)
+            while i < len(ids):
+                try:
+                    fields = msa(client.send(with_control_id(ORU_R01, ids[i]).encode()))
+                except (ConnectionError, OSError):
+                    client.close()
+                    with lock:
+                        in_flight_at_kill.add(ids[i])
+                    assert restarted.wait(60), "server did not come back"
+                    client = MllpClient().connect("127.0.0.1", server.port, timeout=30)
+                    continue  # resend the message we hold no ACK for
+                assert fields[1] == "AA" and fields[2] == ids[i], fields
+                with lock:
+                    acked.add(ids[i])
+                    if len(acked) >= KILL_AFTER and not killed.is_set():
+                        killed.set()
+                i += 1
+            client.close()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=sender, args=(s,)) for s in range(SENDERS)]
+    for t in threads:
+        t.start()
+    assert killed.wait(120)
+    assert server.proc is not None
+    server.proc.send_signal(signal.SIGKILL)
+    server.proc.wait(30)
+
+    # What the killed process had made durable, read straight from its database.
+    with sqlite3.connect(tmp_path / "data" / "sidecar.db") as db:
+        stored_before = {row[0] for row in db.execute("SELECT control_id FROM inbox")}
+    with lock:
+        acked_before = set(acked)
+    assert acked_before <= stored_before, "an ACKed message was not durable at SIGKILL"
+
+    server.start()
+    restarted.set()
+    for t in threads:
+        t.join(300)
+    assert not errors, errors
+    assert server.proc is not None
+    server.proc.send_signal(signal.SIGTERM)
+    assert server.proc.wait(120) == 0
+
+    with sqlite3.connect(tmp_path / "data" / "sidecar.db") as db:
+        rows = db.execute("SELECT control_id, resend_count FROM inbox").fetchall()
+    counts = dict(rows)
+    assert len(rows) == len(counts) == SENDERS * PER_SENDER  # each exactly once
+    assert acked == set(counts)  # everything was eventually acknowledged and stored
+    resent_stored = in_flight_at_kill & stored_before
+    for control_id in resent_stored:
+        assert counts[control_id] == 1, "a resend of a stored message was not recognised"
+    assert sum(counts.values()) == len(resent_stored)  # and nothing else counted as a resend
