@@ -28,7 +28,7 @@ from pathlib import Path
 from connectors.base import InboundMessage, MessageSink, Receipt, Rejected
 from connectors.hl7.batch import split_messages
 from connectors.hl7.charset import decode_message
-from connectors.hl7.header import peek_header
+from connectors.hl7.header import MessageHeader, peek_header
 from core.errors import IngestError
 
 log = logging.getLogger("sidecar.connectors.files")
@@ -51,6 +51,8 @@ class DropFolderConfig:
     poll_interval_s: float = 1.0
     settle_s: float = 0.5
     max_file_bytes: int = 256 * _MiB
+    # MSH-18 empty: the charset to assume, per header (the same policy as the listener).
+    default_charset: Callable[[MessageHeader], str] | None = None
 
     def __post_init__(self) -> None:
         if self.poll_interval_s <= 0 or self.settle_s < 0 or self.max_file_bytes <= 0:
@@ -273,7 +275,8 @@ class DropFolder:
             except IngestError as exc:
                 bad.append((number, Rejected(raw, SOURCE, peer, str(exc), exc.code, received_at)))
                 continue
-            decoded = decode_message(raw, header.charset)
+            default = self._config.default_charset(header) if self._config.default_charset else "UTF-8"
+            decoded = decode_message(raw, header.charset, default=default)
             good.append(
                 InboundMessage(raw, header, decoded.charset, decoded.repaired, SOURCE, peer, received_at)
             )

@@ -22,6 +22,7 @@ from sqlalchemy import func, select
 
 from connectors import InboundMessage, MllpConfig, MllpServer, Receipt
 from connectors.files import DropFolder, DropFolderConfig
+from connectors.hl7 import CharsetPolicy
 from connectors.inbox import DatabaseInbox
 from connectors.metrics import IntakeMetrics
 from connectors.mllp.server import AckMode
@@ -47,6 +48,13 @@ SWEEP_AGE_S = 10.0
 REDISPATCH_AFTER_S = 60.0
 
 
+def charset_policy(settings: Settings) -> CharsetPolicy:
+    try:
+        return CharsetPolicy(default=settings.charset_default, by_sender=settings.charset_by_sender)
+    except ValueError as exc:
+        raise ConfigError(f"charset settings: {exc}") from exc
+
+
 def mllp_config(settings: Settings) -> MllpConfig:
     ssl_context = None
     if settings.tls_cert_file is not None or settings.tls_key_file is not None:
@@ -66,6 +74,7 @@ def mllp_config(settings: Settings) -> MllpConfig:
         allowed_peers=tuple(settings.mllp_allowed_peers),
         allowed_senders=tuple(settings.mllp_allowed_senders),
         ssl_context=ssl_context,
+        default_charset=charset_policy(settings).default_for,
     )
 
 
@@ -108,14 +117,18 @@ class SidecarApp:
         )
         self.drop_folder: DropFolder | None = None
         if settings.drop_dir is not None:
-            settings.drop_dir.mkdir(parents=True, exist_ok=True)
+            drop = DropFolderConfig(
+                root=settings.drop_dir,
+                poll_interval_s=settings.drop_poll_interval_s,
+                settle_s=settings.drop_settle_s,
+                max_file_bytes=settings.drop_max_file_bytes,
+                default_charset=charset_policy(settings).default_for,
+            )
+            # The layout exists from start-up, so a team can drop files at once.
+            for folder in (drop.incoming, drop.done, drop.failed):
+                folder.mkdir(parents=True, exist_ok=True)
             self.drop_folder = DropFolder(
-                DropFolderConfig(
-                    root=settings.drop_dir,
-                    poll_interval_s=settings.drop_poll_interval_s,
-                    settle_s=settings.drop_settle_s,
-                    max_file_bytes=settings.drop_max_file_bytes,
-                ),
+                drop,
                 DatabaseInbox(self.db),
                 on_committed=self._on_committed,
             )

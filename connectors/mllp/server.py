@@ -374,6 +374,7 @@ class MllpServer:
             self.metrics.received.labels("unknown").inc()
             self.metrics.nacked.labels("unknown", "AR").inc()
             await self._quarantine(Rejected(payload, SOURCE, peer, reason, exc.code, received_at))
+            self.metrics.ack_latency.observe(time.perf_counter() - started)
             return build_ack(None, AckCode.AR, error=reason, error_code=error_code)
 
         sender = header.sender
