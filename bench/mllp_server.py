@@ -50,7 +50,8 @@ async def main(kind: str, url: str | None) -> None:
     settings = Settings(data_dir=Path(tempfile.mkdtemp(prefix="bench-mllp-")), database_url=url)
     db = Database(settings)
     db.migrate()
-    mllp = MllpServer(MllpConfig(port=0, max_connections=64, max_in_flight=512), DatabaseInbox(db))
+    inbox = DatabaseInbox(db)
+    mllp = MllpServer(MllpConfig(port=0, max_connections=64, max_in_flight=512), inbox)
     await mllp.start()
     print(json.dumps({"port": mllp.port}), flush=True)
     await stop.wait()
@@ -61,6 +62,7 @@ async def main(kind: str, url: str | None) -> None:
         file=sys.stderr, flush=True,
     )  # fmt: skip
     await mllp.stop()
+    inbox.close()
     db.dispose()
 
 

@@ -13,10 +13,13 @@ batch listing the inbox ids it covers.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Sequence
+from contextlib import suppress
 from typing import Any
 
 from sqlalchemy import Connection, update
+from sqlalchemy.exc import DBAPIError
 
 import audit
 from connectors.base import InboundMessage, MessageSink, Receipt, Rejected
@@ -45,6 +48,12 @@ class DatabaseInbox(MessageSink):
         processors = [_INBOX.c[name].type.bind_processor(dialect) for name in _COLUMNS]
         self._processors: list[Callable[[Any], Any]] = [p or _identity for p in processors]
         self._sql_by_size: dict[int, str] = {}
+        # One connection held for the writer (group commit calls commit_many from a single
+        # thread; the lock covers any other caller): a pool checkout, its reset-on-return
+        # rollback and PostgreSQL's pre-ping cost ~0.4 ms per batch, a third of a
+        # one-message commit (measured).
+        self._held: Connection | None = None
+        self._lock = threading.Lock()
 
     def commit(self, message: InboundMessage) -> Receipt:
         return self.commit_many([message])[0]
@@ -66,7 +75,41 @@ class DatabaseInbox(MessageSink):
             [proc(value) for proc, value in zip(self._processors, _values(messages[i]), strict=True)]
             for i in first.values()
         ]
-        with self._db.engine.begin() as connection:
+        with self._lock:
+            try:
+                return self._commit_rows(messages, extra, rows)
+            except DBAPIError:
+                # A dropped or broken connection is not reused: the next batch reconnects.
+                self._release()
+                raise
+
+    def _connection(self) -> Connection:
+        if self._held is None or self._held.closed or self._held.invalidated:
+            self._held = self._db.engine.connect()
+        return self._held
+
+    def _release(self) -> None:
+        held, self._held = self._held, None
+        if held is not None:
+            with suppress(Exception):
+                held.invalidate()
+            with suppress(Exception):
+                held.close()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._held is not None:
+                self._held.close()
+                self._held = None
+
+    def _commit_rows(
+        self,
+        messages: Sequence[InboundMessage],
+        extra: dict[tuple[str, str], int],
+        rows: list[list[Any]],
+    ) -> list[Receipt]:
+        connection = self._connection()
+        with connection.begin():
             by_key: dict[tuple[str, str], tuple[int, int]] = {}
             # Several statements, one transaction: PostgreSQL takes at most 65,535 bound
             # parameters per statement (a 6,000-message batch file exceeded it).

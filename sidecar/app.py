@@ -109,9 +109,10 @@ class SidecarApp:
             self._dispatch = queue.Queue()
             self._dispatcher = threading.Thread(target=self._dispatch_run, name="dispatcher", daemon=True)
         self.metrics = IntakeMetrics()
+        self.inbox = DatabaseInbox(self.db)
         self.server = MllpServer(
             mllp_config(settings),
-            DatabaseInbox(self.db),
+            self.inbox,
             on_committed=self._on_committed,
             metrics=self.metrics,
         )
@@ -129,7 +130,7 @@ class SidecarApp:
                 folder.mkdir(parents=True, exist_ok=True)
             self.drop_folder = DropFolder(
                 drop,
-                DatabaseInbox(self.db),
+                self.inbox,
                 on_committed=self._on_committed,
             )
 
@@ -171,6 +172,7 @@ class SidecarApp:
         self.relay_loop.stop()
         self.relay_loop.run_round()
         self.publisher.close()
+        self.inbox.close()
         self.db.dispose()
         log.info("stopped")
 
