@@ -92,6 +92,7 @@ class DeadLetter(Base):
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     inbox_id: Mapped[int | None] = mapped_column(BigInteger, index=True)
+    job_id: Mapped[int | None] = mapped_column(BigInteger, index=True)  # sandbox failures
     stage: Mapped[str] = mapped_column(String(32))  # map, deid, store, sandbox
     code: Mapped[str] = mapped_column(String(64))
     reason: Mapped[str] = mapped_column(Text)  # no data values: codes, paths, kinds

@@ -137,7 +137,7 @@ def _fail(db: Database, job_id: int, code: str, reason: str) -> JobResult:
         job.status, job.error_code, job.updated_at = JobStatus.FAILED, code, now
         session.add(
             DeadLetter(
-                inbox_id=None, stage="sandbox", code=code, reason=f"job {job_id}: {reason}", created_at=now
+                inbox_id=None, job_id=job_id, stage="sandbox", code=code, reason=reason, created_at=now
             )
         )
         audit.append(

@@ -6,6 +6,7 @@ import asyncio
 import json
 import signal
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -217,6 +218,93 @@ def dead_letters_list(data_dir: DataDir = None, config: ConfigFile = None) -> No
                 str(d.id), str(d.inbox_id or ""), d.stage, d.code, d.reason, d.created_at.isoformat()
             )
     db.dispose()
+    console.print(table)
+
+
+@dead_app.command("show")
+def dead_letters_show(letter_id: int, data_dir: DataDir = None, config: ConfigFile = None) -> None:
+    """One dead letter: stage, code, reason, and what it belongs to."""
+    settings = _settings(config, data_dir=data_dir)
+    db = Database(settings)
+    db.migrate()
+    with db.sessions() as s:
+        letter = s.get(DeadLetter, letter_id)
+        if letter is None:
+            err_console.print(f"no dead letter {letter_id}")
+            raise typer.Exit(1)
+        console.print_json(
+            data={
+                "id": letter.id,
+                "inbox_id": letter.inbox_id,
+                "job_id": letter.job_id,
+                "stage": letter.stage,
+                "code": letter.code,
+                "reason": letter.reason,
+                "created_at": letter.created_at.isoformat(),
+                "resolved_at": letter.resolved_at.isoformat() if letter.resolved_at else None,
+            }
+        )
+    db.dispose()
+
+
+@dead_app.command("retry")
+def dead_letters_retry(
+    letter_ids: Annotated[list[int], typer.Argument(help="Dead letter ids (see `dead-letters list`).")],
+    process_now: Annotated[
+        bool, typer.Option("--process/--queue", help="Process now, or leave it to the running sidecar.")
+    ] = True,
+    data_dir: DataDir = None,
+    config: ConfigFile = None,
+) -> None:
+    """Retry after a fix: the message goes through the current pipeline again."""
+    from worker.context import build_context
+    from worker.deadletters import reopen
+    from worker.pipeline import process
+
+    settings = _settings(config, data_dir=data_dir)
+    ctx = build_context(settings)
+    failed = False
+    for letter_id in letter_ids:
+        letter = reopen(ctx.db, letter_id)
+        if letter.inbox_id is None or not process_now:
+            console.print(f"dead letter {letter_id}: queued again")
+            continue
+        outcome = process(ctx, letter.inbox_id).outcome
+        console.print(f"dead letter {letter_id}: inbox {letter.inbox_id} {outcome}")
+        failed |= outcome != "processed"
+    ctx.db.dispose()
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def replay(
+    since: Annotated[datetime | None, typer.Option(help="Received at or after (ISO 8601).")] = None,
+    until: Annotated[datetime | None, typer.Option(help="Received before (ISO 8601).")] = None,
+    sender: Annotated[str | None, typer.Option(help="MSH-3, or MSH-3|MSH-4.")] = None,
+    message_type: Annotated[str | None, typer.Option("--type", help="ORU^R01, or ORU for all.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show changes; write nothing.")] = False,
+    data_dir: DataDir = None,
+    config: ConfigFile = None,
+) -> None:
+    """Reprocess archived messages through the current mapping and policy; changed
+    resources are published as `updated` events, unchanged ones publish nothing."""
+    from worker.context import build_context
+    from worker.replay import ReplayFilter
+    from worker.replay import replay as run_replay
+
+    settings = _settings(config, data_dir=data_dir)
+    ctx = build_context(settings)
+    utc = [d if d is None or d.tzinfo else d.replace(tzinfo=UTC) for d in (since, until)]
+    report = run_replay(ctx, ReplayFilter(utc[0], utc[1], sender, message_type), dry_run=dry_run)
+    ctx.db.dispose()
+    verb = "would change" if dry_run else "changed"
+    console.print(f"{report.messages} messages replayed, {report.failed} failed to map; {verb}:")
+    table = Table()
+    table.add_column("resource.change")
+    table.add_column("count", justify="right")
+    for key, n in sorted(report.changes.items()):
+        table.add_row(key, str(n))
     console.print(table)
 
 

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 import audit
 from connectors.hl7 import decode_message
@@ -54,7 +55,9 @@ class ProcessResult:
     job_ids: list[int] = field(default_factory=list)
 
 
-class _Permanent(Exception):
+class PermanentFailure(Exception):
+    """A stage failed in a way retrying the same input cannot fix (names stage and code)."""
+
     def __init__(self, stage: str, code: str, reason: str) -> None:
         super().__init__(reason)
         self.stage, self.code, self.reason = stage, code, reason
@@ -68,8 +71,8 @@ def process(ctx: PipelineContext, inbox_id: int) -> ProcessResult:
         raw, charset = entry.raw, entry.charset
 
     try:
-        deidentified = _transform(ctx, raw, charset)
-    except _Permanent as failure:
+        deidentified = transform(ctx, raw, charset)
+    except PermanentFailure as failure:
         dead_letter(ctx.db, inbox_id, failure.stage, failure.code, failure.reason)
         return ProcessResult(inbox_id, Outcome.DEAD_LETTERED)
 
@@ -80,13 +83,7 @@ def process(ctx: PipelineContext, inbox_id: int) -> ProcessResult:
         ).scalar_one()
         if entry.status != InboxStatus.RECEIVED:  # another worker won the race
             return ProcessResult(inbox_id, Outcome.SKIPPED)
-        origin = f"inbox:{inbox_id}"
-        changes = [
-            put_resource(session, item.resource, patient=item.patient, origin=origin, now=now)
-            for item in deidentified
-        ]
-        requests: list[JobRequest] = summary_triggers(deidentified, changes)
-        job_ids = enqueue_jobs(session, requests, now=now, coalesce_s=ctx.coalesce_s)
+        changes, job_ids = store(session, ctx, inbox_id, deidentified, now=now)
         entry.status = InboxStatus.PROCESSED
         entry.processed_at = now
         entry.attempts += 1
@@ -95,18 +92,41 @@ def process(ctx: PipelineContext, inbox_id: int) -> ProcessResult:
             actor="worker:pipeline",
             action="message.processed",
             entity=f"inbox/{inbox_id}",
-            detail={
-                "resources": len(changes),
-                "created": sum(1 for c in changes if c.change == "created"),
-                "updated": sum(1 for c in changes if c.change == "updated"),
-                "jobs": job_ids,
-            },
+            detail=change_summary(changes, job_ids),
             now=now,
         )
     return ProcessResult(inbox_id, Outcome.PROCESSED, changes, job_ids)
 
 
-def _transform(ctx: PipelineContext, raw: bytes, charset: str) -> list[DeidentifiedResource]:
+def store(
+    session: Session,
+    ctx: PipelineContext,
+    inbox_id: int,
+    deidentified: list[DeidentifiedResource],
+    *,
+    now: datetime,
+) -> tuple[list[StoredChange], list[int]]:
+    """De-identified resources → new versions + outbox events + summary jobs (caller's transaction)."""
+    origin = f"inbox:{inbox_id}"
+    changes = [
+        put_resource(session, item.resource, patient=item.patient, origin=origin, now=now)
+        for item in deidentified
+    ]
+    requests: list[JobRequest] = summary_triggers(deidentified, changes)
+    job_ids = enqueue_jobs(session, requests, now=now, coalesce_s=ctx.coalesce_s)
+    return changes, job_ids
+
+
+def change_summary(changes: list[StoredChange], job_ids: list[int]) -> dict[str, object]:
+    return {
+        "resources": len(changes),
+        "created": sum(1 for c in changes if c.change == "created"),
+        "updated": sum(1 for c in changes if c.change == "updated"),
+        "jobs": job_ids,
+    }
+
+
+def transform(ctx: PipelineContext, raw: bytes, charset: str) -> list[DeidentifiedResource]:
     stage = "decode"
     try:
         text = decode_message(raw, charset).text
@@ -116,13 +136,13 @@ def _transform(ctx: PipelineContext, raw: bytes, charset: str) -> list[Deidentif
         keys = {pid: (key.authority, key.value) for pid, key in mapped.patient_keys.items()}
         result = deidentify(mapped.resources, keys, mapped.phi_values, ctx.vault)
     except (MappingError, DeidError) as exc:
-        raise _Permanent(stage, exc.code, str(exc)) from exc
+        raise PermanentFailure(stage, exc.code, str(exc)) from exc
     except SidecarError as exc:
-        raise _Permanent(stage, exc.code, str(exc)) from exc
+        raise PermanentFailure(stage, exc.code, str(exc)) from exc
     except Exception as exc:
         # A bug in a pure stage fails the same way on every retry: dead-letter it with the
         # exception type only (its text may quote patient data).
-        raise _Permanent(stage, "internal", f"{type(exc).__name__} in stage {stage}") from exc
+        raise PermanentFailure(stage, "internal", f"{type(exc).__name__} in stage {stage}") from exc
     return list(result.resources)
 
 

@@ -1,0 +1,50 @@
+"""Dead letters: list, and retry after a fix (the entry goes back through the pipeline)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import audit
+from core.db import Database
+from core.errors import SidecarError
+from core.tables import DeadLetter, InboxEntry, InboxStatus, Job, JobStatus
+
+
+class RetryError(SidecarError):
+    code = "retry"
+
+
+def reopen(db: Database, letter_id: int) -> DeadLetter:
+    """Mark the dead letter resolved and put its inbox entry (or summary job) back in line.
+
+    The entry becomes RECEIVED again, so whichever runner is active picks it up (the
+    sweeper of a running `sidecar serve`, or the caller processing it at once).
+    """
+    now = datetime.now(UTC)
+    with db.transaction() as session:
+        letter = session.get(DeadLetter, letter_id, with_for_update=True)
+        if letter is None:
+            raise RetryError(f"no dead letter {letter_id}")
+        if letter.resolved_at is not None:
+            raise RetryError(f"dead letter {letter_id} was already retried")
+        if letter.inbox_id is not None:
+            entry = session.get_one(InboxEntry, letter.inbox_id, with_for_update=True)
+            entry.status, entry.error_code = InboxStatus.RECEIVED, None
+            entity = f"inbox/{letter.inbox_id}"
+        elif letter.job_id is not None:
+            job = session.get_one(Job, letter.job_id, with_for_update=True)
+            job.status, job.error_code, job.due_at, job.updated_at = JobStatus.PENDING, None, now, now
+            entity = f"job/{letter.job_id}"
+        else:
+            raise RetryError(f"dead letter {letter_id} names nothing to retry")
+        letter.resolved_at = now
+        audit.append(
+            session,
+            actor="operator",
+            action="dead-letter.retried",
+            entity=entity,
+            detail={"dead_letter": letter_id, "stage": letter.stage, "code": letter.code},
+            now=now,
+        )
+        session.expunge(letter)
+        return letter
