@@ -13,14 +13,13 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-import worker.pipeline
 from connectors import InboundMessage, MllpClient
 from connectors.hl7 import peek_header
 from connectors.inbox import DatabaseInbox
 from core.errors import MappingError
 from core.settings import Settings
 from core.tables import DeadLetter, InboxEntry, OutboxEvent
-from mapping import MappedMessage, MappingOptions
+from mapping import MappedMessage, MappingOptions, map_message
 from sidecar.stats import collect
 from tests.deployments import Embedded
 from tests.fixtures.messages import ORU_R01, encoded, with_control_id
@@ -30,7 +29,7 @@ from worker.pipeline import process
 from worker.replay import ReplayFilter, replay
 
 REPO = Path(__file__).resolve().parents[1]
-real_map_message = worker.pipeline.map_message
+real_map_message = map_message
 
 
 def retry_from_cli(letter_id: int, data_dir: Path) -> subprocess.CompletedProcess[str]:
@@ -59,7 +58,7 @@ def test_a_dead_letter_is_processed_by_retry_after_the_fix(
     def broken(text: str, options: MappingOptions) -> MappedMessage:
         raise MappingError("OBX-5 cannot be read as NM")  # the bug being fixed
 
-    monkeypatch.setattr(worker.pipeline, "map_message", broken)
+    monkeypatch.setattr("worker.pipeline.map_message", broken)
     dep = Embedded(tmp_path / "data")
     dep.start()
     try:
@@ -124,7 +123,7 @@ def test_replay_after_a_mapping_change_publishes_updates_only_for_what_changed(
                 r["valueQuantity"] = {**r["valueQuantity"], "unit": "mEq/L", "code": "meq/L"}
         return mapped
 
-    monkeypatch.setattr(worker.pipeline, "map_message", potassium_in_meq)
+    monkeypatch.setattr("worker.pipeline.map_message", potassium_in_meq)
     dry = replay(ctx, ReplayFilter(message_type="ORU"), dry_run=True)
     with ctx.db.sessions() as s:
         assert s.execute(select(func.count()).select_from(OutboxEvent)).scalar_one() == events_before
