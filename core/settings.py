@@ -108,6 +108,13 @@ class Settings(BaseSettings):
     )
     relay_batch_size: int = Field(500, gt=0, description="Outbox rows published per relay round.")
     relay_interval_s: float = Field(0.2, gt=0, description="Relay and job poll interval when idle.")
+    pipeline_lanes: int = Field(
+        4,
+        ge=1,
+        le=256,
+        description="Celery lanes: a patient's messages always take the same lane and each lane is "
+        "processed in order by one worker (`sidecar worker --lane K`), so patients run in parallel.",
+    )
     pipeline_max_attempts: int = Field(
         5, ge=1, description="Transient-failure retries before dead-lettering."
     )

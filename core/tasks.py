@@ -17,6 +17,16 @@ PIPELINE_QUEUE = "sidecar.pipeline"
 SANDBOX_QUEUE = "sidecar.sandbox"
 
 
+def lane_queue(lane: int) -> str:
+    """One queue per lane; each consumed by one single-threaded worker, so the messages of
+    a patient (always the same lane) are processed in arrival order."""
+    return f"{PIPELINE_QUEUE}.{lane}"
+
+
+def _durable(name: str) -> Queue:
+    return Queue(name, durable=True)  # type: ignore[no-untyped-call]
+
+
 def make_celery(settings: Settings, name: str) -> Celery:
     if not settings.broker_url:
         raise ValueError("Celery needs SIDECAR_BROKER_URL")
@@ -31,8 +41,11 @@ def make_celery(settings: Settings, name: str) -> Celery:
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         task_default_queue=PIPELINE_QUEUE,
-        task_queues=[Queue(PIPELINE_QUEUE, durable=True), Queue(SANDBOX_QUEUE, durable=True)],  # type: ignore[no-untyped-call]
-        task_routes={PIPELINE_TASK: {"queue": PIPELINE_QUEUE}, SUMMARY_TASK: {"queue": SANDBOX_QUEUE}},
+        task_queues=[
+            *(_durable(lane_queue(k)) for k in range(settings.pipeline_lanes)),
+            _durable(SANDBOX_QUEUE),
+        ],
+        task_routes={SUMMARY_TASK: {"queue": SANDBOX_QUEUE}},
         broker_transport_options={"confirm_publish": True},
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,

@@ -10,6 +10,7 @@ identifier survives (``leak``).
 from __future__ import annotations
 
 from .deidentify import DeidentifiedResource, DeidResult, deidentify
+from .dicom import DicomDeidResult, DicomOptions, deidentify_dataset
 from .leak import check_no_leak
 from .secret import load_or_create_secret
 from .vault import Vault
@@ -17,8 +18,11 @@ from .vault import Vault
 __all__ = [
     "DeidResult",
     "DeidentifiedResource",
+    "DicomDeidResult",
+    "DicomOptions",
     "Vault",
     "check_no_leak",
     "deidentify",
+    "deidentify_dataset",
     "load_or_create_secret",
 ]

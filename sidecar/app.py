@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import queue
-import threading
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -31,11 +29,12 @@ from core.db import Database
 from core.errors import ConfigError
 from core.settings import Settings
 from core.tables import Job, JobStatus
-from core.tasks import PIPELINE_QUEUE, PIPELINE_TASK, SANDBOX_QUEUE, SUMMARY_TASK, make_celery
+from core.tasks import PIPELINE_TASK, SANDBOX_QUEUE, SUMMARY_TASK, lane_queue, make_celery
 from sandbox.models import ExtractiveSummarizer
 from sandbox.runner import due_job_ids, run_job
 from sidecar.loops import Loop
 from worker.context import build_context
+from worker.dispatch import InboxDispatcher
 from worker.inprocess import InProcessPipeline
 from worker.pipeline import ProcessResult, pending_inbox_ids
 from worker.publishers import LocalBus, Publisher, RabbitPublisher
@@ -45,7 +44,7 @@ log = logging.getLogger("sidecar.app")
 
 SWEEP_INTERVAL_S = 5.0
 SWEEP_AGE_S = 10.0
-REDISPATCH_AFTER_S = 60.0
+REDISPATCH_AFTER_S = 300.0
 
 
 def charset_policy(settings: Settings) -> CharsetPolicy:
@@ -93,11 +92,11 @@ class SidecarApp:
         self.relay_loop = Loop("relay", self.relay.run_once, settings.relay_interval_s)
         self.sweeper = Loop("sweeper", self._sweep, SWEEP_INTERVAL_S)
         self.pipeline: InProcessPipeline | None = None
+        self.dispatcher: InboxDispatcher | None = None
         self.sandbox_loop: Loop | None = None
-        self._dispatch: queue.Queue[int] | None = None
         self._celery: Any = None
-        self._dispatcher: threading.Thread | None = None
-        self._swept: dict[int, float] = {}
+        self.dispatch_loop: Loop | None = None
+        self._last_rewind = time.monotonic()
         if settings.embedded:
             self.pipeline = InProcessPipeline(
                 self.ctx, on_result=self._after_pipeline, max_attempts=settings.pipeline_max_attempts
@@ -106,8 +105,8 @@ class SidecarApp:
             self.sandbox_loop = Loop("sandbox", self._run_due_jobs, settings.relay_interval_s)
         else:
             self._celery = make_celery(settings, "sidecar-serve")
-            self._dispatch = queue.Queue()
-            self._dispatcher = threading.Thread(target=self._dispatch_run, name="dispatcher", daemon=True)
+            self.dispatcher = InboxDispatcher(self.db, self._send_to_lane, lanes=settings.pipeline_lanes)
+            self.dispatch_loop = Loop("dispatch", self.dispatcher.run_once, settings.relay_interval_s)
         self.metrics = IntakeMetrics()
         self.inbox = DatabaseInbox(self.db)
         self.server = MllpServer(
@@ -141,8 +140,8 @@ class SidecarApp:
     async def start(self) -> None:
         if self.pipeline is not None:
             self.pipeline.start()
-        if self._dispatcher is not None:
-            self._dispatcher.start()
+        if self.dispatch_loop is not None:
+            self.dispatch_loop.start()
         self.relay_loop.start()
         if self.sandbox_loop is not None:
             self.sandbox_loop.start()
@@ -163,9 +162,9 @@ class SidecarApp:
         self.sweeper.stop()
         if self.pipeline is not None:
             self.pipeline.stop(timeout=drain_timeout_s)
-        if self._dispatch is not None and self._dispatcher is not None:
-            self._dispatch.put(-1)
-            self._dispatcher.join(10)
+        if self.dispatch_loop is not None:
+            self.dispatch_loop.stop()
+            self.dispatch_loop.run_round()  # hand over what the last ACKs stored
         if self.sandbox_loop is not None:
             self.sandbox_loop.stop()
             self._run_due_jobs(drain=True)
@@ -202,8 +201,8 @@ class SidecarApp:
             return
         if self.pipeline is not None:
             self.pipeline.submit(receipt.inbox_id)
-        elif self._dispatch is not None:
-            self._dispatch.put(receipt.inbox_id)
+        elif self.dispatch_loop is not None:
+            self.dispatch_loop.wake()
 
     def _after_pipeline(self, result: ProcessResult) -> None:
         if result.changes:
@@ -222,19 +221,11 @@ class SidecarApp:
             self.relay_loop.wake()
         return done
 
-    def _dispatch_run(self) -> None:
-        assert self._dispatch is not None
-        while (inbox_id := self._dispatch.get()) != -1:
-            self._send_pipeline_task(inbox_id)
+    def _rewind_due(self) -> bool:
+        return time.monotonic() - self._last_rewind > REDISPATCH_AFTER_S
 
-    def _send_pipeline_task(self, inbox_id: int) -> bool:
-        try:
-            self._celery.send_task(PIPELINE_TASK, args=[inbox_id], queue=PIPELINE_QUEUE)
-            return True
-        except Exception as exc:
-            # Broker down: the entry is durable in the inbox; the sweeper sends it later.
-            log.warning("dispatch failed", extra={"inbox_id": inbox_id, "error_type": type(exc).__name__})
-            return False
+    def _send_to_lane(self, inbox_id: int, lane: int) -> None:
+        self._celery.send_task(PIPELINE_TASK, args=[inbox_id], queue=lane_queue(lane))
 
     def _sweep(self, age_s: float = SWEEP_AGE_S) -> int:
         """Re-dispatch inbox entries still RECEIVED after a while (lost dispatch, crash,
@@ -242,19 +233,16 @@ class SidecarApp:
         self.metrics.inbox_backlog.set(len(pending_inbox_ids(self.db)))
         older_than = datetime.now(UTC) - timedelta(seconds=age_s)
         ids = pending_inbox_ids(self.db, older_than=older_than)
-        now = time.monotonic()
-        for inbox_id in ids:
-            if self.pipeline is not None:
+        if self.pipeline is not None:
+            for inbox_id in ids:
                 self.pipeline.submit(inbox_id)
-                continue
-            # A backlog on RabbitMQ is not a lost dispatch: resend at most once a minute.
-            if now - self._swept.get(inbox_id, -1e9) < REDISPATCH_AFTER_S:
-                continue
-            if not self._send_pipeline_task(inbox_id):
-                break
-            self._swept[inbox_id] = now
-        if len(self._swept) > 100_000:
-            self._swept.clear()
+        elif (
+            self.dispatcher is not None and ids and time.monotonic() - self._last_rewind > REDISPATCH_AFTER_S
+        ):
+            # Entries dispatched long ago and still waiting: a task may have been lost (it
+            # should not: durable queues, persistent messages, late acks). Send again.
+            self._last_rewind = time.monotonic()
+            self.dispatcher.rewind()
         if self._celery is not None:
             for job_id in due_job_ids(self.db, now=older_than):
                 self._celery.send_task(SUMMARY_TASK, args=[job_id], queue=SANDBOX_QUEUE)

@@ -20,7 +20,7 @@ from core.errors import SidecarError
 from core.logs import configure_logging
 from core.settings import Settings, load_settings
 from core.tables import DeadLetter
-from core.tasks import PIPELINE_QUEUE, SANDBOX_QUEUE
+from core.tasks import SANDBOX_QUEUE
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, help=__doc__)
 audit_app = typer.Typer(no_args_is_help=True, help="Audit log: verification for auditors.")
@@ -77,14 +77,28 @@ def serve(
 @app.command()
 def worker(
     config: ConfigFile = None,
-    concurrency: Annotated[int, typer.Option(help="Worker threads. 1 keeps every patient in order.")] = 1,
+    lane: Annotated[
+        list[int] | None,
+        typer.Option(
+            help="Lane(s) to consume (repeatable; default: all). Run one process per lane to scale."
+        ),
+    ] = None,
 ) -> None:
-    """Run pipeline tasks from RabbitMQ (needs SIDECAR_BROKER_URL)."""
+    """Run pipeline tasks from RabbitMQ (needs SIDECAR_BROKER_URL).
+
+    One thread per process: each lane is consumed in order, so a patient's messages (always
+    the same lane) are processed in arrival order while lanes run in parallel processes.
+    """
+    from core.tasks import lane_queue
     from worker.tasks import build_worker_app
 
     settings = _settings(config)
+    lanes = lane if lane else list(range(settings.pipeline_lanes))
+    if any(not 0 <= k < settings.pipeline_lanes for k in lanes):
+        raise typer.BadParameter(f"lanes are 0..{settings.pipeline_lanes - 1}")
     celery = build_worker_app(settings)
-    celery.worker_main(_celery_argv(PIPELINE_QUEUE, concurrency, "pipeline"))
+    name = "lanes-" + "-".join(map(str, lanes))
+    celery.worker_main(_celery_argv(",".join(lane_queue(k) for k in lanes), 1, name))
 
 
 @app.command()

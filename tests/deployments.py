@@ -82,14 +82,25 @@ class Embedded:
 class Production:
     """serve + worker + sandbox as separate processes on PostgreSQL and RabbitMQ."""
 
-    def __init__(self, data_dir: Path, database_url: str, broker_url: str) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        database_url: str,
+        broker_url: str,
+        *,
+        lanes_per_worker: list[list[int]] | None = None,
+        binding: str = "#",
+        coalesce_s: float = 0.2,
+    ) -> None:
         self.data_dir = data_dir
+        self.lanes_per_worker = lanes_per_worker or [[]]  # one worker on every lane
+        self.binding = binding
         self.env = {
             **os.environ,
             "SIDECAR_DATA_DIR": str(data_dir),
             "SIDECAR_DATABASE_URL": database_url,
             "SIDECAR_BROKER_URL": broker_url,
-            "SIDECAR_SUMMARY_COALESCE_S": "0.2",
+            "SIDECAR_SUMMARY_COALESCE_S": str(coalesce_s),
             "SIDECAR_RELAY_INTERVAL_S": "0.05",
             "SIDECAR_MLLP_PORT": "0",
         }
@@ -118,21 +129,24 @@ class Production:
     def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         # Subscribe before anything is published: bind a queue to every event.
-        self._conn = pika.BlockingConnection(pika_parameters(self.env["SIDECAR_BROKER_URL"]))
+        params = pika_parameters(self.env["SIDECAR_BROKER_URL"])
+        params.heartbeat = 0  # the test reads only at the end; heartbeats would drop it meanwhile
+        self._conn = pika.BlockingConnection(params)
         self._channel = self._conn.channel()
         self._channel.exchange_declare("sidecar.events", exchange_type="topic", durable=True)
         self._queue = self._channel.queue_declare("", exclusive=True).method.queue
-        self._channel.queue_bind(self._queue, "sidecar.events", routing_key="#")
+        self._channel.queue_bind(self._queue, "sidecar.events", routing_key=self.binding)
         serve = self._spawn("serve", "serve")
         assert serve.stdout is not None
         line = serve.stdout.readline()
         if not line:
             raise AssertionError("serve exited: " + (self.data_dir / "serve.log").read_text())
         self.port = json.loads(line)["mllp_port"]
-        self._spawn("worker", "worker")
+        for n, lanes in enumerate(self.lanes_per_worker):
+            self._spawn(f"worker-{n}", "worker", *(a for k in lanes for a in ("--lane", str(k))))
         self._spawn("sandbox", "sandbox")
 
-    def settle(self, timeout: float = 90.0) -> None:
+    def settle(self, timeout: float = 180.0) -> None:
         from sidecar.stats import collect
 
         def done() -> bool:

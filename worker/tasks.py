@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any
 
 from celery import Celery
@@ -12,9 +13,33 @@ from sqlalchemy.exc import DBAPIError
 from core.settings import Settings
 from core.tasks import PIPELINE_TASK, SANDBOX_QUEUE, SUMMARY_TASK, make_celery
 from worker.context import build_context
-from worker.pipeline import PipelineContext, process
+from worker.pipeline import PipelineContext, ProcessResult, process
 
 log = logging.getLogger("sidecar.worker.tasks")
+
+
+PATIENCE_S = 600.0
+
+
+def process_with_patience(ctx: PipelineContext, inbox_id: int) -> ProcessResult:
+    """Retry transient failures here, in the task, with back-off: re-queueing would put
+    the message behind newer ones of the same patient. A database outage therefore pauses
+    the lane and it resumes in order. Past PATIENCE_S the task gives up; the entry stays
+    RECEIVED and `sidecar serve` dispatches it again."""
+    deadline = time.monotonic() + PATIENCE_S
+    delay = 0.2
+    while True:
+        try:
+            return process(ctx, inbox_id)
+        except DBAPIError as exc:
+            if time.monotonic() + delay > deadline:
+                raise
+            log.warning(
+                "transient failure, retrying",
+                extra={"inbox_id": inbox_id, "error_type": type(exc).__name__},
+            )
+            time.sleep(delay)
+            delay = min(10.0, delay * 2)
 
 
 def build_worker_app(settings: Settings) -> Celery:
