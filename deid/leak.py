@@ -17,7 +17,7 @@ from core.errors import IdentifierLeak
 
 from . import phi
 from .dates import is_fhir_date, parse_loose_date
-from .policy import PSEUDONYM_SYSTEM
+from .policy import COMPLEX, PSEUDONYM_SYSTEM, RESOURCES
 
 _MIN_SIGNIFICANCE = 4
 _MIN_NUMERIC_DIGITS = 4
@@ -35,6 +35,15 @@ _TOKEN_KEYS = frozenset({"id", "reference"})
 # "PATIENT" or "LOINC", which matched them and dead-lettered clean messages.
 _STRUCTURAL_KEYS = frozenset({"resourceType", "system", "url", "profile", "status", "gender", "use"})
 _MAX_REPORTED = 20
+_POLICY_ELEMENT_NAMES: frozenset[str] = frozenset(
+    {
+        "resourceType",
+        "id",
+        "meta",
+        *(n for e in COMPLEX.values() for n in e),
+        *(n for e in RESOURCES.values() for n in e),
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -102,7 +111,10 @@ def _leaves(
     if isinstance(node, Mapping):
         for child_key, child in node.items():
             child_key = str(child_key)
-            yield f"{path}.{child_key}", phi.normalise_text(child_key), "key"
+            # Element names the policy allows are vocabulary, not data: checking them made a
+            # patient literally named "Patient" fail on `patient`. Any other key is checked.
+            if child_key not in _POLICY_ELEMENT_NAMES:
+                yield f"{path}.{child_key}", phi.normalise_text(child_key), "key"
             yield from _leaves(child, f"{path}.{child_key}", node, child_key)
     elif isinstance(node, list):
         for i, item in enumerate(node):

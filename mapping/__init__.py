@@ -1,17 +1,23 @@
 """HL7 v2 -> FHIR R4 mapping: pure functions, identified data in memory only.
 
-    from mapping import map_message, MappingOptions
+    from mapping import map_message, MappingOptions, report_lines
     mapped = map_message(text, MappingOptions(default_timezone="Asia/Shanghai"))
+    for line in report_lines(mapped):  # what no rule mapped (names and numbers, no values)
+        ...
 
-Supported: ADT^* (Patient, Encounter) and ORU^R01/R30-R33 (Patient, Encounter,
-DiagnosticReport, Observation). Other message types raise ``UnsupportedMessage``; anything
-else that stops a mapping raises ``MappingError`` (both from ``core.errors``).
+Supported: ADT^* (Patient, Encounter, Observation; MRG merges as Patient.link), ORU^R01/R30-R33
+(Patient, Encounter, DiagnosticReport, Observation), ORM^O01 and OML^O21 (ServiceRequest),
+MDM^T01-T11 (DocumentReference), SIU^S12-S26 (Appointment), VXU^V04 (Immunization); see
+docs/mapping-notes.md. Site rules (Z-segments, fields, local code maps) plug in through
+``MappingOptions(site=mapping.site.Site())``. Other message types raise ``UnsupportedMessage``;
+anything else that stops a mapping raises ``MappingError`` (both from ``core.errors``).
 """
 
+from mapping.coverage import report_lines
 from mapping.message import map_message
-from mapping.model import MappedMessage, MappingOptions, PatientKey
+from mapping.model import MappedMessage, MappingOptions, PatientKey, UnmappedItem
 
-__all__ = ["MappedMessage", "MappingOptions", "PatientKey", "map_message"]
+__all__ = ["MappedMessage", "MappingOptions", "PatientKey", "UnmappedItem", "map_message", "report_lines"]
 
 # Users see mapping.X, not the private module it lives in (as httpx does).
 for _name in __all__:

@@ -1,8 +1,9 @@
 """ADT^* (every trigger event): a Patient per PID and an Encounter per PV1 that follows it.
 
-A17 (swap) carries two PID/PV1 pairs; A40 and friends pair each PID with an MRG, which is not
-mapped yet (its old identifier would become a replaced-by link) and so shows as unmapped.
-Other segments (NK1, AL1, DG1, OBX, IN1, ...) are listed in ``unmapped_segments``.
+A17 (swap) carries two PID/PV1 pairs; A40 and friends pair each PID with an MRG, which becomes
+the merged-away Patient with ``replaces`` / ``replaced-by`` links (see ``mapping.merge``).
+OBX -> Observation of the current patient (IG ADT_A01 OBX[Observation]). Other segments (NK1,
+AL1, DG1, IN1, ...) are listed in ``unmapped_segments``.
 """
 
 from __future__ import annotations
@@ -10,12 +11,15 @@ from __future__ import annotations
 from core.errors import MappingError
 from mapping.context import Context, PatientRef
 from mapping.encounter import map_pv1
+from mapping.merge import map_mrg
+from mapping.observation import build_observation
 from mapping.patient import map_pid
 
 
 def map_adt(ctx: Context) -> None:
     patient: PatientRef | None = None
     saw_pid = False
+    obx_count = 0
     for seg in ctx.message.segments[1:]:
         if seg.name == "PID":
             saw_pid = True
@@ -24,7 +28,14 @@ def map_adt(ctx: Context) -> None:
             # failing the whole message.
             patient = map_pid(seg, ctx) if seg.has_content() else None
             if patient is None:
-                ctx.unmapped.append(seg.name)
+                ctx.skip_always(seg)
+        elif seg.name == "OBX" and patient is not None and (seg.value(3) or seg.raw(5)):
+            obx_count += 1
+            observation_id = ctx.unique_id("Observation", None, "adt-obx", str(obx_count))
+            ctx.add(build_observation(seg, observation_id, patient, "", ctx))
+            ctx.mapped(seg, "OBX:Observation")
+        elif seg.name == "MRG" and patient is not None and map_mrg(seg, patient, ctx):
+            pass
         elif seg.name == "PV1" and patient is not None and patient.encounter_id is None and seg.has_content():
             map_pv1(seg, patient, ctx)
         else:

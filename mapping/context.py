@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 from core.errors import MappingError
@@ -10,6 +11,9 @@ from mapping import ids
 from mapping.hl7.datatypes import Json
 from mapping.hl7.parse import Message, Segment
 from mapping.model import PatientKey
+
+if TYPE_CHECKING:
+    from mapping.site import Site
 
 
 @dataclass
@@ -39,7 +43,17 @@ class Context:
     resources: list[Json] = field(default_factory=list)
     patient_keys: dict[str, PatientKey] = field(default_factory=dict)
     unmapped: list[str] = field(default_factory=list)
+    site: Site | None = None
+    unmapped_at: list[int] = field(default_factory=list)
+    """Message positions of the segments in ``unmapped`` (same order)."""
+    handled_fields: set[tuple[int, int]] = field(default_factory=set)
+    """(segment position, field number) pairs a site rule took care of."""
+    handled_segments: set[int] = field(default_factory=set)
+    """Positions of segments a site rule mapped (Z-segments), never reported."""
+    roles: dict[int, str] = field(default_factory=dict)
+    """Segment position -> the rule set that mapped it (a key of ``coverage.MAPPED_FIELDS``)."""
     _ids: set[str] = field(default_factory=set)
+    _positions: dict[int, int] = field(default_factory=dict)
 
     def add(self, resource: Json) -> None:
         key = resource["resourceType"] + "/" + resource["id"]
@@ -53,7 +67,34 @@ class Context:
     def taken(self, resource_type: str, resource_id: str) -> bool:
         return f"{resource_type}/{resource_id}" in self._ids
 
+    def unique_id(self, resource_type: str, preferred: str | None, *positional: str) -> str:
+        """``preferred`` unless already used in this message, else an id from the message basis
+        and ``positional`` (parts that are unique within a message by construction)."""
+        if preferred is not None and not self.taken(resource_type, preferred):
+            return preferred
+        return ids.resource_id(resource_type, self.basis, *positional)
+
+    def position(self, segment: Segment) -> int:
+        """The 0-based position of ``segment`` in the message (MSH is 0)."""
+        if not self._positions:
+            self._positions = {id(s): i for i, s in enumerate(self.message.segments)}
+        return self._positions.get(id(segment), -1)
+
+    def mapped(self, segment: Segment, role: str) -> None:
+        """Record that ``segment`` was mapped by the rules named ``role`` (for the report)."""
+        self.roles[self.position(segment)] = role
+
     def skip(self, segment: Segment) -> None:
-        """Record a segment no rule maps (only when it carries something)."""
+        """Record a segment no rule maps (only when it carries something); a site handler for
+        its name gets it first."""
+        if self.site is not None and self.site.handle_segment(segment, self):
+            self.handled_segments.add(self.position(segment))
+            return
         if segment.has_content():
             self.unmapped.append(segment.name)
+            self.unmapped_at.append(self.position(segment))
+
+    def skip_always(self, segment: Segment) -> None:
+        """Record a segment as unmapped even when it carries nothing but a set ID."""
+        self.unmapped.append(segment.name)
+        self.unmapped_at.append(self.position(segment))

@@ -62,6 +62,7 @@ def map_pv1(pv1: Segment, patient: PatientRef, ctx: Context) -> None:
     if not pv1.has_content():
         return
     encounter_id = _encounter_id(pv1, patient, ctx)
+    ctx.mapped(pv1, "PV1")
     if ctx.taken("Encounter", encounter_id):
         patient.encounter_id = encounter_id
         return

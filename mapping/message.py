@@ -10,10 +10,15 @@ from core.errors import MappingError, UnsupportedMessage
 from core.fhir import FhirValidationError, validate_resource
 from mapping import ids, phi
 from mapping.adt import map_adt
+from mapping.appointment import SCHEDULE_TRIGGERS, map_siu
 from mapping.context import Context
+from mapping.coverage import build_report
+from mapping.document import DOCUMENT_TRIGGERS, map_mdm
 from mapping.hl7.dtm import zone
 from mapping.hl7.parse import Message, parse
+from mapping.immunization import map_vxu
 from mapping.model import MappedMessage, MappingOptions
+from mapping.orders import map_orders
 from mapping.oru import RESULT_TRIGGERS, map_oru
 
 _DEFAULT_OPTIONS = MappingOptions()
@@ -25,6 +30,14 @@ def _mapper(code: str, trigger: str) -> Callable[[Context], None] | None:
         return map_adt
     if code == "ORU" and trigger in RESULT_TRIGGERS:
         return map_oru
+    if (code, trigger) in (("ORM", "O01"), ("OML", "O21")):
+        return map_orders
+    if code == "MDM" and trigger in DOCUMENT_TRIGGERS:
+        return map_mdm
+    if code == "SIU" and trigger in SCHEDULE_TRIGGERS:
+        return map_siu
+    if code == "VXU" and trigger == "V04":
+        return map_vxu
     return None
 
 
@@ -51,10 +64,15 @@ def _map(text: str, options: MappingOptions) -> MappedMessage:
         zone=zone(options.default_timezone),
         basis=ids.message_basis(sender, control_id, message.text),
         trigger=trigger,
+        site=options.site,
     )
     mapper(ctx)
-    for resource in ctx.resources:
-        validate_resource(resource)
+    if options.site is not None:
+        options.site.apply_fields(ctx)
+        options.site.apply_codes(ctx.resources)
+    if options.validate:
+        for resource in ctx.resources:
+            validate_resource(resource)
     return MappedMessage(
         message_type=message_type,
         control_id=control_id,
@@ -62,6 +80,7 @@ def _map(text: str, options: MappingOptions) -> MappedMessage:
         patient_keys=ctx.patient_keys,
         phi_values=phi.collect(message),
         unmapped_segments=tuple(ctx.unmapped),
+        report=build_report(ctx),
     )
 
 

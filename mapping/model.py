@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mapping.site import Site
 
 
 @dataclass(frozen=True)
 class MappingOptions:
     default_timezone: str = "UTC"
     """IANA name; applied to HL7 DTM values that carry a time but no offset."""
+    validate: bool = True
+    """Validate every resource against the FHIR models (fhir.resources). Turn off only where the
+    caller validates itself, or to measure the mapping alone (bench/mapping.py)."""
+    site: Site | None = None
+    """Site customisation (Z-segment handlers, local code maps): see ``mapping.site``."""
 
 
 @dataclass(frozen=True)
@@ -23,6 +31,23 @@ class PatientKey:
 
     def __repr__(self) -> str:
         return f"PatientKey(authority={self.authority!r}, value=<{len(self.value)} chars>)"
+
+
+@dataclass(frozen=True)
+class UnmappedItem:
+    """One piece of a message that no rule mapped: a whole segment (``fields`` empty), or the
+    field numbers of a mapped segment that carried content without a rule. Never a value."""
+
+    segment: str
+    """Segment name, e.g. "ZPI"."""
+    index: int
+    """0-based position of the segment in the message (MSH is 0)."""
+    fields: tuple[int, ...] = ()
+    """Field numbers with content but no rule; empty when the whole segment went unmapped."""
+
+    @property
+    def whole_segment(self) -> bool:
+        return not self.fields
 
 
 @dataclass(frozen=True)
@@ -40,6 +65,8 @@ class MappedMessage:
     ADDRESS, EMAIL). Identified data: never log it."""
     unmapped_segments: tuple[str, ...]
     """Names of segments with content that no rule mapped, in order, repeats kept."""
+    report: tuple[UnmappedItem, ...] = ()
+    """Unmapped segments and unmapped fields of mapped segments, in message order."""
 
     def __repr__(self) -> str:
         # The default repr would print names, identifiers and dates into any log or traceback.

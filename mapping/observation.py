@@ -120,11 +120,30 @@ _SINGLE_VALUE: dict[str, Callable[[Composite, Context], Json]] = {
 }
 
 
+def _components(obx: Segment, reps: list[Composite], ctx: Context) -> Json:
+    """A repeating OBX-5 (not text, not coded) -> one component per repetition, each with the
+    OBX-3 code (IG OBX[Observation-Component]: "IF OBX-5 LST.count GREATER THAN 1")."""
+    code = cwe_concept(obx.first(3)) or data_absent_concept()
+    value_type = obx.value(2).upper()
+    components = []
+    for rep in reps:
+        if value_type == "NM":
+            value = nm_value(rep.joined(), obx.first(6))
+        elif value_type == "SN":
+            value = sn_value(rep, obx.first(6))
+        else:
+            single = _SINGLE_VALUE.get(value_type)
+            value = single(rep, ctx) if single is not None else {"valueString": rep.joined()}
+        if value:
+            components.append({"code": code, **value})
+    return {"component": components} if components else {}
+
+
 def observation_value(obx: Segment, ctx: Context) -> Json:
     """The ``value[x]`` (or attachment extension) for OBX-5, chosen by OBX-2.
 
-    Repeating OBX-5 values are only meaningful for text (joined by lines); for other types a
-    repeat is kept as readable text rather than silently dropping all but the first.
+    Repeating OBX-5 values are joined by lines for text; for other types each repetition is a
+    ``component`` (IG OBX[Observation-Component]).
     """
     value_type = obx.value(2).upper()
     reps = obx.repetitions(5)
@@ -134,7 +153,7 @@ def observation_value(obx: Segment, ctx: Context) -> Json:
         text = "\n".join(t for t in obx.texts(5) if t)
         return {"valueString": text} if text else {}
     if len(reps) > 1 and value_type not in CODED_TYPES:
-        return {"valueString": ", ".join(r.joined() for r in reps)}
+        return _components(obx, reps, ctx)
     first = reps[0]
     if value_type == "NM":
         return nm_value(obx.text(5), obx.first(6))

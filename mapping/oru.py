@@ -1,6 +1,10 @@
 """ORU^R01 (and R30-R33, same result structure): Patient, Encounter, one DiagnosticReport per
 OBR (IG OBR[DiagnosticReport]) and one Observation per OBX under it.
 
+Text reports (radiology, pathology): when every OBX under an OBR is a text line (TX/FT/ST, no
+number), the DiagnosticReport also gets the joined text as ``presentedForm`` (text/plain) and
+``conclusion`` (see ``mapping.text_report``); the per-line Observations stay, as the IG maps them.
+
 NTE placement: an NTE right after an OBX (or after that OBX's earlier NTEs) becomes a note on
 that Observation, as the IG's NTE[Observation] says. An NTE after an OBR describes the whole
 order, and R4's DiagnosticReport has no ``note`` (the IG does not map it; ``conclusion`` would
@@ -28,6 +32,7 @@ from mapping.hl7.dtm import to_date_time, to_instant
 from mapping.hl7.parse import Segment
 from mapping.observation import add_note, build_observation
 from mapping.patient import map_pid
+from mapping.text_report import TextReport
 
 RESULT_TRIGGERS = frozenset({"R01", "R30", "R31", "R32", "R33", ""})
 
@@ -42,6 +47,7 @@ class _Report:
     resource_id: str
     basis: str | None  # the order's own identity, when it has one (see _report_identity)
     results: list[dict[str, str]] = field(default_factory=list)
+    text: TextReport = field(default_factory=TextReport)
 
 
 def _report_identity(obr: Segment) -> str | None:
@@ -72,6 +78,7 @@ def _open_report(obr: Segment, index: int, patient: PatientRef, ctx: Context) ->
 
 def _close_report(report: _Report, ctx: Context) -> None:
     obr = report.obr
+    ctx.mapped(obr, "OBR:DiagnosticReport")
     start, end = obr.value(7), obr.value(8)
     effective: Json = {}
     if end and to_date_time(end, ctx.zone):
@@ -97,6 +104,7 @@ def _close_report(report: _Report, ctx: Context) -> None:
             **effective,
             "issued": to_instant(obr.value(22), ctx.zone),
             "result": report.results,
+            **report.text.members(),
         },
     )
     ctx.add(report_resource)
@@ -159,11 +167,15 @@ def map_oru(ctx: Context) -> None:
                 ctx,
             )
             ctx.add(observation)
+            ctx.mapped(seg, "OBX:Observation")
             if report is not None:
                 report.results.append(ids.reference("Observation", observation["id"]))
+                report.text.add(seg)
             last_observation = observation
         elif name == "NTE" and last_observation is not None:
-            if not add_note(last_observation, seg):
+            if add_note(last_observation, seg):
+                ctx.mapped(seg, "NTE")
+            else:
                 ctx.skip(seg)
         else:
             ctx.skip(seg)

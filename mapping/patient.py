@@ -78,6 +78,7 @@ def _deceased(pid: Segment, ctx: Context) -> Json:
 def map_pid(pid: Segment, ctx: Context) -> PatientRef:
     """Add the Patient for ``pid`` (once per message) and return what later segments refer to."""
     key = primary_key(pid)
+    ctx.mapped(pid, "PID")
     patient_id = ids.resource_id("Patient", key.authority, key.value)
     if ctx.taken("Patient", patient_id):
         # The same patient twice in one message (e.g. two ORU result groups): the first wins.

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
 from sqlalchemy import select, update
@@ -41,6 +41,19 @@ class JobResult:
     job_id: int
     outcome: JobOutcome
     document: str | None = None
+
+
+def requeue_stalled(db: Database, *, older_than_s: float = 300.0) -> int:
+    """Jobs left RUNNING by a sandbox that died or lost its database mid-job go back to
+    PENDING (running twice is harmless: the output is a new version of the same document)."""
+    cutoff = datetime.now(UTC) - timedelta(seconds=older_than_s)
+    with db.transaction() as session:
+        result = session.execute(
+            update(Job)
+            .where(Job.status == JobStatus.RUNNING, Job.updated_at < cutoff)
+            .values(status=JobStatus.PENDING, updated_at=datetime.now(UTC))
+        )
+        return int(result.rowcount)  # type: ignore[attr-defined]
 
 
 def due_job_ids(db: Database, *, now: datetime | None = None, limit: int = 100) -> list[int]:

@@ -31,7 +31,7 @@ from core.settings import Settings
 from core.tables import Job, JobStatus
 from core.tasks import PIPELINE_TASK, SANDBOX_QUEUE, SUMMARY_TASK, lane_queue, make_celery
 from sandbox.models import ExtractiveSummarizer
-from sandbox.runner import due_job_ids, run_job
+from sandbox.runner import due_job_ids, requeue_stalled, run_job
 from sidecar.loops import Loop
 from worker.context import build_context
 from worker.dispatch import InboxDispatcher
@@ -45,6 +45,7 @@ log = logging.getLogger("sidecar.app")
 SWEEP_INTERVAL_S = 5.0
 SWEEP_AGE_S = 10.0
 REDISPATCH_AFTER_S = 300.0
+STALLED_JOB_S = 120.0  # a summary running this long has lost its sandbox
 
 
 def charset_policy(settings: Settings) -> CharsetPolicy:
@@ -243,6 +244,7 @@ class SidecarApp:
             # should not: durable queues, persistent messages, late acks). Send again.
             self._last_rewind = time.monotonic()
             self.dispatcher.rewind()
+        requeue_stalled(self.db, older_than_s=STALLED_JOB_S)
         if self._celery is not None:
             for job_id in due_job_ids(self.db, now=older_than):
                 self._celery.send_task(SUMMARY_TASK, args=[job_id], queue=SANDBOX_QUEUE)

@@ -144,6 +144,9 @@ def convert(
         bool, typer.Option("--deid", help="De-identify (uses the data directory's secret).")
     ] = False,
     out: Annotated[Path | None, typer.Option("--out", help="Write one Bundle file per message here.")] = None,
+    report: Annotated[
+        bool, typer.Option("--report", help="List on stderr what no rule mapped (segments, fields).")
+    ] = False,
     data_dir: DataDir = None,
     config: ConfigFile = None,
 ) -> None:
@@ -162,6 +165,7 @@ def convert(
         out,
         emit=lambda line: print(line, file=sys.stdout),
         report_error=lambda line: print(line, file=sys.stderr),
+        report_unmapped=(lambda line: print(f"unmapped: {line}", file=sys.stderr)) if report else None,
     )
     if failed:
         raise typer.Exit(1)

@@ -12,7 +12,7 @@ from connectors.hl7 import decode_message, peek_header, split_messages
 from core.errors import IngestError, SidecarError
 from core.fhir import FhirValidationError, transaction_bundle
 from deid import Vault, deidentify
-from mapping import MappingOptions, map_message
+from mapping import MappingOptions, map_message, report_lines
 
 
 @dataclass(frozen=True)
@@ -21,6 +21,7 @@ class Converted:
     index: int  # 1-based message number within the file
     count: int  # messages in the file
     bundle: dict[str, Any]
+    report: list[str]  # what no rule mapped (segment and field names, never values)
 
 
 @dataclass(frozen=True)
@@ -43,12 +44,13 @@ def convert_file(
     for index, raw in enumerate(messages, start=1):
         where = f"message {index}: " if len(messages) > 1 else ""
         try:
-            yield Converted(path, index, len(messages), _bundle(raw, options, vault))
+            bundle, report = _bundle(raw, options, vault)
+            yield Converted(path, index, len(messages), bundle, report)
         except (SidecarError, FhirValidationError) as exc:
             yield ConvertFailure(path, f"{where}{exc}")
 
 
-def _bundle(raw: bytes, options: MappingOptions, vault: Vault | None) -> dict[str, Any]:
+def _bundle(raw: bytes, options: MappingOptions, vault: Vault | None) -> tuple[dict[str, Any], list[str]]:
     try:
         declared = peek_header(raw).charset
     except IngestError:
@@ -58,7 +60,7 @@ def _bundle(raw: bytes, options: MappingOptions, vault: Vault | None) -> dict[st
     if vault is not None:
         keys = {pid: (key.authority, key.value) for pid, key in mapped.patient_keys.items()}
         resources = [r.resource for r in deidentify(resources, keys, mapped.phi_values, vault).resources]
-    return transaction_bundle(resources)
+    return transaction_bundle(resources), report_lines(mapped)
 
 
 def write_outputs(
@@ -68,6 +70,7 @@ def write_outputs(
     out_dir: Path | None,
     emit: Callable[[str], None],
     report_error: Callable[[str], None],
+    report_unmapped: Callable[[str], None] | None = None,
 ) -> int:
     """Convert every file; returns the number of files with at least one failure."""
     failed_files = 0
@@ -80,6 +83,10 @@ def write_outputs(
                 report_error(f"{result.path}: {result.reason}")
                 failed = True
                 continue
+            if report_unmapped is not None:
+                where = f"{result.path}" + (f" message {result.index}" if result.count > 1 else "")
+                for line in result.report:
+                    report_unmapped(f"{where}: {line}")
             text = json.dumps(result.bundle, ensure_ascii=False)
             if out_dir is None:
                 emit(text)

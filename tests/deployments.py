@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pika
+import pika.exceptions
 
 from core.db import Database
 from core.settings import Settings
@@ -113,6 +114,15 @@ class Production:
         self._channel: Any = None
         self._queue = ""
 
+    def _connect_subscriber(self) -> None:
+        params = pika_parameters(self.env["SIDECAR_BROKER_URL"])
+        params.heartbeat = 0  # the test reads only at the end; heartbeats would drop it meanwhile
+        self._conn = pika.BlockingConnection(params)
+        self._channel = self._conn.channel()
+        self._channel.exchange_declare("sidecar.events", exchange_type="topic", durable=True)
+        self._channel.queue_declare(self._queue, durable=True)
+        self._channel.queue_bind(self._queue, "sidecar.events", routing_key=self.binding)
+
     def _spawn(self, name: str, *args: str) -> subprocess.Popen[str]:
         log = open(self.data_dir / f"{name}.log", "w")  # noqa: SIM115 - closed with the process
         proc = subprocess.Popen(
@@ -128,14 +138,10 @@ class Production:
 
     def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        # Subscribe before anything is published: bind a queue to every event.
-        params = pika_parameters(self.env["SIDECAR_BROKER_URL"])
-        params.heartbeat = 0  # the test reads only at the end; heartbeats would drop it meanwhile
-        self._conn = pika.BlockingConnection(params)
-        self._channel = self._conn.channel()
-        self._channel.exchange_declare("sidecar.events", exchange_type="topic", durable=True)
-        self._queue = self._channel.queue_declare("", exclusive=True).method.queue
-        self._channel.queue_bind(self._queue, "sidecar.events", routing_key=self.binding)
+        # Subscribe before anything is published. A durable named queue, as a real
+        # subscriber has: it outlives a broker restart, and so do the events in it.
+        self._queue = f"test-events-{self.data_dir.parent.name}"
+        self._connect_subscriber()
         serve = self._spawn("serve", "serve")
         assert serve.stdout is not None
         line = serve.stdout.readline()
@@ -161,11 +167,19 @@ class Production:
         wait_for(done, timeout, 0.2)
 
     def event_bodies(self) -> list[dict[str, Any]]:
-        while True:
-            method, _props, body = self._channel.basic_get(self._queue, auto_ack=True)
-            if method is None:
-                return list(self._events)
-            self._events.append(json.loads(body))
+        for attempt in range(3):
+            try:
+                while True:
+                    method, _props, body = self._channel.basic_get(self._queue, auto_ack=True)
+                    if method is None:
+                        return list(self._events)
+                    self._events.append(json.loads(body))
+            except pika.exceptions.AMQPError:
+                # The broker was restarted under us: the durable queue kept the events.
+                if attempt == 2:
+                    raise
+                self._connect_subscriber()
+        return list(self._events)
 
     def stop(self) -> dict[str, int]:
         codes: dict[str, int] = {}

@@ -147,3 +147,16 @@ def test_demo_prints_a_summary_and_a_verified_chain(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert "audit chain verified" in result.stdout
     assert "One summary" in result.stdout
+
+
+def test_convert_report_lists_z_segments_and_unexpected_segments(tmp_path: Path) -> None:
+    message = tmp_path / "z.hl7"
+    message.write_bytes(
+        b"MSH|^~\\&|HIS|H|S|H|20260101||ADT^A01|X1|P|2.5.1\r"
+        b"PID|1||M1^^^H^MR||Doe^Jane||19800101|F\rZPI|1|custom value\rXYZ|odd\r"
+    )
+    result = sidecar("convert", "--report", "--data-dir", str(tmp_path / "d"), str(message))
+    assert result.returncode == 0, result.stderr
+    unmapped = [line for line in result.stderr.splitlines() if line.startswith("unmapped: ")]
+    assert any("ZPI" in line for line in unmapped) and any("XYZ" in line for line in unmapped)
+    assert not any("custom value" in line or "odd" in line.split(":", 2)[-1] for line in unmapped)

@@ -112,3 +112,9 @@ def test_short_values_and_bare_years_are_not_searched():
 
 def test_no_phi_values_means_no_leak():
     check_no_leak([_obs(valueString="anything")], {})
+
+
+def test_a_patient_named_like_an_element_is_not_a_leak():
+    # A corpus patient's family name is literally "Patient"; `patient` is an element name.
+    resource = {"resourceType": "Immunization", "id": "i1", "patient": {"reference": "Patient/abc123"}}
+    check_no_leak([resource], {"Patient": "NAME"})

@@ -37,6 +37,10 @@ def test_every_allowed_element_exists_in_the_fhir_model(resource_type):
         ("Encounter.hospitalization", "encounter", "EncounterHospitalization"),
         ("Observation.referenceRange", "observation", "ObservationReferenceRange"),
         ("Observation.component", "observation", "ObservationComponent"),
+        ("Attachment", "attachment", "Attachment"),
+        ("DocumentReference.content", "documentreference", "DocumentReferenceContent"),
+        ("DocumentReference.context", "documentreference", "DocumentReferenceContext"),
+        ("Appointment.participant", "appointment", "AppointmentParticipant"),
     ],
 )
 def test_every_allowed_datatype_element_exists_in_the_fhir_model(type_name, module, model):
@@ -48,7 +52,8 @@ def test_every_complex_type_is_tested_above():
     assert set(policy.COMPLEX) == {
         "Coding", "CodeableConcept", "Period", "Quantity", "Range", "Ratio", "Annotation", "Meta",
         "Patient.communication", "Encounter.hospitalization", "Observation.referenceRange",
-        "Observation.component",
+        "Observation.component", "Attachment", "DocumentReference.content", "DocumentReference.context",
+        "Appointment.participant",
     }  # fmt: skip
 
 
@@ -60,3 +65,68 @@ def test_patient_allow_list_excludes_direct_identifiers():
         assert not {"text", "extension", "modifierExtension", "identifier", "contained"} & set(elements), (
             resource_type
         )
+
+
+def test_new_resource_allow_lists_drop_people_and_identifiers():
+    people = {"requester", "performer", "author", "authenticator", "custodian", "masterIdentifier",
+              "requisition", "manufacturer", "location", "name"}  # fmt: skip
+    for resource_type in ("ServiceRequest", "DocumentReference", "Appointment", "Immunization"):
+        assert resource_type in policy.RESOURCES
+        assert not people & set(policy.RESOURCES[resource_type]), resource_type
+    # The document's bytes are never passed on: base64 is beyond the scrubber.
+    assert not {"data", "url", "title"} & set(policy.COMPLEX["Attachment"])
+
+
+@pytest.mark.parametrize(
+    ("kind", "segments", "resource_type", "kept"),
+    [
+        (
+            "ORM^O01",
+            ["ORC|NW|PL-1^HIS", "OBR|1|PL-1^HIS||24725-4^CT Head^LN|S", "NTE|1||Call ZHANG WEI on arrival"],
+            "ServiceRequest",
+            {"status", "intent", "code", "subject", "priority", "note"},
+        ),
+        (
+            "MDM^T02",
+            [
+                "TXA|1|CN^Consult|TX|||20240305101500+0800||||||DOC-1^HIS",
+                "OBX|1|TX|11488-4^Note^LN||Seen today",
+            ],
+            "DocumentReference",
+            {"status", "type", "subject", "date", "content"},
+        ),
+        (
+            "SIU^S12",
+            [
+                "SCH|P-1|F-1||||||||||||||||||||||||Booked",
+                "TQ1|||||||20240310090000+0800|20240310093000+0800",
+            ],
+            "Appointment",
+            {"status", "start", "end", "participant"},
+        ),
+        (
+            "VXU^V04",
+            ["ORC|RE||IZ-1^HIS", "RXA|0|1|20240301||08^HepB^CVX|0.5|mL^mL^UCUM||||||||LOT-7"],
+            "Immunization",
+            {"status", "vaccineCode", "patient", "occurrenceDateTime", "doseQuantity", "lotNumber"},
+        ),
+    ],
+)
+def test_new_resource_types_deidentify_and_validate(kind, segments, resource_type, kept):
+    from core.fhir import validate_resource
+    from deid import Vault, deidentify
+    from mapping import map_message
+
+    msh = f"MSH|^~\\&|APP|HOSP|SIDECAR|HOSP|20240305101500+0800||{kind}|CTRL-1|P|2.5.1"
+    pid = "PID|1||MRN-4711^^^HOSP^MR||ZHANG^WEI||19800215|M"
+    mapped = map_message("\r".join([msh, pid, *segments]))
+    keys = {k: (v.authority, v.value) for k, v in mapped.patient_keys.items()}
+    result = deidentify(mapped.resources, keys, mapped.phi_values, Vault(b"test-secret-0123456789abcdef-xyz"))
+    (out,) = [r.resource for r in result.resources if r.resource["resourceType"] == resource_type]
+    validate_resource(out)
+    assert kept <= set(out)
+    assert "identifier" not in out and "masterIdentifier" not in out
+    if "note" in out:
+        assert "ZHANG" not in out["note"][0]["text"]
+    if resource_type == "DocumentReference":
+        assert out["content"][0]["attachment"] == {"contentType": "text/plain; charset=utf-8"}

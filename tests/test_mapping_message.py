@@ -163,10 +163,14 @@ def test_a17_maps_both_patients_and_visits():
     assert [e["subject"]["reference"] for e in encounters] == [f"Patient/{p['id']}" for p in patients]
 
 
-def test_merge_keeps_mrg_as_unmapped():
+def test_merge_links_the_old_patient():
     mapped = map_message(message("ADT^A40", "EVN|A40", PID, "MRG|OLD-1^^^HOSP^MR"))
-    assert len(by_type(mapped, "Patient")) == 1
-    assert mapped.unmapped_segments == ("EVN", "MRG")
+    survivor, old = by_type(mapped, "Patient")
+    assert survivor["link"] == [{"other": {"reference": f"Patient/{old['id']}"}, "type": "replaces"}]
+    assert old["link"] == [{"other": {"reference": f"Patient/{survivor['id']}"}, "type": "replaced-by"}]
+    assert old["active"] is False
+    assert old["identifier"][0]["value"] == "OLD-1"
+    assert mapped.unmapped_segments == ("EVN",)
     assert mapped.phi_values["OLD-1"] == "ID"
 
 
@@ -279,7 +283,7 @@ def test_same_patient_twice_in_one_message_is_one_patient():
 # -- errors ------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["ORM^O01", "VXU^V04", "SIU^S12", "ORU^W01", "ACK"])
+@pytest.mark.parametrize("kind", ["RDE^O11", "DFT^P03", "OML^O33", "ORU^W01", "ACK"])
 def test_unsupported_types(kind):
     with pytest.raises(UnsupportedMessage, match=re.escape(f"unsupported message type {kind}")):
         map_message(message(kind, PID))

@@ -128,6 +128,25 @@ class Segment:
         texts = self.texts(n)
         return texts[0] if texts else ""
 
+    @property
+    def field_count(self) -> int:
+        """The number of the last field present (valued or not)."""
+        return len(self._fields) - 1
+
+    def field_has_content(self, n: int) -> bool:
+        """Whether field ``n`` carries anything beyond delimiters, blanks and ``""``."""
+        raw = self.raw(n)
+        if not raw:
+            return False
+        d = self.delims
+        return bool(raw.strip(f' \t"{d.component}{d.repetition}{d.subcomponent}'))
+
+    def valued_fields(self) -> list[int]:
+        """The numbers of the fields (from 2 on) that carry content, as ``field_has_content``."""
+        d = self.delims
+        blank = f' \t"{d.component}{d.repetition}{d.subcomponent}'
+        return [n for n, raw in enumerate(self._fields[2:], start=2) if raw and raw.strip(blank)]
+
     def has_content(self) -> bool:
         """Whether anything beyond a bare set ID is valued (``NK1|1``, ``EVN|`` or
         ``PV1|1||^^`` carry nothing)."""

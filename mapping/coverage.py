@@ -1,0 +1,70 @@
+"""The mapping report: which segments, and which fields of mapped segments, no rule covered.
+
+``MAPPED_FIELDS`` names, per rule set (a segment mapped into one resource type), the fields a
+rule reads. A field outside that set that carries content is reported. Z-segments are always
+reported unless a site rule (``mapping.site``) handled them.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from mapping.context import Context
+from mapping.model import MappedMessage, UnmappedItem
+
+# Field 1 of most segments is a set ID: plumbing, never reported.
+MAPPED_FIELDS: Final[dict[str, frozenset[int]]] = {
+    "PID": frozenset({1, 2, 3, 4, 5, 7, 8, 9, 11, 13, 14, 29, 30}),
+    "PV1": frozenset({1, 2, 19, 44, 45, 50}),
+    "OBR:DiagnosticReport": frozenset({1, 2, 3, 4, 7, 8, 22, 25}),
+    "OBR:ServiceRequest": frozenset({1, 2, 3, 4, 5, 6, 11, 31}),
+    "OBX:Observation": frozenset({1, 2, 3, 4, 5, 6, 7, 8, 11, 14}),
+    "OBX:Text": frozenset({1, 2, 3, 4, 5, 11}),
+    "OBX:DocumentReference": frozenset({1, 2, 3, 4, 5, 11}),
+    "NTE": frozenset({1, 3}),
+    "ORC:ServiceRequest": frozenset({1, 2, 3, 4, 5, 9}),
+    "ORC:Immunization": frozenset({1, 2, 3}),
+    "TXA": frozenset({1, 2, 3, 6, 12, 16, 17, 19, 25}),
+    "SCH": frozenset({1, 2, 7, 8, 9, 10, 11, 25}),
+    "TQ1:Appointment": frozenset({1, 7, 8}),
+    "AIS": frozenset({1, 3, 4}),
+    "RXA": frozenset({1, 2, 3, 5, 6, 7, 15, 16, 18, 19, 20, 21, 22}),
+    "RXR": frozenset({1, 2}),
+    "MRG": frozenset({1, 7}),
+}
+
+
+def build_report(ctx: Context) -> tuple[UnmappedItem, ...]:
+    """Every unmapped segment and every unmapped field of a mapped segment, in message order."""
+    items: list[UnmappedItem] = []
+    unmapped = set(ctx.unmapped_at)
+    for index, segment in enumerate(ctx.message.segments):
+        if index == 0 or index in ctx.handled_segments:
+            continue
+        if index in unmapped or (segment.name.startswith("Z") and index not in ctx.roles):
+            items.append(UnmappedItem(segment.name, index))
+            continue
+        role = ctx.roles.get(index)
+        if role is None:
+            continue
+        rules = MAPPED_FIELDS.get(role, frozenset())
+        fields = tuple(
+            n for n in segment.valued_fields() if n not in rules and (index, n) not in ctx.handled_fields
+        )
+        if fields:
+            items.append(UnmappedItem(segment.name, index, fields))
+    return tuple(items)
+
+
+def report_lines(mapped: MappedMessage) -> list[str]:
+    """The report as one line per item, e.g. ``"ZPI (segment 5): not mapped"`` or
+    ``"PID (segment 2): fields 6, 10 not mapped"``. Names and numbers only, never values."""
+    lines = []
+    for item in mapped.report:
+        where = f"{item.segment} (segment {item.index})"
+        if item.whole_segment:
+            lines.append(f"{where}: not mapped")
+        else:
+            numbers = ", ".join(f"{item.segment}-{n}" for n in item.fields)
+            lines.append(f"{where}: fields {numbers} not mapped")
+    return lines
