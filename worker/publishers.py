@@ -6,11 +6,12 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from contextlib import suppress
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import pika
-from pika.exceptions import AMQPError
+import pika.spec
 
 from core.errors import PublishError
 
@@ -72,34 +73,123 @@ def pika_parameters(url: str) -> pika.URLParameters:
     return params
 
 
-class RabbitPublisher:
-    """Publishes persistent messages to a durable topic exchange with publisher confirms.
+@dataclass
+class _Batch:
+    outstanding: int
+    done: threading.Event = field(default_factory=threading.Event)
+    error: str | None = None
 
-    Each publish waits for its confirm (pika's BlockingChannel in confirm mode). That is
-    ~1.5k msg/s here: enough for the skeleton; asynchronous confirms are the next step.
+    def settle(self, error: str | None = None) -> None:
+        if error and not self.error:
+            self.error = error
+        self.outstanding -= 1
+        if self.outstanding <= 0 or error:
+            self.done.set()
+
+
+class RabbitPublisher:
+    """Persistent messages to a durable topic exchange, with asynchronous publisher confirms.
+
+    A pika SelectConnection runs on its own I/O thread. ``publish`` hands the whole batch
+    to that thread, which publishes every message without waiting, and returns once the
+    broker has confirmed each delivery tag (acks may cover several tags at once). pika's
+    blocking channel waits for every confirm in turn instead (~1.5k msg/s measured here).
+    A nack, a closed connection or a timeout fails the batch; the relay then leaves the
+    outbox rows unsent and republishes them (consumers de-duplicate on the event id).
     """
 
-    def __init__(self, url: str, exchange: str) -> None:
+    def __init__(self, url: str, exchange: str, *, confirm_timeout_s: float = 30.0) -> None:
         self._params = pika_parameters(url)
         self._exchange = exchange
+        self._timeout = confirm_timeout_s
+        self._lock = threading.Lock()
         self._conn: Any = None
         self._channel: Any = None
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._failed: str | None = None
+        self._next_tag = 0
+        self._pending: dict[int, _Batch] = {}
 
-    def _ensure(self) -> Any:
-        if self._channel is None or not self._channel.is_open:
-            self.close()
-            self._conn = pika.BlockingConnection(self._params)
-            channel = self._conn.channel()
-            channel.exchange_declare(self._exchange, exchange_type="topic", durable=True)
-            channel.confirm_delivery()
-            self._channel = channel
-        return self._channel
+    # -- called from the relay thread --------------------------------------------------
 
     def publish(self, events: Sequence[OutgoingEvent]) -> None:
+        if not events:
+            return
+        with self._lock:
+            self._ensure_connected()
+            batch = _Batch(outstanding=len(events))
+            self._conn.ioloop.add_callback_threadsafe(lambda: self._send(events, batch))
+            if not batch.done.wait(self._timeout):
+                self._shutdown()
+                raise PublishError("broker did not confirm in time")
+            if batch.error:
+                self._shutdown()
+                raise PublishError(f"broker did not confirm: {batch.error}")
+
+    def close(self) -> None:
+        with self._lock:
+            self._shutdown()
+
+    def _ensure_connected(self) -> None:
+        if self._thread is not None and self._thread.is_alive() and self._ready.is_set():
+            return
+        self._shutdown()
+        self._ready.clear()
+        self._failed = None
+        self._thread = threading.Thread(target=self._run, name="event-publisher", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(self._params.socket_timeout or 10):
+            self._shutdown()
+            raise PublishError(f"broker unreachable: {self._failed or 'timeout'}")
+
+    def _shutdown(self) -> None:
+        conn, thread = self._conn, self._thread
+        if conn is not None and thread is not None and thread.is_alive():
+            with suppress(Exception):
+                conn.ioloop.add_callback_threadsafe(self._close_from_loop)
+            thread.join(5)
+        self._conn = self._channel = self._thread = None
+        self._ready.clear()
+
+    # -- the I/O thread ------------------------------------------------------------------
+
+    def _run(self) -> None:
         try:
-            channel = self._ensure()
+            self._conn = pika.SelectConnection(
+                self._params,
+                on_open_callback=self._on_open,
+                on_open_error_callback=self._on_open_error,
+                on_close_callback=self._on_closed,
+            )
+            self._conn.ioloop.start()
+        except Exception as exc:
+            self._failed = type(exc).__name__
+            self._fail_pending("connection lost")
+
+    def _on_open(self, conn: Any) -> None:
+        conn.channel(on_open_callback=self._on_channel)
+
+    def _on_open_error(self, conn: Any, error: BaseException) -> None:
+        self._failed = type(error).__name__
+        conn.ioloop.stop()
+
+    def _on_channel(self, channel: Any) -> None:
+        self._channel = channel
+        channel.exchange_declare(
+            self._exchange, exchange_type="topic", durable=True, callback=self._on_declared
+        )
+
+    def _on_declared(self, _frame: Any) -> None:
+        self._next_tag = 0
+        self._channel.confirm_delivery(
+            ack_nack_callback=self._on_confirm, callback=lambda _f: self._ready.set()
+        )
+
+    def _send(self, events: Sequence[OutgoingEvent], batch: _Batch) -> None:
+        try:
             for event in events:
-                channel.basic_publish(
+                self._channel.basic_publish(
                     exchange=self._exchange,
                     routing_key=event.routing_key,
                     body=event.body,
@@ -108,16 +198,40 @@ class RabbitPublisher:
                         content_type="application/cloudevents+json",
                         message_id=event.event_id,
                     ),
-                    mandatory=False,
                 )
-        except (AMQPError, OSError) as exc:
-            self.close()
-            raise PublishError(f"broker did not confirm: {type(exc).__name__}") from exc
+                self._next_tag += 1
+                self._pending[self._next_tag] = batch
+        except Exception as exc:
+            batch.error = type(exc).__name__
+            batch.done.set()
 
-    def close(self) -> None:
-        conn, self._conn, self._channel = self._conn, None, None
-        if conn is not None:
-            try:
-                conn.close()
-            except Exception:
-                log.debug("closing broker connection failed", exc_info=True)
+    def _on_confirm(self, frame: Any) -> None:
+        method = frame.method
+        nacked = isinstance(method, pika.spec.Basic.Nack)
+        tags = (
+            [t for t in self._pending if t <= method.delivery_tag]
+            if method.multiple
+            else [method.delivery_tag]
+        )
+        for t in tags:
+            batch = self._pending.pop(t, None)
+            if batch is not None:
+                batch.settle("nacked" if nacked else None)
+
+    def _on_closed(self, conn: Any, reason: BaseException) -> None:
+        self._failed = type(reason).__name__
+        self._ready.clear()
+        self._fail_pending("connection closed")
+        conn.ioloop.stop()
+
+    def _close_from_loop(self) -> None:
+        if self._conn is not None and self._conn.is_open:
+            self._conn.close()
+        elif self._conn is not None:
+            self._conn.ioloop.stop()
+
+    def _fail_pending(self, reason: str) -> None:
+        pending, self._pending = self._pending, {}
+        for batch in {id(b): b for b in pending.values()}.values():
+            batch.error = batch.error or reason
+            batch.done.set()
