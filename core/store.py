@@ -13,10 +13,12 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from core.events import ChangeKind, resource_event, resource_routing_key
-from core.tables import OutboxEvent, Resource, ResourceHistory
+from core.tables import OutboxEvent, PhiToken, Resource, ResourceHistory
 
 
 @dataclass(frozen=True)
@@ -102,3 +104,13 @@ def resources_of_patient(session: Session, patient: str) -> list[dict[str, Any]]
         .order_by(Resource.resource_type, Resource.resource_id)
     ).scalars()
     return [json.loads(body) for body in rows]
+
+
+def add_phi_tokens(session: Session, patient: str, tokens: dict[str, str]) -> None:
+    """Remember a patient's keyed identifier tokens (idempotent)."""
+    if not tokens:
+        return
+    rows = [{"patient": patient, "token": t, "kind": k} for t, k in tokens.items()]
+    dialect = session.get_bind().dialect.name
+    insert = sqlite_insert if dialect == "sqlite" else pg_insert
+    session.execute(insert(PhiToken).values(rows).on_conflict_do_nothing())

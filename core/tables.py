@@ -141,6 +141,19 @@ class OutboxEvent(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    blocked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # leak guard
+    block_reason: Mapped[str | None] = mapped_column(Text)
+
+
+class PhiToken(Base):
+    """Keyed hashes of a patient's identifier values (never the values): what the outgoing
+    leak guard compares payloads against. Identified zone."""
+
+    __tablename__ = "phi_tokens"
+
+    patient: Mapped[str] = mapped_column(String(64), primary_key=True)  # pseudonym
+    token: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
 
 
 class Job(Base):

@@ -55,7 +55,7 @@ class Vault:
     """Keyed pseudonyms and date shifts. The secret lives outside the database (file or env); never
     store or log it."""
 
-    __slots__ = ("_date_key", "_max_days", "_pseudonym_key", "_resource_key")
+    __slots__ = ("_date_key", "_max_days", "_pseudonym_key", "_resource_key", "_token_key")
 
     def __init__(self, secret: bytes, *, date_shift_max_days: int = 30) -> None:
         if not isinstance(secret, bytes) or len(secret) < MIN_SECRET_BYTES:
@@ -67,6 +67,7 @@ class Vault:
         self._pseudonym_key = _derive(secret, "pseudonym")
         self._resource_key = _derive(secret, "resource-id")
         self._date_key = _derive(secret, "date-shift")
+        self._token_key = _derive(secret, "leak-token")
         self._max_days = date_shift_max_days
 
     @property
@@ -92,6 +93,11 @@ class Vault:
         if not source_id:
             raise DeidError(f"{resource_type} has no id to derive a pseudonymous id from")
         return _mac(self._resource_key, pseudonym or "", resource_type, source_id).hex()[:_ID_HEX_CHARS]
+
+    def token(self, normalised_text: str) -> str:
+        """A keyed hash of one normalised identifier token, for the outgoing leak check:
+        known identifiers are stored only as these, and payloads are compared as these."""
+        return _mac(self._token_key, normalised_text).hex()[:_ID_HEX_CHARS]
 
     def __repr__(self) -> str:
         return f"Vault(secret=<hidden>, date_shift_max_days={self._max_days})"

@@ -7,10 +7,13 @@
 
 Supported: ADT^* (Patient, Encounter, Observation; MRG merges as Patient.link), ORU^R01/R30-R33
 (Patient, Encounter, DiagnosticReport, Observation), ORM^O01 and OML^O21 (ServiceRequest),
-MDM^T01-T11 (DocumentReference), SIU^S12-S26 (Appointment), VXU^V04 (Immunization); see
-docs/mapping-notes.md. Site rules (Z-segments, fields, local code maps) plug in through
-``MappingOptions(site=mapping.site.Site())``. Other message types raise ``UnsupportedMessage``;
-anything else that stops a mapping raises ``MappingError`` (both from ``core.errors``).
+MDM^T01-T11 (DocumentReference), SIU^S12-S26 (Appointment), VXU^V04 (Immunization). Every
+other message type goes through the segment-driven map (``mapping.generic``: PID, PV1, ORC/OBR,
+RXO/RXE, RXD, RXA, OBX, SPM, PRB, DG1, AL1, PR1 and NTE wherever they stand, the rest
+reported); see docs/mapping-notes.md. Site rules (Z-segments, fields, local code maps) plug in
+through ``MappingOptions(site=mapping.site.Site())``. An MSH-9 that names no HL7 message type
+raises ``UnsupportedMessage``; anything else that stops a mapping raises ``MappingError`` (both
+from ``core.errors``).
 """
 
 from mapping.coverage import report_lines

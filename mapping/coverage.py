@@ -31,7 +31,23 @@ MAPPED_FIELDS: Final[dict[str, frozenset[int]]] = {
     "RXA": frozenset({1, 2, 3, 5, 6, 7, 15, 16, 18, 19, 20, 21, 22}),
     "RXR": frozenset({1, 2}),
     "MRG": frozenset({1, 7}),
+    # mapping.generic
+    "ORC:Medication": frozenset({1, 2, 3, 5, 9}),
+    "RXO": frozenset({1, 2, 4, 11, 12, 13}),
+    "RXE": frozenset({2, 3, 5, 10, 11, 12}),
+    "RXD": frozenset({1, 2, 3, 4, 5}),
+    "RXA:MedicationAdministration": frozenset({1, 2, 3, 4, 5, 6, 7, 20}),
+    "SPM": frozenset({1, 2, 4, 7, 8, 17, 18, 24}),
+    "PRB": frozenset({1, 2, 3, 16}),
+    "DG1": frozenset({1, 3, 5}),
+    "AL1": frozenset({1, 2, 3, 4, 5, 6}),
+    "PR1": frozenset({1, 3, 5}),
+    "FT1": frozenset({1, 4, 7, 10}),
 }
+
+# Rule sets of segments whose field 1 is data, not a set ID (RXE-1 quantity/timing, PRB-1
+# action code): reported like any other field when no rule reads it.
+FIELD_ONE_IS_DATA: Final[frozenset[str]] = frozenset({"RXE", "PRB"})
 
 
 def build_report(ctx: Context) -> tuple[UnmappedItem, ...]:
@@ -48,9 +64,10 @@ def build_report(ctx: Context) -> tuple[UnmappedItem, ...]:
         if role is None:
             continue
         rules = MAPPED_FIELDS.get(role, frozenset())
-        fields = tuple(
-            n for n in segment.valued_fields() if n not in rules and (index, n) not in ctx.handled_fields
-        )
+        valued = segment.valued_fields()
+        if role in FIELD_ONE_IS_DATA and segment.field_has_content(1):
+            valued = [1, *valued]
+        fields = tuple(n for n in valued if n not in rules and (index, n) not in ctx.handled_fields)
         if fields:
             items.append(UnmappedItem(segment.name, index, fields))
     return tuple(items)

@@ -14,6 +14,7 @@ from mapping.appointment import SCHEDULE_TRIGGERS, map_siu
 from mapping.context import Context
 from mapping.coverage import build_report
 from mapping.document import DOCUMENT_TRIGGERS, map_mdm
+from mapping.generic import map_generic
 from mapping.hl7.dtm import zone
 from mapping.hl7.parse import Message, parse
 from mapping.immunization import map_vxu
@@ -23,9 +24,10 @@ from mapping.oru import RESULT_TRIGGERS, map_oru
 
 _DEFAULT_OPTIONS = MappingOptions()
 _MESSAGE_TYPE = re.compile(r"[A-Z0-9]{3}(\^[A-Z0-9]{1,4})?")
+_HL7_CODE = re.compile(r"[A-Z]{3}")
 
 
-def _mapper(code: str, trigger: str) -> Callable[[Context], None] | None:
+def _mapper(code: str, trigger: str) -> Callable[[Context], None]:
     if code == "ADT":
         return map_adt
     if code == "ORU" and trigger in RESULT_TRIGGERS:
@@ -38,7 +40,7 @@ def _mapper(code: str, trigger: str) -> Callable[[Context], None] | None:
         return map_siu
     if code == "VXU" and trigger == "V04":
         return map_vxu
-    return None
+    return map_generic  # segment by segment, the rest reported (see mapping.generic)
 
 
 def _map(text: str, options: MappingOptions) -> MappedMessage:
@@ -51,11 +53,13 @@ def _map(text: str, options: MappingOptions) -> MappedMessage:
     if not code:
         raise MappingError("MSH-9 message type missing")
     mapper = _mapper(code, trigger)
-    if mapper is None:
+    if mapper is map_generic:
         if not _MESSAGE_TYPE.fullmatch(message_type):
             # A shifted or garbled MSH could put anything here; a reason must not quote data.
             raise MappingError("MSH-9 is not a message type code")
-        raise UnsupportedMessage(f"unsupported message type {message_type}")
+        if not _HL7_CODE.fullmatch(code):
+            # Shaped like one, but no HL7 message code (table 0076 codes are three letters).
+            raise UnsupportedMessage("MSH-9.1 is not an HL7 message type")
 
     control_id = msh.value(10)
     sender = "\x1f".join((msh.raw(3), msh.raw(4)))
@@ -81,6 +85,7 @@ def _map(text: str, options: MappingOptions) -> MappedMessage:
         phi_values=phi.collect(message),
         unmapped_segments=tuple(ctx.unmapped),
         report=build_report(ctx),
+        segment_driven=mapper is map_generic,
     )
 
 
@@ -99,8 +104,9 @@ def _where(exc: BaseException) -> str:
 def map_message(text: str, options: MappingOptions = _DEFAULT_OPTIONS) -> MappedMessage:
     """Map the decoded text of one HL7 v2 message to FHIR R4 resources.
 
-    Raises UnsupportedMessage for message types without a map, and MappingError for anything
-    else that stops the mapping; no other exception type leaves this function.
+    Message types without a message map of their own go through the segment-driven map
+    (``mapping.generic``). Raises UnsupportedMessage when MSH-9 names no HL7 message type, and
+    MappingError for anything else that stops the mapping; no other exception type leaves this function.
     """
     try:
         return _map(text, options)

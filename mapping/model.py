@@ -67,6 +67,9 @@ class MappedMessage:
     """Names of segments with content that no rule mapped, in order, repeats kept."""
     report: tuple[UnmappedItem, ...] = ()
     """Unmapped segments and unmapped fields of mapped segments, in message order."""
+    segment_driven: bool = False
+    """True when the message type has no message map of its own and went through the
+    segment-driven map (``mapping.generic``): segments mapped where they stand, the rest reported."""
 
     def __repr__(self) -> str:
         # The default repr would print names, identifiers and dates into any log or traceback.

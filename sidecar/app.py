@@ -36,6 +36,7 @@ from sidecar.loops import Loop
 from worker.context import build_context
 from worker.dispatch import InboxDispatcher
 from worker.inprocess import InProcessPipeline
+from worker.leakguard import LeakGuard
 from worker.pipeline import ProcessResult, pending_inbox_ids
 from worker.publishers import LocalBus, Publisher, RabbitPublisher
 from worker.relay import Relay
@@ -89,7 +90,12 @@ class SidecarApp:
         self.publisher: Publisher = (
             RabbitPublisher(events_url, settings.events_exchange) if events_url else self.bus
         )
-        self.relay = Relay(self.db, self.publisher, batch_size=settings.relay_batch_size)
+        self.relay = Relay(
+            self.db,
+            self.publisher,
+            batch_size=settings.relay_batch_size,
+            guard=LeakGuard(self.ctx.vault),
+        )
         self.relay_loop = Loop("relay", self.relay.run_once, settings.relay_interval_s)
         self.sweeper = Loop("sweeper", self._sweep, SWEEP_INTERVAL_S)
         self.pipeline: InProcessPipeline | None = None

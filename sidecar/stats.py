@@ -34,7 +34,10 @@ def collect(db: Database) -> dict[str, Any]:
             ).all()
         )
         published = s.execute(select(func.count()).where(OutboxEvent.sent_at.is_not(None))).scalar_one()
-        unsent = s.execute(select(func.count()).where(OutboxEvent.sent_at.is_(None))).scalar_one()
+        blocked = s.execute(select(func.count()).where(OutboxEvent.blocked_at.is_not(None))).scalar_one()
+        unsent = s.execute(
+            select(func.count()).where(OutboxEvent.sent_at.is_(None), OutboxEvent.blocked_at.is_(None))
+        ).scalar_one()
         jobs = dict(s.execute(select(Job.status, func.count()).group_by(Job.status)).all())
         return {
             "inbox": {
@@ -50,7 +53,7 @@ def collect(db: Database) -> dict[str, Any]:
                 select(func.count()).select_from(DeadLetter).where(DeadLetter.resolved_at.is_(None))
             ).scalar_one(),
             "resources": resources,
-            "events": {"published": published, "pending": unsent},
+            "events": {"published": published, "pending": unsent, "blocked": blocked},
             "jobs": {status.value: jobs.get(status, 0) for status in JobStatus},
             "audit_entries": s.execute(select(func.count()).select_from(AuditEntry)).scalar_one(),
         }

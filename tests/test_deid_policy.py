@@ -41,6 +41,12 @@ def test_every_allowed_element_exists_in_the_fhir_model(resource_type):
         ("DocumentReference.content", "documentreference", "DocumentReferenceContent"),
         ("DocumentReference.context", "documentreference", "DocumentReferenceContext"),
         ("Appointment.participant", "appointment", "AppointmentParticipant"),
+        ("Dosage", "dosage", "Dosage"),
+        ("Dosage.doseAndRate", "dosage", "DosageDoseAndRate"),
+        ("MedicationRequest.dispenseRequest", "medicationrequest", "MedicationRequestDispenseRequest"),
+        ("MedicationAdministration.dosage", "medicationadministration", "MedicationAdministrationDosage"),
+        ("Specimen.collection", "specimen", "SpecimenCollection"),
+        ("AllergyIntolerance.reaction", "allergyintolerance", "AllergyIntoleranceReaction"),
     ],
 )
 def test_every_allowed_datatype_element_exists_in_the_fhir_model(type_name, module, model):
@@ -53,7 +59,8 @@ def test_every_complex_type_is_tested_above():
         "Coding", "CodeableConcept", "Period", "Quantity", "Range", "Ratio", "Annotation", "Meta",
         "Patient.communication", "Encounter.hospitalization", "Observation.referenceRange",
         "Observation.component", "Attachment", "DocumentReference.content", "DocumentReference.context",
-        "Appointment.participant",
+        "Appointment.participant", "Dosage", "Dosage.doseAndRate", "MedicationRequest.dispenseRequest",
+        "MedicationAdministration.dosage", "Specimen.collection", "AllergyIntolerance.reaction",
     }  # fmt: skip
 
 
@@ -70,7 +77,10 @@ def test_patient_allow_list_excludes_direct_identifiers():
 def test_new_resource_allow_lists_drop_people_and_identifiers():
     people = {"requester", "performer", "author", "authenticator", "custodian", "masterIdentifier",
               "requisition", "manufacturer", "location", "name"}  # fmt: skip
-    for resource_type in ("ServiceRequest", "DocumentReference", "Appointment", "Immunization"):
+    for resource_type in ("ServiceRequest", "DocumentReference", "Appointment", "Immunization",
+                          "MedicationRequest", "MedicationDispense", "MedicationAdministration",
+                          "Condition", "Specimen", "Procedure", "AllergyIntolerance",
+                          "ChargeItem"):  # fmt: skip
         assert resource_type in policy.RESOURCES
         assert not people & set(policy.RESOURCES[resource_type]), resource_type
     # The document's bytes are never passed on: base64 is beyond the scrubber.
@@ -109,6 +119,72 @@ def test_new_resource_allow_lists_drop_people_and_identifiers():
             ["ORC|RE||IZ-1^HIS", "RXA|0|1|20240301||08^HepB^CVX|0.5|mL^mL^UCUM||||||||LOT-7"],
             "Immunization",
             {"status", "vaccineCode", "patient", "occurrenceDateTime", "doseQuantity", "lotNumber"},
+        ),
+        (
+            "RDE^O11",
+            [
+                "ORC|NW|PL-7^HIS|||||||20240305101500+0800",
+                "RXE|^^^20240305|00071^Aspirin^NDC|100||mg^mg^UCUM|||||30|TAB^tablet^HL70292|2",
+                "NTE|1||Call ZHANG WEI before dispensing",
+                "RXR|PO^Oral^HL70162",
+            ],
+            "MedicationRequest",
+            {
+                "status",
+                "intent",
+                "medicationCodeableConcept",
+                "subject",
+                "authoredOn",
+                "dosageInstruction",
+                "dispenseRequest",
+                "note",
+            },
+        ),
+        (
+            "RDS^O13",
+            ["ORC|RE|PL-8^HIS", "RXD|1|00071^Aspirin^NDC|20240305120000+0800|30|TAB^tablet^HL70292"],
+            "MedicationDispense",
+            {"status", "medicationCodeableConcept", "subject", "quantity", "whenHandedOver"},
+        ),
+        (
+            "RAS^O17",
+            [
+                "ORC|RE|PL-9^HIS",
+                "RXA|0|1|20240305130000+0800||00071^Aspirin^NDC|100|mg^mg^UCUM",
+                "RXR|PO^Oral^HL70162",
+            ],
+            "MedicationAdministration",
+            {"status", "medicationCodeableConcept", "subject", "effectiveDateTime", "dosage"},
+        ),
+        (
+            "PPR^PC1",
+            ["PRB|AD|20240305|I10^Hypertension^I10||||20240301|||||||||20230101", "NTE|1||ZHANG WEI reports"],
+            "Condition",
+            {"category", "code", "subject", "recordedDate", "onsetDateTime", "note"},
+        ),
+        (
+            "OUL^R22",
+            ["SPM|1|SP-1^HIS||BLD^Blood^HL70487|||||||||||||20240305080000+0800|20240305090000+0800"],
+            "Specimen",
+            {"type", "subject", "collection", "receivedTime"},
+        ),
+        (
+            "DFT^P03",
+            ["PR1|1||0JB^Appendectomy^ICD10PCS||20240304"],
+            "Procedure",
+            {"status", "code", "subject", "performedDateTime"},
+        ),
+        (
+            "DFT^P03",
+            ["FT1|1|||20240305|20240305|CG|99213^Office visit^C4|||1"],
+            "ChargeItem",
+            {"status", "code", "subject", "occurrenceDateTime", "quantity"},
+        ),
+        (
+            "ADR^A19",
+            ["AL1|1|DA|70618^Penicillin^RXNORM|SV|Hives|20200101"],
+            "AllergyIntolerance",
+            {"category", "criticality", "code", "patient", "onsetDateTime", "reaction"},
         ),
     ],
 )

@@ -284,9 +284,21 @@ def test_same_patient_twice_in_one_message_is_one_patient():
 
 
 @pytest.mark.parametrize("kind", ["RDE^O11", "DFT^P03", "OML^O33", "ORU^W01", "ACK"])
-def test_unsupported_types(kind):
-    with pytest.raises(UnsupportedMessage, match=re.escape(f"unsupported message type {kind}")):
-        map_message(message(kind, PID))
+def test_types_without_a_message_map_go_through_the_generic_map(kind):
+    mapped = map_message(message(kind, PID))
+    assert mapped.message_type == kind
+    assert [r["resourceType"] for r in mapped.resources] == ["Patient"]
+
+
+def test_message_without_pid_maps_nothing_and_reports_everything():
+    mapped = map_message(message("QRY^Q01", "QRD|20240305|R|I|Q-1", OBR, OBX_HGB))
+    assert mapped.resources == []
+    assert {item.segment for item in mapped.report} >= {"QRD", "OBR", "OBX"}
+
+
+def test_a_numeric_message_code_is_unsupported():
+    with pytest.raises(UnsupportedMessage, match="not an HL7 message type"):
+        map_message(message("123^A01", PID))
 
 
 @pytest.mark.parametrize("kind", ["ADT^A01", "ORU^R01"])

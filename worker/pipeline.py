@@ -24,9 +24,10 @@ import audit
 from connectors.hl7 import decode_message
 from core.db import Database
 from core.errors import DeidError, MappingError, SidecarError
-from core.store import StoredChange, put_resource
+from core.store import StoredChange, add_phi_tokens, put_resource
 from core.tables import DeadLetter, InboxEntry, InboxStatus
 from deid import DeidentifiedResource, Vault, deidentify
+from deid.tokens import identifier_tokens
 from mapping import MappingOptions, map_message
 from worker.triggers import JobRequest, enqueue_jobs, summary_triggers
 
@@ -71,7 +72,7 @@ def process(ctx: PipelineContext, inbox_id: int) -> ProcessResult:
         raw, charset = entry.raw, entry.charset
 
     try:
-        deidentified = transform(ctx, raw, charset)
+        transformed = transform(ctx, raw, charset)
     except PermanentFailure as failure:
         dead_letter(ctx.db, inbox_id, failure.stage, failure.code, failure.reason)
         return ProcessResult(inbox_id, Outcome.DEAD_LETTERED)
@@ -83,7 +84,7 @@ def process(ctx: PipelineContext, inbox_id: int) -> ProcessResult:
         ).scalar_one()
         if entry.status != InboxStatus.RECEIVED:  # another worker won the race
             return ProcessResult(inbox_id, Outcome.SKIPPED)
-        changes, job_ids = store(session, ctx, inbox_id, deidentified, now=now)
+        changes, job_ids = store(session, ctx, inbox_id, transformed, now=now)
         entry.status = InboxStatus.PROCESSED
         entry.processed_at = now
         entry.attempts += 1
@@ -102,11 +103,14 @@ def store(
     session: Session,
     ctx: PipelineContext,
     inbox_id: int,
-    deidentified: list[DeidentifiedResource],
+    transformed: Transformed,
     *,
     now: datetime,
 ) -> tuple[list[StoredChange], list[int]]:
     """De-identified resources → new versions + outbox events + summary jobs (caller's transaction)."""
+    deidentified = transformed.resources
+    for patient in transformed.patients:
+        add_phi_tokens(session, patient, transformed.tokens)
     origin = f"inbox:{inbox_id}"
     changes = [
         put_resource(session, item.resource, patient=item.patient, origin=origin, now=now)
@@ -126,7 +130,14 @@ def change_summary(changes: list[StoredChange], job_ids: list[int]) -> dict[str,
     }
 
 
-def transform(ctx: PipelineContext, raw: bytes, charset: str) -> list[DeidentifiedResource]:
+@dataclass(frozen=True)
+class Transformed:
+    resources: list[DeidentifiedResource]
+    patients: tuple[str, ...]  # pseudonyms
+    tokens: dict[str, str]  # keyed identifier token -> kind, for the outgoing leak guard
+
+
+def transform(ctx: PipelineContext, raw: bytes, charset: str) -> Transformed:
     stage = "decode"
     try:
         text = decode_message(raw, charset).text
@@ -143,7 +154,9 @@ def transform(ctx: PipelineContext, raw: bytes, charset: str) -> list[Deidentifi
         # A bug in a pure stage fails the same way on every retry: dead-letter it with the
         # exception type only (its text may quote patient data).
         raise PermanentFailure(stage, "internal", f"{type(exc).__name__} in stage {stage}") from exc
-    return list(result.resources)
+    return Transformed(
+        list(result.resources), result.patients, identifier_tokens(mapped.phi_values, ctx.vault)
+    )
 
 
 def dead_letter(db: Database, inbox_id: int, stage: str, code: str, reason: str) -> None:

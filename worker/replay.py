@@ -68,14 +68,14 @@ def replay(
             raw, charset = entry.raw, entry.charset
         report.messages += 1
         try:
-            deidentified = transform(ctx, raw, charset)
+            transformed = transform(ctx, raw, charset)
         except PermanentFailure:
             report.failed += 1  # the stored version stays; `sidecar convert` shows why
             continue
         now = datetime.now(UTC)
         if dry_run:
             with ctx.db.sessions() as session:
-                for item in deidentified:
+                for item in transformed.resources:
                     r = item.resource
                     head = session.execute(
                         select(Resource.content_hash).where(
@@ -88,7 +88,7 @@ def replay(
                         report.changes[f"{r['resourceType']}.updated"] += 1
         else:
             with ctx.db.transaction() as session:
-                changes, job_ids = store(session, ctx, inbox_id, deidentified, now=now)
+                changes, job_ids = store(session, ctx, inbox_id, transformed, now=now)
                 for c in changes:
                     if c.change is not None:
                         report.changes[f"{c.resource_type}.{c.change}"] += 1

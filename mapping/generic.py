@@ -1,0 +1,578 @@
+"""The segment-driven map: every message type without a message map of its own.
+
+The message structure is not known here, so segments are mapped wherever they appear, each by
+its segment map, and whatever has no segment map goes into the mapping report (nothing is
+dropped silently):
+
+* PID -> Patient, PV1 -> Encounter of the current patient (IG PID[Patient], PV1[Encounter]);
+* ORC opens an order group; the detail segment that follows decides what the group becomes:
+  OBR -> ServiceRequest (IG ORC/OBR[ServiceRequest]); RXO/RXE -> MedicationRequest (IG
+  RXO[MedicationRequest]; RXE read the same way); RXD -> MedicationDispense; RXA ->
+  MedicationAdministration (one per RXA); an ORC without a detail -> ServiceRequest;
+  RXR -> the route/site of the group's medication resources;
+* OBX -> Observation (IG OBX[Observation]); NTE -> note of the resource it follows;
+* SPM -> Specimen (IG SPM[Specimen]); the OBX after it (until the next SPM or PID) point at it;
+* PRB -> Condition (problem-list-item), DG1 -> Condition (encounter-diagnosis, IG
+  DG1[Condition]), AL1 -> AllergyIntolerance (IG AL1[AllergyIntolerance]), PR1 -> Procedure
+  (IG PR1[Procedure]), FT1 -> ChargeItem (no IG segment map; FT1-7 code, FT1-4 date, FT1-10
+  quantity).
+
+Segments that need a patient (everything clinical) are reported, not mapped, when the message
+has no usable PID: a QRY, RSP or ERP then yields no resources and a full report, not an error.
+Segments before the first PID belong to the message's (first) patient.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from core.errors import MappingError
+from mapping import ids, workflow_vocab
+from mapping.context import Context, PatientRef
+from mapping.encounter import map_pv1
+from mapping.hl7.datatypes import Json, cwe_concept, data_absent_concept, ei_identifier, resource
+from mapping.hl7.dtm import to_date_time
+from mapping.hl7.numeric import parse_number, quantity
+from mapping.hl7.parse import Composite, Segment
+from mapping.observation import add_note, build_observation
+from mapping.orders import Order, build_service_request
+from mapping.patient import map_pid
+
+_CONDITION_CATEGORY = "http://terminology.hl7.org/CodeSystem/condition-category"
+_VERIFICATION_STATUS = "http://terminology.hl7.org/CodeSystem/condition-ver-status"
+
+# AL1-2 allergen type (HL7 table 0127) -> AllergyIntolerance.category.
+_ALLERGY_CATEGORY = {
+    "DA": "medication",
+    "MA": "medication",
+    "FA": "food",
+    "EA": "environment",
+    "AA": "biologic",
+    "PA": "biologic",
+}
+# AL1-4 allergy severity (HL7 table 0128) -> AllergyIntolerance.criticality.
+_CRITICALITY = {"SV": "high", "MO": "low", "MI": "low", "U": "unable-to-assess"}
+# ServiceRequest-style order status -> MedicationRequest.status.
+_MEDICATION_REQUEST_STATUS = {
+    "active": "active",
+    "on-hold": "on-hold",
+    "revoked": "cancelled",
+    "completed": "completed",
+    "entered-in-error": "entered-in-error",
+    "draft": "draft",
+}
+# RXA-20 completion status (HL7 table 0322) -> MedicationAdministration.status.
+_ADMINISTRATION_STATUS = {"CP": "completed", "PA": "completed", "RE": "not-done", "NA": "not-done"}
+
+_DETAILS = frozenset({"OBR", "RXO", "RXE", "RXD", "RXA"})
+
+
+@dataclass
+class _Group:
+    """One ORC and/or the detail segments under it."""
+
+    patient: PatientRef | None
+    index: int
+    orc: Segment | None = None
+    obr: Segment | None = None
+    rxo: Segment | None = None
+    rxe: Segment | None = None
+    rxd: Segment | None = None
+    rxa: list[Segment] = field(default_factory=list)
+    rxr: Segment | None = None
+    notes: list[str] = field(default_factory=list)
+    supporting: list[dict[str, str]] = field(default_factory=list)
+
+    def accepts(self, name: str) -> bool:
+        """Whether detail segment ``name`` belongs to this group (else it opens a new one)."""
+        if self.obr is not None or self.rxd is not None:
+            return False
+        if name == "OBR":
+            return self.rxo is None and self.rxe is None and not self.rxa
+        if name == "RXO":
+            return self.rxo is None and self.rxe is None and not self.rxa
+        if name == "RXE":
+            return self.rxe is None and not self.rxa
+        return True  # RXD, RXA after the order detail
+
+
+def _eip_identifiers(eip: Composite) -> list[Json]:
+    """EIP (placer^filler, each an EI in subcomponents) -> PLAC and FILL identifiers."""
+    found = []
+    for component, type_code in ((1, "PLAC"), (2, "FILL")):
+        ei = Composite(
+            (
+                (eip.get(component, 1),),
+                (eip.get(component, 2),),
+                (eip.get(component, 3),),
+                (eip.get(component, 4),),
+            )
+        )
+        identifier = ei_identifier(ei, type_code)
+        if identifier is not None:
+            found.append(identifier)
+    return found
+
+
+def _quantity(amount: str, units: Composite) -> Json | None:
+    number = parse_number(amount)
+    return quantity(number, units) if number is not None else None
+
+
+def _order_identifiers(orc: Segment | None) -> list[Json]:
+    if orc is None:
+        return []
+    return [i for i in (ei_identifier(orc.first(2), "PLAC"), ei_identifier(orc.first(3), "FILL")) if i]
+
+
+def _order_status(orc: Segment | None) -> str:
+    if orc is None:
+        return "unknown"
+    status = workflow_vocab.ORDER_STATUS.get(orc.value(5).upper()) or workflow_vocab.ORDER_CONTROL_STATUS.get(
+        orc.value(1).upper(), "unknown"
+    )
+    return _MEDICATION_REQUEST_STATUS.get(status, "unknown")
+
+
+def _group_id(resource_type: str, group: _Group, ctx: Context, *extra: str) -> str:
+    preferred = None
+    if group.orc is not None:
+        for role, no in (("filler", 3), ("placer", 2)):
+            ei = group.orc.first(no)
+            if ei.get(1):
+                preferred = ids.resource_id(resource_type, role, ei.get(2) or ei.get(3), ei.get(1), *extra)
+                break
+    return ctx.unique_id(resource_type, preferred, "group", str(group.index), *extra)
+
+
+class _Walker:
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.first_pid = next((s for s in ctx.message.segments[1:] if s.name == "PID"), None)
+        self.patient: PatientRef | None = None
+        self.group: _Group | None = None
+        self.groups = 0
+        self.last: Json | None = None  # the resource a following NTE annotates
+        self.specimen_id: str | None = None  # the last SPM's, until the next SPM or PID
+        # OUL^R22/R24 put the ORC after its OBR (SPECIMEN/ORDER: OBR, [ORC]); elsewhere ORC leads.
+        self.orc_follows_obr = ctx.message.msh.value(9, 1).upper() == "OUL"
+
+    # -- subjects ---------------------------------------------------------------------------
+
+    def take_pid(self, pid: Segment) -> None:
+        if not pid.has_content():
+            self.ctx.skip_always(pid)
+            return
+        try:
+            self.patient = map_pid(pid, self.ctx)
+        except MappingError:
+            self.ctx.skip(pid)  # no usable identifier: reported, and nothing hangs off it
+
+    def current(self) -> PatientRef | None:
+        if self.patient is None and self.first_pid is not None:
+            first, self.first_pid = self.first_pid, None
+            self.take_pid(first)
+        return self.patient
+
+    # -- order groups ---------------------------------------------------------------------------
+
+    def open(self, orc: Segment | None) -> _Group:
+        self.close()
+        self.groups += 1
+        self.group = _Group(self.current(), self.groups, orc=orc)
+        return self.group
+
+    def close(self) -> None:
+        group, self.group = self.group, None
+        if group is None:
+            return
+        segments = [s for s in (group.orc, group.obr, group.rxo, group.rxe, group.rxd, *group.rxa) if s]
+        if group.patient is None:
+            for seg in [*segments, *([group.rxr] if group.rxr else [])]:
+                self.ctx.skip(seg)
+            return
+        if group.rxo is None and group.rxe is None and group.rxd is None and not group.rxa:
+            order = Order(group.orc, group.obr, group.patient, group.index)
+            order.notes, order.supporting = group.notes, group.supporting
+            build_service_request(order, self.ctx)
+            return
+        self._medication(group, group.patient)
+
+    def _medication(self, group: _Group, patient: PatientRef) -> None:
+        ctx = self.ctx
+        if group.orc is not None:
+            ctx.mapped(group.orc, "ORC:Medication")
+        route = cwe_concept(group.rxr.first(1)) if group.rxr is not None else None
+        site = cwe_concept(group.rxr.first(2)) if group.rxr is not None else None
+        if group.rxr is not None:
+            ctx.mapped(group.rxr, "RXR")
+        code: Json | None = None
+        request_id: str | None = None
+        notes = [{"text": n} for n in group.notes]
+        if group.rxe is not None or group.rxo is not None:
+            rxe, rxo = group.rxe, group.rxo
+            if rxe is not None:
+                ctx.mapped(rxe, "RXE")
+                code = cwe_concept(rxe.first(2))
+                dose = _quantity(rxe.value(3), rxe.first(5))
+                dispense = _quantity(rxe.value(10), rxe.first(11))
+                repeats = parse_number(rxe.value(12))
+            if rxo is not None:
+                ctx.mapped(rxo, "RXO")
+                code = code or cwe_concept(rxo.first(1))
+                if rxe is None:
+                    dose = _quantity(rxo.value(2), rxo.first(4))
+                    dispense = _quantity(rxo.value(11), rxo.first(12))
+                    repeats = parse_number(rxo.value(13))
+            dosage = {
+                k: v
+                for k, v in (
+                    ("route", route),
+                    ("site", site),
+                    ("doseAndRate", [{"doseQuantity": dose}] if dose else None),
+                )
+                if v
+            }
+            request_id = _group_id("MedicationRequest", group, ctx)
+            ctx.add(
+                resource(
+                    "MedicationRequest",
+                    request_id,
+                    {
+                        "identifier": _order_identifiers(group.orc),
+                        "status": _order_status(group.orc),
+                        "intent": "order",
+                        "medicationCodeableConcept": code or data_absent_concept(),
+                        "subject": patient.subject,
+                        "encounter": patient.encounter,
+                        "authoredOn": to_date_time(group.orc.value(9), ctx.zone) if group.orc else None,
+                        "note": notes,
+                        "dosageInstruction": [dosage] if dosage else None,
+                        "dispenseRequest": {
+                            k: v
+                            for k, v in (
+                                ("quantity", dispense),
+                                ("numberOfRepeatsAllowed", int(repeats) if repeats is not None else None),
+                            )
+                            if v is not None
+                        },
+                    },
+                )
+            )
+            notes = []
+        if group.rxd is not None:
+            rxd = group.rxd
+            ctx.mapped(rxd, "RXD")
+            ctx.add(
+                resource(
+                    "MedicationDispense",
+                    _group_id("MedicationDispense", group, ctx),
+                    {
+                        "identifier": _order_identifiers(group.orc) if request_id is None else None,
+                        "status": "completed",
+                        "medicationCodeableConcept": cwe_concept(rxd.first(2))
+                        or code
+                        or data_absent_concept(),
+                        "subject": patient.subject,
+                        "context": patient.encounter,
+                        "authorizingPrescription": [ids.reference("MedicationRequest", request_id)]
+                        if request_id
+                        else None,
+                        "quantity": _quantity(rxd.value(4), rxd.first(5)),
+                        "whenHandedOver": to_date_time(rxd.value(3), ctx.zone),
+                        "note": notes,
+                    },
+                )
+            )
+            notes = []
+        for number, rxa in enumerate(group.rxa, 1):
+            ctx.mapped(rxa, "RXA:MedicationAdministration")
+            start, end = to_date_time(rxa.value(3), ctx.zone), to_date_time(rxa.value(4), ctx.zone)
+            effective: Json
+            if start and end and end != start:
+                effective = {"effectivePeriod": {"start": start, "end": end}}
+            elif start:
+                effective = {"effectiveDateTime": start}
+            else:
+                effective = {"effectivePeriod": {"end": end}} if end else {}
+            if not effective:
+                ctx.skip(rxa)  # FHIR requires effective[x]; nothing to say when it happened
+                continue
+            dosage = {
+                k: v
+                for k, v in (
+                    ("route", route),
+                    ("site", site),
+                    ("dose", _quantity(rxa.value(6), rxa.first(7))),
+                )
+                if v
+            }
+            ctx.add(
+                resource(
+                    "MedicationAdministration",
+                    _group_id("MedicationAdministration", group, ctx, str(number)),
+                    {
+                        "status": _ADMINISTRATION_STATUS.get(rxa.value(20).upper(), "completed"),
+                        "medicationCodeableConcept": cwe_concept(rxa.first(5))
+                        or code
+                        or data_absent_concept(),
+                        "subject": patient.subject,
+                        "context": patient.encounter,
+                        **effective,
+                        "request": ids.reference("MedicationRequest", request_id) if request_id else None,
+                        "note": notes,
+                        "dosage": dosage,
+                    },
+                )
+            )
+            notes = []
+
+    # -- single segments ---------------------------------------------------------------------------
+
+    def _add(self, seg: Segment, role: str, built: Json) -> None:
+        self.ctx.add(built)
+        self.ctx.mapped(seg, role)
+        self.last = built
+
+    def specimen(self, spm: Segment, patient: PatientRef) -> None:
+        ctx = self.ctx
+        start = to_date_time(spm.value(17, 1), ctx.zone)
+        end = to_date_time(spm.value(17, 2), ctx.zone)
+        collected: Json = {}
+        if start and end and start != end:
+            collected = {"collectedPeriod": {"start": start, "end": end}}
+        elif start or end:
+            collected = {"collectedDateTime": start or end}
+        collection = {
+            k: v
+            for k, v in (
+                *collected.items(),
+                ("method", cwe_concept(spm.first(7))),
+                ("bodySite", cwe_concept(spm.first(8))),
+            )
+            if v
+        }
+        specimen_id = ctx.unique_id("Specimen", None, "spm", str(ctx.position(spm)))
+        built = resource(
+            "Specimen",
+            specimen_id,
+            {
+                "identifier": _eip_identifiers(spm.first(2)),
+                "type": cwe_concept(spm.first(4)),
+                "subject": patient.subject,
+                "receivedTime": to_date_time(spm.value(18), ctx.zone),
+                "collection": collection,
+                "condition": [c for c in (cwe_concept(r) for r in spm.repetitions(24)) if c],
+            },
+        )
+        if set(built) <= {"resourceType", "id", "subject", "identifier"}:
+            ctx.skip(spm)  # no type, no times: a Specimen would say nothing
+            return
+        self._add(spm, "SPM", built)
+        self.specimen_id = specimen_id
+
+    def condition(self, seg: Segment, patient: PatientRef) -> None:
+        ctx = self.ctx
+        if seg.name == "PRB":
+            code, category, role = cwe_concept(seg.first(3)), "problem-list-item", "PRB"
+            # PRB-1 action code DE (delete): the problem was recorded in error.
+            deleted = seg.value(1).upper() == "DE"
+            members: Json = {
+                "verificationStatus": {
+                    "coding": [{"system": _VERIFICATION_STATUS, "code": "entered-in-error"}]
+                }
+                if deleted
+                else None,
+                "onsetDateTime": to_date_time(seg.value(16), ctx.zone),
+                "recordedDate": to_date_time(seg.value(2), ctx.zone),
+            }
+        else:
+            code, category, role = cwe_concept(seg.first(3)), "encounter-diagnosis", "DG1"
+            members = {"recordedDate": to_date_time(seg.value(5), ctx.zone), "encounter": patient.encounter}
+        if code is None:
+            ctx.skip(seg)
+            return
+        built = resource(
+            "Condition",
+            ctx.unique_id("Condition", None, seg.name.lower(), str(ctx.position(seg))),
+            {
+                "category": [{"coding": [{"system": _CONDITION_CATEGORY, "code": category}]}],
+                "code": code,
+                "subject": patient.subject,
+                **members,
+            },
+        )
+        self._add(seg, role, built)
+
+    def allergy(self, al1: Segment, patient: PatientRef) -> None:
+        ctx = self.ctx
+        code = cwe_concept(al1.first(3))
+        if code is None:
+            ctx.skip(al1)
+            return
+        category = _ALLERGY_CATEGORY.get(al1.value(2).upper())
+        reactions = [{"text": t} for t in al1.texts(5) if t]
+        built = resource(
+            "AllergyIntolerance",
+            ctx.unique_id("AllergyIntolerance", None, "al1", str(ctx.position(al1))),
+            {
+                "category": [category] if category else None,
+                "criticality": _CRITICALITY.get(al1.value(4).upper()),
+                "code": code,
+                "patient": patient.subject,
+                "onsetDateTime": to_date_time(al1.value(6), ctx.zone),
+                "reaction": [{"manifestation": reactions}] if reactions else None,
+            },
+        )
+        self._add(al1, "AL1", built)
+
+    def procedure(self, pr1: Segment, patient: PatientRef) -> None:
+        ctx = self.ctx
+        code = cwe_concept(pr1.first(3))
+        if code is None:
+            ctx.skip(pr1)
+            return
+        built = resource(
+            "Procedure",
+            ctx.unique_id("Procedure", None, "pr1", str(ctx.position(pr1))),
+            {
+                "status": "completed",
+                "code": code,
+                "subject": patient.subject,
+                "encounter": patient.encounter,
+                "performedDateTime": to_date_time(pr1.value(5), ctx.zone),
+            },
+        )
+        self._add(pr1, "PR1", built)
+
+    def charge(self, ft1: Segment, patient: PatientRef) -> None:
+        """FT1 -> ChargeItem (DFT^P03): FT1-7 transaction code, FT1-4 date, FT1-10 quantity."""
+        ctx = self.ctx
+        code = cwe_concept(ft1.first(7))
+        if code is None:
+            ctx.skip(ft1)
+            return
+        start, end = to_date_time(ft1.value(4, 1), ctx.zone), to_date_time(ft1.value(4, 2), ctx.zone)
+        occurrence: Json = {}
+        if start and end and start != end:
+            occurrence = {"occurrencePeriod": {"start": start, "end": end}}
+        elif start:
+            occurrence = {"occurrenceDateTime": start}
+        count = parse_number(ft1.value(10))
+        built = resource(
+            "ChargeItem",
+            ctx.unique_id("ChargeItem", None, "ft1", str(ctx.position(ft1))),
+            {
+                "status": "billable",
+                "code": code,
+                "subject": patient.subject,
+                "context": patient.encounter,
+                **occurrence,
+                "quantity": {"value": count} if count is not None else None,
+            },
+        )
+        self._add(ft1, "FT1", built)
+
+    def observation(self, obx: Segment, patient: PatientRef) -> None:
+        ctx = self.ctx
+        group = self.group
+        observation_id = ctx.unique_id("Observation", None, "generic-obx", str(ctx.position(obx)))
+        fallback = group.obr.value(7) if group is not None and group.obr is not None else ""
+        observation = build_observation(obx, observation_id, patient, fallback, ctx)
+        if self.specimen_id is not None:
+            observation["specimen"] = ids.reference("Specimen", self.specimen_id)
+        if group is not None:
+            group.supporting.append(ids.reference("Observation", observation_id))
+        self._add(obx, "OBX:Observation", observation)
+
+    def note(self, nte: Segment) -> None:
+        if self.last is not None:
+            if add_note(self.last, nte):
+                self.ctx.mapped(nte, "NTE")
+                return
+        elif self.group is not None and self.group.patient is not None:
+            text = "\n".join(t for t in nte.texts(3) if t)
+            if text:
+                self.group.notes.append(text)
+                self.ctx.mapped(nte, "NTE")
+                return
+        self.ctx.skip(nte)
+
+    # -- the walk ---------------------------------------------------------------------------
+
+    def walk(self) -> None:
+        for seg in self.ctx.message.segments[1:]:
+            self.step(seg)
+        self.close()
+
+    def step(self, seg: Segment) -> None:
+        name = seg.name
+        if name == "NTE":
+            self.note(seg)
+            return
+        self.last = None
+        if name == "PID":
+            self.close()
+            self.first_pid = None
+            self.specimen_id = None
+            self.take_pid(seg)
+            return
+        if name == "PV1":
+            patient = self.patient
+            if patient is not None and patient.encounter_id is None and seg.has_content():
+                map_pv1(seg, patient, self.ctx)
+            else:
+                self.ctx.skip(seg)
+            return
+        if name == "ORC":
+            group = self.group
+            if self.orc_follows_obr and group is not None and group.obr is not None and group.orc is None:
+                group.orc = seg
+            else:
+                self.open(seg)
+            return
+        if name in _DETAILS:
+            self.detail(seg)
+            return
+        if name == "RXR" and self.group is not None and self.group.rxr is None and self.group.obr is None:
+            self.group.rxr = seg
+            return
+        patient = self.current() if name in ("OBX", "SPM", "PRB", "DG1", "AL1", "PR1", "FT1") else None
+        if patient is None:
+            self.ctx.skip(seg)
+        elif name == "OBX":
+            if seg.value(3) or seg.raw(5):
+                self.observation(seg, patient)
+            else:
+                self.ctx.skip(seg)
+        elif name == "SPM":
+            self.specimen(seg, patient)
+        elif name in ("PRB", "DG1"):
+            self.condition(seg, patient)
+        elif name == "AL1":
+            self.allergy(seg, patient)
+        elif name == "FT1":
+            self.charge(seg, patient)
+        else:
+            self.procedure(seg, patient)
+
+    def detail(self, seg: Segment) -> None:
+        group = self.group
+        if group is None or not group.accepts(seg.name):
+            group = self.open(None)
+        name = seg.name
+        if name == "OBR":
+            group.obr = seg
+        elif name == "RXO":
+            group.rxo = seg
+        elif name == "RXE":
+            group.rxe = seg
+        elif name == "RXD":
+            group.rxd = seg
+        else:
+            group.rxa.append(seg)
+
+
+def map_generic(ctx: Context) -> None:
+    """Map every segment that has a segment map, wherever it appears; report the rest."""
+    _Walker(ctx).walk()
