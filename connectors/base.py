@@ -6,7 +6,8 @@ and the in-memory sinks of tests both satisfy them structurally.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -39,6 +40,29 @@ class Rejected:
     reason: str  # short, never contains data values
     code: str  # stable machine key, e.g. "bad-header", "oversized"
     received_at: datetime
+
+
+CommitListener = Callable[[Receipt, InboundMessage], None]
+
+
+def notify_committed(
+    listener: CommitListener | None,
+    receipt: Receipt,
+    message: InboundMessage,
+    log: logging.Logger,
+    event: str,
+) -> None:
+    """Tell the listener a message is durable. Its failure is its own problem (a
+    notification, as in pynetdicom): logged by type, never allowed to undo the ACK."""
+    if listener is None:
+        return
+    try:
+        listener(receipt, message)
+    except Exception as exc:
+        log.error(
+            "on_committed failed",
+            extra={"event": event, "inbox_id": receipt.inbox_id, "error": type(exc).__name__},
+        )
 
 
 class MessageSink(Protocol):

@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 
-from connectors.base import InboundMessage, MessageSink, Receipt, Rejected
+from connectors.base import CommitListener, InboundMessage, MessageSink, Receipt, Rejected, notify_committed
 from connectors.hl7.batch import split_messages
 from connectors.hl7.charset import decode_message
 from connectors.hl7.header import MessageHeader, peek_header
@@ -41,7 +41,6 @@ _PEER_MAX = 128  # width of the inbox.peer and quarantine.peer columns
 _MiB = 1024 * 1024
 _NAME_MAX = 255  # bytes per file name on common filesystems
 
-CommitListener = Callable[[Receipt, InboundMessage], None]
 _Stamp = tuple[int, int]  # (size, mtime_ns): what must stay still for settle_s
 
 
@@ -373,19 +372,7 @@ class DropFolder:
         )
 
     def _notify(self, receipt: Receipt, message: InboundMessage) -> None:
-        if self._on_committed is None:
-            return
-        try:
-            self._on_committed(receipt, message)
-        except Exception as exc:
-            log.error(
-                "drop folder on_committed failed",
-                extra={
-                    "event": "files.notify_failed",
-                    "inbox_id": receipt.inbox_id,
-                    "error": type(exc).__name__,
-                },
-            )
+        notify_committed(self._on_committed, receipt, message, log, "files.notify_failed")
 
     # -- moves -----------------------------------------------------------------------
 

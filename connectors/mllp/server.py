@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 
-from connectors.base import InboundMessage, MessageSink, Receipt, Rejected
+from connectors.base import CommitListener, InboundMessage, MessageSink, Receipt, Rejected, notify_committed
 from connectors.commit import GroupCommitter
 from connectors.hl7.ack import AckCode, build_ack
 from connectors.hl7.charset import decode_message
@@ -42,8 +42,6 @@ SOURCE = "mllp"
 NOT_STORED = "message not stored; resend"
 _READ_CHUNK = 65_536
 _CLOSE_TIMEOUT_S = 5.0
-
-CommitListener = Callable[[Receipt, InboundMessage], None]
 
 
 class AckMode(StrEnum):
@@ -444,19 +442,7 @@ class MllpServer:
         return build_ack(header, code, error=error, error_code=error_code)
 
     def _notify(self, receipt: Receipt, message: InboundMessage) -> None:
-        if self._on_committed is None:
-            return
-        try:
-            self._on_committed(receipt, message)
-        except Exception as exc:
-            log.error(
-                "mllp on_committed failed",
-                extra={
-                    "event": "mllp.notify_failed",
-                    "inbox_id": receipt.inbox_id,
-                    "error": type(exc).__name__,
-                },
-            )
+        notify_committed(self._on_committed, receipt, message, log, "mllp.notify_failed")
 
     async def _quarantine(self, item: Rejected) -> None:
         try:
