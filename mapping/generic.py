@@ -34,7 +34,7 @@ from mapping.hl7.datatypes import Json, cwe_concept, data_absent_concept, ei_ide
 from mapping.hl7.dtm import to_date_time
 from mapping.hl7.numeric import parse_number, quantity
 from mapping.hl7.parse import Composite, Segment
-from mapping.observation import add_note, build_observation
+from mapping.observation import attach_note, build_observation, note_text
 from mapping.orders import Order, build_service_request
 from mapping.patient import map_pid
 
@@ -487,11 +487,10 @@ class _Walker:
 
     def note(self, nte: Segment) -> None:
         if self.last is not None:
-            if add_note(self.last, nte):
-                self.ctx.mapped(nte, "NTE")
-                return
-        elif self.group is not None and self.group.patient is not None:
-            text = "\n".join(t for t in nte.texts(3) if t)
+            attach_note(self.last, nte, self.ctx)
+            return
+        if self.group is not None and self.group.patient is not None:
+            text = note_text(nte)
             if text:
                 self.group.notes.append(text)
                 self.ctx.mapped(nte, "NTE")

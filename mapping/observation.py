@@ -213,10 +213,23 @@ def build_observation(
     )
 
 
+def note_text(nte: Segment) -> str:
+    """NTE-3 (FT, repeating) as one text; "" when the NTE carries nothing."""
+    return "\n".join(t for t in nte.texts(3) if t)
+
+
 def add_note(observation: Json, nte: Segment) -> bool:
     """NTE-3 (FT, repeating) -> Observation.note (IG NTE[Observation]); False when NTE is empty."""
-    text = "\n".join(t for t in nte.texts(3) if t)
+    text = note_text(nte)
     if not text:
         return False
     observation.setdefault("note", []).append({"text": text})
     return True
+
+
+def attach_note(observation: Json, nte: Segment, ctx: Context) -> None:
+    """An NTE after an OBX: a note on that Observation, or in the report when empty."""
+    if add_note(observation, nte):
+        ctx.mapped(nte, "NTE")
+    else:
+        ctx.skip(nte)

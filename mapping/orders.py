@@ -15,7 +15,7 @@ from mapping.context import Context, PatientRef
 from mapping.hl7.datatypes import Json, code_key, cwe_concept, ei_identifier, hd_system, resource
 from mapping.hl7.dtm import to_date_time
 from mapping.hl7.parse import EMPTY, Composite, Segment
-from mapping.observation import add_note, build_observation
+from mapping.observation import attach_note, build_observation, note_text
 from mapping.subject import Subjects
 
 
@@ -129,7 +129,7 @@ def build_service_request(order: Order, ctx: Context) -> Json:
 
 def order_note(order: Order, nte: Segment, ctx: Context) -> None:
     """NTE after ORC/OBR -> ServiceRequest.note (IG NTE[ServiceRequest])."""
-    text = "\n".join(t for t in nte.texts(3) if t)
+    text = note_text(nte)
     if text:
         order.notes.append(text)
         ctx.mapped(nte, "NTE")
@@ -177,10 +177,7 @@ def map_orders(ctx: Context) -> None:
             order.supporting.append(ids.reference("Observation", observation_id))
             last_observation = observation
         elif name == "NTE" and last_observation is not None:
-            if add_note(last_observation, seg):
-                ctx.mapped(seg, "NTE")
-            else:
-                ctx.skip(seg)
+            attach_note(last_observation, seg, ctx)
         elif name == "NTE" and order is not None:
             order_note(order, seg, ctx)
         else:

@@ -30,7 +30,7 @@ from mapping.hl7.datatypes import (
 )
 from mapping.hl7.dtm import to_date_time, to_instant
 from mapping.hl7.parse import Segment
-from mapping.observation import add_note, build_observation
+from mapping.observation import attach_note, build_observation
 from mapping.patient import map_pid
 from mapping.text_report import TextReport
 
@@ -173,10 +173,7 @@ def map_oru(ctx: Context) -> None:
                 report.text.add(seg)
             last_observation = observation
         elif name == "NTE" and last_observation is not None:
-            if add_note(last_observation, seg):
-                ctx.mapped(seg, "NTE")
-            else:
-                ctx.skip(seg)
+            attach_note(last_observation, seg, ctx)
         else:
             ctx.skip(seg)
             last_observation = None
