@@ -65,26 +65,77 @@ def append(
     head = session.execute(_SELECT_HEAD).one_or_none()
     if head is None:
         raise StoreError("audit chain head is missing: the database was not migrated")
+    entry = _entry(int(head.seq), head.hash, actor, action, entity, outcome, detail, now)
+    session.execute(_INSERT_ENTRY, entry)
+    session.execute(_UPDATE_HEAD, {"new_seq": entry["seq"], "new_hash": entry["hash"]})
+    return int(entry["seq"])
+
+
+def _entry(
+    head_seq: int,
+    head_hash: str,
+    actor: str,
+    action: str,
+    entity: str,
+    outcome: Outcome,
+    detail: dict[str, Any] | None,
+    now: datetime | None,
+) -> dict[str, Any]:
+    """The next entry after the head (seq, head_hash), with its hash; one definition for
+    both appenders."""
     at = (now or datetime.now(UTC)).isoformat(timespec="microseconds")
     detail_json = json.dumps(detail or {}, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    seq = int(head.seq) + 1
-    digest = _digest(seq, at, actor, action, str(outcome), entity, detail_json, head.hash)
-    session.execute(
-        _INSERT_ENTRY,
-        {
-            "seq": seq,
-            "at": at,
-            "actor": actor,
-            "action": action,
-            "outcome": str(outcome),
-            "entity": entity,
-            "detail": detail_json,
-            "prev_hash": head.hash,
-            "hash": digest,
-        },
+    seq = head_seq + 1
+    return {
+        "seq": seq,
+        "at": at,
+        "actor": actor,
+        "action": action,
+        "outcome": str(outcome),
+        "entity": entity,
+        "detail": detail_json,
+        "prev_hash": head_hash,
+        "hash": _digest(seq, at, actor, action, str(outcome), entity, detail_json, head_hash),
+    }
+
+
+_ENTRY_COLUMNS = ("seq", "at", "actor", "action", "outcome", "entity", "detail", "prev_hash", "hash")
+
+
+def append_dbapi(
+    cursor: Any,
+    *,
+    placeholder: str,
+    lock_head: bool,
+    actor: str,
+    action: str,
+    entity: str,
+    outcome: Outcome = Outcome.SUCCESS,
+    detail: dict[str, Any] | None = None,
+    now: datetime | None = None,
+) -> int:
+    """``append`` on a bare DB-API cursor, inside the caller's transaction.
+
+    For the intake's group commit only: there, SQLAlchemy's per-statement work cost more
+    CPU than the statements (profiled ~0.2 ms of a ~0.6 ms commit). ``placeholder`` is the
+    driver's ("?" or "%s"); ``lock_head`` adds FOR UPDATE where the transaction does not
+    already hold the write lock (PostgreSQL; SQLite's BEGIN IMMEDIATE does).
+    """
+    cursor.execute("SELECT seq, hash FROM audit_head WHERE id = 1" + (" FOR UPDATE" if lock_head else ""))
+    head = cursor.fetchone()
+    if head is None:
+        raise StoreError("audit chain head is missing: the database was not migrated")
+    entry = _entry(int(head[0]), str(head[1]), actor, action, entity, outcome, detail, now)
+    marks = ", ".join([placeholder] * len(_ENTRY_COLUMNS))
+    cursor.execute(
+        f"INSERT INTO audit_log ({', '.join(_ENTRY_COLUMNS)}) VALUES ({marks})",
+        tuple(entry[c] for c in _ENTRY_COLUMNS),
     )
-    session.execute(_UPDATE_HEAD, {"new_seq": seq, "new_hash": digest})
-    return seq
+    cursor.execute(
+        f"UPDATE audit_head SET seq = {placeholder}, hash = {placeholder} WHERE id = 1",
+        (entry["seq"], entry["hash"]),
+    )
+    return int(entry["seq"])
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,9 @@ duplicate: it is acknowledged again and never processed twice.
 
 This is the intake's hot path: one multi-row ``INSERT … ON CONFLICT DO UPDATE …
 RETURNING`` per batch (SQLite ≥ 3.35 and PostgreSQL both have it), and one audit entry per
-batch listing the inbox ids it covers.
+batch listing the inbox ids it covers, all on a held DB-API connection: SQLAlchemy's
+per-statement machinery (events, result proxies, transaction objects) cost more CPU than
+the statements themselves (profiled ~0.45 ms of a ~0.6 ms one-message commit).
 """
 
 from __future__ import annotations
@@ -18,8 +20,7 @@ from collections.abc import Callable, Sequence
 from contextlib import suppress
 from typing import Any
 
-from sqlalchemy import Connection, update
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.pool import PoolProxiedConnection
 
 import audit
 from connectors.base import InboundMessage, MessageSink, Receipt, Rejected
@@ -48,11 +49,12 @@ class DatabaseInbox(MessageSink):
         processors = [_INBOX.c[name].type.bind_processor(dialect) for name in _COLUMNS]
         self._processors: list[Callable[[Any], Any]] = [p or _identity for p in processors]
         self._sql_by_size: dict[int, str] = {}
+        self._is_sqlite = dialect.name == "sqlite"
         # One connection held for the writer (group commit calls commit_many from a single
         # thread; the lock covers any other caller): a pool checkout, its reset-on-return
         # rollback and PostgreSQL's pre-ping cost ~0.4 ms per batch, a third of a
         # one-message commit (measured).
-        self._held: Connection | None = None
+        self._held: PoolProxiedConnection | None = None
         self._lock = threading.Lock()
 
     def commit(self, message: InboundMessage) -> Receipt:
@@ -76,16 +78,19 @@ class DatabaseInbox(MessageSink):
             for i in first.values()
         ]
         with self._lock:
+            connection = self._connection()
             try:
-                return self._commit_rows(messages, extra, rows)
-            except DBAPIError:
-                # A dropped or broken connection is not reused: the next batch reconnects.
+                receipts = self._commit_rows(connection, messages, extra, rows)
+            except BaseException:
+                # Whatever broke (a constraint, a dropped server, a full disk), the
+                # connection is not reused: the next batch starts on a fresh one.
                 self._release()
                 raise
+            return receipts
 
-    def _connection(self) -> Connection:
-        if self._held is None or self._held.closed or self._held.invalidated:
-            self._held = self._db.engine.connect()
+    def _connection(self) -> PoolProxiedConnection:
+        if self._held is None:
+            self._held = self._db.engine.raw_connection()
         return self._held
 
     def _release(self) -> None:
@@ -104,26 +109,30 @@ class DatabaseInbox(MessageSink):
 
     def _commit_rows(
         self,
+        connection: PoolProxiedConnection,
         messages: Sequence[InboundMessage],
         extra: dict[tuple[str, str], int],
         rows: list[list[Any]],
     ) -> list[Receipt]:
-        connection = self._connection()
-        with connection.begin():
+        cursor = connection.cursor()
+        try:
+            if self._is_sqlite:
+                # The driver runs in autocommit (see core.db); IMMEDIATE takes the write
+                # lock up front, as every other transaction here does.
+                cursor.execute("BEGIN IMMEDIATE")
             by_key: dict[tuple[str, str], tuple[int, int]] = {}
             # Several statements, one transaction: PostgreSQL takes at most 65,535 bound
             # parameters per statement (a 6,000-message batch file exceeded it).
             for start in range(0, len(rows), ROWS_PER_STATEMENT):
                 chunk = rows[start : start + ROWS_PER_STATEMENT]
-                params = tuple(value for row in chunk for value in row)
-                for r in connection.exec_driver_sql(self._upsert_sql(len(chunk)), params):
+                cursor.execute(self._upsert_sql(len(chunk)), tuple(value for row in chunk for value in row))
+                for r in cursor.fetchall():
                     by_key[(r[1], r[2])] = (int(r[0]), int(r[3]))
             # Resends within this batch beyond the first occurrence.
+            p = self._placeholder
             for key, n in extra.items():
-                connection.execute(
-                    update(InboxEntry)
-                    .where(InboxEntry.id == by_key[key][0])
-                    .values(resend_count=InboxEntry.resend_count + n)
+                cursor.execute(
+                    f"UPDATE inbox SET resend_count = resend_count + {p} WHERE id = {p}", (n, by_key[key][0])
                 )
             receipts: list[Receipt] = []
             seen: set[tuple[str, str]] = set()
@@ -132,7 +141,21 @@ class DatabaseInbox(MessageSink):
                 inbox_id, resends = by_key[key]
                 receipts.append(Receipt(inbox_id=inbox_id, duplicate=resends > 0 or key in seen))
                 seen.add(key)
-            _audit_batch(connection, messages, receipts)
+            _audit_batch(cursor, p, not self._is_sqlite, messages, receipts)
+            if self._is_sqlite:
+                cursor.execute("COMMIT")
+            else:
+                connection.commit()
+        except BaseException:
+            with suppress(Exception):
+                if self._is_sqlite:
+                    cursor.execute("ROLLBACK")
+                else:
+                    connection.rollback()
+            raise
+        finally:
+            with suppress(Exception):
+                cursor.close()
         return receipts
 
     def _upsert_sql(self, rows: int) -> str:
@@ -198,13 +221,21 @@ def _values(m: InboundMessage) -> tuple[Any, ...]:
     )
 
 
-def _audit_batch(connection: Connection, messages: Sequence[InboundMessage], receipts: list[Receipt]) -> None:
+def _audit_batch(
+    cursor: Any,
+    placeholder: str,
+    lock_head: bool,
+    messages: Sequence[InboundMessage],
+    receipts: list[Receipt],
+) -> None:
     """One entry for the whole batch: which inbox rows were written, from where."""
     new = sorted({r.inbox_id for r in receipts if not r.duplicate})
     resent = sorted({r.inbox_id for r in receipts if r.duplicate})
     sources = sorted({m.source for m in messages})
-    audit.append(
-        connection,
+    audit.append_dbapi(
+        cursor,
+        placeholder=placeholder,
+        lock_head=lock_head,
         actor="connector:" + "+".join(sources),
         action="messages.received",
         entity=f"inbox/{min(r.inbox_id for r in receipts)}-{max(r.inbox_id for r in receipts)}",
