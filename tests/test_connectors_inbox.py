@@ -1,0 +1,93 @@
+"""The durable inbox's group commit on both databases: new rows, resends of stored rows
+and resends inside one batch, each with the receipt and the row state they must leave."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from connectors import InboundMessage
+from connectors.hl7 import peek_header
+from connectors.inbox import DatabaseInbox
+from core.db import Database
+from core.settings import Settings
+from core.tables import AuditEntry, InboxEntry
+from tests.fixtures.messages import ORU_R01, with_control_id
+
+T0 = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
+
+
+def _message(control_id: str, at: datetime = T0) -> InboundMessage:
+    raw = with_control_id(ORU_R01, control_id).encode()
+    return InboundMessage(
+        raw=raw,
+        header=peek_header(raw),
+        charset="UTF-8",
+        repaired=False,
+        source="mllp",
+        peer="p:1",
+        received_at=at,
+    )
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
+    url = request.getfixturevalue("pg_url") if request.param == "postgresql" else None
+    database = Database(Settings(data_dir=tmp_path, database_url=url))
+    database.migrate()
+    yield database
+    database.dispose()
+
+
+def _rows(db: Database) -> dict[str, InboxEntry]:
+    with db.sessions() as s:
+        return {e.control_id: e for e in s.execute(select(InboxEntry)).scalars()}
+
+
+def test_a_batch_of_new_stored_and_repeated_messages(db: Database) -> None:
+    inbox = DatabaseInbox(db)
+    first = inbox.commit_many([_message("A"), _message("B")])
+    assert [r.duplicate for r in first] == [False, False]
+    later = T0 + timedelta(minutes=5)
+    # C is new, A was stored before, D arrives twice in this very batch, C once more.
+    second = inbox.commit_many(
+        [
+            _message("C", later),
+            _message("A", later),
+            _message("D", later),
+            _message("D", later),
+            _message("C", later),
+        ]
+    )
+    inbox.close()
+    assert [r.duplicate for r in second] == [False, True, False, True, True]
+    rows = _rows(db)
+    assert second[1].inbox_id == first[0].inbox_id == rows["A"].id
+    assert second[0].inbox_id == second[4].inbox_id == rows["C"].id
+    assert second[2].inbox_id == second[3].inbox_id == rows["D"].id
+    assert {k: r.resend_count for k, r in rows.items()} == {"A": 1, "B": 0, "C": 1, "D": 1}
+    assert rows["A"].last_resend_at is not None
+    assert rows["A"].last_resend_at.replace(tzinfo=UTC) == later
+    # Ids follow arrival, which the dispatcher's id order relies on.
+    assert rows["A"].id < rows["B"].id < rows["C"].id < rows["D"].id
+    assert rows["C"].raw == _message("C").raw
+    with db.sessions() as s:
+        entries = list(s.execute(select(AuditEntry).order_by(AuditEntry.seq)).scalars())
+    assert [e.action for e in entries[-2:]] == ["messages.received", "messages.received"]
+
+
+def test_a_failed_batch_leaves_nothing_and_the_next_one_commits(db: Database) -> None:
+    inbox = DatabaseInbox(db)
+    broken = _message("E")
+    object.__setattr__(broken, "raw", None)  # NOT NULL violation inside the transaction
+    with pytest.raises(Exception):  # noqa: B017 - the driver's own error type
+        inbox.commit_many([_message("F"), broken])
+    assert _rows(db) == {}
+    (receipt,) = inbox.commit_many([_message("F")])
+    inbox.close()
+    assert not receipt.duplicate
+    assert set(_rows(db)) == {"F"}
