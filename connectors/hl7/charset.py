@@ -10,6 +10,7 @@ later reader decode consistently: calling ``decode_message`` again with the retu
 from __future__ import annotations
 
 import codecs
+import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -214,6 +215,7 @@ def _normalise(name: str) -> str:
     return _PUNCTUATION.sub("", name).upper()
 
 
+@functools.lru_cache(maxsize=512)  # called per message with a handful of distinct labels
 def python_codec(hl7_name: str) -> str | None:
     """The Python codec for an HL7 charset name (or a Python codec name); None if unknown."""
     key = _normalise(hl7_name)
@@ -230,6 +232,7 @@ def python_codec(hl7_name: str) -> str | None:
     return info.name
 
 
+@functools.lru_cache(maxsize=512)
 def _canonical(codec: str) -> str:
     return codecs.lookup(codec).name
 
