@@ -32,7 +32,7 @@ def map_adt(ctx: Context) -> None:
         elif seg.name == "OBX" and patient is not None and (seg.value(3) or seg.raw(5)):
             obx_count += 1
             observation_id = ctx.unique_id("Observation", None, "adt-obx", str(obx_count))
-            ctx.add(build_observation(seg, observation_id, patient, "", ctx))
+            ctx.add(build_observation(seg, observation_id, patient, ctx))
             ctx.mapped(seg, "OBX:Observation")
         elif seg.name == "MRG" and patient is not None and map_mrg(seg, patient, ctx):
             pass

@@ -117,7 +117,7 @@ def map_siu(ctx: Context) -> None:
             notes_open = False
         elif name == "OBX" and subjects.patient is not None and (seg.value(3) or seg.raw(5)):
             observation_id = ctx.unique_id("Observation", None, "siu-obx", str(ctx.position(seg)))
-            ctx.add(build_observation(seg, observation_id, subjects.patient, "", ctx))
+            ctx.add(build_observation(seg, observation_id, subjects.patient, ctx))
             ctx.mapped(seg, "OBX:Observation")
             notes_open = False
         elif name == "AIS" and ais is None:

@@ -2,8 +2,9 @@
 ORC/OBR -> ServiceRequest (the document's context.related), PID/PV1 as everywhere.
 
 Content: every OBX of type ED becomes an attachment as sent (base64 kept, other encodings
-re-encoded); text OBX lines (TX/FT/ST, one OBX-5 repetition per line) are joined with newlines
-into one text/plain attachment. Other OBX (HD study ids, numbers) are left in the report.
+re-encoded; an ED that names its type but has no data, an attachment with only contentType);
+text OBX lines (TX/FT/ST, one OBX-5 repetition per line) are joined with newlines into one
+text/plain attachment. Other OBX (HD study ids, numbers) are left in the report.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from mapping.context import Context
 from mapping.hl7.datatypes import Json, cwe_concept, ei_identifier, resource
 from mapping.hl7.dtm import to_instant
 from mapping.hl7.parse import Composite, Segment
-from mapping.observation import ATTACHMENT_EXTENSION, TEXT_TYPES, observation_value
+from mapping.observation import ATTACHMENT_EXTENSION, TEXT_TYPES, content_type, observation_value
 from mapping.orders import Order, build_service_request, order_note
 from mapping.subject import Subjects
 
@@ -42,12 +43,16 @@ def _content(txa: Segment, lines: list[str], attachments: list[Json]) -> list[Js
 
 
 def _ed_attachment(obx: Segment, ctx: Context) -> Json | None:
+    """OBX-5 (ED) -> content.attachment (IG OBX[DocumentReference], ED[Attachment]); an ED that
+    names its type but carries no data still says what the document is (ED.3 -> contentType)."""
     value = observation_value(obx, ctx)
     for extension in value.get("extension", []):
         if extension.get("url") == ATTACHMENT_EXTENSION:
             attachment: Json = extension["valueAttachment"]
             return attachment
-    return None
+    ed = obx.first(5)
+    media_type = content_type(ed.get(2), ed.get(3))
+    return {"contentType": media_type} if media_type else None
 
 
 def _master_identifier(unique: Composite) -> Json | None:

@@ -477,8 +477,7 @@ class _Walker:
         ctx = self.ctx
         group = self.group
         observation_id = ctx.unique_id("Observation", None, "generic-obx", str(ctx.position(obx)))
-        fallback = group.obr.value(7) if group is not None and group.obr is not None else ""
-        observation = build_observation(obx, observation_id, patient, fallback, ctx)
+        observation = build_observation(obx, observation_id, patient, ctx)
         if self.specimen_id is not None:
             observation["specimen"] = ids.reference("Specimen", self.specimen_id)
         if group is not None:

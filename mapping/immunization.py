@@ -129,7 +129,7 @@ def map_vxu(ctx: Context) -> None:
             obx_count += 1
             patient = dose.patient if dose is not None else subjects.current()
             observation_id = ctx.unique_id("Observation", None, "vxu-obx", str(obx_count))
-            observation = build_observation(seg, observation_id, patient, "", ctx)
+            observation = build_observation(seg, observation_id, patient, ctx)
             if dose is not None:
                 observation["partOf"] = [ids.reference("Immunization", dose.resource_id)]
             ctx.add(observation)

@@ -32,16 +32,43 @@ _MIME_BY_SUBTYPE = {
     "TIF": "image/tiff",
     "DICOM": "application/dicom",
     "OCTET-STREAM": "application/octet-stream",
+    "PICT": "image/pict",
 }
+# HL7 table 0191 (type of referenced data) -> the MIME top-level type, for RP.3 "/" RP.4.
+_MIME_TOP_LEVEL = {
+    "AP": "application",
+    "APPLICATION": "application",
+    "AU": "audio",
+    "AUDIO": "audio",
+    "IM": "image",
+    "IMAGE": "image",
+    "NS": "image",
+    "SI": "image",
+    "TEXT": "text",
+    "TX": "text",
+    "VIDEO": "video",
+}
+_KEPT_STATUS = frozenset({"X"})  # IG OBX-11 "X": cancelled, and the v2 code kept beside it
 _WHITESPACE = re.compile(r"\s+")
 TEXT_TYPES = frozenset({"ST", "TX", "FT"})
 CODED_TYPES = frozenset({"CE", "CWE", "CNE", "CF", "IS"})
 
 
+def content_type(data_type: str, subtype: str) -> str | None:
+    """A MIME type from ED.2/ED.3 or RP.3/RP.4: a known subtype's registered type, else
+    type "/" subtype (IG RP[Attachment]: contentType = RP.3 "/" RP.4) with the HL7 type of data
+    (table 0191: IM, AP, AU, TEXT...) read as the MIME top-level type."""
+    known = _MIME_BY_SUBTYPE.get(subtype.upper())
+    if known is not None:
+        return known
+    top = _MIME_TOP_LEVEL.get(data_type.upper())
+    if top is not None and subtype and not _WHITESPACE.search(subtype) and "/" not in subtype:
+        return f"{top}/{subtype.lower()}"
+    return "text/plain" if top == "text" else None
+
+
 def _attachment(data_type: str, subtype: str, encoding: str, data: str, url: str) -> Json | None:
-    content_type = _MIME_BY_SUBTYPE.get(subtype.upper())
-    if content_type is None and data_type.upper() in ("TEXT", "TX"):
-        content_type = "text/plain"
+    media_type = content_type(data_type, subtype)
     payload: str | None = None
     kind = encoding.upper()
     try:
@@ -54,7 +81,7 @@ def _attachment(data_type: str, subtype: str, encoding: str, data: str, url: str
             payload = base64.b64encode(bytes.fromhex(data)).decode("ascii")
     except (ValueError, binascii.Error):
         payload = None  # undecodable data is dropped rather than passed on as garbage
-    attachment = prune({"contentType": content_type, "data": payload or None, "url": url})
+    attachment = prune({"contentType": media_type, "data": payload or None, "url": url})
     if attachment is None or not ({"data", "url"} & attachment.keys()):
         return None
     return {"extension": [{"url": ATTACHMENT_EXTENSION, "valueAttachment": attachment}]}
@@ -121,8 +148,9 @@ _SINGLE_VALUE: dict[str, Callable[[Composite, Context], Json]] = {
 
 
 def _components(obx: Segment, reps: list[Composite], ctx: Context) -> Json:
-    """A repeating OBX-5 (not text, not coded) -> one component per repetition, each with the
-    OBX-3 code (IG OBX[Observation-Component]: "IF OBX-5 LST.count GREATER THAN 1")."""
+    """A repeating OBX-5 (not text) -> one component per repetition, each with the OBX-3 code
+    (IG OBX[Observation-Component]: "IF OBX-5 LST.count GREATER THAN 1 AND OBX-2 IS NOT NA");
+    coded repetitions too: each is a valueCodeableConcept of its own."""
     code = cwe_concept(obx.first(3)) or data_absent_concept()
     value_type = obx.value(2).upper()
     components = []
@@ -131,6 +159,9 @@ def _components(obx: Segment, reps: list[Composite], ctx: Context) -> Json:
             value = nm_value(rep.joined(), obx.first(6))
         elif value_type == "SN":
             value = sn_value(rep, obx.first(6))
+        elif value_type in CODED_TYPES:
+            concept = cwe_concept(rep)
+            value = {"valueCodeableConcept": concept} if concept else {}
         else:
             single = _SINGLE_VALUE.get(value_type)
             value = single(rep, ctx) if single is not None else {"valueString": rep.joined()}
@@ -142,8 +173,8 @@ def _components(obx: Segment, reps: list[Composite], ctx: Context) -> Json:
 def observation_value(obx: Segment, ctx: Context) -> Json:
     """The ``value[x]`` (or attachment extension) for OBX-5, chosen by OBX-2.
 
-    Repeating OBX-5 values are joined by lines for text; for other types each repetition is a
-    ``component`` (IG OBX[Observation-Component]).
+    Repeating OBX-5 values are joined by lines for text; for every other type (coded ones
+    included) each repetition is a ``component`` (IG OBX[Observation-Component]).
     """
     value_type = obx.value(2).upper()
     reps = obx.repetitions(5)
@@ -152,7 +183,7 @@ def observation_value(obx: Segment, ctx: Context) -> Json:
     if value_type in TEXT_TYPES:
         text = "\n".join(t for t in obx.texts(5) if t)
         return {"valueString": text} if text else {}
-    if len(reps) > 1 and value_type not in CODED_TYPES:
+    if len(reps) > 1:
         return _components(obx, reps, ctx)
     first = reps[0]
     if value_type == "NM":
@@ -160,7 +191,7 @@ def observation_value(obx: Segment, ctx: Context) -> Json:
     if value_type == "SN":
         return sn_value(first, obx.first(6))
     if value_type in CODED_TYPES:
-        concept = cwe_concept(first)  # a second coded repetition would be a second concept
+        concept = cwe_concept(first)
         return {"valueCodeableConcept": concept} if concept else {}
     if value_type == "ED":
         return _ed_value(first)
@@ -191,22 +222,32 @@ def _interpretations(obx: Segment) -> list[Json]:
 
 
 def build_observation(
-    obx: Segment, observation_id: str, patient: PatientRef, fallback_time: str, ctx: Context
+    obx: Segment, observation_id: str, patient: PatientRef, ctx: Context, report_time: str = ""
 ) -> Json:
-    """The Observation for one OBX; ``fallback_time`` is its OBR-7 (used when OBX-14 is empty)."""
-    effective = to_date_time(obx.value(14), ctx.zone) or to_date_time(fallback_time, ctx.zone)
+    """The Observation for one OBX; its time is OBX-14 (IG OBX[Observation]).
+
+    ``report_time`` is OBR-7 of the report the OBX belongs to, given by result messages (ORU)
+    only: there an empty OBX-14 means the OBR-7 time (v2 OBX-14 is sent only when it differs).
+    Order messages give none (IG OBR[ServiceRequest]: OBR-7 has no target there, "should not be
+    populated in a message corresponding to a ServiceRequest").
+    """
     value = observation_value(obx, ctx)
     reference = reference_range(obx.text(7), obx.first(6))
+    result_status = obx.value(11).upper()
+    not_asked = result_status == "N" and not value  # IG OBX-11 "N": dataAbsentReason not-asked
     return resource(
         "Observation",
         observation_id,
         {
-            "status": vocab.OBSERVATION_STATUS.get(obx.value(11).upper(), "unknown"),
+            **vocab.result_status(result_status, vocab.OBSERVATION_STATUS, vocab.V2_0085, keep=_KEPT_STATUS),
             "code": cwe_concept(obx.first(3)) or data_absent_concept(),
             "subject": patient.subject,
             "encounter": patient.encounter,
-            "effectiveDateTime": effective,
+            "effectiveDateTime": to_date_time(obx.value(14), ctx.zone) or to_date_time(report_time, ctx.zone),
             **value,
+            "dataAbsentReason": (
+                {"coding": [{"system": vocab.DATA_ABSENT_REASON, "code": "not-asked"}]} if not_asked else None
+            ),
             "interpretation": _interpretations(obx),
             "referenceRange": [reference] if reference else None,
         },

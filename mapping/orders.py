@@ -170,8 +170,7 @@ def map_orders(ctx: Context) -> None:
         elif name == "OBX" and order is not None and (seg.value(3) or seg.raw(5)):
             obx_count += 1
             observation_id = ctx.unique_id("Observation", None, "order-obx", str(order.index), str(obx_count))
-            fallback = order.obr.value(7) if order.obr is not None else ""
-            observation = build_observation(seg, observation_id, order.patient, fallback, ctx)
+            observation = build_observation(seg, observation_id, order.patient, ctx)
             ctx.add(observation)
             ctx.mapped(seg, "OBX:Observation")
             order.supporting.append(ids.reference("Observation", observation_id))

@@ -97,7 +97,7 @@ def _close_report(report: _Report, ctx: Context) -> None:
         report.resource_id,
         {
             "identifier": identifiers,
-            "status": vocab.REPORT_STATUS.get(obr.value(25).upper(), "unknown"),
+            **vocab.result_status(obr.value(25), vocab.REPORT_STATUS, vocab.V2_0123),
             "code": cwe_concept(obr.first(4)) or data_absent_concept(),
             "subject": report.patient.subject,
             "encounter": report.patient.encounter,
@@ -163,8 +163,8 @@ def map_oru(ctx: Context) -> None:
                 seg,
                 _observation_id(seg, report, obx_count, ctx),
                 owner,
-                report.obr.value(7) if report is not None else "",
                 ctx,
+                report_time=report.obr.value(7) if report is not None else "",
             )
             ctx.add(observation)
             ctx.mapped(seg, "OBX:Observation")

@@ -114,7 +114,9 @@ INTERPRETATION: Final[dict[str, str]] = {
     "WR": "Weakly reactive",
 }
 
-# HL7 table 0085 -> Observation.status (IG: ObservationResultStatusCodesInterpretation)
+# HL7 table 0085 -> Observation.status (IG: ObservationResultStatusCodesInterpretation). Only
+# the rows the IG maps: a code it leaves without a target (B, I, N, O, R, S, U, V) gives
+# "unknown" plus the v2 code in the alternate-codes extension (see ``result_status``).
 OBSERVATION_STATUS: Final[dict[str, str]] = {
     "A": "amended",
     "C": "corrected",
@@ -123,16 +125,11 @@ OBSERVATION_STATUS: Final[dict[str, str]] = {
     "P": "preliminary",
     "X": "cancelled",
     "W": "entered-in-error",
-    "B": "amended",  # not in the IG: appended to a final result
-    "I": "registered",  # not in the IG: specimen in lab, no result yet
-    "O": "registered",  # not in the IG: order detail only
-    "R": "preliminary",  # not in the IG: entered, not verified
-    "S": "preliminary",  # not in the IG: partial
-    "U": "final",  # not in the IG: status changed to final
-    "V": "final",  # not in the IG: verified final
 }
+V2_0085: Final = "http://terminology.hl7.org/CodeSystem/v2-0085"
 
-# HL7 table 0123 -> DiagnosticReport.status (IG: ResultStatus[Non-Queries])
+# HL7 table 0123 -> DiagnosticReport.status (IG: ResultStatus[Non-Queries]); the same rule for
+# the codes the IG leaves open (A, M, N).
 REPORT_STATUS: Final[dict[str, str]] = {
     "O": "registered",
     "I": "registered",
@@ -142,10 +139,29 @@ REPORT_STATUS: Final[dict[str, str]] = {
     "R": "partial",
     "F": "final",
     "X": "cancelled",
-    "A": "partial",  # not in the IG: some results available
-    "M": "corrected",  # not in the IG: corrected, not final
-    "N": "registered",  # not in the IG: done, results pending
 }
+V2_0123: Final = "http://terminology.hl7.org/CodeSystem/v2-0123"
+ALTERNATE_CODES: Final = "http://hl7.org/fhir/StructureDefinition/alternate-codes"
+
+
+def result_status(
+    code: str, table: dict[str, str], system: str, keep: frozenset[str] = frozenset()
+) -> dict[str, object]:
+    """``status`` (and ``_status``) for a v2 result status (OBX-11, OBR-25).
+
+    The IG concept map's target where it has one; else ``unknown`` (FHIR: the source does not say
+    which status applies), with the v2 code kept in the alternate-codes extension on the
+    element, the way the IG carries OBX-11 "X" (``keep``: codes kept that way although mapped).
+    """
+    code = code.strip().upper()
+    found: dict[str, object] = {"status": table.get(code, "unknown")}
+    if code and (code not in table or code in keep):
+        coding = {"system": system, "code": code}
+        found["_status"] = {
+            "extension": [{"url": ALTERNATE_CODES, "valueCodeableConcept": {"coding": [coding]}}]
+        }
+    return found
+
 
 # HL7 table 0200 -> HumanName.use (IG: NameType)
 NAME_USE: Final[dict[str, str]] = {

@@ -209,6 +209,78 @@ def test_coded_result():
     }
 
 
+def test_repeating_coded_result_is_one_component_per_repetition():
+    # IG OBX[Observation-Component]: "IF OBX-5 LST.count GREATER THAN 1 AND OBX-2 IS NOT NA".
+    obx = "OBX|1|CWE|8867-4^Heart rate^LN||160^High^L~120^Normal^L||||||F"
+    (observation,) = by_type(map_message(message("ORU^R01", PID, OBR, obx)), "Observation")
+    assert "valueCodeableConcept" not in observation
+    values = [c["valueCodeableConcept"]["coding"][0]["code"] for c in observation["component"]]
+    assert values == ["160", "120"]
+    assert {c["code"]["coding"][0]["code"] for c in observation["component"]} == {"8867-4"}
+
+
+@pytest.mark.parametrize(
+    ("obx11", "status"), [("F", "final"), ("P", "preliminary"), ("C", "corrected"), ("W", "entered-in-error")]
+)
+def test_result_status_the_ig_maps(obx11, status):
+    obx = f"OBX|1|NM|718-7^Hemoglobin^LN||13.5|g/dL|||||{obx11}"
+    (observation,) = by_type(map_message(message("ORU^R01", PID, OBR, obx)), "Observation")
+    assert observation["status"] == status
+    assert "_status" not in observation
+
+
+@pytest.mark.parametrize("obx11", ["S", "I", "O", "R", "U", "V", "B"])
+def test_result_status_the_ig_leaves_open_is_unknown_with_the_v2_code_kept(obx11):
+    obx = f"OBX|1|NM|718-7^Hemoglobin^LN||13.5|g/dL|||||{obx11}"
+    (observation,) = by_type(map_message(message("ORU^R01", PID, OBR, obx)), "Observation")
+    assert observation["status"] == "unknown"
+    (extension,) = observation["_status"]["extension"]
+    assert extension["url"] == "http://hl7.org/fhir/StructureDefinition/alternate-codes"
+    assert extension["valueCodeableConcept"]["coding"] == [
+        {"system": "http://terminology.hl7.org/CodeSystem/v2-0085", "code": obx11}
+    ]
+
+
+def test_cancelled_result_keeps_x_beside_the_status():  # IG OBX-11 "X" rows
+    obx = "OBX|1|NM|718-7^Hemoglobin^LN||||||||X"
+    (observation,) = by_type(map_message(message("ORU^R01", PID, OBR, obx)), "Observation")
+    assert observation["status"] == "cancelled"
+    assert observation["_status"]["extension"][0]["valueCodeableConcept"]["coding"][0]["code"] == "X"
+
+
+def test_not_asked_result_has_a_data_absent_reason():  # IG OBX-11 "N" rows
+    obx = "OBX|1|NM|718-7^Hemoglobin^LN||||||||N"
+    (observation,) = by_type(map_message(message("ORU^R01", PID, OBR, obx)), "Observation")
+    assert observation["status"] == "unknown"
+    assert observation["dataAbsentReason"]["coding"][0]["code"] == "not-asked"
+
+
+def test_report_status_the_ig_leaves_open_is_unknown_with_the_v2_code_kept():
+    obr = OBR.removesuffix("|F") + "|M"  # OBR-25 M: corrected, not final (no IG target)
+    (report,) = by_type(map_message(message("ORU^R01", PID, obr, OBX_HGB)), "DiagnosticReport")
+    assert report["status"] == "unknown"
+    coding = report["_status"]["extension"][0]["valueCodeableConcept"]["coding"][0]
+    assert coding == {"system": "http://terminology.hl7.org/CodeSystem/v2-0123", "code": "M"}
+
+
+def test_rp_result_content_type_is_type_and_subtype():  # IG RP[Attachment]: RP.3 "/" RP.4
+    obx = "OBX|1|RP|SLIDE^Digital slide^L||http://img.example/s/1^^IM^MRXS||||||F"
+    (observation,) = by_type(map_message(message("ORU^R01", PID, OBR, obx)), "Observation")
+    (extension,) = observation["extension"]
+    assert extension["valueAttachment"] == {"contentType": "image/mrxs", "url": "http://img.example/s/1"}
+
+
+def test_order_observation_does_not_take_the_obr_time():
+    # IG OBR[ServiceRequest]: OBR-7 has no target ("should not be populated in a message
+    # corresponding to a ServiceRequest"); in a result message an empty OBX-14 means OBR-7.
+    orc = "ORC|NW|PL-1^ORDERS"
+    order = map_message(message("OML^O21^OML_O21", PID, orc, OBR, OBX_HGB))
+    (observation,) = by_type(order, "Observation")
+    assert "effectiveDateTime" not in observation
+    (result, _) = by_type(map_message(ORU), "Observation")
+    assert result["effectiveDateTime"] == "2024-03-05T09:00:00+00:00"
+
+
 @pytest.mark.parametrize("trigger", ["R30", "R31", "R32", "R33"])
 def test_other_result_triggers(trigger):
     mapped = map_message(message(f"ORU^{trigger}", PID, OBR, OBX_HGB))

@@ -224,3 +224,18 @@ def test_a40_merge_old_patient_is_replaced_by_the_survivor():
     assert old["name"][0]["family"] == "ZHANG"
     assert set(mapped.patient_keys) == {survivor["id"], old["id"]}
     transaction_bundle(mapped.resources)
+
+
+def test_mdm_ed_without_data_still_says_what_the_document_is():
+    # IG OBX[DocumentReference] OBX-5 ED -> content.attachment; ED[Attachment]: ED.3 -> contentType.
+    mapped = map_message(
+        message(
+            "MDM^T02",
+            PID,
+            seg("TXA", {1: "1", 2: "DI", 3: "TX", 12: "DOC-2^HIS", 17: "AU"}),
+            "OBX|1|ED|02585^TransthoracicEcho^PCV4||^application^pdf^Base64^||||||F",
+        )
+    )
+    (document,) = by_type(mapped, "DocumentReference")
+    assert [c["attachment"] for c in document["content"]] == [{"contentType": "application/pdf"}]
+    assert not [item for item in mapped.report if item.segment == "OBX"]
