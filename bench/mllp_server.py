@@ -9,6 +9,7 @@ Prints {"port": N} once listening; runs until SIGTERM.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import signal
 import sys
@@ -53,6 +54,7 @@ async def main(kind: str, url: str | None) -> None:
     inbox = DatabaseInbox(db)
     mllp = MllpServer(MllpConfig(port=0, max_connections=64, max_in_flight=512), inbox)
     await mllp.start()
+    gc.freeze()  # as `sidecar serve` does
     print(json.dumps({"port": mllp.port}), flush=True)
     await stop.wait()
     committer = mllp._committer

@@ -7,7 +7,23 @@ sees message content.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_MAX_CACHED_SENDERS = 1024
+
+
+@dataclass(frozen=True)
+class SenderCounters:
+    """One sender's counter children, looked up once: ``Counter.labels`` takes a lock and
+    validates its arguments on every call, several times per message on the hot path."""
+
+    received: Any
+    acked: Any
+    duplicates: Any
+    repaired: Any
 
 
 class IntakeMetrics:
@@ -51,3 +67,18 @@ class IntakeMetrics:
             "Acknowledged messages not yet through the pipeline",
             registry=self.registry,
         )
+        self._senders: dict[str, SenderCounters] = {}
+
+    def of(self, sender: str) -> SenderCounters:
+        counters = self._senders.get(sender)
+        if counters is None:
+            if len(self._senders) >= _MAX_CACHED_SENDERS:
+                self._senders.clear()  # a cache only: the counters themselves live on
+            counters = SenderCounters(
+                self.received.labels(sender),
+                self.acked.labels(sender),
+                self.duplicates.labels(sender),
+                self.repaired.labels(sender),
+            )
+            self._senders[sender] = counters
+        return counters

@@ -383,7 +383,7 @@ class MllpServer:
 
         sender = header.sender
         plan = ack_plan(header, self._config.ack_mode)
-        self.metrics.received.labels(sender).inc()
+        self.metrics.of(sender).received.inc()
         if not self._config.sender_allowed(header):
             # Not stored: data from an interface nobody configured is not ours to keep.
             log.warning(
@@ -442,9 +442,9 @@ class MllpServer:
         receipt = committed.result()
         sender = header.sender
         if receipt.duplicate:
-            self.metrics.duplicates.labels(sender).inc()
+            self.metrics.of(sender).duplicates.inc()
         if message.repaired:
-            self.metrics.repaired.labels(sender).inc()
+            self.metrics.of(sender).repaired.inc()
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "mllp message committed",
@@ -460,7 +460,7 @@ class MllpServer:
         self._notify(receipt, message)
         if plan.ok is None:
             return None
-        self.metrics.acked.labels(sender).inc()
+        self.metrics.of(sender).acked.inc()
         self.metrics.ack_latency.observe(time.perf_counter() - started)
         # A resend of a stored message is acknowledged again: the sender lost our first ACK.
         return build_ack(header, plan.ok)
