@@ -99,6 +99,8 @@ def _entry(
     }
 
 
+HEAD = "SELECT seq, hash FROM audit_head WHERE id = 1"
+HEAD_FOR_UPDATE = HEAD + " FOR UPDATE"
 _ENTRY_COLUMNS = ("seq", "at", "actor", "action", "outcome", "entity", "detail", "prev_hash", "hash")
 
 
@@ -113,16 +115,19 @@ def append_dbapi(
     outcome: Outcome = Outcome.SUCCESS,
     detail: dict[str, Any] | None = None,
     now: datetime | None = None,
+    head: tuple[Any, Any] | None = None,
 ) -> int:
     """``append`` on a bare DB-API cursor, inside the caller's transaction.
 
     For the intake's group commit only: there, SQLAlchemy's per-statement work cost more
     CPU than the statements (profiled ~0.2 ms of a ~0.6 ms commit). ``placeholder`` is the
     driver's ("?" or "%s"); ``lock_head`` adds FOR UPDATE where the transaction does not
-    already hold the write lock (PostgreSQL; SQLite's BEGIN IMMEDIATE does).
+    already hold the write lock (PostgreSQL; SQLite's BEGIN IMMEDIATE does). ``head``: the
+    (seq, hash) row the caller already read with HEAD_FOR_UPDATE in this transaction.
     """
-    cursor.execute("SELECT seq, hash FROM audit_head WHERE id = 1" + (" FOR UPDATE" if lock_head else ""))
-    head = cursor.fetchone()
+    if head is None:
+        cursor.execute(HEAD_FOR_UPDATE if lock_head else HEAD)
+        head = cursor.fetchone()
     if head is None:
         raise StoreError("audit chain head is missing: the database was not migrated")
     entry = _entry(int(head[0]), str(head[1]), actor, action, entity, outcome, detail, now)

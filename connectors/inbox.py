@@ -128,6 +128,8 @@ class DatabaseInbox(MessageSink):
         extra: dict[tuple[str, str], int],
         rows: list[list[Any]],
     ) -> list[Receipt]:
+        if not self._is_sqlite:
+            return self._commit_rows_pg(connection, messages, extra, rows)
         cursor = connection.cursor()
         try:
             if self._is_sqlite:
@@ -142,13 +144,7 @@ class DatabaseInbox(MessageSink):
                 cursor.execute(
                     f"UPDATE inbox SET resend_count = resend_count + {p} WHERE id = {p}", (n, by_key[key][0])
                 )
-            receipts: list[Receipt] = []
-            seen: set[tuple[str, str]] = set()
-            for m in messages:
-                key = (m.header.sender, m.header.control_id)
-                inbox_id, resends = by_key[key]
-                receipts.append(Receipt(inbox_id=inbox_id, duplicate=resends > 0 or key in seen))
-                seen.add(key)
+            receipts = _receipts(messages, by_key)
             _audit_batch(cursor, p, not self._is_sqlite, messages, receipts)
             if self._is_sqlite:
                 cursor.execute("COMMIT")
@@ -164,6 +160,50 @@ class DatabaseInbox(MessageSink):
         finally:
             with suppress(Exception):
                 cursor.close()
+        return receipts
+
+    def _commit_rows_pg(
+        self,
+        connection: PoolProxiedConnection,
+        messages: Sequence[InboundMessage],
+        extra: dict[tuple[str, str], int],
+        rows: list[list[Any]],
+    ) -> list[Receipt]:
+        """PostgreSQL in pipeline mode: the upserts and the audit head lock go out in one
+        round trip, the resend counts, audit entry and COMMIT in a second; one statement at a
+        time took six (each a wait on the server and a GIL hand-over)."""
+        pg: Any = connection.driver_connection
+        if pg is None:
+            raise RuntimeError("inbox connection is closed")
+        try:
+            with pg.pipeline():
+                cursors = []
+                for start in range(0, len(rows), ROWS_PER_STATEMENT):
+                    chunk = rows[start : start + ROWS_PER_STATEMENT]
+                    cursor = pg.cursor()
+                    cursor.execute(
+                        self._upsert_sql(len(chunk)), tuple(value for row in chunk for value in row)
+                    )
+                    cursors.append(cursor)
+                head_cursor = pg.cursor()
+                head_cursor.execute(audit.log.HEAD_FOR_UPDATE)
+                by_key: dict[tuple[str, str], tuple[int, int]] = {}
+                for cursor in cursors:  # the first fetch sends the queue and waits
+                    for r in cursor.fetchall():
+                        by_key[(r[1], r[2])] = (int(r[0]), int(r[3]))
+                head = head_cursor.fetchone()
+                cursor = pg.cursor()
+                for key, n in extra.items():
+                    cursor.execute(
+                        "UPDATE inbox SET resend_count = resend_count + %s WHERE id = %s", (n, by_key[key][0])
+                    )
+                receipts = _receipts(messages, by_key)
+                _audit_batch(cursor, "%s", True, messages, receipts, head=head)
+                pg.commit()
+        except BaseException:
+            with suppress(Exception):
+                pg.rollback()
+            raise
         return receipts
 
     def _write_returning(self, cursor: Any, rows: list[list[Any]]) -> dict[tuple[str, str], tuple[int, int]]:
@@ -336,12 +376,28 @@ def _values(m: InboundMessage) -> tuple[Any, ...]:
     )
 
 
+def _receipts(
+    messages: Sequence[InboundMessage], by_key: dict[tuple[str, str], tuple[int, int]]
+) -> list[Receipt]:
+    """One receipt per message, in order; a repeat within the batch is a duplicate too."""
+    receipts: list[Receipt] = []
+    seen: set[tuple[str, str]] = set()
+    for m in messages:
+        key = (m.header.sender, m.header.control_id)
+        inbox_id, resends = by_key[key]
+        receipts.append(Receipt(inbox_id=inbox_id, duplicate=resends > 0 or key in seen))
+        seen.add(key)
+    return receipts
+
+
 def _audit_batch(
     cursor: Any,
     placeholder: str,
     lock_head: bool,
     messages: Sequence[InboundMessage],
     receipts: list[Receipt],
+    *,
+    head: tuple[Any, Any] | None = None,
 ) -> None:
     """One entry for the whole batch: which inbox rows were written, from where."""
     new = sorted({r.inbox_id for r in receipts if not r.duplicate})
@@ -351,6 +407,7 @@ def _audit_batch(
         cursor,
         placeholder=placeholder,
         lock_head=lock_head,
+        head=head,
         actor="connector:" + "+".join(sources),
         action="messages.received",
         entity=f"inbox/{min(r.inbox_id for r in receipts)}-{max(r.inbox_id for r in receipts)}",
