@@ -119,26 +119,64 @@ def parse_loose_date(raw: str) -> LooseDate | None:
     return None
 
 
+_MONTHS = {
+    "jan": 1, "feb": 2, "mar": 3, "apr": 4, "may": 5, "jun": 6,
+    "jul": 7, "aug": 8, "sep": 9, "oct": 10, "nov": 11, "dec": 12,
+}  # fmt: skip
+_MONTH_NAME = (
+    r"(?P<mon>jan(?:uary)?|feb(?:ruary)?|mar(?:ch)?|apr(?:il)?|may|june?|july?|aug(?:ust)?|"
+    r"sep(?:t(?:ember)?)?|oct(?:ober)?|nov(?:ember)?|dec(?:ember)?)"
+)
+
 # Dates as they appear in free text. Digit look-arounds stop a match inside a longer
 # number (an 18-digit resident id contains a birth date, a phone number may look like one).
 TEXT_DATE_PATTERNS: tuple[re.Pattern[str], ...] = (
     # 2024-03-05, 2024/3/5, 2024.03.05
     re.compile(r"(?<!\d)(?P<y>\d{4})([-/.])(?P<m>\d{1,2})\2(?P<d>\d{1,2})(?!\d)"),
     # 2024年3月5日
-    re.compile(r"(?<!\d)(?P<y>\d{4})\s*年\s*(?P<m>\d{1,2})\s*月\s*(?P<d>\d{1,2})\s*[日号]"),
+    re.compile(r"(?<!\d)(?P<y>\d{4})\s*年\s*(?P<m>\d{1,2})\s*月\s*(?P<d>\d{1,2})\s*[日号]?"),
     # 20240305, optionally followed by an HL7 time 1430 or 143000
     re.compile(
         r"(?<!\d)(?P<y>\d{4})(?P<m>\d{2})(?P<d>\d{2})(?:(?P<hh>\d{2})(?P<mm>\d{2})(?P<ss>\d{2})?)?(?!\d)"
     ),
+    # 03/05/2024 or 3-5-2024 (month first, as written in the US, unless the first number
+    # cannot be a month), 05.03.2024 (day first, as written in Europe)
+    re.compile(r"(?<![\d/.\-])(?P<a>\d{1,2})(?P<sep>[/\-])(?P<b>\d{1,2})(?P=sep)(?P<y>\d{4})(?!\d)"),
+    re.compile(r"(?<![\d/.\-])(?P<d>\d{1,2})\.(?P<m>\d{1,2})\.(?P<y>\d{4})(?!\d)"),
+    # March 5, 2024; Mar. 5th 2024
+    re.compile(
+        rf"(?<![A-Za-z]){_MONTH_NAME}\.?[ \t]+(?P<d>\d{{1,2}})(?:st|nd|rd|th)?,?[ \t]+(?P<y>\d{{4}})(?!\d)",
+        re.IGNORECASE,
+    ),
+    # 5 March 2024, 5-Mar-2024, 05 MAR 2024
+    re.compile(
+        rf"(?<!\d)(?P<d>\d{{1,2}})(?:st|nd|rd|th)?[ \t\-]+{_MONTH_NAME}\.?,?[ \t\-]+(?P<y>\d{{4}})(?!\d)",
+        re.IGNORECASE,
+    ),
+    # 2024年3月 (a month: still part of a birth date, shifted at month precision)
+    re.compile(r"(?<!\d)(?P<y>\d{4})\s*年\s*(?P<m>\d{1,2})\s*月(?!\s*\d)"),
 )
 
 
 def text_date(match: re.Match[str]) -> LooseDate | None:
     """The date a TEXT_DATE_PATTERNS match denotes, or None if it is not a real date."""
-    day = make_date(int(match["y"]), int(match["m"]), int(match["d"]))
+    groups = match.groupdict()
+    year = int(groups["y"])
+    if groups.get("mon"):
+        month = _MONTHS[groups["mon"][:3].casefold()]
+    elif groups.get("a"):
+        first, second = int(groups["a"]), int(groups["b"])
+        month, day_of_month = (first, second) if first <= 12 else (second, first)
+        day = make_date(year, month, day_of_month)
+        return LooseDate(day, "day") if day else None
+    else:
+        month = int(groups["m"])
+    if groups.get("d") is None:
+        day = make_date(year, month, 1)
+        return LooseDate(day.replace(day=15), "month") if day else None
+    day = make_date(year, month, int(groups["d"]))
     if day is None:
         return None
-    groups = match.groupdict()
     time = ""
     if groups.get("hh"):
         hh, mm = int(groups["hh"]), int(groups["mm"])
@@ -146,3 +184,22 @@ def text_date(match: re.Match[str]) -> LooseDate | None:
             return None
         time = f"{groups['hh']}:{groups['mm']}" + (f":{groups['ss']}" if groups.get("ss") else "")
     return LooseDate(day, "day", time)
+
+
+def written_forms(day: date) -> list[str]:
+    """How a known date (a birth date) is written in text, beyond the ISO and HL7 forms."""
+    y, m, d = day.year, day.month, day.day
+    names = ("January", "February", "March", "April", "May", "June", "July", "August",
+             "September", "October", "November", "December")  # fmt: skip
+    full, short = names[m - 1], names[m - 1][:3]
+    forms = [
+        f"{m:02d}/{d:02d}/{y}", f"{m}/{d}/{y}", f"{d:02d}/{m:02d}/{y}", f"{d}/{m}/{y}",
+        f"{d:02d}.{m:02d}.{y}", f"{d}.{m}.{y}", f"{m:02d}-{d:02d}-{y}", f"{d:02d}-{m:02d}-{y}",
+        f"{y}/{m}/{d}", f"{y}.{m}.{d}", f"{y}-{m}-{d}", f"{y}/{m:02d}/{d:02d}", f"{y}.{m:02d}.{d:02d}",
+        f"{m:02d}/{d:02d}/{y % 100:02d}", f"{d:02d}/{m:02d}/{y % 100:02d}", f"{m}/{d}/{y % 100:02d}",
+        f"{full} {d}, {y}", f"{short} {d}, {y}", f"{short}. {d}, {y}", f"{full} {d} {y}", f"{short} {d} {y}",
+        f"{d} {full} {y}", f"{d} {short} {y}", f"{d:02d} {short} {y}", f"{d}-{short}-{y}",
+        f"{d:02d}-{short}-{y}",
+        f"{d:02d}{short}{y}", f"{y}年{m}月{d}日", f"{y}年{m:02d}月{d:02d}日", f"{y}年{m}月{d}号",
+    ]  # fmt: skip
+    return list(dict.fromkeys(forms))

@@ -65,7 +65,8 @@ def variants(phi_values: Mapping[str, str]) -> Iterator[tuple[str, str]]:
     """(normalised value, kind) for each phi value, plus the parts of multi-part names.
 
     Free text says "Mr Smith" more often than "John Smith", so each part of a name is
-    looked for on its own as well. Raises DeidError for a kind the policy does not know.
+    looked for on its own as well, and a Chinese name reported in parts is also looked for
+    written as one word. Raises DeidError for a kind the policy does not know.
     """
     seen: set[tuple[str, str]] = set()
     for raw, kind in phi_values.items():
@@ -75,7 +76,11 @@ def variants(phi_values: Mapping[str, str]) -> Iterator[tuple[str, str]]:
         value = " ".join(normalise_text(raw).split())
         candidates = [value]
         if kind == "NAME":
-            candidates += [part for part in _NAME_SPLIT.split(value) if part]
+            parts = [part for part in _NAME_SPLIT.split(value) if part]
+            candidates += parts
+            # Chinese writes a full name without a space: family "王" + given "小明" is "王小明".
+            if len(parts) > 1 and all(_is_wide(c) for c in "".join(parts)):
+                candidates.append("".join(parts))
         for candidate in candidates:
             if candidate and (candidate.casefold(), kind) not in seen:
                 seen.add((candidate.casefold(), kind))
@@ -93,12 +98,14 @@ def value_pattern(value: str, *, bound_digits: bool) -> re.Pattern[str]:
     body = r"\s+".join(re.escape(part) for part in value.split())
     first, last = value[0], value[-1]
     prefix = suffix = ""
+    # The boundary class is compiled case-sensitively ((?-i:...)): it holds both cases
+    # already, and case-folding its ranges made compiling it the scrubber's main cost.
     if first.isdigit():
         prefix = r"(?<!\d)" if bound_digits else ""
     elif _WORD_CHAR_RE.fullmatch(first):
-        prefix = rf"(?<!{_WORD_CHAR})"
+        prefix = rf"(?<!(?-i:{_WORD_CHAR}))"
     if last.isdigit():
         suffix = r"(?!\d)" if bound_digits else ""
     elif _WORD_CHAR_RE.fullmatch(last):
-        suffix = rf"(?!{_WORD_CHAR})"
+        suffix = rf"(?!(?-i:{_WORD_CHAR}))"
     return re.compile(prefix + body + suffix, re.IGNORECASE)

@@ -12,22 +12,55 @@ later pass can neither match inside a placeholder nor shift an already shifted d
 
 from __future__ import annotations
 
+import ipaddress
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 from core.errors import DeidError
 
-from . import phi
-from .dates import TEXT_DATE_PATTERNS, LooseDate, parse_loose_date, text_date
+from . import names, phi
+from .dates import TEXT_DATE_PATTERNS, LooseDate, parse_loose_date, text_date, written_forms
 from .policy import PLACEHOLDERS
 
 _SENTINEL_BASE = 0xF0000  # planes 15 and 16 are private use; NFKC leaves them alone
 _SENTINEL_MAX = 0x10FFFF - _SENTINEL_BASE
 _SENTINELS = re.compile("[\U000f0000-\U0010ffff]")
 
+# Kinds the message itself never reports, with their placeholders. SSNs and resident ids
+# are ids; links and network addresses get their own type so the text stays readable.
+_URL_PLACEHOLDER = "[URL]"
+_IP_PLACEHOLDER = "[IP]"
+
 # 18-digit mainland resident identity number (the last character is a check digit or X).
-_RESIDENT_ID = re.compile(r"(?<!\d)\d{17}[\dXx](?!\d)")
+# The check digit is not verified on purpose: a mistyped id is still an id. The same goes
+# for the 15-digit ids issued before 1999.
+_RESIDENT_ID = re.compile(r"(?<!\d)\d{17}[\dXx](?![\dA-Za-z])|(?<!\d)\d{15}(?!\d)")
+_URL = re.compile(
+    r"(?<![A-Za-z])(?:(?:https?|s?ftp|file|wss?|dicom|dicomweb)://|www\.)[^\s<>\"'\u3000-\u303f\uff01-\uff5e]+",
+    re.IGNORECASE,
+)
+_URL_TRAILING = ".,;:!?)]}'\""
+_IPV4 = re.compile(
+    r"(?<![\d.])(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?!\d|\.\d)"
+)
+_IPV6_CANDIDATE = re.compile(r"(?<![\w:.])(?=[0-9A-Fa-f]{0,4}:)[0-9A-Fa-f:]{2,39}(?![\w:])")
+# US social security number as written (3-2-4); nine bare digits are caught as a number run.
+_SSN = re.compile(r"(?<![\d\-])\d{3}-\d{2}-\d{4}(?![\d\-])")
+# A labelled identifier: "MRN: A123456", "病历号：0012345", "Accession # CT-2024-0042".
+_ID_LABEL = re.compile(
+    r"(?=[A-Za-z\u4e00-\u9fff])(?:(?<![A-Za-z])(?i:MRN|MR\s*#|MR\s*No|medical\s+record(?:\s+(?:number|no))?|patient\s+id|pt\s+id|"
+    r"hospital\s+(?:number|no)|ID\s*No|SSN|SS\s*#|social\s+security(?:\s+(?:number|no))?|"
+    r"NHS(?:\s+(?:number|no))?|account(?:\s+(?:number|no))?|acct|accession(?:\s+(?:number|no))?|acc\s*#|"
+    r"visit(?:\s+(?:number|no))?|encounter(?:\s+(?:number|no))?|insurance(?:\s+(?:id|number|no))?|"
+    r"policy(?:\s+(?:number|no))?|member\s+id|passport(?:\s+(?:number|no))?|licen[cs]e(?:\s+(?:number|no))?|"
+    r"ID|case(?:\s+(?:number|no)))(?![A-Za-z])\.?"
+    r"|病历号|病案号|住院号|门诊号|登记号|就诊号|就诊卡号|卡号|医保号|医保卡号|社保号|身份证号码|身份证号|身份证|"
+    r"证件号码|证件号|检查号|影像号|标本号|条码号|申请单号|流水号|档案号|护照号|ID号)"
+    r"[ \t]*(?:[:：#=]|(?i:number|no\.?))?[ \t]*"
+    r"(?P<id>(?=[A-Za-z\-]{0,6}\d)[A-Za-z\d][A-Za-z\d\-/]{2,30}[A-Za-z\d])"
+)
+_MIN_LABELLED_ID_DIGITS = 3
 # The look-behinds in these patterns also let a match start only at the beginning of a
 # run, which keeps them linear on long runs of word characters or digit groups.
 _EMAIL = re.compile(r"(?<![\w.+-])[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
@@ -78,6 +111,190 @@ def _worth_scrubbing(value: str, kind: str, date: LooseDate | None) -> bool:
     return phi.significance(value) >= _MIN_SIGNIFICANCE or phi.longest_digit_run(value) >= _MIN_DIGIT_RUN
 
 
+def _replace_group(match: re.Match[str], group: str, replacement: str) -> str:
+    """``match`` with only ``group`` replaced (the rest of the match was context)."""
+    whole, offset = match.group(), match.start()
+    return whole[: match.start(group) - offset] + replacement + whole[match.end(group) - offset :]
+
+
+def _replace_spans(text: str, spans: list[tuple[int, int]], parked: _Parked) -> str:
+    """``text`` with each of the ordered, non-overlapping ``spans`` replaced by [NAME]."""
+    pieces, last = [], 0
+    for start, end in spans:
+        if start < last:
+            continue
+        pieces += [text[last:start], parked.park(PLACEHOLDERS["NAME"])]
+        last = end
+    pieces.append(text[last:])
+    return "".join(pieces)
+
+
+def _url_repl(match: re.Match[str], parked: _Parked) -> str:
+    url = match.group()
+    trimmed = url.rstrip(_URL_TRAILING)
+    # A closing bracket that the URL opened is part of it ("...wiki/X_(y)").
+    while url[len(trimmed) : len(trimmed) + 1] == ")" and trimmed.count("(") > trimmed.count(")"):
+        trimmed += ")"
+    return parked.park(_URL_PLACEHOLDER) + url[len(trimmed) :]
+
+
+def _is_ipv6(candidate: str) -> bool:
+    if candidate.count(":") < 2 or ("::" not in candidate and candidate.count(":") != 7):
+        return False
+    if "::" in candidate and len(candidate.replace(":", "")) < 2:
+        return False  # "::" or "a::" in prose is not an address worth a placeholder
+    try:
+        ipaddress.IPv6Address(candidate)
+    except ValueError:
+        return False
+    return True
+
+
+_CJK_CHAR = r"[\u3400-\u4dbf\u4e00-\u9fff]"
+_ADDRESS_PATTERNS: tuple[re.Pattern[str], ...] = (
+    # After a cue, up to the end of the clause: "家住北京市朝阳区某某路1号",
+    # "Address: 1 Main St, Town"; not when a known address was already replaced there.
+    re.compile(
+        r"(?:住址|地址|家庭住址|现住址|户籍地址|家住|现住|现居|住在|居住于|居住在|居住地|籍贯)"
+        r"[ \t]*[:：]?[ \t]*"
+        r"(?P<addr>[^\s,;，。；:：\n\r\U000f0000-\U0010ffff][^,;，。；\n\r]{1,60}?)(?=[,;，。；\n\r]|$)"
+    ),
+    re.compile(
+        r"(?<![A-Za-z])(?i:address|addr|lives at|lived at|resides at|residing at|residence)[ \t]*:?[ \t]*"
+        r"(?P<addr>[^\s,;:\n\r\U000f0000-\U0010ffff][^;\n\r]{1,80}?)"
+        r"(?=[;\n\r]|\.(?:\s|$)|,[ \t]*(?i:tel|phone|mobile|email|dob|mrn)|$)"
+    ),
+    # A Chinese street address without a cue: "中山路100号", "幸福小区3栋2单元501室".
+    re.compile(
+        rf"(?P<addr>{_CJK_CHAR}{{2,8}}?(?:省|市|区|县|镇|乡)?{_CJK_CHAR}{{1,8}}?(?:大街|大道|路|街|巷|弄|胡同)"
+        rf"\d+号(?:院|楼)?(?:\d+(?:栋|号楼|幢|单元|室|层|号))*)"
+    ),
+    re.compile(
+        rf"(?P<addr>{_CJK_CHAR}{{2,8}}?(?:小区|花园|公寓|新村|大厦)\d+(?:栋|号楼|幢)(?:\d+(?:单元|室|层|号))*)"
+    ),
+    # An English street address: "77 Larkspur Lane", "1200 N. Elm Street, Apt 4B".
+    re.compile(
+        r"(?<![\w.])(?P<addr>\d{1,6}[ \t]+(?:[NSEW]\.?[ \t]+)?(?:[A-Z][a-z]+[ \t]+){1,3}"
+        r"(?:Street|St|Avenue|Ave|Road|Rd|Lane|Ln|Drive|Dr|Boulevard|Blvd|Way|Court|Ct|Place|Pl|Terrace|"
+        r"Circle|Cir|Highway|Hwy|Parkway|Pkwy|Square|Sq)\b\.?"
+        r"(?:,?[ \t]+(?:Apt|Unit|Suite|Ste|#)\.?[ \t]*\w+)?"
+        r"(?:,[ \t]*[A-Z][a-z]+(?:[ \t]+[A-Z][a-z]+)?,?[ \t]+[A-Z]{2}[ \t]+\d{5}(?:-\d{4})?)?)"
+    ),
+)
+
+
+_GIVEN_BEFORE_NAME = re.compile(
+    r"(?<![A-Za-z'\-])((?:Mc|Mac|O')?[A-Z][a-z]+(?:-[A-Z][a-z]+)?)[ \t]+([\U000f0000-\U0010ffff])"
+)
+
+_CJK_TITLES = (
+    "先生", "女士", "小姐", "某某", "某", "医生", "医师", "大夫", "主任", "护士长", "护士", "老师", "阿姨",
+    "师傅", "太太", "夫人", "老人", "同志", "教授", "院长", "科长", "家属", "之子", "之女", "之妻", "之夫",
+)  # fmt: skip
+# 老X / 小X for a known surname X, except where that is an ordinary word.
+_FAMILIAR_WORDS = frozenset(
+    {"小于", "小时", "小叶", "小关", "小结", "小米", "小宋", "老师", "老年", "老化", "老人", "老龄"}
+)
+_INITIAL_CUE = r"(?:(?<![A-Za-z])(?i:initials|pt|patient|signed|by|cc|per)[:. \t]+)"
+_CLINICAL_INITIALS = frozenset(
+    """
+    CT MR MRI ECG EKG EEG EMG CBC BMP CMP LFT RFT ABG COPD CHF CKD CAD DVT PE UTI URI TB HIV HBV
+    HCV HPV ICU CCU ER ED OR PET BMI BP HR RR GCS DNR NPO PRN BID TID QID IV IM SC PO GI GU ENT
+    OB GYN RUL RML RLL LUL LLL LAD RCA LCX EF AF VF VT SVT AKI ARDS
+""".split()  # noqa: SIM905
+)
+
+
+def _cjk(value: str) -> bool:
+    return any("\u4e00" <= c <= "\u9fff" or "\u3400" <= c <= "\u4dbf" for c in value)
+
+
+def _known_surnames(phi_values: Mapping[str, str]) -> set[str]:
+    """Chinese surnames of the people this message names."""
+    compound, single = names.chinese_surnames()
+    found: set[str] = set()
+    for raw, kind in phi_values.items():
+        # "family, given" is how the mapper reports a name with both parts (mapping.phi).
+        family, comma, _ = phi.normalise_text(raw).partition(",")
+        if kind == "NAME" and comma and 1 <= len(family.strip()) <= 2 and _cjk(family):
+            found.add(family.strip())
+    for value, kind in phi.variants(phi_values):
+        if kind != "NAME" or not _cjk(value):
+            continue
+        for part in re.split(r"[\s,]+", value):
+            if not part or not _cjk(part):
+                continue
+            if part in compound or part in single:
+                found.add(part)
+            elif len(part) >= 3 and part[:2] in compound:
+                found.add(part[:2])
+            elif len(part) >= 2 and part[0] in single and len(part) <= 3:
+                found.add(part[0])
+    return found
+
+
+def _latin_name_parts(phi_values: Mapping[str, str]) -> set[tuple[str, str, str]]:
+    """(family, given, middle) of each Latin-script person named, from the "family, given" form."""
+    triples: set[tuple[str, str, str]] = set()
+    names_seen = [phi.normalise_text(v) for v, k in phi_values.items() if k == "NAME"]
+    full = {" ".join(v.split()).casefold() for v in names_seen}
+    for value in names_seen:
+        if "," not in value or _cjk(value):
+            continue
+        family, _, given = (p.strip() for p in value.partition(","))
+        if not re.fullmatch(r"[A-Za-z][A-Za-z'\-]*(?: [A-Za-z][A-Za-z'\-]*)*", family + " " + given):
+            continue
+        middle = ""
+        for candidate in full:
+            parts = candidate.split()
+            if len(parts) == 3 and parts[0] == given.casefold() and parts[2] == family.casefold():
+                middle = parts[1]
+        triples.add((family, given, middle))
+    return triples
+
+
+def _date_forms_pattern(forms: list[str]) -> re.Pattern[str]:
+    # One pattern for all forms of a date, longest first; dates are ASCII, so the
+    # boundaries are too (value_pattern's wider letter class is slow to compile).
+    bodies = [
+        r"\s*".join(re.escape(part) for part in form.split()) for form in sorted(forms, key=len, reverse=True)
+    ]
+    return re.compile(rf"(?<![0-9A-Za-z])(?:{'|'.join(bodies)})(?![0-9A-Za-z])", re.IGNORECASE)
+
+
+def _derived_rules(phi_values: Mapping[str, str]) -> Iterator[tuple[re.Pattern[str], str, LooseDate | None]]:
+    """Forms of known values that are not literally in the message: other date formats,
+    initials, and Chinese surname + title ("王先生", "王某", "老王")."""
+    days = set()
+    for value, kind in phi.variants(phi_values):
+        if kind == "DATE" and (date := parse_loose_date(value)) is not None and date.precision == "day":
+            days.add(date.day)
+    for day in sorted(days):
+        yield _date_forms_pattern(written_forms(day)), "DATE", LooseDate(day, "day")
+    for family, given, middle in _latin_name_parts(phi_values):
+        g, f = given[0].upper(), family[0].upper()
+        fam = re.escape(family)
+        yield re.compile(rf"(?<![A-Za-z]){g}\.?[ \t]*{fam}(?![A-Za-z])", re.IGNORECASE), "NAME", None
+        yield re.compile(rf"(?<![A-Za-z]){fam},?[ \t]+{g}\.?(?![A-Za-z])", re.IGNORECASE), "NAME", None
+        initials = [g + f] + ([g + middle[0].upper() + f] if middle else [])
+        for ini in initials:
+            dotted = r"\.[ \t]?".join(ini) + r"\."
+            yield re.compile(rf"(?<![A-Za-z]){dotted}"), "NAME", None
+            if len(ini) >= 3 and ini not in _CLINICAL_INITIALS:
+                yield re.compile(rf"(?<![A-Za-z]){ini}(?![A-Za-z])"), "NAME", None
+            elif ini not in _CLINICAL_INITIALS:
+                # Two letters alone are too common ("JS" could be anything): only after a cue.
+                yield re.compile(rf"{_INITIAL_CUE}(?P<x>{ini})(?![A-Za-z])"), "NAME", None
+    surnames = sorted(_known_surnames(phi_values), key=lambda x: (-len(x), x))
+    if surnames:
+        alternatives = "|".join(map(re.escape, surnames))
+        titles = "|".join(map(re.escape, _CJK_TITLES))
+        yield re.compile(rf"(?:{alternatives})(?:{titles})(?![日时地院处年月天种些])"), "NAME", None
+        familiar = [p + s for s in surnames if len(s) == 1 for p in "老小阿" if p + s not in _FAMILIAR_WORDS]
+        if familiar:
+            yield re.compile(rf"(?:{'|'.join(familiar)})(?![\d.])"), "NAME", None
+
+
 class Scrubber:
     """Scrubs free text of one message; built once per message from its phi values."""
 
@@ -90,10 +307,18 @@ class Scrubber:
                 # longer number still gives it away, so digits are bounded for DATE only.
                 pattern = phi.value_pattern(value, bound_digits=kind == "DATE")
                 rules.append(_Rule(len(value), pattern, kind, date))
+        for pattern, kind, date in _derived_rules(phi_values):
+            rules.append(_Rule(len(pattern.pattern), pattern, kind, date))
         # Longest first, so "John Smith" becomes one [NAME] rather than "John" + "Smith";
         # ties are ordered by value and kind to keep the output deterministic.
         rules.sort(key=lambda r: (-r.length, r.pattern.pattern, r.kind))
-        self._rules = tuple(rules)
+        self._rules = tuple(dict.fromkeys(rules))
+        self._surnames = frozenset(_known_surnames(phi_values))
+        self._cjk_names = frozenset(
+            value
+            for value, kind in phi.variants(phi_values)
+            if kind == "NAME" and _cjk(value) and " " not in value
+        )
 
     def scrub(self, text: str, days: int | None) -> str:
         """``text`` without identifiers; dates shifted by ``days`` (or "[DATE]" if None)."""
@@ -103,6 +328,10 @@ class Scrubber:
         def fixed(replacement: str) -> Callable[[re.Match[str]], str]:
             return lambda _match: parked.park(replacement)
 
+        def in_group(replacement: str) -> Callable[[re.Match[str]], str]:
+            # Only group "x" is the value; the rest of the match was the cue before it.
+            return lambda match: _replace_group(match, "x", parked.park(replacement))
+
         def shifted(date: LooseDate | None) -> str:
             if date is None or days is None:
                 return PLACEHOLDERS["DATE"]
@@ -110,12 +339,27 @@ class Scrubber:
 
         # The unambiguous shapes go first, so a reported MRN found inside a mobile number
         # or resident id does not leave the rest of that number behind.
-        text = _RESIDENT_ID.sub(fixed(PLACEHOLDERS["ID"]), text)
+        text = _URL.sub(lambda m: _url_repl(m, parked), text)
         text = _EMAIL.sub(fixed(PLACEHOLDERS["EMAIL"]), text)
+        text = _IPV6_CANDIDATE.sub(
+            lambda m: parked.park(_IP_PLACEHOLDER) if _is_ipv6(m.group()) else m.group(), text
+        )
+        text = _IPV4.sub(fixed(_IP_PLACEHOLDER), text)
+        text = _RESIDENT_ID.sub(fixed(PLACEHOLDERS["ID"]), text)
+        text = _SSN.sub(fixed(PLACEHOLDERS["ID"]), text)
         text = _CN_MOBILE.sub(fixed(PLACEHOLDERS["PHONE"]), text)
+        text = _replace_spans(text, names.known_surname_names(text, self._surnames, self._cjk_names), parked)
         for rule in self._rules:
             replacement = shifted(rule.date) if rule.kind == "DATE" else PLACEHOLDERS[rule.kind]
-            text = rule.pattern.sub(fixed(replacement), text)
+            repl = in_group if "x" in rule.pattern.groupindex else fixed
+            text = rule.pattern.sub(repl(replacement), text)
+
+        def labelled_id(match: re.Match[str]) -> str:
+            if phi.digit_count(match["id"]) < _MIN_LABELLED_ID_DIGITS:
+                return match.group()
+            return _replace_group(match, "id", parked.park(PLACEHOLDERS["ID"]))
+
+        text = _ID_LABEL.sub(labelled_id, text)
 
         def text_date_repl(match: re.Match[str]) -> str:
             date = text_date(match)
@@ -123,6 +367,25 @@ class Scrubber:
 
         for pattern in TEXT_DATE_PATTERNS:
             text = pattern.sub(text_date_repl, text)
+
+        for pattern in _ADDRESS_PATTERNS:
+            text = pattern.sub(
+                lambda m: _replace_group(m, "addr", parked.park(PLACEHOLDERS["ADDRESS"])), text
+            )
+
+        # A capitalised word right before a known name is its given name ("daughter Kwame
+        # Okonkwo" where only Okonkwo was reported); placeholders are single sentinels.
+        def given_before(match: re.Match[str]) -> str:
+            placeholder = match.group(2)
+            if parked.parts[ord(placeholder) - _SENTINEL_BASE] != PLACEHOLDERS["NAME"]:
+                return match.group()
+            if match.group(1).casefold() in names.NOT_GIVEN:
+                return match.group()
+            return parked.park(PLACEHOLDERS["NAME"]) + match.group()[len(match.group(1)) :]
+
+        text = _GIVEN_BEFORE_NAME.sub(given_before, text)
+
+        text = _replace_spans(text, names.find_names(text, self._surnames), parked)
 
         def number_repl(match: re.Match[str]) -> str:
             if _DECIMAL.fullmatch(match.group()):

@@ -125,6 +125,8 @@ FIELDS: Final[dict[str, dict[Extractor, tuple[int, ...]]]] = {
     "ROL": {_xcn: (4,)},
     "PRT": {_xcn: (5,)},
     "DG1": {_xcn: (16,)},
+    # Document author, authenticator and transcriptionist; document numbers.
+    "TXA": {_xcn: (5, 9, 10, 11, 22), _st_id: (12, 13)},
 }
 
 
