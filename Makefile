@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install clean bench bench-mllp
+.PHONY: demo test install clean bench bench-mllp bench-dicom
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,11 @@ bench: $(STAMP)
 
 bench-mllp: $(STAMP)
 	$(BIN)/python -m bench.mllp
+
+# DICOM de-identification beside dicognito, which comes with the [bench] extra.
+bench-dicom: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[bench]'
+	$(BIN)/python -m bench.deid_dicom
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
