@@ -68,8 +68,9 @@ def migrate(engine: Engine) -> None:
 class Database:
     """Engine + session factory for one settings object."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.url = settings.effective_database_url
+    def __init__(self, settings: Settings, *, url: str | None = None) -> None:
+        """``url``: connect as someone else than settings.database_url (the model zone's role)."""
+        self.url = url or settings.effective_database_url
         self.engine = make_engine(self.url)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
 

@@ -32,6 +32,13 @@ class Settings(BaseSettings):
         description="SQLAlchemy URL; e.g. postgresql+psycopg://user@127.0.0.1:5432/db. "
         "Unset: SQLite (WAL) at <data_dir>/sidecar.db.",
     )
+    sandbox_database_url: str | None = Field(
+        None,
+        description="PostgreSQL URL `sidecar sandbox` connects with, as a login role that is a member of "
+        "`sidecar_model_zone` (created by the migrations): it may read the de-identified store and write "
+        "summaries, and is refused the inbox, quarantine, identifier tokens and re-identification map. "
+        "Unset: database_url (acceptable for the embedded deployment only).",
+    )
     broker_url: str | None = Field(
         None,
         description="RabbitMQ AMQP URL (amqp://guest:guest@127.0.0.1:5672//). Set: the pipeline runs as "
@@ -89,10 +96,55 @@ class Settings(BaseSettings):
     drop_max_file_bytes: int = Field(
         256 * 1024 * 1024, gt=0, description="Larger files go to failed/ unread."
     )
+    dicom_port: int | None = Field(
+        None, ge=0, le=65535, description="DICOM Storage SCP port (0: any free port); unset: no DICOM SCP."
+    )
+    dicom_host: str = Field("127.0.0.1", description="Address the DICOM Storage SCP binds to.")
+    dicom_ae_title: str = Field("SIDECAR", min_length=1, max_length=16, description="AE title of the SCP.")
+    dicom_allowed_calling_aets: list[str] = Field(
+        default_factory=list,
+        description='Calling AE titles accepted, e.g. ["PACS", "CT01"]; others are rejected; empty: any.',
+    )
+    dicom_allowed_peers: list[str] = Field(
+        default_factory=list,
+        description='Networks allowed to open DICOM associations, e.g. ["10.2.0.0/16"]; empty: any.',
+    )
+    dicom_max_pdu: int = Field(65_536, ge=0, description="Largest P-DATA PDU the SCP accepts (0: unlimited).")
+    dicom_max_associations: int = Field(16, gt=0, description="Concurrent DICOM associations accepted.")
+    dicom_issuer_default: str = Field(
+        "",
+        description="Assigning authority of (0010,0020) Patient ID when (0010,0021) Issuer of Patient ID is "
+        "empty; set it to the HL7 PID-3 assigning authority (CX.4) so both feeds give one pseudonym.",
+    )
+    dicom_allow_burned_in: bool = Field(
+        False,
+        description="Release images that may carry burned-in text (US, secondary capture...); "
+        "default: they are dead-lettered.",
+    )
+    deid_dicom_dir: Path | None = Field(
+        None, description="Where de-identified .dcm files are kept. Default <data_dir>/deid-dicom."
+    )
     metrics_port: int | None = Field(
         None, ge=0, le=65535, description="Serve Prometheus metrics on this port; unset: no metrics endpoint."
     )
     metrics_host: str = Field("127.0.0.1", description="Address of the metrics endpoint.")
+    api_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="Serve the HTTP API (FHIR read/search, status) from `sidecar serve` on this port; "
+        "unset: no API. Needs api_tokens: the API refuses to start without one.",
+    )
+    api_host: str = Field("127.0.0.1", description="Address the HTTP API binds to.")
+    api_tokens: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description='Bearer tokens of the API\'s clients, {"client name": "token"}; the name is the actor '
+        "in the audit log. Use long random tokens (e.g. `openssl rand -hex 32`).",
+    )
+    api_auditors: list[str] = Field(
+        default_factory=list,
+        description="Client names (keys of api_tokens) allowed to search the audit log (GET /audit).",
+    )
 
     secret_file: Path | None = Field(
         None,
@@ -101,6 +153,13 @@ class Settings(BaseSettings):
     )
     secret: SecretStr | None = Field(None, description="The pseudonym secret itself (overrides secret_file).")
     date_shift_max_days: int = Field(30, ge=1, le=3650, description="Per-patient date shift range ±N days.")
+    reid_operators: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Operating-system accounts allowed to run `sidecar reid` (pseudonym -> original identifier). "
+            "Empty: nobody; every request, granted or refused, is audited."
+        ),
+    )
     site_timezone: str = Field("UTC", description="IANA zone for HL7 times that carry no offset.")
 
     summary_coalesce_s: float = Field(
@@ -117,6 +176,12 @@ class Settings(BaseSettings):
     )
     pipeline_max_attempts: int = Field(
         5, ge=1, description="Transient-failure retries before dead-lettering."
+    )
+    screen_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="Production: how long the sandbox waits for the identified zone's verdict on a "
+        "prompt (known-identifier screening) before deferring the job.",
     )
     log_level: str = Field("INFO", description="Python log level of the JSON-lines logs.")
 
@@ -140,8 +205,16 @@ class Settings(BaseSettings):
         return self.database_url or f"sqlite:///{(self.data_dir / 'sidecar.db').resolve()}"
 
     @property
+    def effective_sandbox_database_url(self) -> str:
+        return self.sandbox_database_url or self.effective_database_url
+
+    @property
     def effective_events_url(self) -> str | None:
         return self.events_url or self.broker_url
+
+    @property
+    def effective_deid_dicom_dir(self) -> Path:
+        return self.deid_dicom_dir or self.data_dir / "deid-dicom"
 
     @property
     def effective_secret_file(self) -> Path:

@@ -18,7 +18,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from core.events import ChangeKind, resource_event, resource_routing_key
-from core.tables import OutboxEvent, PhiToken, Resource, ResourceHistory
+from core.tables import OutboxEvent, PhiToken, ReidEntry, Resource, ResourceHistory
 
 
 @dataclass(frozen=True)
@@ -104,6 +104,23 @@ def resources_of_patient(session: Session, patient: str) -> list[dict[str, Any]]
         .order_by(Resource.resource_type, Resource.resource_id)
     ).scalars()
     return [json.loads(body) for body in rows]
+
+
+def add_reid_entries(session: Session, entries: dict[str, tuple[str, str]], *, now: datetime) -> None:
+    """Remember which identifier each pseudonym was made from (idempotent; first wins).
+
+    ``entries``: pseudonym -> (authority, identifier) as the source sent them. Only
+    ``sidecar reid`` reads them back; see sidecar/reid.py.
+    """
+    if not entries:
+        return
+    rows = [
+        {"pseudonym": p, "authority": a, "identifier": i, "first_seen_at": now}
+        for p, (a, i) in entries.items()
+    ]
+    dialect = session.get_bind().dialect.name
+    insert = sqlite_insert if dialect == "sqlite" else pg_insert
+    session.execute(insert(ReidEntry).values(rows).on_conflict_do_nothing())
 
 
 def add_phi_tokens(session: Session, patient: str, tokens: dict[str, str]) -> None:

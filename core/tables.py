@@ -156,6 +156,19 @@ class PhiToken(Base):
     kind: Mapped[str] = mapped_column(String(16))
 
 
+class ReidEntry(Base):
+    """Pseudonym -> the identifier it was made from: the only way back from the
+    de-identified zone, read solely through ``sidecar reid`` (operator-checked, audited).
+    Identified zone; never readable by the sandbox."""
+
+    __tablename__ = "reid_map"
+
+    pseudonym: Mapped[str] = mapped_column(String(64), primary_key=True)
+    authority: Mapped[str] = mapped_column(String(400))  # CX-4 / Issuer of Patient ID, as sent
+    identifier: Mapped[str] = mapped_column(String(400))  # CX-1 / Patient ID, as sent
+    first_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
 class Job(Base):
     """A summary job for one patient; triggers close together coalesce into one pending row."""
 

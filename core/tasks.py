@@ -15,6 +15,11 @@ PIPELINE_TASK = "sidecar.pipeline.process"
 SUMMARY_TASK = "sidecar.sandbox.summarize"
 PIPELINE_QUEUE = "sidecar.pipeline"
 SANDBOX_QUEUE = "sidecar.sandbox"
+# The sandbox asks the identified zone whether a prompt (or a model's answer) carries a
+# known identifier of its patient; served by `sidecar worker` on its own queue, so a
+# screening never waits behind a lane's backlog for longer than one task.
+SCREEN_TASK = "sidecar.screen"
+SCREEN_QUEUE = "sidecar.screen"
 
 
 def lane_queue(lane: int) -> str:
@@ -27,10 +32,12 @@ def _durable(name: str) -> Queue:
     return Queue(name, durable=True)  # type: ignore[no-untyped-call]
 
 
-def make_celery(settings: Settings, name: str) -> Celery:
+def make_celery(settings: Settings, name: str, *, results: bool = False) -> Celery:
+    """``results``: the app sends or serves a request that waits for its answer (the
+    screening); replies travel back over the same RabbitMQ (rpc://), never stored."""
     if not settings.broker_url:
         raise ValueError("Celery needs SIDECAR_BROKER_URL")
-    app = Celery(name, broker=settings.broker_url)
+    app = Celery(name, broker=settings.broker_url, backend="rpc://" if results else None)
     app.conf.update(
         task_serializer="json",
         accept_content=["json"],
@@ -44,8 +51,10 @@ def make_celery(settings: Settings, name: str) -> Celery:
         task_queues=[
             *(_durable(lane_queue(k)) for k in range(settings.pipeline_lanes)),
             _durable(SANDBOX_QUEUE),
+            _durable(SCREEN_QUEUE),
         ],
-        task_routes={SUMMARY_TASK: {"queue": SANDBOX_QUEUE}},
+        task_routes={SUMMARY_TASK: {"queue": SANDBOX_QUEUE}, SCREEN_TASK: {"queue": SCREEN_QUEUE}},
+        result_persistent=False,
         broker_transport_options={"confirm_publish": True},
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,

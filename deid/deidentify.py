@@ -18,6 +18,7 @@ from core.errors import DeidError
 from core.fhir import FhirValidationError, validate_resource
 
 from .dates import shift_fhir_date
+from .dicom.values import uid_hash
 from .leak import check_no_leak
 from .policy import (
     COMPLEX,
@@ -30,6 +31,7 @@ from .policy import (
     REFERENCE,
     RESOURCES,
     TEXT_PRIMITIVES,
+    UID_PRIMITIVES,
     Element,
 )
 from .scrub import Scrubber
@@ -65,6 +67,7 @@ class _Context:
     scrubber: Scrubber
     targets: Mapping[tuple[str, str], str]  # (resource type, source id) -> new id
     days: int | None  # the owning patient's date shift; None if the message has no patient
+    vault: Vault  # keys DICOM UIDs exactly as deid.dicom does
 
 
 def _safe_type(resource_type: object) -> str:
@@ -74,7 +77,25 @@ def _safe_type(resource_type: object) -> str:
     return "?"
 
 
+_DICOM_UID = re.compile(r"(0|[1-9]\d*)(\.(0|[1-9]\d*))*")
+_OID_PREFIX = "urn:oid:"
+
+
+def _keyed_uid(value: Any, type_name: str, ctx: _Context, path: str) -> str | None:
+    if not isinstance(value, str):
+        raise DeidError(f"{path}: expected a UID string")
+    prefix = _OID_PREFIX if type_name == "dicomOid" else ""
+    if not value.startswith(prefix):
+        return None
+    uid = value[len(prefix) :]
+    if len(uid) > 64 or not _DICOM_UID.fullmatch(uid):
+        return None
+    return prefix + uid_hash(ctx.vault, uid)
+
+
 def _primitive(value: Any, type_name: str, ctx: _Context, path: str) -> Any:
+    if type_name in UID_PRIMITIVES:
+        return _keyed_uid(value, type_name, ctx, path)
     if type_name in TEXT_PRIMITIVES:
         if not isinstance(value, str):
             raise DeidError(f"{path}: expected a string")
@@ -114,7 +135,7 @@ def _value(value: Any, type_name: str, ctx: _Context, path: str) -> Any:
         return _reference(value, ctx, path)
     if type_name in COMPLEX:
         return _object(value, COMPLEX[type_name], ctx, path)
-    if type_name in KEEP_PRIMITIVES | TEXT_PRIMITIVES | DATE_PRIMITIVES:
+    if type_name in KEEP_PRIMITIVES | TEXT_PRIMITIVES | DATE_PRIMITIVES | UID_PRIMITIVES:
         return _primitive(value, type_name, ctx, path)
     raise DeidError(f"{path}: policy names unknown type {type_name}")
 
@@ -251,7 +272,7 @@ def deidentify(
     for i, ((resource_type, source_id), owner, resource) in enumerate(
         zip(keys, owners, resources, strict=True)
     ):
-        ctx = _Context(scrubber, targets, vault.date_shift_days(owner) if owner else None)
+        ctx = _Context(scrubber, targets, vault.date_shift_days(owner) if owner else None, vault)
         body = _object(resource, RESOURCES[resource_type], ctx, f"resources[{i}] {resource_type}") or {}
         new: dict[str, Any] = {
             "resourceType": resource_type,

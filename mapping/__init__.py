@@ -14,6 +14,10 @@ reported); see docs/mapping-notes.md. Site rules (Z-segments, fields, local code
 through ``MappingOptions(site=mapping.site.Site())``. An MSH-9 that names no HL7 message type
 raises ``UnsupportedMessage``; anything else that stops a mapping raises ``MappingError`` (both
 from ``core.errors``).
+
+DICOM: ``mapping.dicom.map_dataset`` maps one instance (a pydicom Dataset) to its ImagingStudy
+and a Patient stub, with patient keys and identifying values as above; ``merge_studies`` puts
+the instances of one study together.
 """
 
 from mapping.coverage import report_lines

@@ -3,8 +3,9 @@ answer is stored. De-identification upstream should make it redundant; it exists
 the day it is not (a new feed, a new free-text field).
 
 Patterns only, on purpose: the sandbox knows no identifiers (it holds no access to the
-identified zone), so it cannot look for known values. Patterns are chosen to fire on
-identifier shapes and not on lab values, shifted dates or LOINC codes.
+identified zone), so it cannot look for known values; the identified zone does that on
+the sandbox's request (sandbox.screen), right after this guard. Patterns are chosen to
+fire on identifier shapes and not on lab values, shifted dates or LOINC codes.
 """
 
 from __future__ import annotations

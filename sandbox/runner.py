@@ -1,8 +1,11 @@
 """Runs one summary job: claim → read de-identified context → prompt → PHI guard →
-model → guard + grounding → DocumentReference + Provenance + event, all audited.
+known-identifier screen → model → guard + screen + grounding → DocumentReference +
+Provenance + event, all audited.
 
 The sandbox touches only the de-identified store and the jobs table; it imports
-nothing of the identified zone (an import-linter contract enforces it).
+nothing of the identified zone (an import-linter contract enforces it). The
+known-identifier screen is the identified zone's, reached through ``PromptScreen``
+(sandbox.screen): in-process when embedded, a Celery request in production.
 """
 
 from __future__ import annotations
@@ -26,13 +29,21 @@ from sandbox.context import patient_context, version_reference
 from sandbox.documents import document_reference, provenance
 from sandbox.models import SummaryModel
 from sandbox.prompt import build_prompt
+from sandbox.screen import KnownIdentifierLeak, PromptScreen, ScreenUnavailable, Stage, require_clean
 
 log = logging.getLogger("sidecar.sandbox")
+
+# A job whose text could not be screened waits and is tried again (the screen's side may
+# be restarting); after this many claims it fails with the reason.
+SCREEN_ATTEMPTS = 5
+SCREEN_RETRY_BASE_S = 10.0
+SCREEN_RETRY_MAX_S = 300.0
 
 
 class JobOutcome(StrEnum):
     DONE = "done"
     NOT_DUE = "not-due"  # pushed back by a newer trigger, or already taken
+    DEFERRED = "deferred"  # no screening verdict: pending again, due later
     FAILED = "failed"
 
 
@@ -63,8 +74,11 @@ def due_job_ids(db: Database, *, now: datetime | None = None, limit: int = 100) 
         return list(session.execute(query.order_by(Job.due_at).limit(limit)).scalars())
 
 
-def run_job(db: Database, job_id: int, model: SummaryModel, *, ignore_due: bool = False) -> JobResult:
-    """``ignore_due``: run a pending job before its coalescing window ends (shutdown drain)."""
+def run_job(
+    db: Database, job_id: int, model: SummaryModel, *, screen: PromptScreen, ignore_due: bool = False
+) -> JobResult:
+    """``screen``: the identified zone's known-identifier check (required: fail closed).
+    ``ignore_due``: run a pending job before its coalescing window ends (shutdown drain)."""
     now = datetime.now(UTC)
     due_by = datetime.max.replace(tzinfo=UTC) if ignore_due else now
     with db.transaction() as session:
@@ -94,11 +108,17 @@ def run_job(db: Database, job_id: int, model: SummaryModel, *, ignore_due: bool 
             raise _JobFailure("empty-context", "no de-identified resources for this patient")
         prompt = build_prompt(context)
         guard.check(prompt.text)
+        require_clean(screen, job_id, patient, prompt.text, Stage.PROMPT)
         text = model.summarize(prompt)
         guard.check(text)
+        require_clean(screen, job_id, patient, text, Stage.ANSWER)
         grounding.check(text, prompt.text)
         document = document_reference(patient, kind, text, now=now)
         validate_resource(document)
+    except ScreenUnavailable as exc:
+        return _defer(db, job_id, str(exc))
+    except KnownIdentifierLeak as exc:
+        return _fail(db, job_id, exc.code, str(exc), kinds=exc.kinds)
     except (guard.PromptLeak, grounding.UngroundedSummary, _JobFailure) as exc:
         return _fail(db, job_id, getattr(exc, "code", "sandbox"), str(exc))
     except FhirValidationError as exc:
@@ -143,7 +163,38 @@ class _JobFailure(Exception):
         self.code = code
 
 
-def _fail(db: Database, job_id: int, code: str, reason: str) -> JobResult:
+def _defer(db: Database, job_id: int, reason: str) -> JobResult:
+    """No screening verdict: nothing went to the model. Pending again with back-off, unless
+    the attempts are spent or a newer pending job of the patient covers this one."""
+    now = datetime.now(UTC)
+    with db.transaction() as session:
+        job = session.get_one(Job, job_id)
+        newer = session.execute(
+            select(Job.id).where(
+                Job.kind == job.kind, Job.patient == job.patient, Job.status == JobStatus.PENDING
+            )
+        ).first()
+        give_up = job.attempts >= SCREEN_ATTEMPTS or newer is not None
+        if not give_up:
+            wait = min(SCREEN_RETRY_MAX_S, SCREEN_RETRY_BASE_S * 2 ** max(0, job.attempts - 1))
+            job.status, job.due_at, job.updated_at = JobStatus.PENDING, now + timedelta(seconds=wait), now
+            audit.append(
+                session,
+                actor="sandbox",
+                action="summary.deferred",
+                entity=f"job/{job_id}",
+                outcome=audit.Outcome.FAILURE,
+                detail={"code": ScreenUnavailable.code, "attempt": job.attempts, "retry_in_s": wait},
+                now=now,
+            )
+    if give_up:
+        why = "a newer pending job covers it" if newer is not None else f"{SCREEN_ATTEMPTS} attempts"
+        return _fail(db, job_id, ScreenUnavailable.code, f"{reason}; gave up ({why}); nothing was sent")
+    log.warning("summary job deferred: no screening verdict", extra={"job_id": job_id})
+    return JobResult(job_id, JobOutcome.DEFERRED)
+
+
+def _fail(db: Database, job_id: int, code: str, reason: str, *, kinds: list[str] | None = None) -> JobResult:
     now = datetime.now(UTC)
     with db.transaction() as session:
         job = session.get_one(Job, job_id)
@@ -159,7 +210,7 @@ def _fail(db: Database, job_id: int, code: str, reason: str) -> JobResult:
             action="summary.failed",
             entity=f"job/{job_id}",
             outcome=audit.Outcome.FAILURE,
-            detail={"code": code},
+            detail={"code": code, **({"kinds": kinds} if kinds else {})},
             now=now,
         )
     log.warning("summary job failed", extra={"job_id": job_id, "code": code})

@@ -1,4 +1,5 @@
-"""The sandbox as a Celery worker consuming only the sandbox queue."""
+"""The sandbox as a Celery worker consuming only the sandbox queue. Its texts are
+screened for known identifiers by the identified-zone workers (``sidecar.screen``)."""
 
 from __future__ import annotations
 
@@ -13,26 +14,31 @@ from core.tables import Job, JobStatus
 from core.tasks import SUMMARY_TASK, make_celery
 from sandbox.models import ExtractiveSummarizer
 from sandbox.runner import JobOutcome, run_job
+from sandbox.screen import CeleryScreen
 
 
 def build_sandbox_app(settings: Settings) -> Celery:
-    app = make_celery(settings, "sidecar-sandbox")
+    app = make_celery(settings, "sidecar-sandbox", results=True)
+    screen = CeleryScreen(app, settings.screen_timeout_s)
     state: dict[str, Database] = {}
     model = ExtractiveSummarizer()
 
     def db() -> Database:
         if "db" not in state:
-            state["db"] = Database(settings)
+            # The model zone's own login where configured (sandbox_database_url): the
+            # database then refuses it every identified table.
+            state["db"] = Database(settings, url=settings.effective_sandbox_database_url)
         return state["db"]
 
     @app.task(name=SUMMARY_TASK, bind=True, max_retries=None)  # type: ignore[untyped-decorator]
     def summarize_task(self: Any, job_id: int) -> str:
-        result = run_job(db(), job_id, model)
-        if result.outcome == JobOutcome.NOT_DUE:
+        result = run_job(db(), job_id, model, screen=screen)
+        if result.outcome in (JobOutcome.NOT_DUE, JobOutcome.DEFERRED):
             with db().sessions() as session:
                 job = session.get(Job, job_id)
                 if job is not None and job.status == JobStatus.PENDING:
-                    # A newer trigger pushed the job back: come back when it is due.
+                    # A newer trigger (or a missing screening verdict) pushed the job
+                    # back: come back when it is due.
                     wait = max(
                         0.05,
                         (

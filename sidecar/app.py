@@ -19,6 +19,7 @@ from prometheus_client import start_http_server
 from sqlalchemy import func, select
 
 from connectors import InboundMessage, MllpConfig, MllpServer, Receipt
+from connectors.dicom import DicomConfig, DicomMetrics, DicomServer
 from connectors.files import DropFolder, DropFolderConfig
 from connectors.hl7 import CharsetPolicy
 from connectors.inbox import DatabaseInbox
@@ -32,6 +33,7 @@ from core.tables import Job, JobStatus
 from core.tasks import PIPELINE_TASK, SANDBOX_QUEUE, SUMMARY_TASK, lane_queue, make_celery
 from sandbox.models import ExtractiveSummarizer
 from sandbox.runner import due_job_ids, requeue_stalled, run_job
+from sidecar.api import ApiServer, create_api
 from sidecar.loops import Loop
 from worker.context import build_context
 from worker.dispatch import InboxDispatcher
@@ -40,6 +42,7 @@ from worker.leakguard import LeakGuard
 from worker.pipeline import ProcessResult, pending_inbox_ids
 from worker.publishers import LocalBus, Publisher, RabbitPublisher
 from worker.relay import Relay
+from worker.screen import ScreenService
 
 log = logging.getLogger("sidecar.app")
 
@@ -79,6 +82,21 @@ def mllp_config(settings: Settings) -> MllpConfig:
     )
 
 
+def dicom_config(settings: Settings) -> DicomConfig:
+    try:
+        return DicomConfig(
+            ae_title=settings.dicom_ae_title,
+            host=settings.dicom_host,
+            port=settings.dicom_port or 0,
+            allowed_calling_aets=tuple(settings.dicom_allowed_calling_aets),
+            allowed_peers=tuple(settings.dicom_allowed_peers),
+            max_pdu=settings.dicom_max_pdu,
+            max_associations=settings.dicom_max_associations,
+        )
+    except ValueError as exc:
+        raise ConfigError(f"dicom settings: {exc}") from exc
+
+
 class SidecarApp:
     def __init__(self, settings: Settings, *, bus: LocalBus | None = None) -> None:
         self.settings = settings
@@ -109,11 +127,18 @@ class SidecarApp:
                 self.ctx, on_result=self._after_pipeline, max_attempts=settings.pipeline_max_attempts
             )
             self.model = ExtractiveSummarizer()
+            # Embedded: the identified zone screens the sandbox's texts in-process.
+            self.screen = ScreenService(self.db, self.ctx.vault)
             self.sandbox_loop = Loop("sandbox", self._run_due_jobs, settings.relay_interval_s)
         else:
             self._celery = make_celery(settings, "sidecar-serve")
             self.dispatcher = InboxDispatcher(self.db, self._send_to_lane, lanes=settings.pipeline_lanes)
             self.dispatch_loop = Loop("dispatch", self.dispatcher.run_once, settings.relay_interval_s)
+        self.api: ApiServer | None = None
+        if settings.api_port is not None:
+            # Built here, so a missing api_tokens stops start-up before anything listens.
+            api = create_api(self.db, self.ctx.vault, settings.api_tokens, settings.api_auditors)
+            self.api = ApiServer(api, settings.api_host, settings.api_port)
         self.metrics = IntakeMetrics()
         self.inbox = DatabaseInbox(self.db)
         self.server = MllpServer(
@@ -122,6 +147,14 @@ class SidecarApp:
             on_committed=self._on_committed,
             metrics=self.metrics,
         )
+        self.dicom: DicomServer | None = None
+        if settings.dicom_port is not None:
+            self.dicom = DicomServer(
+                dicom_config(settings),
+                self.inbox,
+                on_committed=self._on_committed,
+                metrics=DicomMetrics(self.metrics.registry),
+            )
         self.drop_folder: DropFolder | None = None
         if settings.drop_dir is not None:
             drop = DropFolderConfig(
@@ -156,14 +189,22 @@ class SidecarApp:
         self._sweep(age_s=0.0)  # entries acknowledged before a crash go first
         if self.settings.metrics_port is not None:
             start_http_server(self.settings.metrics_port, self.settings.metrics_host, self.metrics.registry)
+        if self.api is not None:
+            await asyncio.to_thread(self.api.start)
         await self.server.start()
         if self.drop_folder is not None:
             self.drop_folder.start()
+        if self.dicom is not None:
+            self.dicom.start()
         log.info("listening", extra={"port": self.port, "embedded": self.settings.embedded})
 
     async def stop(self, drain_timeout_s: float = 30.0) -> None:
         """Stop accepting, finish what was acknowledged, publish what was stored."""
         await self.server.stop(drain_timeout_s=min(10.0, drain_timeout_s))
+        if self.dicom is not None:
+            await asyncio.to_thread(self.dicom.stop)
+        if self.api is not None:
+            await asyncio.to_thread(self.api.stop)
         if self.drop_folder is not None:
             await asyncio.to_thread(self.drop_folder.stop)
         self.sweeper.stop()
@@ -222,7 +263,7 @@ class SidecarApp:
         done = 0
         horizon = datetime.max.replace(tzinfo=UTC) if drain else None
         for job_id in due_job_ids(self.db, now=horizon):
-            run_job(self.db, job_id, self.model, ignore_due=drain)
+            run_job(self.db, job_id, self.model, screen=self.screen, ignore_due=drain)
             done += 1
         if done:
             self.relay_loop.wake()

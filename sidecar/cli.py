@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import signal
 import sys
@@ -66,8 +67,13 @@ def serve(
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         await sidecar.start()
+        # What start-up built lives as long as the process: out of the cyclic collector's
+        # way, which otherwise rescans it on every collection under load (profiled).
+        gc.freeze()
         # A line on stdout that scripts and tests can wait for (the port may be 0 → chosen).
-        print(json.dumps({"event": "listening", "mllp_port": sidecar.port}), flush=True)
+        ports = {"mllp_port": sidecar.port} | ({"api_port": sidecar.api.port} if sidecar.api else {})
+        ports |= {"dicom_port": sidecar.dicom.port} if sidecar.dicom else {}
+        print(json.dumps({"event": "listening", **ports}), flush=True)
         await stop.wait()
         await sidecar.stop()
 
@@ -83,13 +89,21 @@ def worker(
             help="Lane(s) to consume (repeatable; default: all). Run one process per lane to scale."
         ),
     ] = None,
+    screen: Annotated[
+        bool,
+        typer.Option(
+            "--screen/--no-screen",
+            help="Also answer the sandbox's known-identifier screening requests (queue sidecar.screen).",
+        ),
+    ] = True,
 ) -> None:
     """Run pipeline tasks from RabbitMQ (needs SIDECAR_BROKER_URL).
 
     One thread per process: each lane is consumed in order, so a patient's messages (always
     the same lane) are processed in arrival order while lanes run in parallel processes.
+    A screening request waits behind at most the one pipeline task in hand.
     """
-    from core.tasks import lane_queue
+    from core.tasks import SCREEN_QUEUE, lane_queue
     from worker.tasks import build_worker_app
 
     settings = _settings(config)
@@ -98,7 +112,8 @@ def worker(
         raise typer.BadParameter(f"lanes are 0..{settings.pipeline_lanes - 1}")
     celery = build_worker_app(settings)
     name = "lanes-" + "-".join(map(str, lanes))
-    celery.worker_main(_celery_argv(",".join(lane_queue(k) for k in lanes), 1, name))
+    queues = [lane_queue(k) for k in lanes] + ([SCREEN_QUEUE] if screen else [])
+    celery.worker_main(_celery_argv(",".join(queues), 1, name))
 
 
 @app.command()
@@ -139,7 +154,9 @@ def demo(
 
 @app.command()
 def convert(
-    paths: Annotated[list[Path], typer.Argument(help="HL7 v2 files (one message, several, or a batch).")],
+    paths: Annotated[
+        list[Path], typer.Argument(help="HL7 v2 files (one message, several, or a batch) or DICOM files.")
+    ],
     deid: Annotated[
         bool, typer.Option("--deid", help="De-identify (uses the data directory's secret).")
     ] = False,
@@ -150,11 +167,15 @@ def convert(
     data_dir: DataDir = None,
     config: ConfigFile = None,
 ) -> None:
-    """Convert HL7 v2 files to FHIR R4 transaction Bundles (stdout as JSON lines, or --out DIR)."""
+    """Convert HL7 v2 or DICOM files to FHIR R4 transaction Bundles (stdout as JSON lines, or --out DIR).
+
+    With --deid, a DICOM file also gives its de-identified copy DIR/<new SOP Instance UID>.dcm.
+    """
     from deid import Vault
     from mapping import MappingOptions
     from sidecar.convert import write_outputs
     from worker.context import load_secret
+    from worker.pipeline import DicomPipelineOptions
 
     settings = _settings(config, data_dir=data_dir)
     vault = Vault(load_secret(settings), date_shift_max_days=settings.date_shift_max_days) if deid else None
@@ -166,6 +187,9 @@ def convert(
         emit=lambda line: print(line, file=sys.stdout),
         report_error=lambda line: print(line, file=sys.stderr),
         report_unmapped=(lambda line: print(f"unmapped: {line}", file=sys.stderr)) if report else None,
+        dicom=DicomPipelineOptions(
+            authority=settings.dicom_issuer_default, allow_burned_in=settings.dicom_allow_burned_in
+        ),
     )
     if failed:
         raise typer.Exit(1)
@@ -215,6 +239,41 @@ def audit_verify(data_dir: DataDir = None, config: ConfigFile = None) -> None:
         return
     err_console.print(f"audit chain BROKEN at entry {report.first_broken}: {report.reason}")
     raise typer.Exit(1)
+
+
+@app.command()
+def reid(
+    patient: Annotated[str, typer.Argument(help="Patient/<pseudonym> or the pseudonym.")],
+    reason: Annotated[str, typer.Option("--reason", help="Why (recorded in the audit log).")],
+    data_dir: DataDir = None,
+    config: ConfigFile = None,
+) -> None:
+    """The identifier a pseudonym was made from: for operators on `reid_operators` only,
+    every request (refused ones too) audited with its reason."""
+    import getpass
+
+    from sidecar.reid import ReidRefused, reidentify
+
+    settings = _settings(config, data_dir=data_dir)
+    db = Database(settings)
+    db.migrate()
+    try:
+        found = reidentify(
+            db, patient, operator=getpass.getuser(), reason=reason, operators=settings.reid_operators
+        )
+    except ReidRefused as exc:
+        err_console.print(str(exc))
+        raise typer.Exit(1) from None
+    finally:
+        db.dispose()
+    console.print_json(
+        data={
+            "patient": f"Patient/{found.pseudonym}",
+            "authority": found.authority,
+            "identifier": found.identifier,
+            "audit_seq": found.audit_seq,
+        }
+    )
 
 
 @dead_app.command("list")

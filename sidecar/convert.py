@@ -1,4 +1,10 @@
-"""`sidecar convert`: HL7 v2 files → FHIR transaction Bundles, offline, for integration teams."""
+"""`sidecar convert`: HL7 v2 files → FHIR transaction Bundles, offline, for integration teams.
+
+A DICOM file (``.dcm``, or any file with the Part-10 "DICM" prefix) becomes an ImagingStudy
+transaction Bundle (with the Patient stub it references); with ``--deid`` also its
+de-identified copy ``<out>/<de-identified SOP Instance UID>.dcm``, keyed by the same
+pseudonym as the Bundle (the pipeline's own ``deidentify_instance``).
+"""
 
 from __future__ import annotations
 
@@ -8,11 +14,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pydicom
+
 from connectors.hl7 import decode_message, peek_header, split_messages
 from core.errors import IngestError, SidecarError
 from core.fhir import FhirValidationError, transaction_bundle
 from deid import Vault, deidentify
 from mapping import MappingOptions, map_message, report_lines
+from mapping.dicom import map_dataset
+from worker.objects import write_atomic
+from worker.pipeline import DicomPipelineOptions, PermanentFailure, deidentify_instance
+
+_DICM_OFFSET = 128  # Part-10: a 128-byte preamble, then "DICM"
 
 
 @dataclass(frozen=True)
@@ -22,6 +35,7 @@ class Converted:
     count: int  # messages in the file
     bundle: dict[str, Any]
     report: list[str]  # what no rule mapped (segment and field names, never values)
+    objects: tuple[tuple[str, bytes], ...] = ()  # (file name, bytes): de-identified .dcm files
 
 
 @dataclass(frozen=True)
@@ -30,9 +44,49 @@ class ConvertFailure:
     reason: str
 
 
+def is_dicom_file(path: Path) -> bool:
+    if path.suffix.lower() == ".dcm":
+        return True
+    try:
+        with path.open("rb") as f:
+            return f.read(_DICM_OFFSET + 4)[_DICM_OFFSET:] == b"DICM"
+    except OSError:
+        return False  # the HL7 path reports why it cannot be read
+
+
+def convert_dicom(
+    path: Path, options: MappingOptions, vault: Vault | None, dicom: DicomPipelineOptions
+) -> Converted | ConvertFailure:
+    try:
+        ds = pydicom.dcmread(path)
+    except OSError as exc:
+        return ConvertFailure(path, exc.strerror or type(exc).__name__)
+    except Exception as exc:
+        # pydicom's messages can quote values: the exception type only.
+        return ConvertFailure(path, f"not a readable DICOM file ({type(exc).__name__})")
+    try:
+        if vault is None:
+            mapped = map_dataset(ds, authority=dicom.authority, default_timezone=options.default_timezone)
+            return Converted(path, 1, 1, transaction_bundle(mapped.resources), [])
+        done = deidentify_instance(ds, vault, dicom, options.default_timezone)
+        resources = [r.resource for r in done.result.resources]
+        name = f"{done.obj.sop_uid}.dcm"
+        return Converted(path, 1, 1, transaction_bundle(resources), [], objects=((name, done.obj.data),))
+    except PermanentFailure as exc:
+        return ConvertFailure(path, f"{exc.stage}: {exc.reason}")
+    except (SidecarError, FhirValidationError) as exc:
+        return ConvertFailure(path, str(exc))
+
+
 def convert_file(
-    path: Path, options: MappingOptions, vault: Vault | None
+    path: Path,
+    options: MappingOptions,
+    vault: Vault | None,
+    dicom: DicomPipelineOptions | None = None,
 ) -> Iterator[Converted | ConvertFailure]:
+    if is_dicom_file(path):
+        yield convert_dicom(path, options, vault, dicom or DicomPipelineOptions())
+        return
     try:
         messages = split_messages(path.read_bytes())
     except OSError as exc:
@@ -71,6 +125,7 @@ def write_outputs(
     emit: Callable[[str], None],
     report_error: Callable[[str], None],
     report_unmapped: Callable[[str], None] | None = None,
+    dicom: DicomPipelineOptions | None = None,
 ) -> int:
     """Convert every file; returns the number of files with at least one failure."""
     failed_files = 0
@@ -78,11 +133,18 @@ def write_outputs(
         out_dir.mkdir(parents=True, exist_ok=True)
     for path in paths:
         failed = False
-        for result in convert_file(path, options, vault):
+        for result in convert_file(path, options, vault, dicom):
             if isinstance(result, ConvertFailure):
                 report_error(f"{result.path}: {result.reason}")
                 failed = True
                 continue
+            if result.objects and out_dir is None:
+                report_error(f"{result.path}: the de-identified .dcm needs --out DIR")
+                failed = True
+                continue
+            for name, data in result.objects:
+                assert out_dir is not None
+                write_atomic(out_dir / name, data)
             if report_unmapped is not None:
                 where = f"{result.path}" + (f" message {result.index}" if result.count > 1 else "")
                 for line in result.report:

@@ -13,12 +13,15 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pika
 import pika.exceptions
+import psycopg
+from sqlalchemy.engine import make_url
 
 from core.db import Database
 from core.settings import Settings
@@ -113,6 +116,7 @@ class Production:
         self._conn: Any = None
         self._channel: Any = None
         self._queue = ""
+        self._sandbox_role = ""
 
     def _connect_subscriber(self) -> None:
         params = pika_parameters(self.env["SIDECAR_BROKER_URL"])
@@ -123,11 +127,11 @@ class Production:
         self._channel.queue_declare(self._queue, durable=True)
         self._channel.queue_bind(self._queue, "sidecar.events", routing_key=self.binding)
 
-    def _spawn(self, name: str, *args: str) -> subprocess.Popen[str]:
+    def _spawn(self, name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
         log = open(self.data_dir / f"{name}.log", "w")  # noqa: SIM115 - closed with the process
         proc = subprocess.Popen(
             [sys.executable, "-m", "sidecar", *args],
-            env=self.env,
+            env={**self.env, **(env or {})},
             cwd=REPO,
             stdout=subprocess.PIPE if name == "serve" else log,
             stderr=log,
@@ -150,7 +154,19 @@ class Production:
         self.port = json.loads(line)["mllp_port"]
         for n, lanes in enumerate(self.lanes_per_worker):
             self._spawn(f"worker-{n}", "worker", *(a for k in lanes for a in ("--lane", str(k))))
-        self._spawn("sandbox", "sandbox")
+        # The model zone logs in as its own role, as a site would run it: the database
+        # refuses it the identified tables (migration 0005 created the group role).
+        self._sandbox_role = f"sandbox_{uuid.uuid4().hex[:10]}"
+        with psycopg.connect(_admin_url(self.settings.effective_database_url), autocommit=True) as conn:
+            conn.execute(f"CREATE ROLE {self._sandbox_role} LOGIN IN ROLE sidecar_model_zone")
+        sandbox_url = make_url(self.settings.effective_database_url).set(
+            username=self._sandbox_role, password=None
+        )
+        self._spawn(
+            "sandbox",
+            "sandbox",
+            env={"SIDECAR_SANDBOX_DATABASE_URL": sandbox_url.render_as_string(hide_password=False)},
+        )
 
     def settle(self, timeout: float = 180.0) -> None:
         from sidecar.stats import collect
@@ -195,9 +211,17 @@ class Production:
         if self._conn is not None and self._conn.is_open:
             self._conn.close()
         self.db.dispose()
+        if self._sandbox_role:
+            with psycopg.connect(_admin_url(self.settings.effective_database_url), autocommit=True) as conn:
+                conn.execute(f"DROP ROLE IF EXISTS {self._sandbox_role}")
         return codes
 
     def logs(self) -> str:
         return "\n".join(
             f"--- {p.name}\n{p.read_text()[-4000:]}" for p in sorted(self.data_dir.glob("*.log"))
         )
+
+
+def _admin_url(sqlalchemy_url: str) -> str:
+    """The identified zone's URL in libpq spelling, for role administration."""
+    return make_url(sqlalchemy_url).set(drivername="postgresql").render_as_string(hide_password=False)

@@ -47,6 +47,9 @@ def test_every_allowed_element_exists_in_the_fhir_model(resource_type):
         ("MedicationAdministration.dosage", "medicationadministration", "MedicationAdministrationDosage"),
         ("Specimen.collection", "specimen", "SpecimenCollection"),
         ("AllergyIntolerance.reaction", "allergyintolerance", "AllergyIntoleranceReaction"),
+        ("ImagingStudy.identifier", "identifier", "Identifier"),
+        ("ImagingStudy.series", "imagingstudy", "ImagingStudySeries"),
+        ("ImagingStudy.series.instance", "imagingstudy", "ImagingStudySeriesInstance"),
     ],
 )
 def test_every_allowed_datatype_element_exists_in_the_fhir_model(type_name, module, model):
@@ -61,6 +64,7 @@ def test_every_complex_type_is_tested_above():
         "Observation.component", "Attachment", "DocumentReference.content", "DocumentReference.context",
         "Appointment.participant", "Dosage", "Dosage.doseAndRate", "MedicationRequest.dispenseRequest",
         "MedicationAdministration.dosage", "Specimen.collection", "AllergyIntolerance.reaction",
+        "ImagingStudy.identifier", "ImagingStudy.series", "ImagingStudy.series.instance",
     }  # fmt: skip
 
 
@@ -69,9 +73,14 @@ def test_patient_allow_list_excludes_direct_identifiers():
                  "generalPractitioner", "managingOrganization", "link"}  # fmt: skip
     assert not forbidden & set(policy.RESOURCES["Patient"])
     for resource_type, elements in policy.RESOURCES.items():
-        assert not {"text", "extension", "modifierExtension", "identifier", "contained"} & set(elements), (
-            resource_type
-        )
+        identifying = {"text", "extension", "modifierExtension", "identifier", "contained"}
+        if resource_type == "ImagingStudy":
+            # The one exception: the study's DICOM UID, re-keyed like the de-identified .dcm's
+            # (every other identifier value is dropped by the UID primitive).
+            assert elements["identifier"].type == "ImagingStudy.identifier"
+            assert policy.COMPLEX["ImagingStudy.identifier"]["value"].type in policy.UID_PRIMITIVES
+            identifying.discard("identifier")
+        assert not identifying & set(elements), resource_type
 
 
 def test_new_resource_allow_lists_drop_people_and_identifiers():

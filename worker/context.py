@@ -6,7 +6,7 @@ from core.db import Database
 from core.settings import Settings
 from deid import Vault, load_or_create_secret
 from mapping import MappingOptions
-from worker.pipeline import PipelineContext
+from worker.pipeline import DicomPipelineOptions, PipelineContext
 
 
 def load_secret(settings: Settings) -> bytes:
@@ -26,4 +26,9 @@ def build_context(settings: Settings, db: Database | None = None) -> PipelineCon
         vault=Vault(load_secret(settings), date_shift_max_days=settings.date_shift_max_days),
         mapping_options=MappingOptions(default_timezone=settings.site_timezone),
         coalesce_s=settings.summary_coalesce_s,
+        dicom=DicomPipelineOptions(
+            object_dir=settings.effective_deid_dicom_dir,
+            authority=settings.dicom_issuer_default,
+            allow_burned_in=settings.dicom_allow_burned_in,
+        ),
     )

@@ -3,7 +3,9 @@
 De-identification should make this redundant; it exists for the day it is not (a new
 feed, a mapping bug). Each event body is cut into keyed tokens and compared with the
 tokens stored for the event's patient (subject); a hit returns the kinds found and the
-relay blocks the event instead of publishing it.
+relay blocks the event instead of publishing it. The same check guards the other two
+ways out: API responses (sidecar.api) and the sandbox's prompts and answers, which the
+sandbox submits for screening (worker.screen) because it holds no key to make tokens.
 """
 
 from __future__ import annotations
@@ -47,7 +49,12 @@ class LeakGuard:
         subject = str(event.get("subject", ""))
         if not subject.startswith("Patient/"):
             return []
-        known = self._tokens(session, subject.removeprefix("Patient/"))
+        return self.kinds_in(session, subject.removeprefix("Patient/"), event.get("data"))
+
+    def kinds_in(self, session: Session, patient: str, payload: Any) -> list[str]:
+        """Kinds of ``patient``'s identifiers found in any payload: a FHIR resource or
+        Bundle (API responses), or plain text (a sandbox prompt or a model's answer)."""
+        known = self._tokens(session, patient)
         if not known:
             return []
-        return sorted({known[t] for t in payload_tokens(event.get("data"), self._vault) if t in known})
+        return sorted({known[t] for t in payload_tokens(payload, self._vault) if t in known})

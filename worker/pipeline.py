@@ -5,6 +5,13 @@ Stage order is the data flow of DESIGN.md. Identified data exists only in memory
 resources, their events, any summary jobs, the inbox status and the audit entry, so a
 crash anywhere leaves the inbox entry RECEIVED and a rerun repeats the work exactly.
 
+A DICOM entry (charset "dicom": a Part-10 file from connectors.dicom) takes its own
+transform: the PS3.15 de-identification of the object (``deid.dicom``) and the
+ImagingStudy mapping (``mapping.dicom``) of the same instance, keyed by the same
+pseudonym; the de-identified .dcm goes to the object store (``worker.objects``) before
+the transaction, atomically and idempotently, and the ImagingStudy is merged with the
+stored version so it lists every series and instance received so far.
+
 Failures are classified once, here: mapping/de-identification problems (and bugs in
 them) are permanent and become dead letters; database errors are transient and
 propagate so the runner retries them.
@@ -12,23 +19,31 @@ propagate so the runner retries them.
 
 from __future__ import annotations
 
+import io
+import json
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
+from pathlib import Path
+from typing import Any
 
+import pydicom
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 import audit
+from connectors.dicom import CHARSET as DICOM_CHARSET
 from connectors.hl7 import decode_message
 from core.db import Database
 from core.errors import DeidError, MappingError, SidecarError
-from core.store import StoredChange, add_phi_tokens, put_resource
-from core.tables import DeadLetter, InboxEntry, InboxStatus
-from deid import DeidentifiedResource, Vault, deidentify
+from core.store import StoredChange, add_phi_tokens, add_reid_entries, put_resource
+from core.tables import DeadLetter, InboxEntry, InboxStatus, Resource
+from deid import DeidentifiedResource, DeidResult, DicomOptions, Vault, deidentify, deidentify_dataset
 from deid.tokens import identifier_tokens
 from mapping import MappingOptions, map_message
+from mapping.dicom import map_dataset, merge_studies
+from worker.objects import DeidObject, put_object
 from worker.triggers import JobRequest, enqueue_jobs, summary_triggers
 
 log = logging.getLogger("sidecar.worker.pipeline")
@@ -41,11 +56,19 @@ class Outcome(StrEnum):
 
 
 @dataclass(frozen=True)
+class DicomPipelineOptions:
+    object_dir: Path | None = None  # de-identified .dcm files go here; None: not kept
+    authority: str = ""  # assigning authority of PatientID when IssuerOfPatientID is empty
+    allow_burned_in: bool = False  # site rule: release images that may carry burned-in text
+
+
+@dataclass(frozen=True)
 class PipelineContext:
     db: Database
     vault: Vault
     mapping_options: MappingOptions
     coalesce_s: float
+    dicom: DicomPipelineOptions = DicomPipelineOptions()
 
 
 @dataclass(frozen=True)
@@ -93,10 +116,17 @@ def process(ctx: PipelineContext, inbox_id: int) -> ProcessResult:
             actor="worker:pipeline",
             action="message.processed",
             entity=f"inbox/{inbox_id}",
-            detail=change_summary(changes, job_ids),
+            detail=change_summary(changes, job_ids) | _objects_summary(transformed),
             now=now,
         )
     return ProcessResult(inbox_id, Outcome.PROCESSED, changes, job_ids)
+
+
+def _objects_summary(transformed: Transformed) -> dict[str, object]:
+    # The de-identified files written for this entry, by their (keyed) relative paths.
+    if not transformed.objects:
+        return {}
+    return {"objects": [str(obj.relative_path) for obj in transformed.objects]}
 
 
 def store(
@@ -109,16 +139,35 @@ def store(
 ) -> tuple[list[StoredChange], list[int]]:
     """De-identified resources → new versions + outbox events + summary jobs (caller's transaction)."""
     deidentified = transformed.resources
+    for obj in transformed.objects:
+        if ctx.dicom.object_dir is not None:
+            # Before the transaction commits: a crash after this leaves the entry RECEIVED
+            # and the rerun finds the same bytes in place.
+            put_object(ctx.dicom.object_dir, obj)
     for patient in transformed.patients:
         add_phi_tokens(session, patient, transformed.tokens)
+    add_reid_entries(session, transformed.reid, now=now)
     origin = f"inbox:{inbox_id}"
-    changes = [
-        put_resource(session, item.resource, patient=item.patient, origin=origin, now=now)
-        for item in deidentified
-    ]
-    requests: list[JobRequest] = summary_triggers(deidentified, changes)
+    changes: list[StoredChange] = []
+    stored: list[DeidentifiedResource] = []
+    for item in deidentified:
+        resource = item.resource
+        rtype, rid = resource["resourceType"], resource["id"]
+        if f"{rtype}/{rid}" in transformed.create_only and _stored(session, rtype, rid) is not None:
+            continue  # a stub never overwrites what a richer source (HL7 ADT) stored
+        if rtype == "ImagingStudy":
+            resource = merge_studies(_stored(session, rtype, rid, lock=True), resource)
+        changes.append(put_resource(session, resource, patient=item.patient, origin=origin, now=now))
+        stored.append(item)
+    requests: list[JobRequest] = summary_triggers(stored, changes)
     job_ids = enqueue_jobs(session, requests, now=now, coalesce_s=ctx.coalesce_s)
     return changes, job_ids
+
+
+def _stored(session: Session, rtype: str, rid: str, *, lock: bool = False) -> dict[str, Any] | None:
+    query = select(Resource.body).where(Resource.resource_type == rtype, Resource.resource_id == rid)
+    body = session.execute(query.with_for_update() if lock else query).scalar_one_or_none()
+    return json.loads(body) if body is not None else None
 
 
 def change_summary(changes: list[StoredChange], job_ids: list[int]) -> dict[str, object]:
@@ -135,9 +184,15 @@ class Transformed:
     resources: list[DeidentifiedResource]
     patients: tuple[str, ...]  # pseudonyms
     tokens: dict[str, str]  # keyed identifier token -> kind, for the outgoing leak guard
+    objects: tuple[DeidObject, ...] = ()  # de-identified DICOM files for the object store
+    create_only: frozenset[str] = frozenset()  # "Type/id" stored only if absent (stubs)
+    # pseudonym -> (authority, identifier) as sent, for the audited way back (sidecar reid)
+    reid: dict[str, tuple[str, str]] = field(default_factory=dict)
 
 
 def transform(ctx: PipelineContext, raw: bytes, charset: str) -> Transformed:
+    if charset == DICOM_CHARSET:
+        return transform_dicom(ctx, raw)
     stage = "decode"
     try:
         text = decode_message(raw, charset).text
@@ -155,7 +210,109 @@ def transform(ctx: PipelineContext, raw: bytes, charset: str) -> Transformed:
         # exception type only (its text may quote patient data).
         raise PermanentFailure(stage, "internal", f"{type(exc).__name__} in stage {stage}") from exc
     return Transformed(
-        list(result.resources), result.patients, identifier_tokens(mapped.phi_values, ctx.vault)
+        list(result.resources),
+        result.patients,
+        identifier_tokens(mapped.phi_values, ctx.vault),
+        reid=reid_entries(keys, ctx.vault),
+    )
+
+
+def reid_entries(keys: dict[str, tuple[str, str]], vault: Vault) -> dict[str, tuple[str, str]]:
+    """pseudonym -> the (authority, identifier) it was made from."""
+    return {vault.pseudonym(authority, value): (authority, value) for authority, value in keys.values()}
+
+
+_TEXT_VRS = frozenset({"PN", "LO", "SH", "ST", "LT", "UT", "UC", "AE"})
+_LEAK_KINDS = frozenset({"NAME", "ID", "ADDRESS", "PHONE"})
+_MIN_LEAK_CHARS = 4  # shorter values (a StudyID "1") match by chance
+
+
+@dataclass(frozen=True)
+class DeidInstance:
+    result: DeidResult  # the de-identified ImagingStudy (and Patient stub)
+    obj: DeidObject  # the de-identified Part-10 file
+    phi_values: dict[str, str]  # identified: never log
+    keys: dict[str, tuple[str, str]] = field(default_factory=dict)  # Patient id -> (authority, value)
+
+
+def deidentify_instance(
+    ds: pydicom.Dataset, vault: Vault, options: DicomPipelineOptions, timezone: str
+) -> DeidInstance:
+    """One DICOM instance -> its de-identified .dcm and ImagingStudy, under one pseudonym.
+
+    Raises PermanentFailure (stage, code, a reason naming tags and kinds, never values).
+    """
+    stage = "map"
+    try:
+        mapped = map_dataset(ds, authority=options.authority, default_timezone=timezone)
+        if not mapped.patient_keys:
+            raise PermanentFailure(
+                stage, "no-patient", "DICOM (0010,0020) Patient ID is empty: no patient to link the study to"
+            )
+        stage = "deid"
+        dicom = deidentify_dataset(
+            ds, vault, DicomOptions(allow_burned_in=options.allow_burned_in), authority=options.authority
+        )
+        if dicom.quarantined is not None:
+            raise PermanentFailure(stage, "burned-in", f"image withheld: {dicom.quarantined}")
+        keys = {pid: (key.authority, key.value) for pid, key in mapped.patient_keys.items()}
+        result = deidentify(mapped.resources, keys, mapped.phi_values, vault)
+        if result.patients != (dicom.patient,):
+            # Both sides key the same (issuer, PatientID); if they ever disagree, the
+            # study and its images would belong to different pseudonyms.
+            raise PermanentFailure(stage, "patient-mismatch", "DICOM and FHIR pseudonyms differ")
+        out = dicom.dataset
+        _check_dicom_text(out, {v: k for v, k in mapped.phi_values.items() if v not in mapped.site_values})
+        buffer = io.BytesIO()
+        pydicom.dcmwrite(buffer, out, enforce_file_format=True)
+        obj = DeidObject(str(out.StudyInstanceUID), str(out.SOPInstanceUID), buffer.getvalue())
+    except PermanentFailure:
+        raise
+    except SidecarError as exc:  # MappingError, DeidError and the rest
+        raise PermanentFailure(stage, exc.code, str(exc)) from exc
+    except Exception as exc:
+        # pydicom's messages can quote values: the exception type only.
+        raise PermanentFailure(stage, "internal", f"{type(exc).__name__} in stage {stage}") from exc
+    return DeidInstance(result, obj, mapped.phi_values, keys)
+
+
+def _check_dicom_text(ds: pydicom.Dataset, phi_values: dict[str, str]) -> None:
+    """The .dcm's own last gate (deid.deidentify checks the FHIR side): no reported
+    identifier may survive in a text attribute. Fails closed, naming tag and kind."""
+    needles = [
+        (value.casefold(), kind)
+        for value, kind in phi_values.items()
+        if kind in _LEAK_KINDS and len(value) >= _MIN_LEAK_CHARS
+    ]
+    for element in ds.iterall():
+        if element.VR not in _TEXT_VRS or element.value is None:
+            continue
+        text = str(element.value).casefold()
+        for needle, kind in needles:
+            if needle in text:
+                raise PermanentFailure("deid", "identifier-leak", f"{kind} survived in DICOM {element.tag}")
+
+
+def transform_dicom(ctx: PipelineContext, raw: bytes) -> Transformed:
+    """A Part-10 file -> de-identified .dcm + de-identified ImagingStudy (and Patient stub)."""
+    try:
+        ds = pydicom.dcmread(io.BytesIO(raw))
+    except Exception as exc:
+        raise PermanentFailure(
+            "decode", "bad-dicom", f"not a readable DICOM file ({type(exc).__name__})"
+        ) from exc
+    done = deidentify_instance(ds, ctx.vault, ctx.dicom, ctx.mapping_options.default_timezone)
+    resources = done.result.resources
+    stubs = frozenset(
+        f"Patient/{r.resource['id']}" for r in resources if r.resource["resourceType"] == "Patient"
+    )
+    return Transformed(
+        list(resources),
+        done.result.patients,
+        identifier_tokens(done.phi_values, ctx.vault),
+        objects=(done.obj,),
+        create_only=stubs,
+        reid=reid_entries(done.keys, ctx.vault),
     )
 
 

@@ -1,4 +1,5 @@
-"""The pipeline as Celery tasks (production: RabbitMQ). Same functions as in-process."""
+"""The pipeline as Celery tasks (production: RabbitMQ). Same functions as in-process.
+Also the screening of the sandbox's texts (``sidecar.screen``; see worker.screen)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ from celery import Celery
 from sqlalchemy.exc import DBAPIError
 
 from core.settings import Settings
-from core.tasks import PIPELINE_TASK, SANDBOX_QUEUE, SUMMARY_TASK, make_celery
+from core.tasks import PIPELINE_TASK, SANDBOX_QUEUE, SCREEN_TASK, SUMMARY_TASK, make_celery
 from worker.context import build_context
 from worker.pipeline import PipelineContext, ProcessResult, process
+from worker.screen import ScreenService
 
 log = logging.getLogger("sidecar.worker.tasks")
 
@@ -43,7 +45,7 @@ def process_with_patience(ctx: PipelineContext, inbox_id: int) -> ProcessResult:
 
 
 def build_worker_app(settings: Settings) -> Celery:
-    app = make_celery(settings, "sidecar-worker")
+    app = make_celery(settings, "sidecar-worker", results=True)
     lock = threading.Lock()
     state: dict[str, PipelineContext] = {}
 
@@ -67,5 +69,12 @@ def build_worker_app(settings: Settings) -> Celery:
                 SUMMARY_TASK, args=[job_id], queue=SANDBOX_QUEUE, countdown=settings.summary_coalesce_s + 0.05
             )
         return str(result.outcome)
+
+    # Acknowledged on receipt and never retried: the sandbox waits screen_timeout_s for
+    # the answer and defers the job without one, so a late verdict would help no one.
+    @app.task(name=SCREEN_TASK, ignore_result=False, acks_late=False)  # type: ignore[untyped-decorator]
+    def screen_task(job_id: int, patient: str, text: str, stage: str) -> list[str]:
+        ctx = context()
+        return ScreenService(ctx.db, ctx.vault)(job_id, patient, text, stage)
 
     return app

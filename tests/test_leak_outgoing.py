@@ -1,0 +1,321 @@
+"""The leak check on the other ways out: the sandbox's prompt (and the model's answer)
+and the HTTP API's responses. A leak is planted the way a mapping bug would plant it: a
+resource in the de-identified store whose text carries the patient's real name, for a
+patient whose identifier tokens exist because real messages went through the pipeline."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import select
+
+from connectors import InboundMessage, MllpClient
+from connectors.hl7 import peek_header
+from connectors.inbox import DatabaseInbox
+from core.db import Database
+from core.errors import ConfigError
+from core.settings import Settings
+from core.store import put_resource
+from core.tables import AuditEntry, DeadLetter, Job, JobStatus, Resource
+from core.tasks import make_celery
+from sandbox.prompt import Prompt
+from sandbox.runner import SCREEN_ATTEMPTS, JobOutcome, run_job
+from sandbox.screen import CeleryScreen, ScreenUnavailable
+from sidecar.app import SidecarApp
+from tests.deployments import REPO, Embedded, wait_for
+from tests.fixtures.messages import ADT_A01, ORU_R01, encoded
+from tests.test_end_to_end import msa
+from worker.context import build_context
+from worker.pipeline import PipelineContext, process
+from worker.screen import ScreenService
+
+LEAK = "Discussed with QUIMBY, Harriet at the bedside"  # a name: no pattern guard sees it
+
+
+class RecordingModel:
+    """The local model stub: records every prompt it is given."""
+
+    name = "recording-stub"
+    version = "1"
+
+    def __init__(self, answer_suffix: str = "") -> None:
+        self.calls: list[Prompt] = []
+        self._suffix = answer_suffix
+
+    def summarize(self, prompt: Prompt) -> str:
+        self.calls.append(prompt)
+        return "\n".join(prompt.facts[:3]) + self._suffix
+
+
+def leaky_observation(patient: str, rid: str = "leaky1", text: str = LEAK) -> dict[str, Any]:
+    return {
+        "resourceType": "Observation",
+        "id": rid,
+        "status": "final",
+        "code": {"text": "Nursing note"},
+        "subject": {"reference": f"Patient/{patient}"},
+        "valueString": text,
+    }
+
+
+def plant(db: Database, resource: dict[str, Any], patient: str) -> None:
+    """Bypass de-identification, as a mapping bug would."""
+    with db.transaction() as s:
+        put_resource(s, resource, patient=patient, origin="test:planted", now=datetime.now(UTC))
+
+
+def patient_of(db: Database) -> str:
+    with db.sessions() as s:
+        return s.execute(select(Resource.resource_id).where(Resource.resource_type == "Patient")).scalar_one()
+
+
+def ingest(ctx: PipelineContext, *messages: str) -> list[int]:
+    """Real messages through the real pipeline: the patient's tokens land in phi_tokens."""
+    inbox = DatabaseInbox(ctx.db)
+    job_ids: list[int] = []
+    for text in messages:
+        raw = encoded(text)
+        receipt = inbox.commit(
+            InboundMessage(raw, peek_header(raw), "utf-8", False, "mllp", "test", datetime.now(UTC))
+        )
+        job_ids += process(ctx, receipt.inbox_id).job_ids
+    inbox.close()
+    return job_ids
+
+
+def new_job(db: Database, patient: str) -> int:
+    now = datetime.now(UTC)
+    with db.transaction() as s:
+        job = Job(kind="report", patient=patient, status=JobStatus.PENDING, due_at=now,
+                  created_at=now, updated_at=now, triggers=1, attempts=0)  # fmt: skip
+        s.add(job)
+        s.flush()
+        return job.id
+
+
+def audits(db: Database, action: str) -> list[AuditEntry]:
+    with db.sessions() as s:
+        return list(s.execute(select(AuditEntry).where(AuditEntry.action == action)).scalars())
+
+
+def test_a_prompt_with_a_known_name_never_reaches_the_model(tmp_path: Path) -> None:
+    ctx = build_context(Settings(data_dir=tmp_path, summary_coalesce_s=0))
+    db = ctx.db
+    [job_id] = ingest(ctx, ADT_A01, ORU_R01)
+    patient = patient_of(db)
+    screen = ScreenService(db, ctx.vault)
+
+    # Control: the de-identified record passes the screen and is summarised.
+    clean_model = RecordingModel()
+    assert run_job(db, job_id, clean_model, screen=screen).outcome == JobOutcome.DONE
+    assert len(clean_model.calls) == 1
+    verdicts = [json.loads(a.detail) for a in audits(db, "text.screened")]
+    assert [(v["stage"], v["verdict"]) for v in verdicts] == [("prompt", "clean"), ("answer", "clean")]
+
+    plant(db, leaky_observation(patient), patient)
+    leaky_job = new_job(db, patient)
+    model = RecordingModel()
+    result = run_job(db, leaky_job, model, screen=screen)
+
+    assert result.outcome == JobOutcome.FAILED
+    assert model.calls == []  # blocked before the model
+    with db.sessions() as s:
+        job = s.get_one(Job, leaky_job)
+        assert (job.status, job.error_code, job.result) == (JobStatus.FAILED, "prompt-leak", None)
+        letter = s.execute(select(DeadLetter).where(DeadLetter.job_id == leaky_job)).scalar_one()
+    assert (letter.stage, letter.code) == ("sandbox", "prompt-leak")
+    assert "NAME" in letter.reason and "not sent to the model" in letter.reason
+    assert "Quimby" not in letter.reason.title()
+    failed = [a for a in audits(db, "summary.failed") if a.entity == f"job/{leaky_job}"]
+    assert len(failed) == 1 and json.loads(failed[0].detail) == {"code": "prompt-leak", "kinds": ["NAME"]}
+    screened = audits(db, "text.screened")[-1]
+    assert screened.actor == "worker:screen" and screened.outcome == "failure"
+    assert json.loads(screened.detail)["kinds"] == ["NAME"]
+    assert "quimby" not in (screened.detail + letter.reason).lower()
+    ctx.db.dispose()
+
+
+def test_a_model_answer_carrying_a_known_identifier_is_not_stored(tmp_path: Path) -> None:
+    ctx = build_context(Settings(data_dir=tmp_path, summary_coalesce_s=0))
+    [job_id] = ingest(ctx, ADT_A01, ORU_R01)
+    # A name only: the pattern guard would already catch a phone number.
+    model = RecordingModel(answer_suffix="\nAsk Harriet Quimby about her potassium.")
+    result = run_job(ctx.db, job_id, model, screen=ScreenService(ctx.db, ctx.vault))
+    assert result.outcome == JobOutcome.FAILED and len(model.calls) == 1
+    with ctx.db.sessions() as s:
+        assert s.get_one(Job, job_id).error_code == "answer-leak"
+        stored = s.execute(select(Resource).where(Resource.resource_type == "DocumentReference")).all()
+        assert stored == []
+    ctx.db.dispose()
+
+
+def test_without_a_verdict_the_job_waits_then_fails_and_nothing_reaches_the_model(tmp_path: Path) -> None:
+    ctx = build_context(Settings(data_dir=tmp_path / "a", summary_coalesce_s=0))
+    [job_id] = ingest(ctx, ADT_A01, ORU_R01)
+    # Miswired: a screen over another database knows no such running job, so it refuses.
+    elsewhere = build_context(Settings(data_dir=tmp_path / "b"))
+    screen = ScreenService(elsewhere.db, elsewhere.vault)
+    model = RecordingModel()
+    outcomes = [run_job(ctx.db, job_id, model, screen=screen, ignore_due=True).outcome for _ in range(6)]
+    assert outcomes == [JobOutcome.DEFERRED] * (SCREEN_ATTEMPTS - 1) + [JobOutcome.FAILED, JobOutcome.NOT_DUE]
+    assert model.calls == []
+    with ctx.db.sessions() as s:
+        job = s.get_one(Job, job_id)
+        assert (job.status, job.error_code) == (JobStatus.FAILED, "screen-unavailable")
+        letter = s.execute(select(DeadLetter).where(DeadLetter.job_id == job_id)).scalar_one()
+        assert "ScreenRefused" in letter.reason and "nothing was sent" in letter.reason
+    assert len(audits(ctx.db, "summary.deferred")) == SCREEN_ATTEMPTS - 1
+    ctx.db.dispose()
+    elsewhere.db.dispose()
+
+
+def test_the_api_withholds_a_leaking_resource_and_serves_clean_ones(tmp_path: Path) -> None:
+    token = "t0k3n-for-the-ehr-subscriber"
+    tokens = {"ehr-subscriber": token, "auditor": "t0k3n-of-the-auditor"}
+    dep = Embedded(tmp_path / "data", api_port=0, api_tokens=tokens, api_auditors=["auditor"])
+    dep.start()
+    try:
+        with MllpClient().connect("127.0.0.1", dep.port, timeout=30) as client:
+            for message in (ADT_A01, ORU_R01):
+                assert msa(client.send(encoded(message)))[1] == "AA"
+        dep.settle()
+        # The embedded sandbox loop had its prompt and answer screened in-process.
+        screened = [json.loads(a.detail) for a in audits(dep.db, "text.screened")]
+        assert [(v["stage"], v["verdict"]) for v in screened] == [("prompt", "clean"), ("answer", "clean")]
+        patient = patient_of(dep.db)
+        plant(dep.db, leaky_observation(patient), patient)
+        assert dep.app is not None and dep.app.api is not None
+        base = f"http://127.0.0.1:{dep.app.api.port}"
+        auth = {"Authorization": f"Bearer {token}"}
+        with httpx.Client(base_url=base, timeout=30) as http:
+            assert http.get(f"/fhir/Patient/{patient}").status_code == 401
+            assert http.get("/status", headers={"Authorization": "Bearer wrong"}).status_code == 401
+
+            ok = http.get(f"/fhir/Patient/{patient}", headers=auth)
+            assert ok.status_code == 200 and ok.headers["content-type"].startswith("application/fhir+json")
+            assert ok.json()["id"] == patient
+
+            blocked = http.get("/fhir/Observation/leaky1", headers=auth)
+            assert blocked.status_code == 451
+            body = blocked.json()
+            assert body["resourceType"] == "OperationOutcome" and "NAME" in body["issue"][0]["diagnostics"]
+            assert "quimby" not in blocked.text.lower() and "harriet" not in blocked.text.lower()
+            assert http.get("/fhir/Observation/leaky1/_history/1", headers=auth).status_code == 451
+
+            found = http.get("/fhir/Observation", params={"patient": f"Patient/{patient}"}, headers=auth)
+            assert found.status_code == 200
+            bundle = found.json()
+            matches = [e["resource"]["id"] for e in bundle["entry"] if e["search"]["mode"] == "match"]
+            assert len(matches) >= 2 and "leaky1" not in matches
+            assert [e["search"]["mode"] for e in bundle["entry"]][-1] == "outcome"
+            assert "quimby" not in found.text.lower()
+            # Paging: one match per page, the next link leads to the rest.
+            page = http.get(
+                "/fhir/Observation", params={"patient": patient, "_count": 1}, headers=auth
+            ).json()
+            assert [e["resource"]["id"] for e in page["entry"]] == matches[:1]
+            [after] = [link["url"] for link in page["link"] if link["relation"] == "next"]
+            second = http.get(after, headers=auth).json()
+            assert [e["resource"]["id"] for e in second["entry"]] == matches[1:2]
+
+            assert http.get("/fhir/Observation/nope", headers=auth).status_code == 404
+            status = http.get("/status", headers=auth)
+            assert status.status_code == 200 and status.json()["resources"]["Patient"] == 1
+
+            # The audit log is for auditors only; it shows the withheld reads, by kind.
+            assert http.get("/audit", headers=auth).status_code == 403
+            auditor = {"Authorization": "Bearer t0k3n-of-the-auditor"}
+            log = http.get("/audit", params={"action": "fhir.withheld", "limit": 2}, headers=auditor)
+            assert log.status_code == 200 and "quimby" not in log.text.lower()
+            first = log.json()
+            assert [e["detail"]["kinds"] for e in first["entries"]] == [["NAME"], ["NAME"]]
+            rest = http.get(
+                "/audit", params={"action": "fhir.withheld", "since": first["next_since"]}, headers=auditor
+            ).json()
+            assert len(rest["entries"]) == 1 and rest["next_since"] is None
+
+        with dep.db.sessions() as s:
+            letters = list(s.execute(select(DeadLetter).where(DeadLetter.stage == "api")).scalars())
+        # One open dead letter per withheld version, however often it is asked for.
+        assert {(d.code, "Observation/leaky1" in d.reason, "NAME" in d.reason) for d in letters} == {
+            ("identifier-leak", True, True)
+        }
+        assert len(letters) == 1  # read, _history and search asked for the same version
+        reads = audits(dep.db, "fhir.read")
+        assert {(a.actor, a.entity, a.outcome) for a in reads} == {
+            ("api:ehr-subscriber", f"Patient/{patient}", "success"),
+            ("api:ehr-subscriber", "Observation/leaky1", "failure"),
+            ("api:ehr-subscriber", "Observation/nope", "failure"),
+        }
+        assert len(audits(dep.db, "fhir.withheld")) == 3  # read, vread, search
+        search = audits(dep.db, "fhir.search")[0]
+        assert search.outcome == "failure" and json.loads(search.detail)["withheld"] == 1
+        assert len(audits(dep.db, "fhir.search")) == 3
+        assert len(audits(dep.db, "fhir.vread")) == 1 and len(audits(dep.db, "status.read")) == 1
+        assert [a.outcome for a in audits(dep.db, "audit.search")] == ["failure", "success", "success"]
+    finally:
+        dep.stop()
+
+
+def test_the_api_refuses_to_start_without_a_token(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="api_tokens"):
+        SidecarApp(Settings(data_dir=tmp_path, mllp_port=0, api_port=0))
+
+
+def test_production_screening_over_rabbitmq(tmp_path: Path, rabbit_vhost: str) -> None:
+    settings = Settings(data_dir=tmp_path, broker_url=rabbit_vhost, summary_coalesce_s=0)
+    ctx = build_context(settings)
+    db = ctx.db
+    [job_id] = ingest(ctx, ADT_A01, ORU_R01)
+    patient = patient_of(db)
+    plant(db, leaky_observation(patient), patient)
+    celery = make_celery(settings, "test-sandbox", results=True)
+    model = RecordingModel()
+
+    # No identified-zone worker yet: no verdict, so nothing goes to the model; the job waits.
+    result = run_job(db, job_id, model, screen=CeleryScreen(celery, timeout_s=1.0))
+    assert result.outcome == JobOutcome.DEFERRED and model.calls == []
+    with db.sessions() as s:
+        job = s.get_one(Job, job_id)
+        assert job.status == JobStatus.PENDING and job.due_at.replace(tzinfo=UTC) > datetime.now(UTC)
+    assert json.loads(audits(db, "summary.deferred")[0].detail)["code"] == "screen-unavailable"
+
+    env = {**os.environ, "SIDECAR_DATA_DIR": str(tmp_path), "SIDECAR_BROKER_URL": rabbit_vhost}
+    log = open(tmp_path / "worker.log", "w")  # noqa: SIM115 - closed below
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "sidecar", "worker", "--lane", "0"], cwd=REPO, env=env, stdout=log, stderr=log
+    )
+    try:
+        screen = CeleryScreen(celery, timeout_s=60.0)
+        # A request for a job that is not running (or another patient) gets no verdict.
+        with pytest.raises(ScreenUnavailable):
+            screen(job_id, patient, "anything", "prompt")
+        result = run_job(db, job_id, model, screen=screen, ignore_due=True)
+        worker_log = (tmp_path / "worker.log").read_text()
+        assert result.outcome == JobOutcome.FAILED and model.calls == [], worker_log
+        with db.sessions() as s:
+            assert s.get_one(Job, job_id).error_code == "prompt-leak"
+            assert s.execute(select(DeadLetter.code).where(DeadLetter.job_id == job_id)).scalar_one() == (
+                "prompt-leak"
+            )
+        verdicts = [(a.actor, json.loads(a.detail)["verdict"]) for a in audits(db, "text.screened")]
+        assert verdicts == [("worker:screen", "refused"), ("worker:screen", "leak")]
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait(10)
+        log.close()
+        db.dispose()
+    wait_for(lambda: worker.poll() is not None, timeout=5)

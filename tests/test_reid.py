@@ -1,0 +1,105 @@
+"""Re-identification: the pseudonym's way back exists only through `sidecar reid`, only for
+listed operators, and every request (refused ones too) is in the audit chain."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from connectors import MllpClient
+from core.tables import AuditEntry, Resource
+from tests.deployments import Embedded
+from tests.fixtures.messages import ADT_A01, encoded
+from tests.test_end_to_end import msa
+
+
+@pytest.fixture
+def patient(tmp_path: Path) -> tuple[Path, str]:
+    """A data directory holding one admitted patient; returns it and the Patient id."""
+    dep = Embedded(tmp_path / "data")
+    dep.start()
+    try:
+        with MllpClient().connect("127.0.0.1", dep.port, timeout=30) as client:
+            assert msa(client.send(encoded(ADT_A01)))[1] == "AA"
+        dep.settle()
+        with dep.db.sessions() as s:
+            ids = s.execute(select(Resource.resource_id).where(Resource.resource_type == "Patient")).scalars()
+            (patient_id,) = list(ids)
+    finally:
+        dep.stop()
+    return tmp_path / "data", patient_id
+
+
+def _reid(data_dir: Path, *args: str, operators: list[str]) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "SIDECAR_DATA_DIR": str(data_dir), "SIDECAR_REID_OPERATORS": json.dumps(operators)}
+    return subprocess.run(
+        [sys.executable, "-m", "sidecar", "reid", *args], env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+def _audit(data_dir: Path) -> list[AuditEntry]:
+    from core.db import Database
+    from core.settings import Settings
+
+    db = Database(Settings(data_dir=data_dir))
+    try:
+        with db.sessions() as s:
+            return list(s.execute(select(AuditEntry).order_by(AuditEntry.seq)).scalars())
+    finally:
+        db.dispose()
+
+
+def test_an_operator_gets_the_identifier_back_and_the_request_is_audited(patient: tuple[Path, str]) -> None:
+    data_dir, patient_id = patient
+    done = _reid(
+        data_dir,
+        f"Patient/{patient_id}",
+        "--reason",
+        "ticket 4711: lab callback",
+        operators=[getpass.getuser()],
+    )
+    assert done.returncode == 0, done.stderr
+    answer = json.loads(done.stdout)
+    assert (answer["authority"], answer["identifier"]) == ("GENHOSP", "MRN7734021")
+    entry = _audit(data_dir)[-1]
+    assert (entry.action, entry.outcome, entry.entity) == (
+        "patient.reidentified",
+        "success",
+        f"Patient/{patient_id}",
+    )
+    assert json.loads(entry.detail) == {"reason": "ticket 4711: lab callback"}
+    assert "MRN7734021" not in entry.detail  # the audit says who asked and why, not the answer
+    assert entry.seq == answer["audit_seq"]
+
+
+@pytest.mark.parametrize(
+    ("operators", "reason", "why"),
+    [([], "curious", "operator not allowed"), (["__current__"], "  ", "a reason is required")],
+)
+def test_a_request_outside_the_rules_is_refused_and_audited(
+    patient: tuple[Path, str], operators: list[str], reason: str, why: str
+) -> None:
+    data_dir, patient_id = patient
+    allowed = [getpass.getuser() if o == "__current__" else o for o in operators]
+    done = _reid(data_dir, patient_id, "--reason", reason, operators=allowed)
+    assert done.returncode == 1
+    assert "MRN7734021" not in done.stdout + done.stderr
+    assert why in done.stderr
+    entry = _audit(data_dir)[-1]
+    assert (entry.action, entry.outcome) == ("patient.reid_refused", "failure")
+    assert json.loads(entry.detail)["refused"] == why
+
+
+def test_an_unknown_pseudonym_is_refused(patient: tuple[Path, str]) -> None:
+    data_dir, _ = patient
+    done = _reid(data_dir, "Patient/0000000000000000", "--reason", "check", operators=[getpass.getuser()])
+    assert done.returncode == 1
+    assert "unknown pseudonym" in done.stderr
+    assert _audit(data_dir)[-1].action == "patient.reid_refused"
