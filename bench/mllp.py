@@ -8,10 +8,12 @@ client is another process (plain sockets and a selector). Scenarios:
 
 - 1 connection, original mode: the sender waits for each ACK (how most interfaces send).
 - 8 connections, 1 in flight each.
-- 8 connections, pipelined (a window of 32 frames in flight per connection).
+- 8 connections, pipelined (a window of 12, and of 32, frames in flight per connection).
 
-Each is run against the echo server (same framing and ACK building, nothing stored) and
-against the sidecar on SQLite (WAL, synchronous=FULL) and on PostgreSQL. Reported:
+Each is run against the echo server (same framing and ACK building, nothing stored), the
+"fsync floor" (the echo server plus one fsync'd insert into a bare SQLite table per read,
+on the event loop: what durability alone costs on this disk), and the sidecar on SQLite
+(WAL, synchronous=FULL) and on PostgreSQL. Reported:
 messages/s, ACK latency p50/p99 (send → ACK received), and the ratio to the echo ceiling.
 Messages are the canonical ORU^R01 of tests/fixtures with unique control ids.
 """
@@ -154,6 +156,7 @@ def fresh_pg(admin_url: str) -> Iterator[str]:
 SCENARIOS = [
     ("1 connection, original mode", 1, 1),
     ("8 connections, 1 in flight each", 8, 1),
+    ("8 connections, pipelined (window 12)", 8, 12),
     ("8 connections, pipelined (window 32)", 8, 32),
 ]
 
@@ -169,6 +172,7 @@ def main() -> None:
 
     targets: list[tuple[str, str, str | None]] = [
         ("echo ceiling", "echo", None),
+        ("echo + fsync floor", "fsync-floor", None),
         ("sidecar, SQLite", "sidecar", None),
     ]
     with ExitStack() as stack:

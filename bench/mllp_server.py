@@ -2,6 +2,7 @@
 
     python -m bench.mllp_server sidecar [DATABASE_URL]  # MllpServer + DatabaseInbox (SQLite if no URL)
     python -m bench.mllp_server echo  # ceiling: frames in, a fixed ACK out, nothing stored
+    python -m bench.mllp_server fsync-floor  # echo + one fsync'd bare SQLite insert per read
 
 Prints {"port": N} once listening; runs until SIGTERM.
 """
@@ -12,6 +13,7 @@ import asyncio
 import gc
 import json
 import signal
+import sqlite3
 import sys
 import tempfile
 from pathlib import Path
@@ -38,12 +40,38 @@ async def echo_server() -> asyncio.Server:
     return await asyncio.start_server(handle, "127.0.0.1", 0)
 
 
+async def fsync_floor_server(path: Path) -> asyncio.Server:
+    """The echo server plus the least durable storage can cost: every frame that arrived in
+    one read goes into a bare SQLite table (WAL, synchronous=FULL) in one transaction on the
+    event loop, then the ACKs. No inbox schema, no audit, no resend check, no thread."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("CREATE TABLE IF NOT EXISTS raw (id INTEGER PRIMARY KEY, body BLOB NOT NULL)")
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        framer = FrameReader(1 << 20)
+        while data := await reader.read(65536):
+            frames = [e.payload for e in framer.feed(data) if isinstance(e, Frame)]
+            if frames:
+                conn.execute("BEGIN IMMEDIATE")
+                conn.executemany("INSERT INTO raw (body) VALUES (?)", [(f,) for f in frames])
+                conn.execute("COMMIT")
+                for payload in frames:
+                    writer.write(encode_frame(build_ack(peek_header(payload), AckCode.AA)))
+            await writer.drain()
+        writer.close()
+
+    return await asyncio.start_server(handle, "127.0.0.1", 0)
+
+
 async def main(kind: str, url: str | None) -> None:
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)  # as `sidecar serve` does
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-    if kind == "echo":
-        server = await echo_server()
+    if kind in ("echo", "fsync-floor"):
+        floor_db = Path(tempfile.mkdtemp(prefix="bench-floor-")) / "floor.db"
+        server = await (echo_server() if kind == "echo" else fsync_floor_server(floor_db))
         print(json.dumps({"port": server.sockets[0].getsockname()[1]}), flush=True)
         await stop.wait()
         server.close()
