@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import date
 from typing import Any
 
 from core.errors import DeidError
@@ -68,6 +69,27 @@ class _Context:
     targets: Mapping[tuple[str, str], str]  # (resource type, source id) -> new id
     days: int | None  # the owning patient's date shift; None if the message has no patient
     vault: Vault  # keys DICOM UIDs exactly as deid.dicom does
+
+
+OLDEST_AGE = 89
+
+
+def pooled_birth_year(birth_date: Any, today: date) -> str | None:
+    """For a patient older than 89: the birth year of a 90-year-old, as a year-only date.
+
+    HIPAA Safe Harbor lets ages over 89 survive only pooled into one "90 or older"
+    category, and a birth date (even shifted by a few days) gives the age away. All such
+    patients then share one birth year; a younger patient's date is shifted as usual (None).
+    """
+    if not isinstance(birth_date, str) or len(birth_date) < 4 or not birth_date[:4].isdigit():
+        return None
+    year = int(birth_date[:4])
+    month, day = 12, 31  # a date of year precision: the latest it can be, the youngest age
+    if len(birth_date) >= 7 and birth_date[5:7].isdigit():
+        month = int(birth_date[5:7])
+        day = int(birth_date[8:10]) if len(birth_date) >= 10 and birth_date[8:10].isdigit() else 31
+    age = today.year - year - ((today.month, today.day) < (month, day))
+    return str(today.year - (OLDEST_AGE + 1)) if age > OLDEST_AGE else None
 
 
 def _safe_type(resource_type: object) -> str:
@@ -227,8 +249,12 @@ def deidentify(
     patient_keys: dict[str, tuple[str, str]],
     phi_values: dict[str, str],
     vault: Vault,
+    *,
+    today: date | None = None,
 ) -> DeidResult:
-    """De-identify the resources of one message; raises DeidError if it cannot do so safely."""
+    """De-identify the resources of one message; raises DeidError if it cannot do so safely.
+
+    ``today``: the day ages are counted to (tests pin it; default: the current date)."""
     if not isinstance(phi_values, Mapping) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in phi_values.items()
     ):
@@ -282,6 +308,10 @@ def deidentify(
         if resource_type in PSEUDONYM_IDENTIFIER_TYPES and owner is not None:
             new["identifier"] = [{"system": PSEUDONYM_SYSTEM, "value": owner}]
         new.update(body)
+        if resource_type == "Patient" and "birthDate" in new:
+            pooled = pooled_birth_year(resource.get("birthDate"), today or date.today())
+            if pooled is not None:
+                new["birthDate"] = pooled
         out.append(DeidentifiedResource(new, owner))
 
     check_no_leak([r.resource for r in out], phi_values)

@@ -476,3 +476,27 @@ def test_a_shifted_date_equal_to_another_real_date_is_not_a_leak(vault):
 
 def test_empty_message():
     assert deidentify([], {}, {}, Vault(SECRET)) == DeidResult([], ())
+
+
+@pytest.mark.parametrize(
+    ("birth_date", "today", "expected"),
+    [
+        ("1934-03-12", date(2024, 3, 11), None),  # 89 the day before the 90th birthday
+        ("1934-03-12", date(2024, 3, 12), "1934"),  # 90 on the day: pooled
+        ("1921-07-30", date(2024, 3, 5), "1934"),  # 102: pooled with every other 90+
+        ("1933", date(2024, 3, 5), "1934"),  # year only: counted as young as it can be (90)
+        ("1934", date(2024, 3, 5), None),
+        ("1934-12", date(2024, 12, 30), None),
+    ],
+)
+def test_ages_over_89_are_pooled_into_one_birth_year(vault, birth_date, today, expected):
+    patient = {**copy.deepcopy(PATIENT), "birthDate": birth_date}
+    phi = {**PHI, birth_date.replace("-", ""): "DATE"} if len(birth_date) == 10 else PHI
+    out = deidentify([patient], PATIENT_KEYS, phi, vault, today=today)
+    got = out.resources[0].resource["birthDate"]
+    if expected is None:  # shifted as usual: as if counted on a day when nobody was old
+        young = deidentify([patient], PATIENT_KEYS, phi, vault, today=date(1950, 1, 1))
+        assert got == young.resources[0].resource["birthDate"]
+    else:
+        assert got == expected
+        assert birth_date not in json.dumps(out.resources[0].resource)
