@@ -15,7 +15,9 @@ Reported, per identifier type:
   scrubber reduced to the values the message reported (no patterns, no dictionaries);
 * clinical retention: clinical values in kept free text that survive.
 
-A held-out set written with other sentence shapes follows. Acceptance (issue #5, item 3):
+A second set written with other sentence shapes follows (written after tuning; its first run
+scored 98.0% recall, and the rules were widened since, so it is no longer a clean hold-out).
+Acceptance (issue #5, item 3):
 recall >= 99.5% and retention >= 95%.
 """
 
@@ -97,7 +99,12 @@ def main() -> None:
     _report(
         "planted corpus (tests/fixtures/planted.py)", ours, score(corpus(), known_values_only), args.misses
     )
-    _report("held-out phrasing", score(holdout()), score(holdout(), known_values_only), args.misses)
+    _report(
+        "second phrasing set (first run 98.0%, no longer held out)",
+        score(holdout()),
+        score(holdout(), known_values_only),
+        args.misses,
+    )
     print(f"{ours.messages} messages decoded, mapped, de-identified and scored in {elapsed:.2f} s")
     ok = ours.recall.rate >= 0.995 and ours.clinical.rate >= 0.95
     print(f"acceptance (recall >= 99.5%, retention >= 95%): {'met' if ok else 'NOT met'}")
