@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -18,7 +19,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from core.events import ChangeKind, resource_event, resource_routing_key
-from core.tables import OutboxEvent, PhiToken, ReidEntry, Resource, ResourceHistory
+from core.tables import OutboxEvent, PatientPhi, PhiToken, ReidEntry, Resource, ResourceHistory
 
 
 @dataclass(frozen=True)
@@ -121,6 +122,45 @@ def add_reid_entries(session: Session, entries: dict[str, tuple[str, str]], *, n
     dialect = session.get_bind().dialect.name
     insert = sqlite_insert if dialect == "sqlite" else pg_insert
     session.execute(insert(ReidEntry).values(rows).on_conflict_do_nothing())
+
+
+# Dates are left out: the scrubber shifts every date it recognises anyway, and a patient's
+# visit dates would grow this without end.
+_REMEMBERED_KINDS = frozenset({"NAME", "ID", "ADDRESS", "PHONE", "EMAIL"})
+MAX_KNOWN_VALUES = 2000  # per patient: a bound on what one message's scrubber is built from
+
+
+def add_patient_phi(session: Session, patients: Sequence[str], phi_values: Mapping[str, str]) -> None:
+    """Remember what a message reported about its patient(s) (idempotent)."""
+    rows = [
+        {
+            "patient": patient,
+            "digest": hashlib.sha256(f"{kind}\x00{value}".encode()).hexdigest(),
+            "kind": kind,
+            "value": value,
+        }
+        for patient in patients
+        for value, kind in phi_values.items()
+        if kind in _REMEMBERED_KINDS and value.strip()
+    ]
+    if not rows:
+        return
+    dialect = session.get_bind().dialect.name
+    insert = sqlite_insert if dialect == "sqlite" else pg_insert
+    session.execute(insert(PatientPhi).values(rows).on_conflict_do_nothing())
+
+
+def known_phi(session: Session, patients: Sequence[str]) -> dict[str, str]:
+    """value -> kind, for everything earlier messages reported about these patients."""
+    if not patients:
+        return {}
+    query = (
+        select(PatientPhi.value, PatientPhi.kind)
+        .where(PatientPhi.patient.in_(list(patients)))
+        .order_by(PatientPhi.patient, PatientPhi.digest)
+        .limit(MAX_KNOWN_VALUES * len(patients))
+    )
+    return {value: kind for value, kind in session.execute(query).all()}
 
 
 def add_phi_tokens(session: Session, patient: str, tokens: dict[str, str]) -> None:

@@ -156,6 +156,20 @@ class PhiToken(Base):
     kind: Mapped[str] = mapped_column(String(16))
 
 
+class PatientPhi(Base):
+    """Identifying values earlier messages reported about a patient (names, ids, phones,
+    addresses...), so the scrubber knows them when a later message mentions one it does not
+    carry itself (an ORU whose note names the patient). Identified zone; the model zone's
+    database role is refused it."""
+
+    __tablename__ = "patient_phi"
+
+    patient: Mapped[str] = mapped_column(String(64), primary_key=True)  # pseudonym
+    digest: Mapped[str] = mapped_column(String(64), primary_key=True)  # sha256 of kind and value
+    kind: Mapped[str] = mapped_column(String(16))
+    value: Mapped[str] = mapped_column(Text)
+
+
 class ReidEntry(Base):
     """Pseudonym -> the identifier it was made from: the only way back from the
     de-identified zone, read solely through ``sidecar reid`` (operator-checked, audited).

@@ -26,7 +26,7 @@ from tests.deployments import Embedded
 from tests.fixtures.messages import ADT_A01, ORU_R01, encoded
 from tests.test_end_to_end import msa
 
-IDENTIFIED_TABLES = ["inbox", "quarantine", "phi_tokens", "reid_map"]
+IDENTIFIED_TABLES = ["inbox", "quarantine", "phi_tokens", "reid_map", "patient_phi"]
 
 
 @pytest.fixture

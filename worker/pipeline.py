@@ -36,8 +36,15 @@ import audit
 from connectors.dicom import CHARSET as DICOM_CHARSET
 from connectors.hl7 import decode_message
 from core.db import Database
-from core.errors import DeidError, MappingError, SidecarError
-from core.store import StoredChange, add_phi_tokens, add_reid_entries, put_resource
+from core.errors import SidecarError
+from core.store import (
+    StoredChange,
+    add_patient_phi,
+    add_phi_tokens,
+    add_reid_entries,
+    known_phi,
+    put_resource,
+)
 from core.tables import DeadLetter, InboxEntry, InboxStatus, Resource
 from deid import DeidentifiedResource, DeidResult, DicomOptions, Vault, deidentify, deidentify_dataset
 from deid.tokens import identifier_tokens
@@ -147,6 +154,7 @@ def store(
     for patient in transformed.patients:
         add_phi_tokens(session, patient, transformed.tokens)
     add_reid_entries(session, transformed.reid, now=now)
+    add_patient_phi(session, transformed.patients, transformed.phi_values)
     origin = f"inbox:{inbox_id}"
     changes: list[StoredChange] = []
     stored: list[DeidentifiedResource] = []
@@ -188,6 +196,8 @@ class Transformed:
     create_only: frozenset[str] = frozenset()  # "Type/id" stored only if absent (stubs)
     # pseudonym -> (authority, identifier) as sent, for the audited way back (sidecar reid)
     reid: dict[str, tuple[str, str]] = field(default_factory=dict)
+    # what the message reported about its patient(s): remembered for later messages' scrubbing
+    phi_values: dict[str, str] = field(default_factory=dict)
 
 
 def transform(ctx: PipelineContext, raw: bytes, charset: str) -> Transformed:
@@ -200,21 +210,32 @@ def transform(ctx: PipelineContext, raw: bytes, charset: str) -> Transformed:
         mapped = map_message(text, ctx.mapping_options)
         stage = "deid"
         keys = {pid: (key.authority, key.value) for pid, key in mapped.patient_keys.items()}
-        result = deidentify(mapped.resources, keys, mapped.phi_values, ctx.vault)
-    except (MappingError, DeidError) as exc:
-        raise PermanentFailure(stage, exc.code, str(exc)) from exc
-    except SidecarError as exc:
-        raise PermanentFailure(stage, exc.code, str(exc)) from exc
+        reid = reid_entries(keys, ctx.vault)
     except Exception as exc:
-        # A bug in a pure stage fails the same way on every retry: dead-letter it with the
-        # exception type only (its text may quote patient data).
-        raise PermanentFailure(stage, "internal", f"{type(exc).__name__} in stage {stage}") from exc
+        raise _permanent(stage, exc) from exc
+    # Outside the pure stages: a database error here is transient, and the caller retries.
+    with ctx.db.sessions() as session:
+        known = known_phi(session, list(reid))
+    try:
+        # What earlier messages told us about these patients, then this message's own values.
+        result = deidentify(mapped.resources, keys, known | mapped.phi_values, ctx.vault)
+    except Exception as exc:
+        raise _permanent(stage, exc) from exc
     return Transformed(
         list(result.resources),
         result.patients,
         identifier_tokens(mapped.phi_values, ctx.vault),
-        reid=reid_entries(keys, ctx.vault),
+        reid=reid,
+        phi_values=mapped.phi_values,
     )
+
+
+def _permanent(stage: str, exc: Exception) -> PermanentFailure:
+    if isinstance(exc, SidecarError):  # MappingError, DeidError and the rest
+        return PermanentFailure(stage, exc.code, str(exc))
+    # A bug in a pure stage fails the same way on every retry: dead-letter it with the
+    # exception type only (its text may quote patient data).
+    return PermanentFailure(stage, "internal", f"{type(exc).__name__} in stage {stage}")
 
 
 def reid_entries(keys: dict[str, tuple[str, str]], vault: Vault) -> dict[str, tuple[str, str]]:

@@ -1,0 +1,71 @@
+"""Known values across messages: what an admission reported about a patient is scrubbed
+from a later message that does not carry it itself (a lab note naming the patient, whose
+PID has the MRN only) — issue #5, "every identifier the message (and the vault, for that
+patient) knows"."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from sqlalchemy import select
+
+from connectors import MllpClient
+from core.tables import DeadLetter, Resource
+from deid import Vault, deidentify
+from mapping import map_message
+from tests.deployments import Embedded
+from tests.test_end_to_end import msa
+
+# A name no dictionary holds, so only knowing it can catch it.
+ADMISSION = (
+    "MSH|^~\\&|HIS|GENHOSP|SIDECAR|GENHOSP|20260301081500+0800||ADT^A01^ADT_A01|KV-ADT-1|P|2.5.1\r"
+    "EVN|A01|20260301081500+0800\r"
+    "PID|1||MRN5550101^^^GENHOSP^MR||Zorvathy^Ilsabetta||19660412|F|||"
+    "9 Quillfeather Row^^Springfield^IL^62704^USA||(217)555-0199^PRN^PH\r"
+    "PV1|1|I|W4^412^B^GENHOSP||||9921^Okonkwo^Chidi|||MED\r"
+)
+LAB = (
+    "MSH|^~\\&|LIS|GENHOSP|SIDECAR|GENHOSP|20260302121000+0800||ORU^R01^ORU_R01|KV-LAB-1|P|2.5.1\r"
+    "PID|1||MRN5550101^^^GENHOSP^MR\r"
+    "OBR|1|ORD-1|ACC-1|2823-3^Potassium^LN|||20260302113000+0800|||||||||||||||20260302120500+0800|||F\r"
+    "OBX|1|NM|2823-3^Potassium [Moles/volume] in Serum or Plasma^LN||6.4|mmol/L|3.5-5.1|HH|||F\r"
+    "OBX|2|ST|8251-1^Service comment^LN||Critical value phoned to Ilsabetta Zorvathy on the ward.||||||F\r"
+)
+NAME_PARTS = ["Zorvathy", "Ilsabetta"]
+
+
+def test_the_message_alone_does_not_know_the_name() -> None:
+    """The scrubber has nothing to go on in the lab message by itself: without the
+    admission's values the name stays (so the next test can fail)."""
+    mapped = map_message(LAB)
+    keys = {pid: (k.authority, k.value) for pid, k in mapped.patient_keys.items()}
+    out = deidentify(mapped.resources, keys, mapped.phi_values, Vault(b"k" * 32))
+    assert "Zorvathy" in json.dumps([r.resource for r in out.resources])
+
+
+def test_a_name_reported_by_the_admission_is_scrubbed_from_a_later_lab_note(tmp_path: Path) -> None:
+    dep = Embedded(tmp_path / "data")
+    dep.start()
+    try:
+        with MllpClient().connect("127.0.0.1", dep.port, timeout=30) as client:
+            assert msa(client.send(ADMISSION.encode()))[1] == "AA"
+            dep.settle()
+            assert msa(client.send(LAB.encode()))[1] == "AA"
+        dep.settle()
+        with dep.db.sessions() as s:
+            bodies = list(s.execute(select(Resource.body)).scalars())
+            dead = list(s.execute(select(DeadLetter)).scalars())
+        events = [e.decode() for e in dep.events]
+    finally:
+        dep.stop()
+    assert not dead, [(d.stage, d.code) for d in dead]
+    comments = [
+        json.loads(b) for b in bodies if json.loads(b).get("resourceType") == "Observation" and "8251-1" in b
+    ]
+    assert len(comments) == 1
+    assert "[NAME]" in comments[0]["valueString"]
+    assert "phoned to" in comments[0]["valueString"]
+    for text in [*bodies, *events]:
+        for part in NAME_PARTS:
+            assert part not in text
