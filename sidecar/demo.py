@@ -11,6 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydicom.dataset import Dataset
+from pynetdicom import AE
+from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 from rich.console import Console
 from rich.panel import Panel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -26,6 +29,8 @@ from sidecar.app import SidecarApp
 from sidecar.stats import collect
 from worker.publishers import LocalBus, OutgoingEvent
 
+IMAGED = 5  # patients who also get a CT from the synthetic PACS
+
 
 @dataclass
 class DemoReport:
@@ -37,11 +42,16 @@ class DemoReport:
     summary: str | None = None
     audit_ok: bool = False
     audit_entries: int = 0
+    dicom_status: dict[str, int] = field(default_factory=dict)
+    studies_linked: int = 0  # ImagingStudy on a Patient that the HL7 feed created
+    deid_dicom_files: int = 0
 
 
 def run_demo(data_dir: Path | None, patients: int, console: Console) -> DemoReport:
     data_dir = data_dir or Path(tempfile.mkdtemp(prefix="sidecar-demo-"))
-    settings = Settings(data_dir=data_dir, mllp_port=0, summary_coalesce_s=0.3, relay_interval_s=0.1)
+    settings = Settings(
+        data_dir=data_dir, mllp_port=0, dicom_port=0, summary_coalesce_s=0.3, relay_interval_s=0.1
+    )
     report = DemoReport(data_dir=data_dir)
     bus = LocalBus()
     lock = threading.Lock()
@@ -51,9 +61,12 @@ def run_demo(data_dir: Path | None, patients: int, console: Console) -> DemoRepo
             report.events[event.routing_key] = report.events.get(event.routing_key, 0) + 1
 
     bus.subscribe(count_event)
-    messages = hospital.feed(hospital.make_patients(patients))
+    people = hospital.make_patients(patients)
+    messages = hospital.feed(people)
+    images = hospital.imaging(people, min(IMAGED, patients))
     console.print(
-        f"[bold]Synthetic hospital[/]: {patients} patients, {len(messages)} HL7 v2 messages (ADT, ORU)"
+        f"[bold]Synthetic hospital[/]: {patients} patients, {len(messages)} HL7 v2 messages (ADT, ORU), "
+        f"{len(images)} CT images from its PACS"
     )
     console.print(f"Data directory: {data_dir}")
 
@@ -62,6 +75,8 @@ def run_demo(data_dir: Path | None, patients: int, console: Console) -> DemoRepo
         await app.start()
         try:
             await asyncio.to_thread(_send_all, app.port, messages, report, console)
+            assert app.dicom is not None
+            await asyncio.to_thread(_store_images, app.dicom.port, settings.dicom_ae_title, images, report)
             with console.status("Pipeline: mapping, de-identifying, publishing, summarising..."):
                 await asyncio.to_thread(app.wait_idle, 120.0)
         finally:
@@ -77,14 +92,28 @@ def run_demo(data_dir: Path | None, patients: int, console: Console) -> DemoRepo
         body = s.execute(
             select(Resource.body).where(Resource.resource_type == "DocumentReference").limit(1)
         ).scalar_one_or_none()
+        studies = [json.loads(b) for b in _bodies(s, "ImagingStudy")]
+        patients_from_hl7 = {
+            json.loads(b)["id"] for b in _bodies(s, "Patient") if "name" in b or "gender" in b
+        }
     if body:
         doc = json.loads(body)
         report.summary = base64.b64decode(doc["content"][0]["attachment"]["data"]).decode()
+    report.studies_linked = sum(
+        1 for st in studies if st["subject"]["reference"].removeprefix("Patient/") in patients_from_hl7
+    )
+    report.deid_dicom_files = sum(1 for _ in settings.effective_deid_dicom_dir.rglob("*.dcm"))
     chain = audit.verify(db.engine)
     report.audit_ok, report.audit_entries = chain.ok, chain.entries
     db.dispose()
     _print(report, console)
     return report
+
+
+def _bodies(session: Any, resource_type: str) -> list[str]:
+    return list(
+        session.execute(select(Resource.body).where(Resource.resource_type == resource_type)).scalars()
+    )
 
 
 def _send_all(port: int, messages: list[bytes], report: DemoReport, console: Console) -> None:
@@ -100,6 +129,23 @@ def _send_all(port: int, messages: list[bytes], report: DemoReport, console: Con
             report.acks[code] = report.acks.get(code, 0) + 1
             report.sent += 1
             progress.advance(task)
+
+
+def _store_images(port: int, ae_title: str, images: list[Dataset], report: DemoReport) -> None:
+    """The PACS side: one association, a C-STORE per image, as a modality would send."""
+    ae = AE(ae_title="DEMO-PACS")
+    ae.add_requested_context(CTImageStorage)
+    assoc = ae.associate("127.0.0.1", port, ae_title=ae_title)
+    if not assoc.is_established:
+        report.dicom_status["association refused"] = 1
+        return
+    try:
+        for ds in images:
+            status = assoc.send_c_store(ds)
+            code = f"0x{int(status.Status):04X}" if status else "no response"
+            report.dicom_status[code] = report.dicom_status.get(code, 0) + 1
+    finally:
+        assoc.release()
 
 
 def _ack_code(ack: bytes) -> str:
@@ -130,6 +176,12 @@ def _print(report: DemoReport, console: Console) -> None:
     for key, n in sorted(report.events.items()):
         events.add_row(key, str(n))
     console.print(events)
+    stored = ", ".join(f"{code} {n}" for code, n in sorted(report.dicom_status.items()))
+    console.print(
+        f"PACS: {sum(report.dicom_status.values())} C-STOREs ({stored}); "
+        f"{report.studies_linked} ImagingStudy on the same pseudonymous Patient as that patient's HL7 feed; "
+        f"{report.deid_dicom_files} de-identified .dcm files"
+    )
     console.print(f"Summary jobs: {stats['jobs']}")
     if report.summary:
         console.print(

@@ -1,4 +1,5 @@
-"""A synthetic hospital for the demo and tests: made-up patients, ADT and ORU messages.
+"""A synthetic hospital for the demo and tests: made-up patients, ADT and ORU messages, and
+CT images of the same patients for its PACS.
 
 Everything here is invented (seeded random), so it can be printed, committed and sent
 anywhere. Some patients have Chinese names and addresses, and some lab notes mention the
@@ -7,9 +8,17 @@ patient's own name and MRN, so de-identification has something real to do.
 
 from __future__ import annotations
 
+import copy
 import random
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+
+import pydicom
+from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
+
+AUTHORITY = "DEMO-HOSP"  # PID-3.4 and (0010,0021) Issuer of Patient ID: one patient, one pseudonym
 
 FAMILY_EN = ["Smith", "Johnson", "Garcia", "Miller", "Davis", "Wilson", "Taylor", "Clark", "Lewis", "Walker"]
 GIVEN_EN = ["James", "Mary", "Robert", "Linda", "Michael", "Susan", "David", "Karen", "Thomas", "Nancy"]
@@ -101,7 +110,7 @@ def _pv1(visit: str, admitted: datetime, discharged: datetime | None = None) -> 
 
 def _pid(p: SyntheticPatient) -> str:
     return (
-        f"PID|1||{p.mrn}^^^DEMO-HOSP^MR||{p.family}^{p.given}||{p.birth_date}|{p.sex}|||"
+        f"PID|1||{p.mrn}^^^{AUTHORITY}^MR||{p.family}^{p.given}||{p.birth_date}|{p.sex}|||"
         f"{p.street}^^{p.city}^^310000^CHN||{p.phone}^PRN^PH"
     )
 
@@ -162,3 +171,26 @@ def feed(patients: list[SyntheticPatient], seed: int = 11) -> list[bytes]:
             messages.append((left, discharge(p, visit, admitted, left, f"ADT{n:05d}D")))
     messages.sort(key=lambda item: item[0])
     return [m for _, m in messages]
+
+
+def imaging(patients: list[SyntheticPatient], count: int) -> list[Dataset]:
+    """A synthetic PACS: a CT of each of the first ``count`` patients, built on pydicom's
+    CT_small test image with the patient's identity, a new study and the admission's day."""
+    path = get_testdata_file("CT_small.dcm")
+    if not isinstance(path, str):
+        raise FileNotFoundError("pydicom's CT_small.dcm test file is missing")
+    template = pydicom.dcmread(path)
+    studies: list[Dataset] = []
+    start = datetime(2026, 3, 1, 8, 0)
+    for n, p in enumerate(patients[:count]):
+        ds = copy.deepcopy(template)
+        ds.PatientID, ds.IssuerOfPatientID = p.mrn, AUTHORITY
+        ds.PatientName = f"{p.family}^{p.given}"
+        ds.PatientBirthDate, ds.PatientSex = p.birth_date, p.sex
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.StudyDate = ds.SeriesDate = ds.ContentDate = f"{start + timedelta(minutes=17 * n, hours=1):%Y%m%d}"
+        ds.AccessionNumber = f"IMG{n:05d}"
+        ds.StudyDescription = f"CT chest {p.family}"
+        studies.append(ds)
+    return studies

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -147,6 +148,10 @@ def test_demo_prints_a_summary_and_a_verified_chain(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert "audit chain verified" in result.stdout
     assert "One summary" in result.stdout
+    # The synthetic PACS: every CT stored, each study on its patient's HL7 pseudonym.
+    words = " ".join(result.stdout.split())  # rich wraps lines at the terminal width
+    assert re.search(r"PACS: 5 C-STOREs \(0x0000 5\); 5 ImagingStudy on the same", words)
+    assert "5 de-identified .dcm files" in words
 
 
 def test_convert_report_lists_z_segments_and_unexpected_segments(tmp_path: Path) -> None:
