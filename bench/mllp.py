@@ -12,7 +12,9 @@ client is another process (plain sockets and a selector). Scenarios:
 
 Each is run against the echo server (same framing and ACK building, nothing stored), the
 "fsync floor" (the echo server plus one fsync'd insert into a bare SQLite table per read,
-on the event loop: what durability alone costs on this disk), and the sidecar on SQLite
+on the event loop: what durability alone costs on this disk; and the same on PostgreSQL —
+one commit per read, so with many connections it is a reference, not a bound), and the
+sidecar on SQLite
 (WAL, synchronous=FULL) and on PostgreSQL. Reported:
 messages/s, ACK latency p50/p99 (send → ACK received), and the ratio to the echo ceiling.
 Messages are the canonical ORU^R01 of tests/fixtures with unique control ids.
@@ -177,7 +179,9 @@ def main() -> None:
     ]
     with ExitStack() as stack:
         if not args.no_pg:
-            targets.append(("sidecar, PostgreSQL", "sidecar", stack.enter_context(fresh_pg(args.pg))))
+            pg_url = stack.enter_context(fresh_pg(args.pg))
+            targets.append(("echo + PG commit floor", "pg-floor", pg_url))
+            targets.append(("sidecar, PostgreSQL", "sidecar", pg_url))
         for title, connections, window in SCENARIOS:
             per_connection = max(1, args.messages // connections)
             print(f"\n{title}: {per_connection * connections} messages")

@@ -3,6 +3,7 @@
     python -m bench.mllp_server sidecar [DATABASE_URL]  # MllpServer + DatabaseInbox (SQLite if no URL)
     python -m bench.mllp_server echo  # ceiling: frames in, a fixed ACK out, nothing stored
     python -m bench.mllp_server fsync-floor  # echo + one fsync'd bare SQLite insert per read
+    python -m bench.mllp_server pg-floor URL  # the same on PostgreSQL
 
 Prints {"port": N} once listening; runs until SIGTERM.
 """
@@ -17,6 +18,8 @@ import sqlite3
 import sys
 import tempfile
 from pathlib import Path
+
+import psycopg
 
 from connectors.hl7 import AckCode, build_ack, peek_header
 from connectors.inbox import DatabaseInbox
@@ -65,13 +68,41 @@ async def fsync_floor_server(path: Path) -> asyncio.Server:
     return await asyncio.start_server(handle, "127.0.0.1", 0)
 
 
+async def pg_floor_server(url: str) -> asyncio.Server:
+    """The same floor on PostgreSQL: one bare-table transaction per read, committed
+    (synchronous_commit on) on the event loop before the ACKs."""
+    conn = psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://"))
+    conn.execute("CREATE TABLE IF NOT EXISTS raw_floor (id BIGSERIAL PRIMARY KEY, body BYTEA NOT NULL)")
+    conn.commit()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        framer = FrameReader(1 << 20)
+        while data := await reader.read(65536):
+            frames = [e.payload for e in framer.feed(data) if isinstance(e, Frame)]
+            if frames:
+                with conn.cursor() as cursor:
+                    cursor.executemany("INSERT INTO raw_floor (body) VALUES (%s)", [(f,) for f in frames])
+                conn.commit()
+                for payload in frames:
+                    writer.write(encode_frame(build_ack(peek_header(payload), AckCode.AA)))
+            await writer.drain()
+        writer.close()
+
+    return await asyncio.start_server(handle, "127.0.0.1", 0)
+
+
 async def main(kind: str, url: str | None) -> None:
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)  # as `sidecar serve` does
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-    if kind in ("echo", "fsync-floor"):
+    if kind in ("echo", "fsync-floor", "pg-floor"):
         floor_db = Path(tempfile.mkdtemp(prefix="bench-floor-")) / "floor.db"
-        server = await (echo_server() if kind == "echo" else fsync_floor_server(floor_db))
+        if kind == "pg-floor":
+            if url is None:
+                raise SystemExit("pg-floor needs a database URL")
+            server = await pg_floor_server(url)
+        else:
+            server = await (echo_server() if kind == "echo" else fsync_floor_server(floor_db))
         print(json.dumps({"port": server.sockets[0].getsockname()[1]}), flush=True)
         await stop.wait()
         server.close()
