@@ -17,6 +17,7 @@ import signal
 import sqlite3
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
@@ -43,52 +44,52 @@ async def echo_server() -> asyncio.Server:
     return await asyncio.start_server(handle, "127.0.0.1", 0)
 
 
-async def fsync_floor_server(path: Path) -> asyncio.Server:
+async def floor_server(commit: Callable[[list[bytes]], None]) -> asyncio.Server:
     """The echo server plus the least durable storage can cost: every frame that arrived in
-    one read goes into a bare SQLite table (WAL, synchronous=FULL) in one transaction on the
-    event loop, then the ACKs. No inbox schema, no audit, no resend check, no thread."""
+    one read goes to ``commit`` (one transaction, on the event loop), then the ACKs. No
+    inbox schema, no audit, no resend check, no thread."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        framer = FrameReader(1 << 20)
+        while data := await reader.read(65536):
+            frames = [e.payload for e in framer.feed(data) if isinstance(e, Frame)]
+            if frames:
+                commit(frames)
+                for payload in frames:
+                    writer.write(encode_frame(build_ack(peek_header(payload), AckCode.AA)))
+            await writer.drain()
+        writer.close()
+
+    return await asyncio.start_server(handle, "127.0.0.1", 0)
+
+
+def sqlite_floor(path: Path) -> Callable[[list[bytes]], None]:
+    """A bare SQLite table (WAL, synchronous=FULL)."""
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("CREATE TABLE IF NOT EXISTS raw (id INTEGER PRIMARY KEY, body BLOB NOT NULL)")
 
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        framer = FrameReader(1 << 20)
-        while data := await reader.read(65536):
-            frames = [e.payload for e in framer.feed(data) if isinstance(e, Frame)]
-            if frames:
-                conn.execute("BEGIN IMMEDIATE")
-                conn.executemany("INSERT INTO raw (body) VALUES (?)", [(f,) for f in frames])
-                conn.execute("COMMIT")
-                for payload in frames:
-                    writer.write(encode_frame(build_ack(peek_header(payload), AckCode.AA)))
-            await writer.drain()
-        writer.close()
+    def commit(frames: list[bytes]) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.executemany("INSERT INTO raw (body) VALUES (?)", [(f,) for f in frames])
+        conn.execute("COMMIT")
 
-    return await asyncio.start_server(handle, "127.0.0.1", 0)
+    return commit
 
 
-async def pg_floor_server(url: str) -> asyncio.Server:
-    """The same floor on PostgreSQL: one bare-table transaction per read, committed
-    (synchronous_commit on) on the event loop before the ACKs."""
+def pg_floor(url: str) -> Callable[[list[bytes]], None]:
+    """A bare PostgreSQL table (synchronous_commit on)."""
     conn = psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://"))
     conn.execute("CREATE TABLE IF NOT EXISTS raw_floor (id BIGSERIAL PRIMARY KEY, body BYTEA NOT NULL)")
     conn.commit()
 
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        framer = FrameReader(1 << 20)
-        while data := await reader.read(65536):
-            frames = [e.payload for e in framer.feed(data) if isinstance(e, Frame)]
-            if frames:
-                with conn.cursor() as cursor:
-                    cursor.executemany("INSERT INTO raw_floor (body) VALUES (%s)", [(f,) for f in frames])
-                conn.commit()
-                for payload in frames:
-                    writer.write(encode_frame(build_ack(peek_header(payload), AckCode.AA)))
-            await writer.drain()
-        writer.close()
+    def commit(frames: list[bytes]) -> None:
+        with conn.cursor() as cursor:
+            cursor.executemany("INSERT INTO raw_floor (body) VALUES (%s)", [(f,) for f in frames])
+        conn.commit()
 
-    return await asyncio.start_server(handle, "127.0.0.1", 0)
+    return commit
 
 
 async def main(kind: str, url: str | None) -> None:
@@ -96,13 +97,16 @@ async def main(kind: str, url: str | None) -> None:
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     if kind in ("echo", "fsync-floor", "pg-floor"):
-        floor_db = Path(tempfile.mkdtemp(prefix="bench-floor-")) / "floor.db"
-        if kind == "pg-floor":
+        if kind == "echo":
+            server = await echo_server()
+        elif kind == "pg-floor":
             if url is None:
                 raise SystemExit("pg-floor needs a database URL")
-            server = await pg_floor_server(url)
+            server = await floor_server(pg_floor(url))
         else:
-            server = await (echo_server() if kind == "echo" else fsync_floor_server(floor_db))
+            server = await floor_server(
+                sqlite_floor(Path(tempfile.mkdtemp(prefix="bench-floor-")) / "floor.db")
+            )
         print(json.dumps({"port": server.sockets[0].getsockname()[1]}), flush=True)
         await stop.wait()
         server.close()
