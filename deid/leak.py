@@ -50,7 +50,7 @@ _POLICY_ELEMENT_NAMES: frozenset[str] = frozenset(
 class _Needle:
     kind: str
     casefolded: str
-    pattern: re.Pattern[str]
+    pattern: phi.ValuePattern
     digits: str  # compared against digit runs when not empty
 
 
