@@ -6,6 +6,7 @@ and the in-memory sinks of tests both satisfy them structurally.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -78,3 +79,22 @@ class MessageSink(Protocol):
     def quarantine(self, item: Rejected) -> int:
         """Store a rejected input durably and return its quarantine id. Blocking."""
         ...
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_networks(allowed: Sequence[str]) -> tuple[Network, ...]:
+    """The networks of an allow-list ("10.1.0.0/16", "127.0.0.1"); raises ValueError."""
+    return tuple(ipaddress.ip_network(n, strict=False) for n in allowed)
+
+
+def peer_in(networks: Sequence[Network], host: str) -> bool:
+    """Whether a peer address is allowed: every address when the list is empty."""
+    if not networks:
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return any(address in network for network in networks)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import ipaddress
 import logging
 import re
 import socketserver
@@ -38,7 +37,17 @@ from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
-from connectors.base import CommitListener, InboundMessage, MessageSink, Receipt, Rejected, notify_committed
+from connectors.base import (
+    CommitListener,
+    InboundMessage,
+    MessageSink,
+    Network,
+    Receipt,
+    Rejected,
+    notify_committed,
+    parse_networks,
+    peer_in,
+)
 from connectors.commit import GroupCommitter
 from connectors.hl7.header import MessageHeader
 
@@ -65,7 +74,7 @@ class DicomConfig:
     max_pdu: int = 65_536  # 0: unlimited
     max_associations: int = 16
     commit_timeout_s: float = 60.0
-    _networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = field(default=(), repr=False)
+    _networks: tuple[Network, ...] = field(default=(), repr=False)
 
     def __post_init__(self) -> None:
         if not 0 < len(self.ae_title.strip()) <= 16:
@@ -74,17 +83,10 @@ class DicomConfig:
             raise ValueError("allowed calling AE titles must be 1 to 16 characters")
         if self.max_pdu < 0 or self.max_associations <= 0 or self.commit_timeout_s <= 0:
             raise ValueError("max_pdu >= 0, max_associations and commit_timeout_s > 0")
-        networks = tuple(ipaddress.ip_network(n, strict=False) for n in self.allowed_peers)
-        object.__setattr__(self, "_networks", networks)
+        object.__setattr__(self, "_networks", parse_networks(self.allowed_peers))
 
     def peer_allowed(self, host: str) -> bool:
-        if not self._networks:
-            return True
-        try:
-            address = ipaddress.ip_address(host)
-        except ValueError:
-            return False
-        return any(address in network for network in self._networks)
+        return peer_in(self._networks, host)
 
 
 @dataclass(frozen=True)

@@ -5,9 +5,9 @@ after it committed; the listener ACKs after that, never before. A resend of the 
 (sender, control id) increments ``resend_count`` on the stored row and is reported as a
 duplicate: it is acknowledged again and never processed twice.
 
-This is the intake's hot path: one multi-row ``INSERT … ON CONFLICT DO UPDATE …
-RETURNING`` per batch (SQLite ≥ 3.35 and PostgreSQL both have it), and one audit entry per
-batch listing the inbox ids it covers, all on a held DB-API connection: SQLAlchemy's
+This is the intake's hot path: per batch, one multi-row insert (PostgreSQL: ``INSERT … ON
+CONFLICT DO UPDATE … RETURNING``; SQLite: see ``_write_sqlite``) and one audit entry
+listing the inbox ids it covers, all on a held DB-API connection: SQLAlchemy's
 per-statement machinery (events, result proxies, transaction objects) cost more CPU than
 the statements themselves (profiled ~0.45 ms of a ~0.6 ms one-message commit).
 """
@@ -45,7 +45,6 @@ class DatabaseInbox(MessageSink):
     def __init__(self, db: Database) -> None:
         self._db = db
         dialect = db.engine.dialect
-        self._placeholder = "?" if dialect.paramstyle == "qmark" else "%s"
         # The dialect's own converters, so rows look exactly as if the ORM wrote them
         # (SQLite stores datetimes as text in SQLAlchemy's format, booleans as 0/1).
         processors = [_INBOX.c[name].type.bind_processor(dialect) for name in _COLUMNS]
@@ -132,30 +131,17 @@ class DatabaseInbox(MessageSink):
             return self._commit_rows_pg(connection, messages, extra, rows)
         cursor = connection.cursor()
         try:
-            if self._is_sqlite:
-                # The driver runs in autocommit (see core.db); IMMEDIATE takes the write
-                # lock up front, as every other transaction here does.
-                cursor.execute("BEGIN IMMEDIATE")
-            write = self._write_sqlite if self._is_sqlite else self._write_returning
-            by_key = write(cursor, rows)
-            # Resends within this batch beyond the first occurrence.
-            p = self._placeholder
-            for key, n in extra.items():
-                cursor.execute(
-                    f"UPDATE inbox SET resend_count = resend_count + {p} WHERE id = {p}", (n, by_key[key][0])
-                )
+            # The driver runs in autocommit (see core.db); IMMEDIATE takes the write lock
+            # up front, as every other transaction here does.
+            cursor.execute("BEGIN IMMEDIATE")
+            by_key = self._write_sqlite(cursor, rows)
+            _count_batch_resends(cursor, "?", extra, by_key)
             receipts = _receipts(messages, by_key)
-            _audit_batch(cursor, p, not self._is_sqlite, messages, receipts)
-            if self._is_sqlite:
-                cursor.execute("COMMIT")
-            else:
-                connection.commit()
+            _audit_batch(cursor, "?", False, messages, receipts)
+            cursor.execute("COMMIT")
         except BaseException:
             with suppress(Exception):
-                if self._is_sqlite:
-                    cursor.execute("ROLLBACK")
-                else:
-                    connection.rollback()
+                cursor.execute("ROLLBACK")
             raise
         finally:
             with suppress(Exception):
@@ -178,6 +164,8 @@ class DatabaseInbox(MessageSink):
         try:
             with pg.pipeline():
                 cursors = []
+                # Several statements, one transaction: PostgreSQL takes at most 65,535 bound
+                # parameters per statement (a 6,000-message batch file exceeded it).
                 for start in range(0, len(rows), ROWS_PER_STATEMENT):
                     chunk = rows[start : start + ROWS_PER_STATEMENT]
                     cursor = pg.cursor()
@@ -193,10 +181,7 @@ class DatabaseInbox(MessageSink):
                         by_key[(r[1], r[2])] = (int(r[0]), int(r[3]))
                 head = head_cursor.fetchone()
                 cursor = pg.cursor()
-                for key, n in extra.items():
-                    cursor.execute(
-                        "UPDATE inbox SET resend_count = resend_count + %s WHERE id = %s", (n, by_key[key][0])
-                    )
+                _count_batch_resends(cursor, "%s", extra, by_key)
                 receipts = _receipts(messages, by_key)
                 _audit_batch(cursor, "%s", True, messages, receipts, head=head)
                 pg.commit()
@@ -205,18 +190,6 @@ class DatabaseInbox(MessageSink):
                 pg.rollback()
             raise
         return receipts
-
-    def _write_returning(self, cursor: Any, rows: list[list[Any]]) -> dict[tuple[str, str], tuple[int, int]]:
-        """PostgreSQL: one upsert per chunk; RETURNING arrives in one network read."""
-        by_key: dict[tuple[str, str], tuple[int, int]] = {}
-        # Several statements, one transaction: PostgreSQL takes at most 65,535 bound
-        # parameters per statement (a 6,000-message batch file exceeded it).
-        for start in range(0, len(rows), ROWS_PER_STATEMENT):
-            chunk = rows[start : start + ROWS_PER_STATEMENT]
-            cursor.execute(self._upsert_sql(len(chunk)), tuple(value for row in chunk for value in row))
-            for r in cursor.fetchall():
-                by_key[(r[1], r[2])] = (int(r[0]), int(r[3]))
-        return by_key
 
     def _write_sqlite(self, cursor: Any, rows: list[list[Any]]) -> dict[tuple[str, str], tuple[int, int]]:
         """SQLite: look up the (few) resends, number the new rows under the write lock,
@@ -271,12 +244,12 @@ class DatabaseInbox(MessageSink):
         return sql
 
     def _upsert_sql(self, rows: int) -> str:
-        # Hand-built SQL for the hottest statement: SQLAlchemy recompiles a multi-row
-        # VALUES for every batch (profiled: ~80% of the commit time), this is cached per
-        # batch size. Both SQLite ≥ 3.35 and PostgreSQL accept it verbatim.
+        # PostgreSQL. Hand-built SQL for the hottest statement: SQLAlchemy recompiled a
+        # multi-row VALUES for every batch (profiled: ~80% of the commit time); this is
+        # cached per batch size.
         sql = self._sql_by_size.get(rows)
         if sql is None:
-            one = "(" + ", ".join([self._placeholder] * len(_COLUMNS)) + ")"
+            one = "(" + ", ".join(["%s"] * len(_COLUMNS)) + ")"
             sql = (
                 f"INSERT INTO inbox ({', '.join(_COLUMNS)}) VALUES {', '.join([one] * rows)} "
                 "ON CONFLICT (sender, control_id) DO UPDATE SET "
@@ -374,6 +347,20 @@ def _values(m: InboundMessage) -> tuple[Any, ...]:
         0,
         0,
     )
+
+
+def _count_batch_resends(
+    cursor: Any,
+    placeholder: str,
+    extra: dict[tuple[str, str], int],
+    by_key: dict[tuple[str, str], tuple[int, int]],
+) -> None:
+    """Resends within one batch beyond the first occurrence (only the first became a row)."""
+    p = placeholder
+    for key, n in extra.items():
+        cursor.execute(
+            f"UPDATE inbox SET resend_count = resend_count + {p} WHERE id = {p}", (n, by_key[key][0])
+        )
 
 
 def _receipts(

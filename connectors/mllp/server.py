@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import ipaddress
 import logging
 import socket
 import ssl
@@ -28,7 +27,17 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 
-from connectors.base import CommitListener, InboundMessage, MessageSink, Receipt, Rejected, notify_committed
+from connectors.base import (
+    CommitListener,
+    InboundMessage,
+    MessageSink,
+    Network,
+    Receipt,
+    Rejected,
+    notify_committed,
+    parse_networks,
+    peer_in,
+)
 from connectors.commit import GroupCommitter
 from connectors.hl7.ack import AckCode, build_ack
 from connectors.hl7.charset import decode_message
@@ -66,24 +75,17 @@ class MllpConfig:
     ssl_context: ssl.SSLContext | None = None
     # MSH-18 empty: the charset to assume, per header (a per-sender policy); None = UTF-8.
     default_charset: Callable[[MessageHeader], str] | None = None
-    _networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = field(default=(), repr=False)
+    _networks: tuple[Network, ...] = field(default=(), repr=False)
 
     def __post_init__(self) -> None:
         if self.max_frame_bytes <= 0 or self.idle_timeout_s <= 0 or self.max_connections <= 0:
             raise ValueError("max_frame_bytes, idle_timeout_s and max_connections must be positive")
         if self.max_in_flight <= 0:
             raise ValueError("max_in_flight must be positive")
-        networks = tuple(ipaddress.ip_network(n, strict=False) for n in self.allowed_peers)
-        object.__setattr__(self, "_networks", networks)
+        object.__setattr__(self, "_networks", parse_networks(self.allowed_peers))
 
     def peer_allowed(self, host: str) -> bool:
-        if not self._networks:
-            return True
-        try:
-            address = ipaddress.ip_address(host)
-        except ValueError:
-            return False
-        return any(address in network for network in self._networks)
+        return peer_in(self._networks, host)
 
     def sender_allowed(self, header: MessageHeader) -> bool:
         if not self.allowed_senders:
