@@ -23,6 +23,7 @@ import pika.exceptions
 import psycopg
 from sqlalchemy.engine import make_url
 
+from connectors import MllpClient
 from core.db import Database
 from core.settings import Settings
 from sidecar.app import SidecarApp
@@ -38,6 +39,13 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 60.0, interval: flo
             return
         time.sleep(interval)
     raise AssertionError(f"condition not met within {timeout}s")
+
+
+def msa(ack: bytes) -> list[str]:
+    for segment in ack.split(b"\r"):
+        if segment.startswith(b"MSA"):
+            return segment.decode().split("|")
+    raise AssertionError(f"no MSA in ACK {ack!r}")
 
 
 class Embedded:
@@ -71,6 +79,13 @@ class Embedded:
     def settle(self, timeout: float = 60.0) -> None:
         assert self.app is not None
         assert self.app.wait_idle(timeout)
+
+    def deliver(self, *messages: bytes) -> None:
+        """Send over one MLLP connection, each answered AA, then wait until processed."""
+        with MllpClient().connect("127.0.0.1", self.port, timeout=30) as client:
+            for message in messages:
+                assert msa(client.send(message))[1] == "AA"
+        self.settle()
 
     def event_bodies(self) -> list[dict[str, Any]]:
         return [json.loads(b) for b in self.events]

@@ -11,15 +11,8 @@ from sqlalchemy import select, text
 import audit
 from connectors import MllpClient
 from core.tables import Resource
-from tests.deployments import Embedded, Production
+from tests.deployments import Embedded, Production, msa
 from tests.fixtures.messages import ADT_A01, IDENTIFIERS, ORU_R01, encoded
-
-
-def msa(ack: bytes) -> list[str]:
-    for segment in ack.split(b"\r"):
-        if segment.startswith(b"MSA"):
-            return segment.decode().split("|")
-    raise AssertionError(f"no MSA in ACK {ack!r}")
 
 
 def assert_no_identifiers(blob: str, where: str) -> None:

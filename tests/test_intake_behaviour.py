@@ -18,9 +18,8 @@ from core.settings import Settings
 from core.tables import DeadLetter, InboxEntry, QuarantineEntry, Resource
 from sidecar import hospital
 from sidecar.stats import collect
-from tests.deployments import Embedded
+from tests.deployments import Embedded, msa
 from tests.fixtures.messages import ADT_A01, ORU_R01, encoded, with_control_id
-from tests.test_end_to_end import msa
 
 
 @pytest.fixture

@@ -21,8 +21,7 @@ from connectors.hl7 import decode_message
 from core.tables import InboxEntry, InboxStatus
 from mapping import map_message
 from sidecar.stats import collect
-from tests.deployments import Embedded
-from tests.test_end_to_end import msa
+from tests.deployments import Embedded, msa
 
 
 def resident_id_check_digit(first_17: str) -> str:

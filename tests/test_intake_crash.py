@@ -19,8 +19,8 @@ import threading
 from pathlib import Path
 
 from connectors import MllpClient
+from tests.deployments import msa
 from tests.fixtures.messages import ORU_R01, with_control_id
-from tests.test_end_to_end import msa
 
 REPO = Path(__file__).resolve().parents[1]
 SENDERS, PER_SENDER, KILL_AFTER = 4, 500, 600

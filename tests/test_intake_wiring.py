@@ -15,9 +15,8 @@ from core.settings import Settings
 from core.tables import InboxEntry
 from sidecar.app import SidecarApp
 from sidecar.stats import collect
-from tests.deployments import Embedded, wait_for
+from tests.deployments import Embedded, msa, wait_for
 from tests.fixtures.messages import ADT_A01, encoded, with_control_id
-from tests.test_end_to_end import msa
 
 GB_MESSAGE = (
     "MSH|^~\\&|HIS|ZJHOSP|SIDECAR|ZJHOSP|20260301081500+0800||ADT^A01^ADT_A01|GB-0001|P|2.5.1\r"

@@ -8,23 +8,19 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from connectors import MllpClient
 from core.events import ChangeKind, resource_event, resource_routing_key
 from core.store import add_outbox
 from core.tables import AuditEntry, DeadLetter, OutboxEvent, Resource
 from sidecar.stats import collect
 from tests.deployments import Embedded, wait_for
 from tests.fixtures.messages import ADT_A01, encoded
-from tests.test_end_to_end import msa
 
 
 def test_a_planted_leak_is_blocked_dead_lettered_and_audited(tmp_path: Path) -> None:
     dep = Embedded(tmp_path / "data")
     dep.start()
     try:
-        with MllpClient().connect("127.0.0.1", dep.port, timeout=30) as client:
-            assert msa(client.send(encoded(ADT_A01)))[1] == "AA"
-        dep.settle()
+        dep.deliver(encoded(ADT_A01))
         clean_events = len(dep.events)
         assert clean_events > 0  # de-identified events went out
         with dep.db.sessions() as s:

@@ -31,9 +31,8 @@ from sandbox.prompt import Prompt
 from sandbox.runner import SCREEN_ATTEMPTS, JobOutcome, run_job
 from sandbox.screen import CeleryScreen, ScreenUnavailable
 from sidecar.app import SidecarApp
-from tests.deployments import REPO, Embedded, wait_for
+from tests.deployments import REPO, Embedded, msa, wait_for
 from tests.fixtures.messages import ADT_A01, ORU_R01, encoded
-from tests.test_end_to_end import msa
 from worker.context import build_context
 from worker.pipeline import PipelineContext, process
 from worker.screen import ScreenService

@@ -15,7 +15,6 @@ from sqlalchemy import select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ProgrammingError
 
-from connectors import MllpClient
 from core.db import Database
 from core.settings import Settings
 from core.tables import Job, JobStatus
@@ -24,7 +23,6 @@ from sandbox.runner import JobOutcome, run_job
 from tests.conftest import PG_ADMIN
 from tests.deployments import Embedded
 from tests.fixtures.messages import ADT_A01, ORU_R01, encoded
-from tests.test_end_to_end import msa
 
 IDENTIFIED_TABLES = ["inbox", "quarantine", "phi_tokens", "reid_map", "patient_phi"]
 
@@ -47,10 +45,7 @@ def identified(tmp_path: Path, pg_url: str) -> Iterator[Database]:
     dep = Embedded(tmp_path / "data", database_url=pg_url)
     dep.start()
     try:
-        with MllpClient().connect("127.0.0.1", dep.port, timeout=30) as client:
-            assert msa(client.send(encoded(ADT_A01)))[1] == "AA"
-            assert msa(client.send(encoded(ORU_R01)))[1] == "AA"
-        dep.settle()
+        dep.deliver(encoded(ADT_A01), encoded(ORU_R01))
     finally:
         dep.stop()
     db = Database(dep.settings)

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from connectors import InboundMessage, MllpClient
+from connectors import InboundMessage
 from connectors.hl7 import peek_header
 from connectors.inbox import DatabaseInbox
 from core.errors import MappingError
@@ -23,7 +23,6 @@ from mapping import MappedMessage, MappingOptions, map_message
 from sidecar.stats import collect
 from tests.deployments import Embedded
 from tests.fixtures.messages import ORU_R01, encoded, with_control_id
-from tests.test_end_to_end import msa
 from worker.context import build_context
 from worker.pipeline import process
 from worker.replay import ReplayFilter, replay
@@ -62,9 +61,7 @@ def test_a_dead_letter_is_processed_by_retry_after_the_fix(
     dep = Embedded(tmp_path / "data")
     dep.start()
     try:
-        with MllpClient().connect("127.0.0.1", dep.port, timeout=30) as client:
-            assert msa(client.send(encoded(ORU_R01)))[1] == "AA"
-        dep.settle()
+        dep.deliver(encoded(ORU_R01))
         with dep.db.sessions() as s:
             letter = s.execute(select(DeadLetter)).scalar_one()
         assert (letter.stage, letter.code, letter.reason) == ("map", "mapping", "OBX-5 cannot be read as NM")

@@ -16,9 +16,8 @@ import pytest
 
 from connectors import MllpClient
 from sidecar.stats import collect
-from tests.deployments import Production, wait_for
+from tests.deployments import Production, msa, wait_for
 from tests.fixtures.messages import ORU_R01, with_control_id
-from tests.test_end_to_end import msa
 
 PATIENTS = int(os.environ.get("SIDECAR_TEST_PATIENTS", "50"))
 PER_PATIENT = int(os.environ.get("SIDECAR_TEST_PER_PATIENT", "100"))

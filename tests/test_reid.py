@@ -13,11 +13,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from connectors import MllpClient
 from core.tables import AuditEntry, Resource
 from tests.deployments import Embedded
 from tests.fixtures.messages import ADT_A01, encoded
-from tests.test_end_to_end import msa
 
 
 @pytest.fixture
@@ -26,9 +24,7 @@ def patient(tmp_path: Path) -> tuple[Path, str]:
     dep = Embedded(tmp_path / "data")
     dep.start()
     try:
-        with MllpClient().connect("127.0.0.1", dep.port, timeout=30) as client:
-            assert msa(client.send(encoded(ADT_A01)))[1] == "AA"
-        dep.settle()
+        dep.deliver(encoded(ADT_A01))
         with dep.db.sessions() as s:
             ids = s.execute(select(Resource.resource_id).where(Resource.resource_type == "Patient")).scalars()
             (patient_id,) = list(ids)
