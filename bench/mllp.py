@@ -170,7 +170,12 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=8000, help="messages per scenario")
     parser.add_argument("--pg", default=os.environ.get("SIDECAR_TEST_PG", DEFAULT_PG))
     parser.add_argument("--no-pg", action="store_true")
+    parser.add_argument(
+        "--scenario", type=int, action="append", choices=range(1, len(SCENARIOS) + 1),
+        help="run only this scenario (1-based, repeatable); default all",
+    )  # fmt: skip
     args = parser.parse_args()
+    scenarios = [SCENARIOS[i - 1] for i in args.scenario] if args.scenario else SCENARIOS
 
     targets: list[tuple[str, str, str | None]] = [
         ("echo ceiling", "echo", None),
@@ -182,7 +187,7 @@ def main() -> None:
             pg_url = stack.enter_context(fresh_pg(args.pg))
             targets.append(("echo + PG commit floor", "pg-floor", pg_url))
             targets.append(("sidecar, PostgreSQL", "sidecar", pg_url))
-        for title, connections, window in SCENARIOS:
+        for title, connections, window in scenarios:
             per_connection = max(1, args.messages // connections)
             print(f"\n{title}: {per_connection * connections} messages")
             ceiling = None
