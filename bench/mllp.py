@@ -7,6 +7,8 @@ frames → MSH peek → charset → group commit into the inbox (fsync'd) → AC
 client is another process (plain sockets and a selector). Scenarios:
 
 - 1 connection, original mode: the sender waits for each ACK (how most interfaces send).
+- 1 connection, pipelined: a window of 12 frames in flight (few senders do this; it shows
+  what one connection carries when the sender does not wait).
 - 8 connections, 1 in flight each.
 - 8 connections, pipelined (a window of 12, and of 32, frames in flight per connection).
 
@@ -157,6 +159,7 @@ def fresh_pg(admin_url: str) -> Iterator[str]:
 
 SCENARIOS = [
     ("1 connection, original mode", 1, 1),
+    ("1 connection, pipelined (window 12)", 1, 12),
     ("8 connections, 1 in flight each", 8, 1),
     ("8 connections, pipelined (window 12)", 8, 12),
     ("8 connections, pipelined (window 32)", 8, 32),

@@ -91,3 +91,30 @@ def test_a_failed_batch_leaves_nothing_and_the_next_one_commits(db: Database) ->
     inbox.close()
     assert not receipt.duplicate
     assert set(_rows(db)) == {"F"}
+
+
+def test_a_batch_larger_than_one_round_trip_keeps_order_resends_and_atomicity(db: Database) -> None:
+    # PostgreSQL sends a batch in chunks of 32 rows, each chunk its own round trip within
+    # one transaction: order, resend detection and all-or-nothing must hold across them.
+    inbox = DatabaseInbox(db)
+    inbox.commit_many([_message("K40"), _message("K05")])
+    ids = [f"K{i:02d}" for i in range(90)]
+    batch = [_message(c) for c in ids] + [_message("K01"), _message("K70")]
+    receipts = inbox.commit_many(batch)
+    rows = _rows(db)
+    assert [r.inbox_id for r in receipts[:90]] == [rows[c].id for c in ids]
+    assert [c for c, r in zip(ids, receipts, strict=False) if r.duplicate] == ["K05", "K40"]
+    assert receipts[90].duplicate and receipts[90].inbox_id == rows["K01"].id
+    assert receipts[91].duplicate and receipts[91].inbox_id == rows["K70"].id
+    new = [rows[c].id for c in ids if c not in ("K05", "K40")]
+    assert new == sorted(new)  # arrival order
+    assert {c: rows[c].resend_count for c in ("K01", "K05", "K40", "K70", "K02")} == {
+        "K01": 1, "K05": 1, "K40": 1, "K70": 1, "K02": 0,
+    }  # fmt: skip
+
+    broken = _message("L77")
+    object.__setattr__(broken, "raw", None)  # fails in the third chunk
+    with pytest.raises(Exception):  # noqa: B017 - the driver's own error type
+        inbox.commit_many([_message(f"L{i:02d}") for i in range(77)] + [broken])
+    inbox.close()
+    assert not any(c.startswith("L") for c in _rows(db))
