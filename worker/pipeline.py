@@ -22,6 +22,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -214,8 +215,7 @@ def transform(ctx: PipelineContext, raw: bytes, charset: str) -> Transformed:
     except Exception as exc:
         raise _permanent(stage, exc) from exc
     # Outside the pure stages: a database error here is transient, and the caller retries.
-    with ctx.db.sessions() as session:
-        known = known_phi(session, list(reid))
+    known = _known(ctx, list(reid))
     try:
         # What earlier messages told us about these patients, then this message's own values.
         result = deidentify(mapped.resources, keys, known | mapped.phi_values, ctx.vault)
@@ -254,14 +254,27 @@ class DeidInstance:
     obj: DeidObject  # the de-identified Part-10 file
     phi_values: dict[str, str]  # identified: never log
     keys: dict[str, tuple[str, str]] = field(default_factory=dict)  # Patient id -> (authority, value)
+    # phi_values without those naming the site or a device: what is the patient's own.
+    patient_values: dict[str, str] = field(default_factory=dict)
+
+
+KnownValues = Callable[[list[str]], dict[str, str]]  # pseudonyms -> value -> kind
 
 
 def deidentify_instance(
-    ds: pydicom.Dataset, vault: Vault, options: DicomPipelineOptions, timezone: str
+    ds: pydicom.Dataset,
+    vault: Vault,
+    options: DicomPipelineOptions,
+    timezone: str,
+    known_of: KnownValues | None = None,
 ) -> DeidInstance:
     """One DICOM instance -> its de-identified .dcm and ImagingStudy, under one pseudonym.
 
-    Raises PermanentFailure (stage, code, a reason naming tags and kinds, never values).
+    ``known_of``: what other messages reported about the patient (``core.store.known_phi``),
+    looked up once the pseudonym is known; it cleans descriptions and is checked for in the
+    output like the object's own values. Its errors propagate as they are (a database
+    error is transient). Raises PermanentFailure (stage, code, a reason naming tags and
+    kinds, never values) for everything else.
     """
     stage = "map"
     try:
@@ -270,31 +283,46 @@ def deidentify_instance(
             raise PermanentFailure(
                 stage, "no-patient", "DICOM (0010,0020) Patient ID is empty: no patient to link the study to"
             )
-        stage = "deid"
+        keys = {pid: (key.authority, key.value) for pid, key in mapped.patient_keys.items()}
+    except PermanentFailure:
+        raise
+    except Exception as exc:
+        raise _dicom_failure(stage, exc) from exc
+    known = known_of(list(reid_entries(keys, vault))) if known_of is not None else {}
+    stage = "deid"
+    try:
         dicom = deidentify_dataset(
-            ds, vault, DicomOptions(allow_burned_in=options.allow_burned_in), authority=options.authority
+            ds,
+            vault,
+            DicomOptions(allow_burned_in=options.allow_burned_in),
+            authority=options.authority,
+            known=known,
         )
         if dicom.quarantined is not None:
             raise PermanentFailure(stage, "burned-in", f"image withheld: {dicom.quarantined}")
-        keys = {pid: (key.authority, key.value) for pid, key in mapped.patient_keys.items()}
-        result = deidentify(mapped.resources, keys, mapped.phi_values, vault)
+        result = deidentify(mapped.resources, keys, known | mapped.phi_values, vault)
         if result.patients != (dicom.patient,):
             # Both sides key the same (issuer, PatientID); if they ever disagree, the
             # study and its images would belong to different pseudonyms.
             raise PermanentFailure(stage, "patient-mismatch", "DICOM and FHIR pseudonyms differ")
         out = dicom.dataset
-        _check_dicom_text(out, {v: k for v, k in mapped.phi_values.items() if v not in mapped.site_values})
+        own = {v: k for v, k in mapped.phi_values.items() if v not in mapped.site_values}
+        _check_dicom_text(out, known | own)
         buffer = io.BytesIO()
         pydicom.dcmwrite(buffer, out, enforce_file_format=True)
         obj = DeidObject(str(out.StudyInstanceUID), str(out.SOPInstanceUID), buffer.getvalue())
     except PermanentFailure:
         raise
-    except SidecarError as exc:  # MappingError, DeidError and the rest
-        raise PermanentFailure(stage, exc.code, str(exc)) from exc
     except Exception as exc:
-        # pydicom's messages can quote values: the exception type only.
-        raise PermanentFailure(stage, "internal", f"{type(exc).__name__} in stage {stage}") from exc
-    return DeidInstance(result, obj, mapped.phi_values, keys)
+        raise _dicom_failure(stage, exc) from exc
+    return DeidInstance(result, obj, mapped.phi_values, keys, own)
+
+
+def _dicom_failure(stage: str, exc: Exception) -> PermanentFailure:
+    if isinstance(exc, SidecarError):  # MappingError, DeidError and the rest
+        return PermanentFailure(stage, exc.code, str(exc))
+    # pydicom's messages can quote values: the exception type only.
+    return PermanentFailure(stage, "internal", f"{type(exc).__name__} in stage {stage}")
 
 
 def _check_dicom_text(ds: pydicom.Dataset, phi_values: dict[str, str]) -> None:
@@ -322,7 +350,9 @@ def transform_dicom(ctx: PipelineContext, raw: bytes) -> Transformed:
         raise PermanentFailure(
             "decode", "bad-dicom", f"not a readable DICOM file ({type(exc).__name__})"
         ) from exc
-    done = deidentify_instance(ds, ctx.vault, ctx.dicom, ctx.mapping_options.default_timezone)
+    done = deidentify_instance(
+        ds, ctx.vault, ctx.dicom, ctx.mapping_options.default_timezone, known_of=lambda p: _known(ctx, p)
+    )
     resources = done.result.resources
     stubs = frozenset(
         f"Patient/{r.resource['id']}" for r in resources if r.resource["resourceType"] == "Patient"
@@ -334,7 +364,13 @@ def transform_dicom(ctx: PipelineContext, raw: bytes) -> Transformed:
         objects=(done.obj,),
         create_only=stubs,
         reid=reid_entries(done.keys, ctx.vault),
+        phi_values=done.patient_values,  # remembered for the patient's later messages
     )
+
+
+def _known(ctx: PipelineContext, patients: list[str]) -> dict[str, str]:
+    with ctx.db.sessions() as session:
+        return known_phi(session, patients)
 
 
 def dead_letter(db: Database, inbox_id: int, stage: str, code: str, reason: str) -> None:

@@ -26,7 +26,8 @@ Further rules, each on the conservative side of what the table leaves open:
   read falls back to the basic action. Without a PatientID there is no pseudonym and so
   no shift: dates get the basic action (removed, emptied or a dummy).
 - C (clean) passes text through ``deid.scrub.Scrubber`` with every value this object
-  removes or replaces as a known identifier (names, ids, dates, addresses...). Cleaning a
+  removes or replaces (and the caller's ``known`` values for the patient, what other
+  feeds reported) as a known identifier (names, ids, dates, addresses...). Cleaning a
   sequence means applying the profile inside it; a non-text value falls back to the
   basic action.
 - Inside a sequence whose basic action is D (Content Sequence, Graphic Annotation
@@ -52,7 +53,7 @@ from __future__ import annotations
 import copy
 import io
 import struct
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import ClassVar, Final, NamedTuple, TypeVar, cast
 
@@ -528,10 +529,15 @@ class _Run:
     new elements; an element the caller had already decoded is copied before a change.
     """
 
-    def __init__(self, vault: Vault, options: DicomOptions, pseudonym: str | None) -> None:
+    def __init__(
+        self, vault: Vault, options: DicomOptions, pseudonym: str | None, known: Mapping[str, str]
+    ) -> None:
         self.vault = vault
         self.options = options
         self.pseudonym = pseudonym
+        self.known = dict(known)
+        # Part of every cache key: a patient's known values grow as other feeds report more.
+        self.known_key = tuple(sorted(self.known.items()))
         self.days = vault.date_shift_days(pseudonym) if pseudonym else None
         self.can_shift = options.retain_longitudinal_modified_dates and self.days is not None
         self.table = _plan_table(options, self.can_shift)
@@ -614,7 +620,7 @@ class _Run:
         source_key = self._source_key()
         cleaner = _recent(source_key) if source_key is not None else None
         if cleaner is None:
-            phi = self.collect_phi()
+            phi = {**self.known, **self.collect_phi()}  # the object's own kinds win
             phi_key = ("phi", *phi.items())
             cleaner = _recent(phi_key)
             if cleaner is None:
@@ -627,7 +633,7 @@ class _Run:
     def _source_key(self) -> tuple[object, ...] | None:
         """The phi sources as raw bytes with what decodes them, or None if one is decoded
         already (then the values themselves are the key)."""
-        parts: list[object] = ["raw", self.options, self.can_shift]
+        parts: list[object] = ["raw", self.options, self.can_shift, self.known_key]
         size = 0
         for kind, data, source in self.phi_sources:
             charset = data.original_character_set
@@ -982,9 +988,16 @@ _DEFAULT_OPTIONS: Final = DicomOptions()
 
 
 def deidentify_dataset(
-    ds: Dataset, vault: Vault, options: DicomOptions = _DEFAULT_OPTIONS, *, authority: str = ""
+    ds: Dataset,
+    vault: Vault,
+    options: DicomOptions = _DEFAULT_OPTIONS,
+    *,
+    authority: str = "",
+    known: Mapping[str, str] | None = None,
 ) -> DicomDeidResult:
-    """A de-identified copy of ``ds``; see the module doc for the rules.
+    """A de-identified copy of ``ds``; see the module doc for the rules. ``known``: value ->
+    phi kind, what is known about this object's patient from elsewhere (other messages),
+    for cleaning descriptions.
 
     Raises DeidError (naming the tag, never a value) when an attribute cannot be handled.
     """
@@ -997,7 +1010,7 @@ def deidentify_dataset(
     except Exception:
         raise DeidError("cannot read (0010,0020) Patient ID or (0010,0021) Issuer of Patient ID") from None
     pseudonym = vault.pseudonym(*key) if key else None
-    run = _Run(vault, options, pseudonym)
+    run = _Run(vault, options, pseudonym, known or {})
     try:
         out = _shallow(ds)
     except Exception:
