@@ -132,7 +132,12 @@ class SidecarApp:
             self.sandbox_loop = Loop("sandbox", self._run_due_jobs, settings.relay_interval_s)
         else:
             self._celery = make_celery(settings, "sidecar-serve")
-            self.dispatcher = InboxDispatcher(self.db, self._send_to_lane, lanes=settings.pipeline_lanes)
+            self.dispatcher = InboxDispatcher(
+                self.db,
+                self._send_to_lane,
+                lanes=settings.pipeline_lanes,
+                dicom_issuer=settings.dicom_issuer_default,
+            )
             self.dispatch_loop = Loop("dispatch", self.dispatcher.run_once, settings.relay_interval_s)
         self.api: ApiServer | None = None
         if settings.api_port is not None:
