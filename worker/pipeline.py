@@ -51,6 +51,7 @@ from deid import DeidentifiedResource, DeidResult, DicomOptions, Vault, deidenti
 from deid.tokens import identifier_tokens
 from mapping import MappingOptions, map_message
 from mapping.dicom import map_dataset, merge_studies
+from mapping.updates import MERGED_TYPES, merge_update
 from worker.objects import DeidObject, put_object
 from worker.triggers import JobRequest, enqueue_jobs, summary_triggers
 
@@ -166,6 +167,8 @@ def store(
             continue  # a stub never overwrites what a richer source (HL7 ADT) stored
         if rtype == "ImagingStudy":
             resource = merge_studies(_stored(session, rtype, rid, lock=True), resource)
+        elif rtype in MERGED_TYPES:  # an ORU's PID restates the patient in part
+            resource = merge_update(_stored(session, rtype, rid, lock=True), resource)
         changes.append(put_resource(session, resource, patient=item.patient, origin=origin, now=now))
         stored.append(item)
     requests: list[JobRequest] = summary_triggers(stored, changes)

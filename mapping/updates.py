@@ -1,0 +1,49 @@
+"""HL7 v2 update semantics for resources that later messages describe only in part.
+
+A lab result, an order or a schedule message carries a PID (and often a PV1) to say whom
+and which visit it is about, usually with a few fields only: the MRN, perhaps the name.
+Mapped alone, that gives a Patient without birth date, sex or address, and storing it as
+the new version would erase what the admission reported. HL7 v2 (chapter 2, "null values
+in fields") says a field that is not present in an update means "no change"; only the
+explicit null ``""`` means "delete" (which the mapper does not carry yet, so a delete sent
+that way is not applied). So for the resources messages keep restating — Patient from PID,
+Encounter from PV1 — a new version takes each top-level element the message has and keeps
+the stored one where the message has none. Everything else (results, reports, orders) is
+restated whole by the message that sends it and is replaced as it comes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+MERGED_TYPES = frozenset({"Patient", "Encounter"})
+
+# Choice elements ([x]) at the top level: one present in the message replaces the stored
+# one whatever its type (deceasedBoolean false, then deceasedDateTime).
+_CHOICES: dict[str, tuple[str, ...]] = {"Patient": ("deceased", "multipleBirth")}
+
+
+def merge_update(stored: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
+    """``new`` over ``stored`` element by element (top level); ``new`` alone when there is
+    nothing stored to keep, or the type is replaced whole."""
+    rtype = new.get("resourceType")
+    if (
+        stored is None
+        or rtype not in MERGED_TYPES
+        or stored.get("resourceType") != rtype
+        or stored.get("id") != new.get("id")
+    ):
+        return new
+    out = {k: v for k, v in stored.items() if k != "meta"}
+    for prefix in _CHOICES.get(rtype, ()):
+        if any(_is_choice(k, prefix) for k in new):
+            for key in [k for k in out if _is_choice(k, prefix)]:
+                del out[key]
+    out.update((k, v) for k, v in new.items() if k != "meta")
+    if "meta" in new or "meta" in stored:
+        out["meta"] = new.get("meta", stored.get("meta"))
+    return out
+
+
+def _is_choice(key: str, prefix: str) -> bool:
+    return key.startswith(prefix) and key[len(prefix) : len(prefix) + 1].isupper()
