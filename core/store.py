@@ -28,6 +28,7 @@ class StoredChange:
     resource_id: str
     version: int
     change: ChangeKind | None  # None: identical content, nothing new stored or published
+    stale: bool = False  # not stored: a newer inbox entry already stated it
 
     @property
     def reference(self) -> str:
@@ -46,14 +47,24 @@ def content_hash(resource: dict[str, Any]) -> str:
 
 
 def put_resource(
-    session: Session, resource: dict[str, Any], *, patient: str | None, origin: str, now: datetime
+    session: Session,
+    resource: dict[str, Any],
+    *,
+    patient: str | None,
+    origin: str,
+    now: datetime,
+    source_seq: int | None = None,
 ) -> StoredChange:
+    """Store a new version if the content changed. ``source_seq``: the inbox entry stating
+    it, remembered as the resource's newest (see ``stored_head``)."""
     rtype, rid = resource["resourceType"], resource["id"]
     digest = content_hash(resource)
     head = session.execute(
         select(Resource).where(Resource.resource_type == rtype, Resource.resource_id == rid).with_for_update()
     ).scalar_one_or_none()
+    newest = _newest(head.source_seq if head is not None else None, source_seq)
     if head is not None and head.content_hash == digest:
+        head.source_seq = newest
         return StoredChange(rtype, rid, head.version, None)
 
     version = 1 if head is None else head.version + 1
@@ -72,6 +83,7 @@ def put_resource(
                 body=body,
                 content_hash=digest,
                 updated_at=now,
+                source_seq=newest,
             )
         )
     else:
@@ -82,6 +94,7 @@ def put_resource(
             digest,
             now,
         )
+        head.source_seq = newest
     session.add(
         ResourceHistory(
             resource_type=rtype, resource_id=rid, version=version, body=body, origin=origin, recorded_at=now
@@ -90,6 +103,23 @@ def put_resource(
     event = resource_event(stored, change, patient=patient, time=now)
     add_outbox(session, event, resource_routing_key(rtype, change), now=now)
     return StoredChange(rtype, rid, version, change)
+
+
+def _newest(stored: int | None, incoming: int | None) -> int | None:
+    return incoming if stored is None else stored if incoming is None else max(stored, incoming)
+
+
+def stored_head(
+    session: Session, rtype: str, rid: str, *, lock: bool = False
+) -> tuple[dict[str, Any] | None, int | None]:
+    """The stored resource (or None) and the newest inbox entry that stated it."""
+    query = select(Resource.body, Resource.source_seq).where(
+        Resource.resource_type == rtype, Resource.resource_id == rid
+    )
+    row = session.execute(query.with_for_update() if lock else query).one_or_none()
+    if row is None:
+        return None, None
+    return json.loads(row.body), row.source_seq
 
 
 def add_outbox(session: Session, event: dict[str, Any], routing_key: str, *, now: datetime) -> None:

@@ -113,6 +113,9 @@ class Resource(Base):
     body: Mapped[str] = mapped_column(Text)  # FHIR JSON incl. meta.versionId
     content_hash: Mapped[str] = mapped_column(String(64))  # of the content without meta
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # The newest inbox entry that stated this resource, changed or not (None: not from the
+    # inbox). An older entry processed later (a replay) must not undo what it said.
+    source_seq: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class ResourceHistory(Base):

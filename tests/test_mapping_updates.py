@@ -4,13 +4,21 @@ element by element; other resources are replaced whole."""
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import select
 
-from core.tables import Resource, ResourceHistory
+from connectors import InboundMessage
+from connectors.hl7 import peek_header
+from connectors.inbox import DatabaseInbox
+from core.settings import Settings
+from core.tables import AuditEntry, Resource, ResourceHistory
 from mapping.updates import merge_update
 from tests.deployments import Embedded
+from worker.context import build_context
+from worker.pipeline import process
 
 STORED = {
     "resourceType": "Patient",
@@ -93,3 +101,45 @@ def test_a_lab_result_does_not_erase_what_the_admission_said(tmp_path: Path) -> 
     assert after_death["deceasedDateTime"]
     assert after_death["gender"] == "female"
     assert after_death["birthDate"] == admitted["birthDate"]
+
+
+def _inbox(ctx: Any, *texts: str) -> list[int]:
+    raws = [t.encode() for t in texts]
+    inbox = DatabaseInbox(ctx.db)
+    receipts = inbox.commit_many(
+        [InboundMessage(r, peek_header(r), "utf-8", False, "mllp", "test", datetime.now(UTC)) for r in raws]
+    )
+    inbox.close()
+    return [r.inbox_id for r in receipts]
+
+
+def _result(status: str, value: str, control_id: str) -> str:
+    return (
+        f"MSH|^~\\&|LIS|GENHOSP|SIDECAR|GENHOSP|20260302121000+0800||ORU^R01^ORU_R01|{control_id}|P|2.5.1\r"
+        "PID|1||MRN6660101^^^GENHOSP^MR\r"
+        f"OBR|1|ORD-9|ACC-9|2823-3^Potassium^LN|||20260302113000+0800|||||||||||||||20260302120500+0800|||{status}\r"
+        f"OBX|1|NM|2823-3^Potassium SerPl-sCnc^LN||{value}|mmol/L|3.5-5.1|N|||{status}\r"
+    )
+
+
+def test_an_older_entry_processed_late_does_not_undo_a_newer_one(tmp_path: Path) -> None:
+    """Arrival order decides, not processing order: a replayed or late entry leaves what a
+    newer entry stated, and only fills what the Patient lacked."""
+    ctx = build_context(Settings(data_dir=tmp_path / "data"))
+    older_a08 = ADMISSION.replace("ADT^A01", "ADT^A08").replace("|F|||1 Main St", "|U|||1 Main St")
+    newer_a08 = DEATH.replace("UPD-3", "UPD-4").replace("Doe^Jane|||", "Doe^Jane||19660412|F", 1)
+    preliminary, final = _result("P", "4.0", "UPD-5"), _result("F", "4.4", "UPD-6")
+    old_adt, new_adt, old_result, new_result = _inbox(ctx, older_a08, newer_a08, preliminary, final)
+    for inbox_id in (new_adt, new_result, old_adt, old_result):  # the newer ones first
+        assert process(ctx, inbox_id).outcome == "processed"
+    with ctx.db.sessions() as s:
+        bodies = [json.loads(b) for b in s.execute(select(Resource.body)).scalars()]
+        audits = {e.entity: json.loads(e.detail) for e in s.execute(select(AuditEntry)).scalars()}
+    ctx.db.dispose()
+    (patient,) = [b for b in bodies if b["resourceType"] == "Patient"]
+    assert patient["gender"] == "female"  # the newer A08's, not the older one's "unknown"
+    assert patient["deceasedDateTime"]
+    (observation,) = [b for b in bodies if b["resourceType"] == "Observation"]
+    assert observation["status"] == "final" and observation["valueQuantity"]["value"] == 4.4
+    assert any(r.startswith("Observation/") for r in audits[f"inbox/{old_result}"]["stale"])
+    assert "stale" not in audits[f"inbox/{new_result}"]

@@ -20,7 +20,6 @@ propagate so the runner retries them.
 from __future__ import annotations
 
 import io
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -45,8 +44,9 @@ from core.store import (
     add_reid_entries,
     known_phi,
     put_resource,
+    stored_head,
 )
-from core.tables import DeadLetter, InboxEntry, InboxStatus, Resource
+from core.tables import DeadLetter, InboxEntry, InboxStatus
 from deid import DeidentifiedResource, DeidResult, DicomOptions, Vault, deidentify, deidentify_dataset
 from deid.tokens import identifier_tokens
 from mapping import MappingOptions, map_message
@@ -165,11 +165,24 @@ def store(
         rtype, rid = resource["resourceType"], resource["id"]
         if f"{rtype}/{rid}" in transformed.create_only and _stored(session, rtype, rid) is not None:
             continue  # a stub never overwrites what a richer source (HL7 ADT) stored
-        if rtype == "ImagingStudy":
+        if rtype == "ImagingStudy":  # a union of instances: arrival order does not matter
             resource = merge_studies(_stored(session, rtype, rid, lock=True), resource)
-        elif rtype in MERGED_TYPES:  # an ORU's PID restates the patient in part
-            resource = merge_update(_stored(session, rtype, rid, lock=True), resource)
-        changes.append(put_resource(session, resource, patient=item.patient, origin=origin, now=now))
+        else:
+            current, newest = stored_head(session, rtype, rid, lock=True)
+            if current is not None and newest is not None and inbox_id < newest:
+                # A newer entry already stated it (this one is a replay or came late): what
+                # it said stands. A Patient or Encounter only gains elements it lacked.
+                if rtype not in MERGED_TYPES:
+                    version = int(current["meta"]["versionId"])
+                    changes.append(StoredChange(rtype, rid, version, None, stale=True))
+                    stored.append(item)
+                    continue
+                resource = merge_update(resource, current)
+            elif rtype in MERGED_TYPES:  # an ORU's PID restates the patient in part
+                resource = merge_update(current, resource)
+        changes.append(
+            put_resource(session, resource, patient=item.patient, origin=origin, now=now, source_seq=inbox_id)
+        )
         stored.append(item)
     requests: list[JobRequest] = summary_triggers(stored, changes)
     job_ids = enqueue_jobs(session, requests, now=now, coalesce_s=ctx.coalesce_s)
@@ -177,18 +190,20 @@ def store(
 
 
 def _stored(session: Session, rtype: str, rid: str, *, lock: bool = False) -> dict[str, Any] | None:
-    query = select(Resource.body).where(Resource.resource_type == rtype, Resource.resource_id == rid)
-    body = session.execute(query.with_for_update() if lock else query).scalar_one_or_none()
-    return json.loads(body) if body is not None else None
+    return stored_head(session, rtype, rid, lock=lock)[0]
 
 
 def change_summary(changes: list[StoredChange], job_ids: list[int]) -> dict[str, object]:
-    return {
+    summary: dict[str, object] = {
         "resources": len(changes),
         "created": sum(1 for c in changes if c.change == "created"),
         "updated": sum(1 for c in changes if c.change == "updated"),
         "jobs": job_ids,
     }
+    stale = [f"{c.resource_type}/{c.resource_id}" for c in changes if c.stale]
+    if stale:
+        summary["stale"] = stale  # kept as a newer entry stated them (our own ids)
+    return summary
 
 
 @dataclass(frozen=True)
