@@ -136,6 +136,13 @@ class Settings(BaseSettings):
         "unset: no API. Needs api_tokens: the API refuses to start without one.",
     )
     api_host: str = Field("127.0.0.1", description="Address the HTTP API binds to.")
+    api_tls_cert_file: Path | None = Field(
+        None,
+        description="PEM certificate: set with api_tls_key_file to serve the API over HTTPS "
+        "(needed whenever api_host is reachable from other machines: bearer tokens and FHIR "
+        "bodies must not cross a network in clear).",
+    )
+    api_tls_key_file: Path | None = Field(None, description="PEM private key of api_tls_cert_file.")
     api_tokens: dict[str, SecretStr] = Field(
         default_factory=dict,
         description='Bearer tokens of the API\'s clients, {"client name": "token"}; the name is the actor '

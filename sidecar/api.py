@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from pathlib import Path as FilePath
 from typing import Annotated, Any
 
 import uvicorn
@@ -296,8 +297,27 @@ class ApiServer:
     """uvicorn on a thread of `sidecar serve`: one process, one shutdown, like the
     metrics endpoint. Port 0 picks a free port (see ``port``)."""
 
-    def __init__(self, api: FastAPI, host: str, port: int) -> None:
-        config = uvicorn.Config(api, host=host, port=port, log_config=None, access_log=False, lifespan="off")
+    def __init__(
+        self,
+        api: FastAPI,
+        host: str,
+        port: int,
+        *,
+        tls_cert_file: FilePath | None = None,
+        tls_key_file: FilePath | None = None,
+    ) -> None:
+        if (tls_cert_file is None) != (tls_key_file is None):
+            raise ConfigError("HTTPS needs both api_tls_cert_file and api_tls_key_file")
+        config = uvicorn.Config(
+            api,
+            host=host,
+            port=port,
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+            ssl_certfile=tls_cert_file,
+            ssl_keyfile=tls_key_file,
+        )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, name="api", daemon=True)
 

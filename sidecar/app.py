@@ -143,7 +143,13 @@ class SidecarApp:
         if settings.api_port is not None:
             # Built here, so a missing api_tokens stops start-up before anything listens.
             api = create_api(self.db, self.ctx.vault, settings.api_tokens, settings.api_auditors)
-            self.api = ApiServer(api, settings.api_host, settings.api_port)
+            self.api = ApiServer(
+                api,
+                settings.api_host,
+                settings.api_port,
+                tls_cert_file=settings.api_tls_cert_file,
+                tls_key_file=settings.api_tls_key_file,
+            )
         self.metrics = IntakeMetrics()
         self.inbox = DatabaseInbox(self.db)
         self.server = MllpServer(
