@@ -4,7 +4,6 @@ plain HTTP to the same port gets nothing, and half a configuration stops start-u
 from __future__ import annotations
 
 import ssl
-import subprocess
 from pathlib import Path
 
 import httpx
@@ -16,18 +15,6 @@ from sidecar.app import SidecarApp
 from tests.deployments import Embedded
 
 TOKEN = "t0k3n-for-the-tls-test-client"
-
-
-@pytest.fixture(scope="module")
-def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    folder = tmp_path_factory.mktemp("api-tls")
-    cert, key = folder / "cert.pem", folder / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
-         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    return cert, key
 
 
 def test_the_api_serves_https_with_the_configured_certificate(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import socket
 import ssl
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -110,18 +109,6 @@ def test_a_pipelining_sender_gets_every_ack_in_order_and_shares_commits(sink: Me
     assert {msa(a)[1] for a in acks} == {"AA"}
     assert len(sink.committed) == n
     assert committer.batches < n / 10  # messages shared commits
-
-
-@pytest.fixture(scope="module")
-def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    folder = tmp_path_factory.mktemp("tls")
-    cert, key = folder / "cert.pem", folder / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
-         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    return cert, key
 
 
 def test_tls_listener(sink: MemorySink, certificate: tuple[Path, Path]) -> None:
