@@ -252,7 +252,7 @@ def _permanent(stage: str, exc: Exception) -> PermanentFailure:
     if isinstance(exc, SidecarError):  # MappingError, DeidError and the rest
         return PermanentFailure(stage, exc.code, str(exc))
     # A bug in a pure stage fails the same way on every retry: dead-letter it with the
-    # exception type only (its text may quote patient data).
+    # exception type only (its text may quote patient data; pydicom's quotes values).
     return PermanentFailure(stage, "internal", f"{type(exc).__name__} in stage {stage}")
 
 
@@ -305,7 +305,7 @@ def deidentify_instance(
     except PermanentFailure:
         raise
     except Exception as exc:
-        raise _dicom_failure(stage, exc) from exc
+        raise _permanent(stage, exc) from exc
     known = known_of(list(reid_entries(keys, vault))) if known_of is not None else {}
     stage = "deid"
     try:
@@ -332,15 +332,8 @@ def deidentify_instance(
     except PermanentFailure:
         raise
     except Exception as exc:
-        raise _dicom_failure(stage, exc) from exc
+        raise _permanent(stage, exc) from exc
     return DeidInstance(result, obj, mapped.phi_values, keys, own)
-
-
-def _dicom_failure(stage: str, exc: Exception) -> PermanentFailure:
-    if isinstance(exc, SidecarError):  # MappingError, DeidError and the rest
-        return PermanentFailure(stage, exc.code, str(exc))
-    # pydicom's messages can quote values: the exception type only.
-    return PermanentFailure(stage, "internal", f"{type(exc).__name__} in stage {stage}")
 
 
 def _check_dicom_text(ds: pydicom.Dataset, phi_values: dict[str, str]) -> None:
