@@ -17,15 +17,19 @@ from __future__ import annotations
 from typing import Any
 
 MERGED_TYPES = frozenset({"Patient", "Encounter"})
+ADMINISTERED = {"Encounter": frozenset({"status"})}  # see above: changed by ADT events only
 
 # Choice elements ([x]) at the top level: one present in the message replaces the stored
 # one whatever its type (deceasedBoolean false, then deceasedDateTime).
 _CHOICES: dict[str, tuple[str, ...]] = {"Patient": ("deceased", "multipleBirth")}
 
 
-def merge_update(stored: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
+def merge_update(
+    stored: dict[str, Any] | None, new: dict[str, Any], *, keep: frozenset[str] = frozenset()
+) -> dict[str, Any]:
     """``new`` over ``stored`` element by element (top level); ``new`` alone when there is
-    nothing stored to keep, or the type is replaced whole."""
+    nothing stored to keep, or the type is replaced whole. ``keep``: elements whose stored
+    value stands even where ``new`` has one."""
     rtype = new.get("resourceType")
     if (
         stored is None
@@ -39,7 +43,7 @@ def merge_update(stored: dict[str, Any] | None, new: dict[str, Any]) -> dict[str
         if any(_is_choice(k, prefix) for k in new):
             for key in [k for k in out if _is_choice(k, prefix)]:
                 del out[key]
-    out.update((k, v) for k, v in new.items() if k != "meta")
+    out.update((k, v) for k, v in new.items() if k != "meta" and not (k in keep and k in stored))
     if "meta" in new or "meta" in stored:
         out["meta"] = new.get("meta", stored.get("meta"))
     return out

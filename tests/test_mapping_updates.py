@@ -57,7 +57,7 @@ ADMISSION = (
     "MSH|^~\\&|HIS|GENHOSP|SIDECAR|GENHOSP|20260301081500+0800||ADT^A01^ADT_A01|UPD-1|P|2.5.1\r"
     "EVN|A01|20260301081500+0800\r"
     "PID|1||MRN6660101^^^GENHOSP^MR||Doe^Jane||19660412|F|||1 Main St^^Springfield^IL^62704\r"
-    "PV1|1|I|W4^412^B^GENHOSP||||9921^Okonkwo^Chidi|||MED||||||||V-6660101\r"
+    "PV1|1|I|W4^412^B^GENHOSP||||9921^Okonkwo^Chidi|||MED|||||||||V-6660101\r"
 )
 LAB = (
     "MSH|^~\\&|LIS|GENHOSP|SIDECAR|GENHOSP|20260302121000+0800||ORU^R01^ORU_R01|UPD-2|P|2.5.1\r"
@@ -143,3 +143,43 @@ def test_an_older_entry_processed_late_does_not_undo_a_newer_one(tmp_path: Path)
     assert observation["status"] == "final" and observation["valueQuantity"]["value"] == 4.4
     assert any(r.startswith("Observation/") for r in audits[f"inbox/{old_result}"]["stale"])
     assert "stale" not in audits[f"inbox/{new_result}"]
+
+
+def _visit_message(kind: str, control_id: str, pv1_tail: str = "") -> str:
+    event = f"EVN|{kind[4:]}|20260304100000+0800\r" if kind.startswith("ADT") else ""
+    return (
+        f"MSH|^~\\&|HIS|GENHOSP|SIDECAR|GENHOSP|20260304100000+0800||{kind}|{control_id}|P|2.5.1\r"
+        + event
+        + "PID|1||MRN6660101^^^GENHOSP^MR\r"
+        + "PV1|1|I|W4^412^B^GENHOSP||||||||||||||||V-6660101"
+        + pv1_tail
+        + "\r"
+        + (
+            "OBR|1|ORD-7|ACC-7|2823-3^Potassium^LN|||20260304090000+0800\r"
+            "OBX|1|NM|2823-3^Potassium SerPl-sCnc^LN||4.0|mmol/L|3.5-5.1|N|||F\r"
+            if kind.startswith("ORU")
+            else ""
+        )
+    )
+
+
+def test_a_result_after_discharge_does_not_reopen_the_visit(tmp_path: Path) -> None:
+    discharged = "|" * 26 + "20260304095000+0800"  # PV1-45 discharge date/time
+    dep = Embedded(tmp_path / "data")
+    dep.start()
+    try:
+        statuses = []
+        for message in (
+            ADMISSION,
+            _visit_message("ADT^A03^ADT_A03", "VIS-2", discharged),
+            _visit_message("ORU^R01^ORU_R01", "VIS-3"),  # its PV1 alone would say in-progress
+            _visit_message("ADT^A13^ADT_A01", "VIS-4"),  # cancel discharge: ADT reopens it
+        ):
+            dep.deliver(message.encode())
+            with dep.db.sessions() as s:
+                query = select(Resource.body).where(Resource.resource_type == "Encounter")
+                (body,) = s.execute(query).scalars().all()
+            statuses.append(json.loads(body)["status"])
+    finally:
+        dep.stop()
+    assert statuses == ["in-progress", "finished", "finished", "in-progress"]

@@ -51,7 +51,7 @@ from deid import DeidentifiedResource, DeidResult, DicomOptions, Vault, deidenti
 from deid.tokens import identifier_tokens
 from mapping import MappingOptions, map_message
 from mapping.dicom import map_dataset, merge_studies
-from mapping.updates import MERGED_TYPES, merge_update
+from mapping.updates import ADMINISTERED, MERGED_TYPES, merge_update
 from worker.objects import DeidObject, put_object
 from worker.triggers import JobRequest, enqueue_jobs, summary_triggers
 
@@ -179,7 +179,8 @@ def store(
                     continue
                 resource = merge_update(resource, current)
             elif rtype in MERGED_TYPES:  # an ORU's PID restates the patient in part
-                resource = merge_update(current, resource)
+                keep = frozenset() if transformed.administrative else ADMINISTERED.get(rtype, frozenset())
+                resource = merge_update(current, resource, keep=keep)
         changes.append(
             put_resource(session, resource, patient=item.patient, origin=origin, now=now, source_seq=inbox_id)
         )
@@ -215,6 +216,8 @@ class Transformed:
     create_only: frozenset[str] = frozenset()  # "Type/id" stored only if absent (stubs)
     # pseudonym -> (authority, identifier) as sent, for the audited way back (sidecar reid)
     reid: dict[str, tuple[str, str]] = field(default_factory=dict)
+    # an ADT event: it may change what patient administration owns (an Encounter's status)
+    administrative: bool = False
     # what the message reported about its patient(s): remembered for later messages' scrubbing
     phi_values: dict[str, str] = field(default_factory=dict)
 
@@ -245,6 +248,7 @@ def transform(ctx: PipelineContext, raw: bytes, charset: str) -> Transformed:
         identifier_tokens(mapped.phi_values, ctx.vault),
         reid=reid,
         phi_values=mapped.phi_values,
+        administrative=mapped.message_type.upper().startswith("ADT"),
     )
 
 
