@@ -10,6 +10,11 @@ that way is not applied). So for the resources messages keep restating — Patie
 Encounter from PV1 — a new version takes each top-level element the message has and keeps
 the stored one where the message has none. Everything else (results, reports, orders) is
 restated whole by the message that sends it and is replaced as it comes.
+
+An Encounter's status is patient administration's to change: the status the mapper derives
+for a lab result's PV1 (from the patient class, else "in-progress") is an inference, and a
+result that arrives after the discharge must not reopen the visit. So unless the message
+is an ADT event, the caller keeps the stored status (``keep``, ``ADMINISTERED``).
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from __future__ import annotations
 from typing import Any
 
 MERGED_TYPES = frozenset({"Patient", "Encounter"})
-ADMINISTERED = {"Encounter": frozenset({"status"})}  # see above: changed by ADT events only
+ADMINISTERED = {"Encounter": frozenset({"status"})}  # changed by ADT events only
 
 # Choice elements ([x]) at the top level: one present in the message replaces the stored
 # one whatever its type (deceasedBoolean false, then deceasedDateTime).
