@@ -11,27 +11,17 @@ import pytest
 from sqlalchemy import select
 
 from connectors import InboundMessage
-from connectors.hl7 import peek_header
 from connectors.inbox import DatabaseInbox
 from core.db import Database
 from core.settings import Settings
 from core.tables import AuditEntry, InboxEntry
-from tests.fixtures.messages import ORU_R01, with_control_id
+from tests.fixtures.messages import ORU_R01, inbound, with_control_id
 
 T0 = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
 
 
 def _message(control_id: str, at: datetime = T0) -> InboundMessage:
-    raw = with_control_id(ORU_R01, control_id).encode()
-    return InboundMessage(
-        raw=raw,
-        header=peek_header(raw),
-        charset="UTF-8",
-        repaired=False,
-        source="mllp",
-        peer="p:1",
-        received_at=at,
-    )
+    return inbound(with_control_id(ORU_R01, control_id).encode(), peer="p:1", received_at=at)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import socket
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
 
-from connectors import InboundMessage, MllpClient
-from connectors.hl7 import peek_header
+from connectors import MllpClient
 from connectors.inbox import DatabaseInbox
 from core.db import Database
 from core.settings import Settings
@@ -19,7 +18,7 @@ from core.tables import DeadLetter, InboxEntry, QuarantineEntry, Resource
 from sidecar import hospital
 from sidecar.stats import collect
 from tests.deployments import Embedded, msa
-from tests.fixtures.messages import ADT_A01, ORU_R01, encoded, with_control_id
+from tests.fixtures.messages import ADT_A01, ORU_R01, encoded, inbound, with_control_id
 
 
 @pytest.fixture
@@ -118,17 +117,7 @@ def test_messages_acknowledged_before_a_crash_are_processed_at_start(tmp_path: P
     db = Database(settings)
     db.migrate()
     raw = encoded(ADT_A01)
-    receipt = DatabaseInbox(db).commit(
-        InboundMessage(
-            raw=raw,
-            header=peek_header(raw),
-            charset="utf-8",
-            repaired=False,
-            source="mllp",
-            peer="127.0.0.1:1",
-            received_at=datetime.now(UTC),
-        )
-    )
+    receipt = DatabaseInbox(db).commit(inbound(raw, peer="127.0.0.1:1"))
     assert not receipt.duplicate
     assert collect(db)["inbox"]["pending"] == 1
     db.dispose()

@@ -18,8 +18,7 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from connectors import InboundMessage, MllpClient
-from connectors.hl7 import peek_header
+from connectors import MllpClient
 from connectors.inbox import DatabaseInbox
 from core.db import Database
 from core.errors import ConfigError
@@ -32,7 +31,7 @@ from sandbox.runner import SCREEN_ATTEMPTS, JobOutcome, run_job
 from sandbox.screen import CeleryScreen, ScreenUnavailable
 from sidecar.app import SidecarApp
 from tests.deployments import REPO, Embedded, msa, wait_for
-from tests.fixtures.messages import ADT_A01, ORU_R01, encoded
+from tests.fixtures.messages import ADT_A01, ORU_R01, encoded, inbound
 from worker.context import build_context
 from worker.pipeline import PipelineContext, process
 from worker.screen import ScreenService
@@ -83,9 +82,7 @@ def ingest(ctx: PipelineContext, *messages: str) -> list[int]:
     job_ids: list[int] = []
     for text in messages:
         raw = encoded(text)
-        receipt = inbox.commit(
-            InboundMessage(raw, peek_header(raw), "utf-8", False, "mllp", "test", datetime.now(UTC))
-        )
+        receipt = inbox.commit(inbound(raw))
         job_ids += process(ctx, receipt.inbox_id).job_ids
     inbox.close()
     return job_ids

@@ -4,19 +4,17 @@ element by element; other resources are replaced whole."""
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
 
-from connectors import InboundMessage
-from connectors.hl7 import peek_header
 from connectors.inbox import DatabaseInbox
 from core.settings import Settings
 from core.tables import AuditEntry, Resource, ResourceHistory
 from mapping.updates import merge_update
 from tests.deployments import Embedded
+from tests.fixtures.messages import inbound
 from worker.context import build_context
 from worker.pipeline import process
 
@@ -106,9 +104,7 @@ def test_a_lab_result_does_not_erase_what_the_admission_said(tmp_path: Path) -> 
 def _inbox(ctx: Any, *texts: str) -> list[int]:
     raws = [t.encode() for t in texts]
     inbox = DatabaseInbox(ctx.db)
-    receipts = inbox.commit_many(
-        [InboundMessage(r, peek_header(r), "utf-8", False, "mllp", "test", datetime.now(UTC)) for r in raws]
-    )
+    receipts = inbox.commit_many([inbound(r) for r in raws])
     inbox.close()
     return [r.inbox_id for r in receipts]
 

@@ -6,15 +6,12 @@ import json
 import os
 import subprocess
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import func, select
 
-from connectors import InboundMessage
-from connectors.hl7 import peek_header
 from connectors.inbox import DatabaseInbox
 from core.errors import MappingError
 from core.settings import Settings
@@ -22,7 +19,7 @@ from core.tables import DeadLetter, InboxEntry, OutboxEvent
 from mapping import MappedMessage, MappingOptions, map_message
 from sidecar.stats import collect
 from tests.deployments import Embedded
-from tests.fixtures.messages import ORU_R01, encoded, with_control_id
+from tests.fixtures.messages import ORU_R01, encoded, inbound, with_control_id
 from worker.context import build_context
 from worker.pipeline import process
 from worker.replay import ReplayFilter, replay
@@ -92,9 +89,7 @@ def _archive(tmp_path: Path, count: int) -> Any:
         text = text.replace("MRN7734021", f"MRN{1000 + i % 50}").replace("|6.1|", f"|{3 + i % 40 / 10}|")
         text = text.replace("ACC2026-88", f"ACC{i:05d}")
         raws.append(text.encode())
-    messages = [
-        InboundMessage(r, peek_header(r), "utf-8", False, "mllp", "test", datetime.now(UTC)) for r in raws
-    ]
+    messages = [inbound(r) for r in raws]
     for start in range(0, count, 500):
         inbox.commit_many(messages[start : start + 500])
     with ctx.db.sessions() as s:
