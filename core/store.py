@@ -56,13 +56,17 @@ def put_resource(
     source_seq: int | None = None,
 ) -> StoredChange:
     """Store a new version if the content changed. ``source_seq``: the inbox entry stating
-    it, remembered as the resource's newest (see ``stored_head``)."""
+    it, remembered as the resource's newest; an entry older than that (a replay, a retried
+    dead letter) stores nothing and gets a ``stale`` change: what the newer one said stands."""
     rtype, rid = resource["resourceType"], resource["id"]
     digest = content_hash(resource)
     head = session.execute(
         select(Resource).where(Resource.resource_type == rtype, Resource.resource_id == rid).with_for_update()
     ).scalar_one_or_none()
-    newest = _newest(head.source_seq if head is not None else None, source_seq)
+    stated = head.source_seq if head is not None else None
+    if head is not None and stated is not None and source_seq is not None and source_seq < stated:
+        return StoredChange(rtype, rid, head.version, None, stale=True)
+    newest = _newest(stated, source_seq)
     if head is not None and head.content_hash == digest:
         head.source_seq = newest
         return StoredChange(rtype, rid, head.version, None)

@@ -165,25 +165,24 @@ def store(
         rtype, rid = resource["resourceType"], resource["id"]
         if f"{rtype}/{rid}" in transformed.create_only and _stored(session, rtype, rid) is not None:
             continue  # a stub never overwrites what a richer source (HL7 ADT) stored
+        source_seq: int | None = inbox_id
         if rtype == "ImagingStudy":  # a union of instances: arrival order does not matter
             resource = merge_studies(_stored(session, rtype, rid, lock=True), resource)
-        else:
+            source_seq = None
+        elif rtype in MERGED_TYPES:  # an ORU's PID restates the patient in part
             current, newest = stored_head(session, rtype, rid, lock=True)
             if current is not None and newest is not None and inbox_id < newest:
-                # A newer entry already stated it (this one is a replay or came late): what
-                # it said stands. A Patient or Encounter only gains elements it lacked.
-                if rtype not in MERGED_TYPES:
-                    version = int(current["meta"]["versionId"])
-                    changes.append(StoredChange(rtype, rid, version, None, stale=True))
-                    stored.append(item)
-                    continue
-                resource = merge_update(resource, current)
-            elif rtype in MERGED_TYPES:  # an ORU's PID restates the patient in part
+                # A newer entry already stated it (a replay, or this one came late): what it
+                # said stands, and this one only adds elements it lacked.
+                resource, source_seq = merge_update(resource, current), None
+            else:
                 keep = frozenset() if transformed.administrative else ADMINISTERED.get(rtype, frozenset())
                 resource = merge_update(current, resource, keep=keep)
-        changes.append(
-            put_resource(session, resource, patient=item.patient, origin=origin, now=now, source_seq=inbox_id)
+        # Anything else from an entry older than the newest that stated it is left as stored.
+        change = put_resource(
+            session, resource, patient=item.patient, origin=origin, now=now, source_seq=source_seq
         )
+        changes.append(change)
         stored.append(item)
     requests: list[JobRequest] = summary_triggers(stored, changes)
     job_ids = enqueue_jobs(session, requests, now=now, coalesce_s=ctx.coalesce_s)
