@@ -52,6 +52,8 @@ class Context:
     """Positions of segments a site rule mapped (Z-segments), never reported."""
     roles: dict[int, str] = field(default_factory=dict)
     """Segment position -> the rule set that mapped it (a key of ``coverage.MAPPED_FIELDS``)."""
+    cleared: dict[str, frozenset[str]] = field(default_factory=dict)
+    """"Type/id" -> top-level elements the message deletes with an explicit null ``""``."""
     _ids: set[str] = field(default_factory=set)
     _positions: dict[int, int] = field(default_factory=dict)
 
@@ -63,6 +65,18 @@ class Context:
             raise MappingError(f"two {resource['resourceType']} resources got the same id")
         self._ids.add(key)
         self.resources.append(resource)
+
+    def clear_nulled(self, resource: Json, segment: Segment, sources: dict[str, tuple[int, ...]]) -> None:
+        """Note the elements of ``resource`` that ``segment`` deletes: those the resource
+        lacks while one of their source fields (``sources``) is the explicit null."""
+        nulled = frozenset(
+            element
+            for element, fields in sources.items()
+            if not any(_is_element(key, element) for key in resource)
+            and any(segment.is_null(n) for n in fields)
+        )
+        if nulled:
+            self.cleared[resource["resourceType"] + "/" + resource["id"]] = nulled
 
     def taken(self, resource_type: str, resource_id: str) -> bool:
         return f"{resource_type}/{resource_id}" in self._ids
@@ -98,3 +112,9 @@ class Context:
         """Record a segment as unmapped even when it carries nothing but a set ID."""
         self.unmapped.append(segment.name)
         self.unmapped_at.append(self.position(segment))
+
+
+def _is_element(key: str, element: str) -> bool:
+    """``key`` is ``element``, or one of its types when ``element`` names a choice
+    (``deceased`` for ``deceasedBoolean``)."""
+    return key == element or (key.startswith(element) and key[len(element) : len(element) + 1].isupper())

@@ -82,4 +82,6 @@ def map_pv1(pv1: Segment, patient: PatientRef, ctx: Context) -> None:
         },
     )
     ctx.add(encounter)
+    # PV1-44 and -45 both null (or one null, one empty): the visit's dates are deleted.
+    ctx.clear_nulled(encounter, pv1, {"period": (44, 45)})
     patient.encounter_id = encounter_id

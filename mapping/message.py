@@ -85,6 +85,7 @@ def _map(text: str, options: MappingOptions) -> MappedMessage:
         phi_values=phi.collect(message),
         unmapped_segments=tuple(ctx.unmapped),
         report=build_report(ctx),
+        cleared=ctx.cleared,
         segment_driven=mapper is map_generic,
     )
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -67,6 +67,9 @@ class MappedMessage:
     """Names of segments with content that no rule mapped, in order, repeats kept."""
     report: tuple[UnmappedItem, ...] = ()
     """Unmapped segments and unmapped fields of mapped segments, in message order."""
+    cleared: dict[str, frozenset[str]] = field(default_factory=dict)
+    """"Type/id" (as in ``resources``) -> top-level elements the message deletes with HL7's
+    explicit null ``""``; for Patient and Encounter, which updates merge (mapping.updates)."""
     segment_driven: bool = False
     """True when the message type has no message map of its own and went through the
     segment-driven map (``mapping.generic``): segments mapped where they stand, the rest reported."""

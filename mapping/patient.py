@@ -75,6 +75,19 @@ def _deceased(pid: Segment, ctx: Context) -> Json:
     return {} if indicator is None else {"deceasedBoolean": indicator}
 
 
+# Top-level elements and the PID fields they come from: an explicit null in one of them,
+# with nothing else mapped to the element, deletes the stored value (mapping.updates).
+# Identifiers are not among them: PID-3 names the patient.
+_SOURCES = {
+    "name": (5, 9),
+    "birthDate": (7,),
+    "gender": (8,),
+    "address": (11,),
+    "telecom": (13, 14),
+    "deceased": (29, 30),
+}
+
+
 def map_pid(pid: Segment, ctx: Context) -> PatientRef:
     """Add the Patient for ``pid`` (once per message) and return what later segments refer to."""
     key = primary_key(pid)
@@ -98,5 +111,6 @@ def map_pid(pid: Segment, ctx: Context) -> PatientRef:
         },
     )
     ctx.add(patient)
+    ctx.clear_nulled(patient, pid, _SOURCES)
     ctx.patient_keys[patient_id] = key
     return PatientRef(patient_id, key)

@@ -5,10 +5,10 @@ and which visit it is about, usually with a few fields only: the MRN, perhaps th
 Mapped alone, that gives a Patient without birth date, sex or address, and storing it as
 the new version would erase what the admission reported. HL7 v2 (chapter 2, "null values
 in fields") says a field that is not present in an update means "no change"; only the
-explicit null ``""`` means "delete" (which the mapper does not carry yet, so a delete sent
-that way is not applied). So for the resources messages keep restating — Patient from PID,
-Encounter from PV1 — a new version takes each top-level element the message has and keeps
-the stored one where the message has none. Everything else (results, reports, orders) is
+explicit null ``""`` means "delete". So for the resources messages keep restating — Patient
+from PID, Encounter from PV1 — a new version takes each top-level element the message has,
+drops those the message nulls (``clear``, from ``MappedMessage.cleared``) and keeps the
+stored one where the message has none. Everything else (results, reports, orders) is
 restated whole by the message that sends it and is replaced as it comes.
 
 An Encounter's status is patient administration's to change: the status the mapper derives
@@ -30,11 +30,16 @@ _CHOICES: dict[str, tuple[str, ...]] = {"Patient": ("deceased", "multipleBirth")
 
 
 def merge_update(
-    stored: dict[str, Any] | None, new: dict[str, Any], *, keep: frozenset[str] = frozenset()
+    stored: dict[str, Any] | None,
+    new: dict[str, Any],
+    *,
+    keep: frozenset[str] = frozenset(),
+    clear: frozenset[str] = frozenset(),
 ) -> dict[str, Any]:
     """``new`` over ``stored`` element by element (top level); ``new`` alone when there is
     nothing stored to keep, or the type is replaced whole. ``keep``: elements whose stored
-    value stands even where ``new`` has one."""
+    value stands even where ``new`` has one. ``clear``: elements the message deleted, not
+    kept from ``stored`` (a choice by its prefix: ``deceased``)."""
     rtype = new.get("resourceType")
     if (
         stored is None
@@ -43,7 +48,11 @@ def merge_update(
         or stored.get("id") != new.get("id")
     ):
         return new
-    out = {k: v for k, v in stored.items() if k != "meta"}
+    out = {
+        k: v
+        for k, v in stored.items()
+        if k != "meta" and not (any(k == c or _is_choice(k, c) for c in clear) and k not in keep)
+    }
     for prefix in _CHOICES.get(rtype, ()):
         if any(_is_choice(k, prefix) for k in new):
             for key in [k for k in out if _is_choice(k, prefix)]:

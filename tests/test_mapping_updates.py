@@ -12,6 +12,7 @@ from sqlalchemy import select
 from connectors.inbox import DatabaseInbox
 from core.settings import Settings
 from core.tables import AuditEntry, Resource, ResourceHistory
+from mapping import map_message
 from mapping.updates import merge_update
 from tests.deployments import Embedded
 from tests.fixtures.messages import inbound
@@ -49,6 +50,37 @@ def test_other_types_and_other_ids_are_replaced_whole() -> None:
     other = {"resourceType": "Patient", "id": "p2", "gender": "male"}
     assert merge_update(STORED, other) == other
     assert merge_update(None, other) == other
+
+
+def test_elements_the_message_deletes_are_not_kept() -> None:
+    new = {"resourceType": "Patient", "id": "p1", "gender": "male"}
+    merged = merge_update(STORED, new, clear=frozenset({"birthDate", "deceased"}))
+    assert {k: v for k, v in merged.items() if k != "meta"} == {
+        "resourceType": "Patient", "id": "p1", "gender": "male", "maritalStatus": {"text": "M"},
+    }  # fmt: skip
+    encounter = {"resourceType": "Encounter", "id": "e1", "status": "finished", "period": {"start": "x"}}
+    restated = {"resourceType": "Encounter", "id": "e1", "status": "in-progress"}
+    status, both = frozenset({"status"}), frozenset({"status", "period"})
+    kept = merge_update(encounter, restated, keep=status, clear=both)
+    assert kept == {"resourceType": "Encounter", "id": "e1", "status": "finished"}  # keep wins
+
+
+def test_the_mapper_reports_what_an_explicit_null_deletes() -> None:
+    a08 = (
+        "MSH|^~\\&|HIS|GENHOSP|SIDECAR|GENHOSP|20260305101500+0800||ADT^A08^ADT_A01|NUL-1|P|2.5.1\r"
+        "EVN|A08|20260305101500+0800\r"
+        # PID-5 "" with an alias in PID-9: the name stays. PID-7, -13, -29, -30 "": deleted.
+        'PID|1||MRN6660101^^^GENHOSP^MR||""||""|F|Roe^Jane|||||""||||||||||||||""|""\r'
+        'PV1|1|I|W4^412^B^GENHOSP||||||||||||||||V-6660101|||||||||||||||||||||||||""|""\r'
+    )
+    mapped = map_message(a08)
+    by_type = {key.split("/")[0]: elements for key, elements in mapped.cleared.items()}
+    assert by_type == {
+        "Patient": frozenset({"birthDate", "telecom", "deceased"}),
+        "Encounter": frozenset({"period"}),
+    }
+    # Absent fields are "no change", not deletes.
+    assert map_message(LAB).cleared == {}
 
 
 ADMISSION = (
@@ -179,3 +211,20 @@ def test_a_result_after_discharge_does_not_reopen_the_visit(tmp_path: Path) -> N
     finally:
         dep.stop()
     assert statuses == ["in-progress", "finished", "finished", "in-progress"]
+
+
+def test_a_death_recorded_in_error_is_deleted_by_an_explicit_null(tmp_path: Path) -> None:
+    """A08 with PID-29 and PID-30 ``""``: HL7's "delete", so the stored deceased[x] goes,
+    while what the correction does not mention (sex, birth year) stays."""
+    correction = DEATH.replace("UPD-3", "UPD-9").replace("|20260305093000+0800|Y", '|""|""')
+    dep = Embedded(tmp_path / "data")
+    dep.start()
+    try:
+        for message in (ADMISSION, DEATH, correction):
+            dep.deliver(message.encode())
+        (patient,), versions = _patients(dep)
+    finally:
+        dep.stop()
+    assert versions == 3
+    assert not any(key.startswith("deceased") for key in patient)
+    assert patient["gender"] == "female" and patient["birthDate"]

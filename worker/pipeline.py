@@ -177,7 +177,8 @@ def store(
                 resource, source_seq = merge_update(resource, current), None
             else:
                 keep = frozenset() if transformed.administrative else ADMINISTERED.get(rtype, frozenset())
-                resource = merge_update(current, resource, keep=keep)
+                clear = transformed.cleared.get(f"{rtype}/{rid}", frozenset())
+                resource = merge_update(current, resource, keep=keep, clear=clear)
         # Anything else from an entry older than the newest that stated it is left as stored.
         change = put_resource(
             session, resource, patient=item.patient, origin=origin, now=now, source_seq=source_seq
@@ -219,6 +220,8 @@ class Transformed:
     administrative: bool = False
     # what the message reported about its patient(s): remembered for later messages' scrubbing
     phi_values: dict[str, str] = field(default_factory=dict)
+    # "Type/id" (de-identified ids) -> elements the message deleted with HL7's explicit null
+    cleared: dict[str, frozenset[str]] = field(default_factory=dict)
 
 
 def transform(ctx: PipelineContext, raw: bytes, charset: str) -> Transformed:
@@ -241,6 +244,12 @@ def transform(ctx: PipelineContext, raw: bytes, charset: str) -> Transformed:
         result = deidentify(mapped.resources, keys, known | mapped.phi_values, ctx.vault)
     except Exception as exc:
         raise _permanent(stage, exc) from exc
+    # De-identification keeps the resources' order, one for one; the ids change.
+    cleared = {
+        f"{item.resource['resourceType']}/{item.resource['id']}": mapped.cleared[key]
+        for source, item in zip(mapped.resources, result.resources, strict=True)
+        if (key := f"{source['resourceType']}/{source['id']}") in mapped.cleared
+    }
     return Transformed(
         list(result.resources),
         result.patients,
@@ -248,6 +257,7 @@ def transform(ctx: PipelineContext, raw: bytes, charset: str) -> Transformed:
         reid=reid,
         phi_values=mapped.phi_values,
         administrative=mapped.message_type.upper().startswith("ADT"),
+        cleared=cleared,
     )
 
 

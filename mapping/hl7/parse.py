@@ -133,6 +133,11 @@ class Segment:
         """The number of the last field present (valued or not)."""
         return len(self._fields) - 1
 
+    def is_null(self, n: int) -> bool:
+        """Whether field ``n`` is HL7's explicit null ``""`` as a whole: in an update, "delete
+        the stored value" (chapter 2), where an absent field means "no change"."""
+        return self.raw(n).strip() == '""'
+
     def field_has_content(self, n: int) -> bool:
         """Whether field ``n`` carries anything beyond delimiters, blanks and ``""``."""
         raw = self.raw(n)
