@@ -65,6 +65,19 @@ class Settings(BaseSettings):
         description="auto: MSH-15/16 valued means enhanced mode (CA/CE/CR, per MSH-15). original: always "
         "AA/AE/AR, for senders that fill MSH-15/16 yet expect AA.",
     )
+    mllp_application_ack_routes: dict[str, str] = Field(
+        default_factory=dict,
+        description='Return paths for application ACKs (MSH-16), per sender: {"APP": "host:port", '
+        '"APP|FACILITY": "host:port"} (MSH-3, MSH-4 namespace ids; the longer key wins). A sender that '
+        "asks for application ACKs in enhanced mode and has a route gets AA/AE/AR there once its "
+        "message is processed or dead-lettered; without a route it gets none.",
+    )
+    app_ack_max_attempts: int = Field(
+        10, ge=1, description="Delivery attempts of one application ACK before it is dead-lettered."
+    )
+    app_ack_timeout_s: float = Field(
+        10.0, gt=0, description="Connect and reply timeout of one application ACK delivery."
+    )
     mllp_allowed_peers: list[str] = Field(
         default_factory=list,
         description='Networks allowed to connect, e.g. ["10.1.0.0/16", "127.0.0.1"]; empty: any.',

@@ -37,6 +37,12 @@ class InboxStatus(StrEnum):
     FAILED = "failed"  # permanently; a dead letter names the reason
 
 
+class AppAckStatus(StrEnum):
+    PENDING = "pending"  # to be delivered (again) at due_at
+    SENT = "sent"  # the sender's system confirmed it
+    FAILED = "failed"  # gave up after the attempts allowed; a dead letter names the reason
+
+
 class JobStatus(StrEnum):
     PENDING = "pending"
     RUNNING = "running"
@@ -212,6 +218,27 @@ class Job(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     result: Mapped[str | None] = mapped_column(String(200))  # DocumentReference/<id>
     error_code: Mapped[str | None] = mapped_column(String(64))
+
+
+class AppAck(Base):
+    """An HL7 application acknowledgement owed to a sender that asked for one (MSH-16) and
+    has a return path configured: written in the transaction that decides the message's
+    outcome, delivered afterwards (an outbox, like ``outbox`` for events)."""
+
+    __tablename__ = "app_acks"
+    __table_args__ = (Index("ix_app_acks_status_due", "status", "due_at"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    inbox_id: Mapped[int] = mapped_column(BigInteger, unique=True)  # one outcome per message
+    code: Mapped[str] = mapped_column(String(2))  # AA, AE, AR
+    route: Mapped[str] = mapped_column(String(200))  # host:port of the sender's ACK listener
+    payload: Mapped[bytes] = mapped_column(LargeBinary)  # the ACK message, as it is sent
+    status: Mapped[str] = mapped_column(String(16), default=AppAckStatus.PENDING)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    due_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_error: Mapped[str | None] = mapped_column(String(200))  # no data values
 
 
 class AuditEntry(Base):

@@ -35,6 +35,7 @@ from sandbox.models import ExtractiveSummarizer
 from sandbox.runner import due_job_ids, requeue_stalled, run_job
 from sidecar.api import ApiServer, create_api
 from sidecar.loops import Loop
+from worker.appacks import AppAckSender
 from worker.context import build_context
 from worker.dispatch import InboxDispatcher
 from worker.inprocess import InProcessPipeline
@@ -115,6 +116,14 @@ class SidecarApp:
             guard=LeakGuard(self.ctx.vault),
         )
         self.relay_loop = Loop("relay", self.relay.run_once, settings.relay_interval_s)
+        # Application ACKs go out from here, the process that faces the senders, whichever
+        # process decided them (worker.appacks).
+        self.app_ack_loop: Loop | None = None
+        if settings.mllp_application_ack_routes:
+            sender = AppAckSender(
+                self.db, max_attempts=settings.app_ack_max_attempts, timeout_s=settings.app_ack_timeout_s
+            )
+            self.app_ack_loop = Loop("app-acks", sender.run_once, settings.relay_interval_s)
         self.sweeper = Loop("sweeper", self._sweep, SWEEP_INTERVAL_S)
         self.pipeline: InProcessPipeline | None = None
         self.dispatcher: InboxDispatcher | None = None
@@ -194,6 +203,8 @@ class SidecarApp:
         if self.dispatch_loop is not None:
             self.dispatch_loop.start()
         self.relay_loop.start()
+        if self.app_ack_loop is not None:
+            self.app_ack_loop.start()
         if self.sandbox_loop is not None:
             self.sandbox_loop.start()
         self.sweeper.start()
@@ -229,6 +240,8 @@ class SidecarApp:
             self._run_due_jobs(drain=True)
         self.relay_loop.stop()
         self.relay_loop.run_round()
+        if self.app_ack_loop is not None:
+            self.app_ack_loop.stop()  # what is still due stays in app_acks for the next start
         self.publisher.close()
         self.inbox.close()
         self.db.dispose()
@@ -266,6 +279,8 @@ class SidecarApp:
     def _after_pipeline(self, result: ProcessResult) -> None:
         if result.changes:
             self.relay_loop.wake()
+        if self.app_ack_loop is not None:
+            self.app_ack_loop.wake()
         if result.job_ids and self.sandbox_loop is not None:
             self.sandbox_loop.wake()
 

@@ -6,6 +6,7 @@ from core.db import Database
 from core.settings import Settings
 from deid import Vault, load_or_create_secret
 from mapping import MappingOptions
+from worker.appacks import AppAckPolicy
 from worker.pipeline import DicomPipelineOptions, PipelineContext
 
 
@@ -30,5 +31,8 @@ def build_context(settings: Settings, db: Database | None = None) -> PipelineCon
             object_dir=settings.effective_deid_dicom_dir,
             authority=settings.dicom_issuer_default,
             allow_burned_in=settings.dicom_allow_burned_in,
+        ),
+        app_acks=AppAckPolicy(
+            settings.mllp_application_ack_routes, original_only=settings.mllp_ack_mode == "original"
         ),
     )

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from sqlalchemy import select
+
 import audit
 from core.db import Database
 from core.errors import SidecarError
-from core.tables import DeadLetter, InboxEntry, InboxStatus, Job, JobStatus
+from core.tables import AppAck, AppAckStatus, DeadLetter, InboxEntry, InboxStatus, Job, JobStatus
 
 
 class RetryError(SidecarError):
@@ -27,7 +29,14 @@ def reopen(db: Database, letter_id: int) -> DeadLetter:
             raise RetryError(f"no dead letter {letter_id}")
         if letter.resolved_at is not None:
             raise RetryError(f"dead letter {letter_id} was already retried")
-        if letter.inbox_id is not None:
+        if letter.stage == "app-ack" and letter.inbox_id is not None:
+            # The message was processed; only its application ACK goes back in line.
+            ack = session.execute(
+                select(AppAck).where(AppAck.inbox_id == letter.inbox_id).with_for_update()
+            ).scalar_one()
+            ack.status, ack.attempts, ack.due_at, ack.last_error = AppAckStatus.PENDING, 0, now, None
+            entity = f"inbox/{letter.inbox_id}"
+        elif letter.inbox_id is not None:
             entry = session.get_one(InboxEntry, letter.inbox_id, with_for_update=True)
             entry.status, entry.error_code = InboxStatus.RECEIVED, None
             entity = f"inbox/{letter.inbox_id}"

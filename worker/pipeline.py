@@ -34,9 +34,9 @@ from sqlalchemy.orm import Session
 
 import audit
 from connectors.dicom import CHARSET as DICOM_CHARSET
-from connectors.hl7 import decode_message
+from connectors.hl7 import AckCode, decode_message
 from core.db import Database
-from core.errors import SidecarError
+from core.errors import SidecarError, UnsupportedMessage
 from core.store import (
     StoredChange,
     add_patient_phi,
@@ -52,6 +52,7 @@ from deid.tokens import identifier_tokens
 from mapping import MappingOptions, map_message
 from mapping.dicom import map_dataset, merge_studies
 from mapping.updates import ADMINISTERED, MERGED_TYPES, merge_update
+from worker.appacks import AppAckPolicy, owe
 from worker.objects import DeidObject, put_object
 from worker.triggers import JobRequest, enqueue_jobs, summary_triggers
 
@@ -78,6 +79,7 @@ class PipelineContext:
     mapping_options: MappingOptions
     coalesce_s: float
     dicom: DicomPipelineOptions = DicomPipelineOptions()
+    app_acks: AppAckPolicy | None = None  # application ACKs owed to senders (worker.appacks)
 
 
 @dataclass(frozen=True)
@@ -101,12 +103,12 @@ def process(ctx: PipelineContext, inbox_id: int) -> ProcessResult:
         entry = session.get(InboxEntry, inbox_id)
         if entry is None or entry.status != InboxStatus.RECEIVED:
             return ProcessResult(inbox_id, Outcome.SKIPPED)
-        raw, charset = entry.raw, entry.charset
+        raw, charset, source = entry.raw, entry.charset, entry.source
 
     try:
         transformed = transform(ctx, raw, charset)
     except PermanentFailure as failure:
-        dead_letter(ctx.db, inbox_id, failure.stage, failure.code, failure.reason)
+        dead_letter(ctx.db, inbox_id, failure.stage, failure.code, failure.reason, app_acks=ctx.app_acks)
         return ProcessResult(inbox_id, Outcome.DEAD_LETTERED)
 
     now = datetime.now(UTC)
@@ -120,6 +122,7 @@ def process(ctx: PipelineContext, inbox_id: int) -> ProcessResult:
         entry.status = InboxStatus.PROCESSED
         entry.processed_at = now
         entry.attempts += 1
+        owe(session, ctx.app_acks, inbox_id, raw, source, AckCode.AA, now=now)
         audit.append(
             session,
             actor="worker:pipeline",
@@ -397,7 +400,15 @@ def _known(ctx: PipelineContext, patients: list[str]) -> dict[str, str]:
         return known_phi(session, patients)
 
 
-def dead_letter(db: Database, inbox_id: int, stage: str, code: str, reason: str) -> None:
+def dead_letter(
+    db: Database,
+    inbox_id: int,
+    stage: str,
+    code: str,
+    reason: str,
+    *,
+    app_acks: AppAckPolicy | None = None,
+) -> None:
     now = datetime.now(UTC)
     with db.transaction() as session:
         entry = session.get(InboxEntry, inbox_id)
@@ -409,6 +420,19 @@ def dead_letter(db: Database, inbox_id: int, stage: str, code: str, reason: str)
         letter = DeadLetter(inbox_id=inbox_id, stage=stage, code=code, reason=reason, created_at=now)
         session.add(letter)
         session.flush()
+        # HL7 table 0357: 200 unsupported message type, 207 application internal error.
+        rejected = code == UnsupportedMessage.code
+        owe(
+            session,
+            app_acks,
+            inbox_id,
+            entry.raw,
+            entry.source,
+            AckCode.AR if rejected else AckCode.AE,
+            now=now,
+            error=f"{stage}: {reason}",
+            error_code="200" if rejected else "207",
+        )
         audit.append(
             session,
             actor="worker:pipeline",

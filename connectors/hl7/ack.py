@@ -112,6 +112,7 @@ def build_ack(
     error: str | None = None,
     error_code: str = "207",
     now: datetime | None = None,
+    accept_ack_type: str | None = None,
 ) -> bytes:
     fs, encoding = _delimiters(header)
     component = encoding[0]
@@ -134,6 +135,10 @@ def build_ack(
             _echo(header.version) or _DEFAULT_VERSION,
         ]
         acknowledged = _echo(header.control_id)
+        if accept_ack_type is not None:
+            # An application ACK (enhanced mode) asks for a commit ACK of its own (MSH-15),
+            # so delivery is confirmed, and for no application ACK (MSH-16 NE): no loop.
+            msh += ["", "", accept_ack_type, "NE"]
     else:
         msh = [
             "MSH",

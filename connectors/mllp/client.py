@@ -1,6 +1,6 @@
-"""A small blocking MLLP client for tests, the demo and the synthetic hospital.
-
-Never pointed at a hospital system: the listener only ever answers.
+"""A small blocking MLLP client for tests, the demo and the synthetic hospital, and for
+delivering application ACKs to a sender's configured return path (worker.appacks): the
+only thing the sidecar ever sends to a hospital system is an acknowledgement.
 """
 
 from __future__ import annotations
