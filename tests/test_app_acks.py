@@ -23,7 +23,7 @@ from connectors.mllp.framing import Frame, FrameReader, encode_frame
 from core.errors import ConfigError
 from core.settings import Settings
 from core.tables import AppAck, AppAckStatus, AuditEntry, DeadLetter
-from tests.deployments import Embedded, msa, wait_for
+from tests.deployments import Embedded, Production, msa, wait_for
 from tests.fixtures.messages import ORU_R01, inbound, with_control_id
 from worker.appacks import AppAckPolicy, AppAckSender
 from worker.context import build_context
@@ -102,9 +102,21 @@ def test_msh16_decides_and_only_routed_enhanced_senders_get_one() -> None:
             AppAckPolicy({"LIS": bad})
 
 
-def test_application_acks_follow_the_outcome_over_the_return_path(tmp_path: Path) -> None:
+@pytest.mark.parametrize("deployment", ["embedded", "postgres+rabbitmq"])
+def test_application_acks_follow_the_outcome_over_the_return_path(
+    tmp_path: Path, deployment: str, request: pytest.FixtureRequest
+) -> None:
+    """In production the worker process decides the ACK and `sidecar serve` delivers it."""
     listener = AckListener()
-    dep = Embedded(tmp_path / "data", mllp_application_ack_routes={"LIS": f"127.0.0.1:{listener.port}"})
+    routes = {"LIS": f"127.0.0.1:{listener.port}"}
+    dep: Embedded | Production
+    if deployment == "embedded":
+        dep = Embedded(tmp_path / "data", mllp_application_ack_routes=routes)
+    else:
+        dep = Production(
+            tmp_path / "data", request.getfixturevalue("pg_url"), request.getfixturevalue("rabbit_vhost")
+        )
+        dep.env["SIDECAR_MLLP_APPLICATION_ACK_ROUTES"] = json.dumps(routes)
     dep.start()
     try:
         with MllpClient().connect("127.0.0.1", dep.port, timeout=30) as client:
@@ -128,8 +140,10 @@ def test_application_acks_follow_the_outcome_over_the_return_path(tmp_path: Path
                 for e in s.execute(select(AuditEntry).where(AuditEntry.action == "app-ack.sent")).scalars()
             ]
     finally:
-        dep.stop()
+        codes = dep.stop()
         listener.close()
+    if isinstance(dep, Production):
+        assert codes and codes.get("serve") == 0, f"serve did not drain and exit 0: {codes}\n{dep.logs()}"
     assert commit_codes == ["CA"] * 5  # the connection gets the commit ACK at once
     by_control = {_field(p, "MSA", 2): p for p in listener.received}
     assert sorted(by_control) == ["APP-BAD", "APP-OK"]
