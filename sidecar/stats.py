@@ -9,6 +9,8 @@ from sqlalchemy import func, select
 
 from core.db import Database
 from core.tables import (
+    AppAck,
+    AppAckStatus,
     AuditEntry,
     DeadLetter,
     InboxEntry,
@@ -39,6 +41,7 @@ def collect(db: Database) -> dict[str, Any]:
             select(func.count()).where(OutboxEvent.sent_at.is_(None), OutboxEvent.blocked_at.is_(None))
         ).scalar_one()
         jobs = dict(s.execute(select(Job.status, func.count()).group_by(Job.status)).all())
+        app_acks = dict(s.execute(select(AppAck.status, func.count()).group_by(AppAck.status)).all())
         return {
             "inbox": {
                 "received": sum(by_status.values()),
@@ -55,5 +58,6 @@ def collect(db: Database) -> dict[str, Any]:
             "resources": resources,
             "events": {"published": published, "pending": unsent, "blocked": blocked},
             "jobs": {status.value: jobs.get(status, 0) for status in JobStatus},
+            "app_acks": {status.value: app_acks.get(status, 0) for status in AppAckStatus},
             "audit_entries": s.execute(select(func.count()).select_from(AuditEntry)).scalar_one(),
         }

@@ -23,6 +23,7 @@ from connectors.mllp.framing import Frame, FrameReader, encode_frame
 from core.errors import ConfigError
 from core.settings import Settings
 from core.tables import AppAck, AppAckStatus, AuditEntry, DeadLetter
+from sidecar.stats import collect
 from tests.deployments import Embedded, Production, msa, wait_for
 from tests.fixtures.messages import ORU_R01, inbound, with_control_id
 from worker.appacks import AppAckPolicy, AppAckSender
@@ -133,6 +134,7 @@ def test_application_acks_follow_the_outcome_over_the_return_path(
         dep.settle()
         wait_for(lambda: len(listener.received) >= 2, timeout=30)
         dep.settle()
+        stats = collect(dep.db)
         with dep.db.sessions() as s:
             rows = s.execute(select(AppAck.status, AppAck.code)).all()
             sent_audits = [
@@ -153,6 +155,7 @@ def test_application_acks_follow_the_outcome_over_the_return_path(
     # Addressed back to the sender, asking for a commit ACK and no application ACK.
     assert (_field(ok, "MSH", 5), _field(ok, "MSH", 15), _field(ok, "MSH", 16)) == ("LIS", "AL", "NE")
     assert sorted(rows) == [(AppAckStatus.SENT, "AA"), (AppAckStatus.SENT, "AE")]
+    assert stats["app_acks"] == {"pending": 0, "sent": 2, "failed": 0}
     assert sorted(a["code"] for a in sent_audits) == ["AA", "AE"]
     assert audit.verify(dep.db.engine).ok
 
