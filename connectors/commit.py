@@ -11,6 +11,7 @@ for a batch of one while the rest were still being framed (8 pipelining senders:
 the batches and ~25% less throughput, measured with bench/mllp.py).
 
 A failing commit fails every future of its batch: each sender gets AE/CE and resends.
+So do frames gathered when the committer stops, before their burst was handed over.
 """
 
 from __future__ import annotations
@@ -43,6 +44,10 @@ class GroupCommitter:
         self._gathering: dict[asyncio.AbstractEventLoop, list[_Pending]] = {}
         self._thread = threading.Thread(target=self._run, name="group-commit", daemon=True)
         self._started = False
+        # Orders hand-overs against the stop sentinel: a burst either reaches the queue
+        # before it (and is committed) or finds the committer stopped (and fails at once).
+        self._handover = threading.Lock()
+        self._stopped = False
         self.batches = 0
         self.messages = 0
         self.commit_seconds = 0.0
@@ -54,8 +59,11 @@ class GroupCommitter:
 
     def stop(self, timeout: float = 30.0) -> None:
         """Commit what is queued, then end the thread."""
+        with self._handover:
+            self._stopped = True
+            if self._started:
+                self._queue.put(None)
         if self._started:
-            self._queue.put(None)
             self._thread.join(timeout)
 
     def submit(self, message: InboundMessage) -> asyncio.Future[Receipt]:
@@ -74,8 +82,15 @@ class GroupCommitter:
 
     def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
         batch = self._gathering.pop(loop, [])
-        if batch:
-            self._queue.put(batch)
+        if not batch:
+            return
+        with self._handover:
+            if not self._stopped:
+                self._queue.put(batch)
+                return
+        # Gathered while the committer stopped: never committed, so never ACKed; each
+        # sender gets an error answer and resends to the next listener.
+        _settle(list(enumerate(batch)), None, RuntimeError("group committer stopped"))
 
     def _run(self) -> None:
         stopping = False
