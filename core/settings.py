@@ -78,6 +78,12 @@ class Settings(BaseSettings):
     app_ack_timeout_s: float = Field(
         10.0, gt=0, description="Connect and reply timeout of one application ACK delivery."
     )
+    app_ack_wait_for_reply: bool = Field(
+        True,
+        description="Count an application ACK as delivered only when the sender's system answers it "
+        "with CA (or AA). false: once it was written to the connection, for return paths that never "
+        "acknowledge an ACK (otherwise they would get it again at every retry).",
+    )
     mllp_allowed_peers: list[str] = Field(
         default_factory=list,
         description='Networks allowed to connect, e.g. ["10.1.0.0/16", "127.0.0.1"]; empty: any.',

@@ -121,7 +121,10 @@ class SidecarApp:
         self.app_ack_loop: Loop | None = None
         if settings.mllp_application_ack_routes:
             sender = AppAckSender(
-                self.db, max_attempts=settings.app_ack_max_attempts, timeout_s=settings.app_ack_timeout_s
+                self.db,
+                max_attempts=settings.app_ack_max_attempts,
+                timeout_s=settings.app_ack_timeout_s,
+                wait_for_reply=settings.app_ack_wait_for_reply,
             )
             self.app_ack_loop = Loop("app-acks", sender.run_once, settings.relay_interval_s)
         self.sweeper = Loop("sweeper", self._sweep, SWEEP_INTERVAL_S)

@@ -33,9 +33,10 @@ from worker.pipeline import process
 
 
 class AckListener:
-    """The sender system's return path: records every frame and answers it with ``answer``."""
+    """The sender system's return path: records every frame and answers it with ``answer``
+    (None: never answers)."""
 
-    def __init__(self, port: int = 0, answer: AckCode = AckCode.CA) -> None:
+    def __init__(self, port: int = 0, answer: AckCode | None = AckCode.CA) -> None:
         self.received: list[bytes] = []
         self.answer = answer
         owner = self
@@ -47,8 +48,9 @@ class AckListener:
                     for event in reader.feed(data):
                         if isinstance(event, Frame):
                             owner.received.append(event.payload)
-                            reply = build_ack(peek_header(event.payload), owner.answer)
-                            self.request.sendall(encode_frame(reply))
+                            if owner.answer is not None:  # None: a system that never answers
+                                reply = build_ack(peek_header(event.payload), owner.answer)
+                                self.request.sendall(encode_frame(reply))
 
         socketserver.ThreadingTCPServer.allow_reuse_address = True
         self.server = socketserver.ThreadingTCPServer(("127.0.0.1", port), Handler)
@@ -220,4 +222,30 @@ def test_delivery_is_retried_dead_lettered_and_retried_from_the_dead_letter(
     assert (done.status, done.attempts) == (AppAckStatus.SENT, 2)
     assert [_field(p, "MSA", 2) for p in listener.received] == ["RETRY-1", "RETRY-1"]
     assert sender.run_once() == 0  # sent once confirmed, never again
+    ctx.db.dispose()
+
+
+def test_a_return_path_that_never_answers_gets_each_ack_once_when_told_not_to_wait(tmp_path: Path) -> None:
+    silent = AckListener(answer=None)
+    routes = {"LIS": f"127.0.0.1:{silent.port}"}
+    settings = Settings(data_dir=tmp_path / "data", mllp_application_ack_routes=routes)
+    ctx = build_context(settings)
+    inbox = DatabaseInbox(ctx.db)
+    receipts = inbox.commit_many([inbound(_message(f"QUIET-{n}", "AL", "AL")) for n in (1, 2)])
+    inbox.close()
+    for receipt in receipts:
+        assert process(ctx, receipt.inbox_id).outcome == "processed"
+    try:
+        waiting = AppAckSender(ctx.db, timeout_s=0.5)
+        assert waiting.run_once() == 0  # no answer within the timeout: not delivered
+        with ctx.db.transaction() as s:
+            s.execute(update(AppAck).values(due_at=datetime.now(UTC)))
+        assert AppAckSender(ctx.db, wait_for_reply=False).run_once() == 2
+        wait_for(lambda: len(silent.received) == 3)
+    finally:
+        silent.close()
+    # The first ACK went out once while waiting for an answer, then once more; the second once.
+    assert sorted(_field(p, "MSA", 2) for p in silent.received) == ["QUIET-1", "QUIET-1", "QUIET-2"]
+    with ctx.db.sessions() as s:
+        assert set(s.execute(select(AppAck.status)).scalars()) == {AppAckStatus.SENT}
     ctx.db.dispose()

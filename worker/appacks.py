@@ -11,7 +11,8 @@ source system, and it is an acknowledgement.
 ``owe`` writes the ACK in the transaction that decides the message's outcome (an outbox,
 as events have), so a crash can neither lose it nor send it for an outcome that was rolled
 back. ``AppAckSender`` delivers what is due from the listener's process and waits for the
-sender's commit ACK of it (our ACK asks for one in its MSH-15), so "sent" means received.
+sender's commit ACK of it (our ACK asks for one in its MSH-15), so "sent" means received;
+``app_ack_wait_for_reply = false`` is for return paths that never acknowledge an ACK.
 A failed delivery is retried with backoff; after ``max_attempts`` it becomes a dead letter
 with the reason, and ``sidecar dead-letters retry`` puts it back in line.
 """
@@ -30,6 +31,7 @@ import audit
 from connectors.hl7 import AckCode, build_ack, peek_header
 from connectors.hl7.header import MessageHeader
 from connectors.mllp.client import MllpClient
+from connectors.mllp.framing import encode_frame
 from core.db import Database
 from core.errors import ConfigError, FramingError
 from core.tables import AppAck, AppAckStatus, DeadLetter
@@ -132,11 +134,18 @@ class AppAckSender:
     loop thread); the database is the queue, so any number of workers may write to it."""
 
     def __init__(
-        self, db: Database, *, max_attempts: int = 10, timeout_s: float = 10.0, batch_size: int = 50
+        self,
+        db: Database,
+        *,
+        max_attempts: int = 10,
+        timeout_s: float = 10.0,
+        wait_for_reply: bool = True,
+        batch_size: int = 50,
     ) -> None:
         self._db = db
         self._max_attempts = max_attempts
         self._timeout_s = timeout_s
+        self._wait_for_reply = wait_for_reply
         self._batch_size = batch_size
 
     def run_once(self) -> int:
@@ -171,6 +180,9 @@ class AppAckSender:
         client = MllpClient()
         try:
             client.connect(host, int(port), timeout=self._timeout_s)
+            if not self._wait_for_reply:
+                client.send_raw(encode_frame(payload))
+                return None
             reply = client.send(payload)
         except (OSError, FramingError) as exc:  # refused, reset, timed out, garbled
             return f"{type(exc).__name__}: {exc}"[:200]
