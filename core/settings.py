@@ -78,6 +78,16 @@ class Settings(BaseSettings):
     app_ack_timeout_s: float = Field(
         10.0, gt=0, description="Connect and reply timeout of one application ACK delivery."
     )
+    app_ack_tls_ca_file: Path | None = Field(
+        None,
+        description="PEM CA bundle: set to deliver application ACKs over TLS, verifying the return "
+        "path's certificate (and its host name) against it; unset: plain TCP.",
+    )
+    app_ack_tls_cert_file: Path | None = Field(
+        None,
+        description="PEM client certificate for return paths that require one (with app_ack_tls_key_file).",
+    )
+    app_ack_tls_key_file: Path | None = Field(None, description="PEM private key of app_ack_tls_cert_file.")
     app_ack_wait_for_reply: bool = Field(
         True,
         description="Count an application ACK as delivered only when the sender's system answers it "

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -25,7 +26,7 @@ from connectors.hl7 import CharsetPolicy
 from connectors.inbox import DatabaseInbox
 from connectors.metrics import IntakeMetrics
 from connectors.mllp.server import AckMode
-from connectors.mllp.tls import server_context
+from connectors.mllp.tls import client_context, server_context
 from core.db import Database
 from core.errors import ConfigError
 from core.settings import Settings
@@ -98,6 +99,21 @@ def dicom_config(settings: Settings) -> DicomConfig:
         raise ConfigError(f"dicom settings: {exc}") from exc
 
 
+def app_ack_tls(settings: Settings) -> ssl.SSLContext | None:
+    """TLS for application ACK delivery, or None (plain TCP); bad files stop start-up."""
+    cert, key = settings.app_ack_tls_cert_file, settings.app_ack_tls_key_file
+    if (cert is None) != (key is None):
+        raise ConfigError("app_ack_tls_cert_file and app_ack_tls_key_file go together")
+    if settings.app_ack_tls_ca_file is None:
+        if cert is not None:
+            raise ConfigError("app_ack_tls_cert_file needs app_ack_tls_ca_file (TLS to the return path)")
+        return None
+    try:
+        return client_context(settings.app_ack_tls_ca_file, cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"app ACK TLS files: {type(exc).__name__}: {exc}") from exc
+
+
 class SidecarApp:
     def __init__(self, settings: Settings, *, bus: LocalBus | None = None) -> None:
         self.settings = settings
@@ -125,6 +141,7 @@ class SidecarApp:
                 max_attempts=settings.app_ack_max_attempts,
                 timeout_s=settings.app_ack_timeout_s,
                 wait_for_reply=settings.app_ack_wait_for_reply,
+                tls=app_ack_tls(settings),
             )
             self.app_ack_loop = Loop("app-acks", sender.run_once, settings.relay_interval_s)
         self.sweeper = Loop("sweeper", self._sweep, SWEEP_INTERVAL_S)

@@ -8,9 +8,11 @@ from __future__ import annotations
 import json
 import socket
 import socketserver
+import ssl
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import select, update
@@ -20,9 +22,11 @@ from connectors import MllpClient
 from connectors.hl7 import AckCode, MessageHeader, build_ack, peek_header
 from connectors.inbox import DatabaseInbox
 from connectors.mllp.framing import Frame, FrameReader, encode_frame
+from connectors.mllp.tls import client_context, server_context
 from core.errors import ConfigError
 from core.settings import Settings
 from core.tables import AppAck, AppAckStatus, AuditEntry, DeadLetter
+from sidecar.app import app_ack_tls
 from sidecar.stats import collect
 from tests.deployments import Embedded, Production, msa, wait_for
 from tests.fixtures.messages import ORU_R01, inbound, with_control_id
@@ -36,7 +40,9 @@ class AckListener:
     """The sender system's return path: records every frame and answers it with ``answer``
     (None: never answers)."""
 
-    def __init__(self, port: int = 0, answer: AckCode | None = AckCode.CA) -> None:
+    def __init__(
+        self, port: int = 0, answer: AckCode | None = AckCode.CA, tls: ssl.SSLContext | None = None
+    ) -> None:
         self.received: list[bytes] = []
         self.answer = answer
         owner = self
@@ -52,8 +58,20 @@ class AckListener:
                                 reply = build_ack(peek_header(event.payload), owner.answer)
                                 self.request.sendall(encode_frame(reply))
 
-        socketserver.ThreadingTCPServer.allow_reuse_address = True
-        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", port), Handler)
+        class Server(socketserver.ThreadingTCPServer):
+            allow_reuse_address = True
+
+            def get_request(self) -> tuple[socket.socket, Any]:
+                sock, address = super().get_request()
+                if tls is None:
+                    return sock, address
+                try:  # a failed handshake raises here, and the server drops the connection
+                    return tls.wrap_socket(sock, server_side=True), address
+                except BaseException:
+                    sock.close()
+                    raise
+
+        self.server = Server(("127.0.0.1", port), Handler)
         self.server.daemon_threads = True
         self.port = int(self.server.server_address[1])
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
@@ -249,3 +267,47 @@ def test_a_return_path_that_never_answers_gets_each_ack_once_when_told_not_to_wa
     with ctx.db.sessions() as s:
         assert set(s.execute(select(AppAck.status)).scalars()) == {AppAckStatus.SENT}
     ctx.db.dispose()
+
+
+def test_tls_to_the_return_path_verifies_the_receiver(tmp_path: Path, certificate: tuple[Path, Path]) -> None:
+    cert, key = certificate
+    listener = AckListener(tls=server_context(cert, key))
+    routes = {"LIS": f"127.0.0.1:{listener.port}"}
+    ctx = build_context(Settings(data_dir=tmp_path / "data", mllp_application_ack_routes=routes))
+    inbox = DatabaseInbox(ctx.db)
+    (receipt,) = inbox.commit_many([inbound(_message("TLS-1", "AL", "AL"))])
+    inbox.close()
+    assert process(ctx, receipt.inbox_id).outcome == "processed"
+
+    def attempt(tls: ssl.SSLContext | None) -> tuple[int, str | None]:
+        with ctx.db.transaction() as s:
+            s.execute(update(AppAck).values(due_at=datetime.now(UTC)))
+        delivered = AppAckSender(ctx.db, timeout_s=2.0, tls=tls).run_once()
+        with ctx.db.sessions() as s:
+            return delivered, s.execute(select(AppAck.last_error)).scalar_one()
+
+    try:
+        plain, plain_error = attempt(None)  # plain TCP to a TLS listener
+        untrusted, untrusted_error = attempt(ssl.create_default_context())  # only the public CAs
+        trusted, _ = attempt(client_context(cert))
+    finally:
+        listener.close()
+    assert (plain, untrusted, trusted) == (0, 0, 1)
+    assert plain_error and untrusted_error and "CERTIFICATE_VERIFY_FAILED" in untrusted_error
+    assert [_field(p, "MSA", 2) for p in listener.received] == ["TLS-1"]
+    ctx.db.dispose()
+
+
+def test_app_ack_tls_settings_that_cannot_work_stop_start_up(
+    tmp_path: Path, certificate: tuple[Path, Path]
+) -> None:
+    cert, key = certificate
+    for wrong in (
+        {"app_ack_tls_cert_file": cert},  # a certificate without its key
+        {"app_ack_tls_cert_file": cert, "app_ack_tls_key_file": key},  # a client cert, but no TLS
+        {"app_ack_tls_ca_file": tmp_path / "missing.pem"},
+    ):
+        with pytest.raises(ConfigError):
+            app_ack_tls(Settings(data_dir=tmp_path / "data", **wrong))  # type: ignore[arg-type]
+    assert isinstance(app_ack_tls(Settings(data_dir=tmp_path, app_ack_tls_ca_file=cert)), ssl.SSLContext)
+    assert app_ack_tls(Settings(data_dir=tmp_path)) is None

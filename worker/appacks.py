@@ -20,6 +20,7 @@ with the reason, and ``sidecar dead-letters retry`` puts it back in line.
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -140,12 +141,14 @@ class AppAckSender:
         max_attempts: int = 10,
         timeout_s: float = 10.0,
         wait_for_reply: bool = True,
+        tls: ssl.SSLContext | None = None,
         batch_size: int = 50,
     ) -> None:
         self._db = db
         self._max_attempts = max_attempts
         self._timeout_s = timeout_s
         self._wait_for_reply = wait_for_reply
+        self._tls = tls
         self._batch_size = batch_size
 
     def run_once(self) -> int:
@@ -179,7 +182,7 @@ class AppAckSender:
         host, _, port = route.rpartition(":")
         client = MllpClient()
         try:
-            client.connect(host, int(port), timeout=self._timeout_s)
+            client.connect(host, int(port), timeout=self._timeout_s, tls=self._tls)
             if not self._wait_for_reply:
                 client.send_raw(encode_frame(payload))
                 return None

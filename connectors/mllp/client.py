@@ -6,6 +6,7 @@ only thing the sidecar ever sends to a hospital system is an acknowledgement.
 from __future__ import annotations
 
 import socket
+import ssl
 from collections import deque
 from types import TracebackType
 from typing import Self
@@ -23,10 +24,19 @@ class MllpClient:
         self._reader = FrameReader(max_frame_bytes)
         self._pending: deque[bytes] = deque()
 
-    def connect(self, host: str, port: int, timeout: float = 10.0) -> Self:
-        """Connect; ``timeout`` also bounds every later send/receive."""
+    def connect(
+        self, host: str, port: int, timeout: float = 10.0, *, tls: ssl.SSLContext | None = None
+    ) -> Self:
+        """Connect; ``timeout`` also bounds every later send/receive (and the TLS handshake)."""
         self.close()
-        self._sock = socket.create_connection((host, port), timeout=timeout)
+        sock = socket.create_connection((host, port), timeout=timeout)
+        if tls is not None:
+            try:
+                sock = tls.wrap_socket(sock, server_hostname=host)
+            except BaseException:
+                sock.close()
+                raise
+        self._sock = sock
         self._reader = FrameReader(self._max_frame_bytes)
         self._pending.clear()
         return self
