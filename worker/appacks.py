@@ -31,6 +31,7 @@ from sqlalchemy.orm import Session
 import audit
 from connectors.hl7 import AckCode, build_ack, peek_header
 from connectors.hl7.header import MessageHeader
+from connectors.hl7.senders import SenderKey, for_sender, sender_key
 from connectors.mllp.client import MllpClient
 from connectors.mllp.framing import encode_frame
 from core.db import Database
@@ -45,29 +46,28 @@ _ACTOR = "connector:mllp"
 
 @dataclass(frozen=True)
 class AppAckPolicy:
-    """Who gets application ACKs, and where. ``routes`` keys are ``"APP"`` (MSH-3) or
-    ``"APP|FACILITY"`` (MSH-3 and MSH-4), matched case-insensitively on the namespace id
-    like ``charset_by_sender``; values are ``host:port``. ``original_only``: the listener
-    answers every message in original mode (``mllp_ack_mode = "original"``), where the
-    AA/AE on the connection is the only ACK."""
+    """Who gets application ACKs, and where. ``routes`` keys are ``"APP"`` or
+    ``"APP|FACILITY"``, matched like ``charset_by_sender`` (``connectors.hl7.senders``);
+    values are ``host:port``. ``original_only``: the listener answers every message in
+    original mode (``mllp_ack_mode = "original"``), where the AA/AE on the connection is
+    the only ACK."""
 
     routes: Mapping[str, str] = field(default_factory=dict, hash=False)
     original_only: bool = False
-    _lookup: dict[tuple[str, str], str] = field(default_factory=dict, init=False, repr=False, compare=False)
+    _lookup: dict[SenderKey, str] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for key, route in self.routes.items():
-            app, _, facility = key.partition("|")
             host, _, port = route.rpartition(":")
-            if not app.strip() or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
                 raise ConfigError(f"mllp_application_ack_routes: {key!r} needs a route like 'host:2575'")
-            self._lookup[app.strip().casefold(), facility.strip().casefold()] = route
+            try:
+                self._lookup[sender_key(key, "mllp_application_ack_routes")] = route
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from exc
 
     def route_for(self, header: MessageHeader) -> str | None:
-        separator = header.component_separator
-        app = header.sending_application.split(separator, 1)[0].strip().casefold()
-        facility = header.sending_facility.split(separator, 1)[0].strip().casefold()
-        return self._lookup.get((app, facility)) or self._lookup.get((app, ""))
+        return for_sender(self._lookup, header)
 
     def owed(self, header: MessageHeader, code: AckCode) -> bool:
         """MSH-16 decides (HL7 table 0155): AL always, ER on error or reject only, SU on

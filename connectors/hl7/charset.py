@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from connectors.hl7.header import MessageHeader
+from connectors.hl7.senders import for_sender, sender_key
 
 _BOM = "\ufeff"
 _UTF8_BOM = b"\xef\xbb\xbf"
@@ -425,30 +426,14 @@ def _require_known(charset: object, what: str) -> None:
         raise ValueError(f"unknown charset {charset!r} for {what}")
 
 
-def _sender_key(key: object) -> tuple[str, str]:
-    if not isinstance(key, str):
-        raise ValueError(f"charset_by_sender key {key!r} is not a string")
-    app, sep, facility = key.partition("|")
-    # Keys may be copied from MSH-3/MSH-4 whole; like the header, only the first component counts.
-    app, facility = _first_component(app, "^"), _first_component(facility, "^")
-    if not app or (sep and not facility) or "|" in facility:
-        raise ValueError(f"charset_by_sender key {key!r} is not 'APP' or 'APP|FACILITY'")
-    return app, facility
-
-
-def _first_component(value: str, separator: str) -> str:
-    return value.split(separator, 1)[0].strip().casefold()
-
-
 @dataclass(frozen=True)
 class CharsetPolicy:
     """The charset to assume when MSH-18 is empty: per sender, else ``default``.
 
-    ``by_sender`` keys are ``"APP"`` (MSH-3) or ``"APP|FACILITY"`` (MSH-3 and MSH-4),
-    matched case-insensitively against the first component of each field (the namespace
-    id: senders vary the OID components, not the name). ``"APP|FACILITY"`` wins over
-    ``"APP"``. Every charset is checked at construction, so a typo in the configuration
-    stops start-up instead of mis-decoding messages.
+    ``by_sender`` keys are ``"APP"`` or ``"APP|FACILITY"``, matched as
+    ``connectors.hl7.senders`` says (first component, any case; the longer key wins).
+    Every charset is checked at construction, so a typo in the configuration stops
+    start-up instead of mis-decoding messages.
     """
 
     default: str = "UTF-8"
@@ -460,7 +445,7 @@ class CharsetPolicy:
         _require_known(self.default, "the default")
         lookup: dict[tuple[str, str], str] = {}
         for key, charset in self.by_sender.items():
-            sender = _sender_key(key)
+            sender = sender_key(key, "charset_by_sender")
             _require_known(charset, f"sender {key!r}")
             if sender in lookup and python_codec(lookup[sender]) != python_codec(charset):
                 raise ValueError(f"charset_by_sender names {key!r} twice with different charsets")
@@ -470,8 +455,4 @@ class CharsetPolicy:
         object.__setattr__(self, "_lookup", MappingProxyType(lookup))
 
     def default_for(self, header: MessageHeader) -> str:
-        app = _first_component(header.sending_application, header.component_separator)
-        facility = _first_component(header.sending_facility, header.component_separator)
-        if facility and (app, facility) in self._lookup:
-            return self._lookup[app, facility]
-        return self._lookup.get((app, ""), self.default)
+        return for_sender(self._lookup, header) or self.default
