@@ -11,6 +11,7 @@ from mapping import ids
 from mapping.hl7.datatypes import Json
 from mapping.hl7.parse import Message, Segment
 from mapping.model import PatientKey
+from mapping.updates import is_element
 
 if TYPE_CHECKING:
     from mapping.site import Site
@@ -72,7 +73,7 @@ class Context:
         nulled = frozenset(
             element
             for element, fields in sources.items()
-            if not any(_is_element(key, element) for key in resource)
+            if not any(is_element(key, element) for key in resource)
             and any(segment.is_null(n) for n in fields)
         )
         if nulled:
@@ -113,8 +114,3 @@ class Context:
         self.unmapped.append(segment.name)
         self.unmapped_at.append(self.position(segment))
 
-
-def _is_element(key: str, element: str) -> bool:
-    """``key`` is ``element``, or one of its types when ``element`` names a choice
-    (``deceased`` for ``deceasedBoolean``)."""
-    return key == element or (key.startswith(element) and key[len(element) : len(element) + 1].isupper())

@@ -51,7 +51,7 @@ def merge_update(
     out = {
         k: v
         for k, v in stored.items()
-        if k != "meta" and not (any(k == c or _is_choice(k, c) for c in clear) and k not in keep)
+        if k != "meta" and not (any(is_element(k, c) for c in clear) and k not in keep)
     }
     for prefix in _CHOICES.get(rtype, ()):
         if any(_is_choice(k, prefix) for k in new):
@@ -61,6 +61,12 @@ def merge_update(
     if "meta" in new or "meta" in stored:
         out["meta"] = new.get("meta", stored.get("meta"))
     return out
+
+
+def is_element(key: str, element: str) -> bool:
+    """``key`` is ``element``, or one of its types when ``element`` names a choice
+    (``deceased`` for ``deceasedBoolean``)."""
+    return key == element or _is_choice(key, element)
 
 
 def _is_choice(key: str, prefix: str) -> bool:
