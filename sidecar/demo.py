@@ -22,6 +22,7 @@ from sqlalchemy import select
 
 import audit
 from connectors import MllpClient
+from connectors.hl7 import ack_code
 from core.settings import Settings
 from core.tables import Resource
 from sidecar import hospital
@@ -125,7 +126,7 @@ def _send_all(port: int, messages: list[bytes], report: DemoReport, console: Con
         task = progress.add_task("send", total=len(messages))
         for message in messages:
             ack = client.send(message)
-            code = _ack_code(ack)
+            code = ack_code(ack) or "none"
             report.acks[code] = report.acks.get(code, 0) + 1
             report.sent += 1
             progress.advance(task)
@@ -146,13 +147,6 @@ def _store_images(port: int, ae_title: str, images: list[Dataset], report: DemoR
             report.dicom_status[code] = report.dicom_status.get(code, 0) + 1
     finally:
         assoc.release()
-
-
-def _ack_code(ack: bytes) -> str:
-    for segment in ack.split(b"\r"):
-        if segment.startswith(b"MSA"):
-            return segment.split(segment[3:4])[1].decode("ascii", "replace")
-    return "none"
 
 
 def _print(report: DemoReport, console: Console) -> None:

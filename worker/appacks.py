@@ -29,7 +29,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 import audit
-from connectors.hl7 import AckCode, build_ack, peek_header
+from connectors.hl7 import AckCode, ack_code, build_ack, peek_header
 from connectors.hl7.header import MessageHeader
 from connectors.hl7.senders import SenderKey, for_sender, sender_key
 from connectors.mllp.client import MllpClient
@@ -191,7 +191,7 @@ class AppAckSender:
             return f"{type(exc).__name__}: {exc}"[:200]
         finally:
             client.close()
-        answer = _msa_code(reply)
+        answer = ack_code(reply)
         return None if answer in ("CA", "AA") else f"answered {answer or 'without an MSA'}"
 
     def _record_sent(self, ack_id: int) -> int:
@@ -251,9 +251,3 @@ class AppAckSender:
             extra={"event": "app_ack.dead_lettered", "inbox_id": row.inbox_id},
         )
 
-
-def _msa_code(reply: bytes) -> str:
-    for segment in reply.replace(b"\n", b"\r").split(b"\r"):
-        if segment[:3] == b"MSA" and len(segment) > 4:
-            return segment[4:].split(segment[3:4], 1)[0].decode("latin-1").strip().upper()
-    return ""

@@ -168,3 +168,11 @@ def build_ack(
     # latin-1 so echoed header fields go back as the exact bytes received; everything we
     # generate ourselves is ASCII.
     return "".join(f"{segment}\r" for segment in segments).encode("latin-1", errors="replace")
+
+
+def ack_code(ack: bytes) -> str:
+    """MSA-1 of an ACK as received (AA, CA, AE...), upper case; "" when it has no MSA."""
+    for segment in ack.replace(b"\n", b"\r").split(b"\r"):
+        if segment[:3] == b"MSA" and len(segment) > 4:
+            return segment[4:].split(segment[3:4], 1)[0].decode("latin-1").strip().upper()
+    return ""
