@@ -37,7 +37,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import psycopg
 
@@ -53,6 +53,22 @@ class Result:
     rate: float
     p50_ms: float
     p99_ms: float
+    started: float  # time.monotonic() when the first frame went out
+    messages: int
+
+
+@dataclass
+class Listener:
+    port: int
+    final: dict[str, float] = field(default_factory=dict)  # what the sidecar prints at its end
+
+    def stored_rate(self, result: Result) -> float | None:
+        """Messages per second until the last one was in the inbox (with the journal, that
+        can be later than its ACK), or None for listeners that store nothing."""
+        stored_at = self.final.get("stored_at", 0.0)
+        if stored_at <= result.started:
+            return None
+        return result.messages / (stored_at - result.started)
 
 
 class _Sender:
@@ -110,6 +126,7 @@ def _load(port: int, connections: int, per_connection: int, window: int) -> Resu
         for sender in senders:
             selector.register(sender.sock, selectors.EVENT_READ, sender)
         start = time.perf_counter()
+        started = time.monotonic()
         for sender in senders:
             sender.fill()
         pending = len(senders)
@@ -130,19 +147,25 @@ def _load(port: int, connections: int, per_connection: int, window: int) -> Resu
         rate=len(ordered) / elapsed,
         p50_ms=statistics.median(ordered) * 1e3,
         p99_ms=ordered[int(len(ordered) * 0.99) - 1] * 1e3,
+        started=started,
+        messages=len(ordered),
     )
 
 
 @contextmanager
-def listener(kind: str, url: str | None = None) -> Iterator[int]:
+def listener(kind: str, url: str | None = None) -> Iterator[Listener]:
     args = [sys.executable, "-m", "bench.mllp_server", kind] + ([url] if url else [])
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    handle = Listener(json.loads(proc.stdout.readline())["port"])
     try:
-        assert proc.stdout is not None
-        yield json.loads(proc.stdout.readline())["port"]
+        yield handle
     finally:
         proc.send_signal(signal.SIGTERM)
-        proc.wait(60)
+        rest, _ = proc.communicate(timeout=120)
+        for line in rest.splitlines():
+            if line.startswith("{"):
+                handle.final = json.loads(line)
 
 
 @contextmanager
@@ -177,6 +200,11 @@ def main() -> None:
         "--scenario", type=int, action="append", choices=range(1, len(SCENARIOS) + 1),
         help="run only this scenario (1-based, repeatable); default all",
     )  # fmt: skip
+    parser.add_argument(
+        "--rounds", type=int, default=1,
+        help="run every target this many times, round by round, and report medians "
+        "(this machine's speed drifts by tens of percent within minutes)",
+    )  # fmt: skip
     args = parser.parse_args()
     scenarios = [SCENARIOS[i - 1] for i in args.scenario] if args.scenario else SCENARIOS
 
@@ -190,18 +218,38 @@ def main() -> None:
             pg_url = stack.enter_context(fresh_pg(args.pg))
             targets.append(("echo + PG commit floor", "pg-floor", pg_url))
             targets.append(("sidecar, PostgreSQL", "sidecar", pg_url))
+            targets.append(("sidecar, PG + journal", "sidecar-journal", pg_url))
         for title, connections, window in scenarios:
             per_connection = max(1, args.messages // connections)
-            print(f"\n{title}: {per_connection * connections} messages")
-            ceiling = None
-            for name, kind, url in targets:
-                with listener(kind, url) as port:
-                    result = _load(port, connections, per_connection, window)
-                ceiling = ceiling or result.rate
-                print(
-                    f"  {name:22s} {result.rate:8.0f} msg/s   p50 {result.p50_ms:6.2f} ms   "
-                    f"p99 {result.p99_ms:6.2f} ms   {result.rate / ceiling:5.2f} of ceiling"
-                )
+            rounds = f", median of {args.rounds} rounds" if args.rounds > 1 else ""
+            print(f"\n{title}: {per_connection * connections} messages{rounds}")
+            runs: dict[str, list[tuple[Result, float | None, float]]] = {name: [] for name, _, _ in targets}
+            for round_ in range(args.rounds):
+                ceiling = 0.0
+                for name, kind, url in targets:
+                    with listener(kind, url) as handle:
+                        result = _load(handle.port, connections, per_connection, window)
+                    ceiling = ceiling or result.rate
+                    runs[name].append((result, handle.stored_rate(result), result.rate / ceiling))
+                    if args.rounds > 1:
+                        print(f"    round {round_ + 1}: {name:22s} {result.rate:8.0f} msg/s", flush=True)
+            for name, measured in runs.items():
+                _report(name, measured)
+
+
+def _report(name: str, measured: list[tuple[Result, float | None, float]]) -> None:
+    rates = [r.rate for r, _, _ in measured]
+    stored = [s for _, s, _ in measured if s is not None]
+    spread = f"  ({min(rates):.0f}-{max(rates):.0f})" if len(rates) > 1 else ""
+    print(
+        f"  {name:22s} {statistics.median(rates):8.0f} msg/s   "
+        f"p50 {statistics.median(r.p50_ms for r, _, _ in measured):6.2f} ms   "
+        f"p99 {statistics.median(r.p99_ms for r, _, _ in measured):6.2f} ms   "
+        f"{statistics.median(c for _, _, c in measured):5.2f} of ceiling"
+        + (f"   in inbox {statistics.median(stored):8.0f} msg/s" if stored else "")
+        + spread,
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

@@ -1,11 +1,16 @@
 """A listener process for bench/mllp.py: the sidecar's durable intake, or a bare echo.
 
-    python -m bench.mllp_server sidecar [DATABASE_URL]  # MllpServer + DatabaseInbox (SQLite if no URL)
+    python -m bench.mllp_server sidecar [DATABASE_URL]  # MllpServer + the inbox (SQLite if no URL),
+                                                        # with the intake journal as the settings default
+    python -m bench.mllp_server sidecar-journal URL     # the same with the journal forced on
+                                                        # (PostgreSQL's default is off)
     python -m bench.mllp_server echo  # ceiling: frames in, a fixed ACK out, nothing stored
     python -m bench.mllp_server fsync-floor  # echo + one fsync'd bare SQLite insert per read
     python -m bench.mllp_server pg-floor URL  # the same on PostgreSQL
 
-Prints {"port": N} once listening; runs until SIGTERM.
+Prints {"port": N} once listening; runs until SIGTERM. The sidecar then prints its commit
+figures and when the last message reached the inbox (time.monotonic(), which on Linux is
+one clock for every process) as a JSON line on stdout.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import psycopg
 from connectors.base import InboundMessage, Receipt
 from connectors.hl7 import AckCode, build_ack, peek_header
 from connectors.inbox import DatabaseInbox
+from connectors.journal import IntakeJournal, JournaledInbox
 from connectors.mllp.framing import Frame, FrameReader, encode_frame
 from connectors.mllp.server import MllpConfig, MllpServer
 from core.db import Database
@@ -115,34 +121,49 @@ async def main(kind: str, url: str | None) -> None:
         await stop.wait()
         server.close()
         return
-    settings = Settings(data_dir=Path(tempfile.mkdtemp(prefix="bench-mllp-")), database_url=url)
+    settings = Settings(
+        data_dir=Path(tempfile.mkdtemp(prefix="bench-mllp-")),
+        database_url=url,
+        mllp_journal=True if kind == "sidecar-journal" else None,
+    )
     db = Database(settings)
     db.migrate()
     inbox = DatabaseInbox(db)
-    slowest = [0.0]
-    commit_many = inbox.commit_many
+    journal: JournaledInbox | None = None
+    if settings.effective_mllp_journal:
+        journal = JournaledInbox(IntakeJournal(settings.intake_journal_file), inbox)
+        journal.start()
+    sink: JournaledInbox | DatabaseInbox = journal or inbox
+    slowest, stored_at = [0.0], [0.0]
+    commit_many = sink.commit_many
 
-    def timed(messages: Sequence[InboundMessage]) -> list[Receipt]:
+    def timed(messages: Sequence[InboundMessage]) -> Sequence[Receipt]:
         started = time.perf_counter()
         try:
             return commit_many(messages)
         finally:
             slowest[0] = max(slowest[0], time.perf_counter() - started)
+            stored_at[0] = time.monotonic()
 
-    inbox.commit_many = timed  # type: ignore[method-assign]
-    mllp = MllpServer(MllpConfig(port=0, max_connections=64, max_in_flight=512), inbox)
+    sink.commit_many = timed  # type: ignore[method-assign,assignment]
+    mllp = MllpServer(
+        MllpConfig(port=0, max_connections=64, max_in_flight=512), sink, commit_on_loop=journal is not None
+    )
     await mllp.start()
     gc.freeze()  # as `sidecar serve` does
     print(json.dumps({"port": mllp.port}), flush=True)
     await stop.wait()
+    await mllp.stop()
+    if journal is not None:
+        journal.stop()  # everything journaled is in the inbox when this returns
+        stored_at[0] = journal.last_moved_at
     committer = mllp._committer
     print(
         json.dumps({"batches": committer.batches, "messages": committer.messages,
                     "commit_ms_avg": round(committer.commit_seconds / max(1, committer.batches) * 1e3, 2),
-                    "commit_ms_max": round(slowest[0] * 1e3, 1)}),
-        file=sys.stderr, flush=True,
+                    "commit_ms_max": round(slowest[0] * 1e3, 1), "stored_at": stored_at[0]}),
+        flush=True,
     )  # fmt: skip
-    await mllp.stop()
     inbox.close()
     db.dispose()
 

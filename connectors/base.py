@@ -29,8 +29,17 @@ class InboundMessage:
 
 @dataclass(frozen=True)
 class Receipt:
-    inbox_id: int
+    # None: durable in the intake journal (connectors.journal), which reports the inbox's
+    # own receipt to the commit listener once the message is in the inbox.
+    inbox_id: int | None
     duplicate: bool  # a resend of a message already stored (same sender and control id)
+
+
+@dataclass(frozen=True)
+class StoredReceipt(Receipt):
+    """The inbox's own receipt: the message has its inbox entry."""
+
+    inbox_id: int
 
 
 @dataclass(frozen=True)
@@ -67,7 +76,7 @@ def notify_committed(
 
 
 class MessageSink(Protocol):
-    def commit_many(self, messages: Sequence[InboundMessage]) -> list[Receipt]:
+    def commit_many(self, messages: Sequence[InboundMessage]) -> Sequence[Receipt]:
         """Store all in ONE durable transaction; receipts in input order. Blocking.
 
         Returns only once everything is durable; raises (storing nothing) on failure.

@@ -19,14 +19,16 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from contextlib import suppress
+from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.pool import PoolProxiedConnection
 
 import audit
-from connectors.base import InboundMessage, MessageSink, Receipt, Rejected
+from connectors.base import InboundMessage, MessageSink, Rejected, StoredReceipt
 from core.db import Database
-from core.tables import InboxEntry, InboxStatus, QuarantineEntry
+from core.tables import InboxEntry, InboxStatus, IntakeJournalPosition, QuarantineEntry
 
 log = logging.getLogger("sidecar.connectors.inbox")
 
@@ -57,6 +59,15 @@ _UPSERT_PG = (
 _PG_CHUNK = 32
 
 
+@dataclass(frozen=True)
+class JournalMark:
+    """How far an intake journal's records are stored (connectors.journal): recorded in the
+    transaction that stores them, so a record reaches the inbox exactly once."""
+
+    journal_id: str
+    seq: int
+
+
 class DatabaseInbox(MessageSink):
     def __init__(self, db: Database) -> None:
         self._db = db
@@ -75,10 +86,12 @@ class DatabaseInbox(MessageSink):
         self._lock = threading.Lock()
         self._checkpointer = _Checkpointer(db)
 
-    def commit(self, message: InboundMessage) -> Receipt:
+    def commit(self, message: InboundMessage) -> StoredReceipt:
         return self.commit_many([message])[0]
 
-    def commit_many(self, messages: Sequence[InboundMessage]) -> list[Receipt]:
+    def commit_many(
+        self, messages: Sequence[InboundMessage], *, journal: JournalMark | None = None
+    ) -> list[StoredReceipt]:
         if not messages:
             return []
         # One row per (sender, control id): PostgreSQL refuses to touch a row twice in one
@@ -98,7 +111,7 @@ class DatabaseInbox(MessageSink):
         with self._lock:
             connection = self._connection()
             try:
-                receipts = self._commit_rows(connection, messages, extra, rows)
+                receipts = self._commit_rows(connection, messages, extra, rows, journal)
             except BaseException:
                 # Whatever broke (a constraint, a dropped server, a full disk), the
                 # connection is not reused: the next batch starts on a fresh one.
@@ -141,9 +154,10 @@ class DatabaseInbox(MessageSink):
         messages: Sequence[InboundMessage],
         extra: dict[tuple[str, str], int],
         rows: list[list[Any]],
-    ) -> list[Receipt]:
+        journal: JournalMark | None,
+    ) -> list[StoredReceipt]:
         if not self._is_sqlite:
-            return self._commit_rows_pg(connection, messages, extra, rows)
+            return self._commit_rows_pg(connection, messages, extra, rows, journal)
         cursor = connection.cursor()
         try:
             # The driver runs in autocommit (see core.db); IMMEDIATE takes the write lock
@@ -153,6 +167,7 @@ class DatabaseInbox(MessageSink):
             _count_batch_resends(cursor, "?", extra, by_key)
             receipts = _receipts(messages, by_key)
             _audit_batch(cursor, "?", False, messages, receipts)
+            _record_journal(cursor, "?", journal)
             cursor.execute("COMMIT")
         except BaseException:
             with suppress(Exception):
@@ -169,7 +184,8 @@ class DatabaseInbox(MessageSink):
         messages: Sequence[InboundMessage],
         extra: dict[tuple[str, str], int],
         rows: list[list[Any]],
-    ) -> list[Receipt]:
+        journal: JournalMark | None,
+    ) -> list[StoredReceipt]:
         """PostgreSQL in pipeline mode: the audit head lock and the upserts go out together
         (one round trip per ``_PG_CHUNK`` rows), the resend counts, audit entry and COMMIT in
         a last one; one statement at a time took six round trips (each a wait on the server
@@ -196,6 +212,7 @@ class DatabaseInbox(MessageSink):
                 _count_batch_resends(cursor, "%s", extra, by_key)
                 receipts = _receipts(messages, by_key)
                 _audit_batch(cursor, "%s", True, messages, receipts, head=head)
+                _record_journal(cursor, "%s", journal)
                 pg.commit()
         except BaseException:
             with suppress(Exception):
@@ -255,7 +272,15 @@ class DatabaseInbox(MessageSink):
             self._insert_by_size[rows] = sql
         return sql
 
-    def quarantine(self, item: Rejected) -> int:
+    def journal_position(self, journal_id: str) -> int:
+        """The last record of that journal the inbox stored (0: none yet)."""
+        with self._db.sessions() as session:
+            seq = session.execute(
+                select(IntakeJournalPosition.moved_seq).where(IntakeJournalPosition.journal_id == journal_id)
+            ).scalar_one_or_none()
+        return int(seq or 0)
+
+    def quarantine(self, item: Rejected, *, journal: JournalMark | None = None) -> int:
         with self._db.transaction() as session:
             row = QuarantineEntry(
                 source=item.source,
@@ -276,6 +301,9 @@ class DatabaseInbox(MessageSink):
                 detail={"peer": item.peer, "code": item.code, "bytes": len(item.raw)},
                 now=item.received_at,
             )
+            if journal is not None:
+                # Only the mover of that journal writes its row: a read-then-write merge is safe.
+                session.merge(IntakeJournalPosition(journal_id=journal.journal_id, moved_seq=journal.seq))
             log.warning("quarantined", extra={"quarantine_id": row.id, "code": item.code, "peer": item.peer})
             return row.id
 
@@ -345,6 +373,17 @@ def _values(m: InboundMessage) -> tuple[Any, ...]:
     )
 
 
+def _record_journal(cursor: Any, placeholder: str, journal: JournalMark | None) -> None:
+    if journal is None:
+        return
+    p = placeholder
+    cursor.execute(
+        f"INSERT INTO intake_journals (journal_id, moved_seq) VALUES ({p}, {p}) "
+        "ON CONFLICT (journal_id) DO UPDATE SET moved_seq = excluded.moved_seq",
+        (journal.journal_id, journal.seq),
+    )
+
+
 def _count_batch_resends(
     cursor: Any,
     placeholder: str,
@@ -361,14 +400,14 @@ def _count_batch_resends(
 
 def _receipts(
     messages: Sequence[InboundMessage], by_key: dict[tuple[str, str], tuple[int, int]]
-) -> list[Receipt]:
+) -> list[StoredReceipt]:
     """One receipt per message, in order; a repeat within the batch is a duplicate too."""
-    receipts: list[Receipt] = []
+    receipts: list[StoredReceipt] = []
     seen: set[tuple[str, str]] = set()
     for m in messages:
         key = (m.header.sender, m.header.control_id)
         inbox_id, resends = by_key[key]
-        receipts.append(Receipt(inbox_id=inbox_id, duplicate=resends > 0 or key in seen))
+        receipts.append(StoredReceipt(inbox_id=inbox_id, duplicate=resends > 0 or key in seen))
         seen.add(key)
     return receipts
 
@@ -378,7 +417,7 @@ def _audit_batch(
     placeholder: str,
     lock_head: bool,
     messages: Sequence[InboundMessage],
-    receipts: list[Receipt],
+    receipts: list[StoredReceipt],
     *,
     head: tuple[Any, Any] | None = None,
 ) -> None:

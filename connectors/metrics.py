@@ -67,6 +67,16 @@ class IntakeMetrics:
             "Acknowledged messages not yet through the pipeline",
             registry=self.registry,
         )
+        self.journal_backlog = Gauge(
+            "sidecar_intake_journal_backlog",
+            "Messages acknowledged from the intake journal and not yet in the inbox",
+            registry=self.registry,
+        )
+        self.journal_move_failures = Counter(
+            "sidecar_intake_journal_move_failures",
+            "Failed attempts to store journaled messages in the inbox (retried)",
+            registry=self.registry,
+        )
         self._senders: dict[str, SenderCounters] = {}
 
     def of(self, sender: str) -> SenderCounters:

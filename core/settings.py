@@ -60,6 +60,21 @@ class Settings(BaseSettings):
     mllp_max_in_flight: int = Field(
         256, gt=0, description="Frames one connection may have in commit before its ACKs (pipelining)."
     )
+    mllp_journal: bool | None = Field(
+        None,
+        description="Acknowledge an MLLP message once it is fsync'd to the intake journal "
+        "(<data_dir>/intake-journal.db, a file of the listener's own); a mover stores it in the inbox "
+        "moments later, exactly once, audited as before. false: acknowledge only after the inbox commit. "
+        "Unset: on with SQLite (the journal shares the database's disk), off with PostgreSQL (set true "
+        "where the data directory is on persistent storage: the ACK then waits for a local fsync instead "
+        "of a commit on the server, and a database outage is bridged up to mllp_journal_max_backlog).",
+    )
+    mllp_journal_max_backlog: int = Field(
+        100_000,
+        gt=0,
+        description="Journaled messages not yet in the inbox beyond which new MLLP messages are answered "
+        "AE/CE (the inbox is not taking them, e.g. the database is down), so senders keep them.",
+    )
     mllp_ack_mode: Literal["auto", "original"] = Field(
         "auto",
         description="auto: MSH-15/16 valued means enhanced mode (CA/CE/CR, per MSH-15). original: always "
@@ -255,6 +270,14 @@ class Settings(BaseSettings):
     @property
     def effective_secret_file(self) -> Path:
         return self.secret_file or self.data_dir / "secret.key"
+
+    @property
+    def effective_mllp_journal(self) -> bool:
+        return self.mllp_journal if self.mllp_journal is not None else self.database_url is None
+
+    @property
+    def intake_journal_file(self) -> Path:
+        return self.data_dir / "intake-journal.db"
 
     @property
     def embedded(self) -> bool:

@@ -77,6 +77,16 @@ class InboxEntry(Base):
     error_code: Mapped[str | None] = mapped_column(String(64))
 
 
+class IntakeJournalPosition(Base):
+    """How far each MLLP intake journal (a file of the listener's, connectors.journal) has
+    been stored in the inbox; written in the same transaction as the rows it covers."""
+
+    __tablename__ = "intake_journals"
+
+    journal_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    moved_seq: Mapped[int] = mapped_column(BigInteger)
+
+
 class QuarantineEntry(Base):
     """Bytes that could not be taken as HL7, kept with the reason (never only logged)."""
 

@@ -24,6 +24,7 @@ from connectors.dicom import DicomConfig, DicomMetrics, DicomServer
 from connectors.files import DropFolder, DropFolderConfig
 from connectors.hl7 import CharsetPolicy
 from connectors.inbox import DatabaseInbox
+from connectors.journal import IntakeJournal, JournaledInbox
 from connectors.metrics import IntakeMetrics
 from connectors.mllp.server import AckMode
 from connectors.mllp.tls import client_context, server_context
@@ -181,11 +182,21 @@ class SidecarApp:
             )
         self.metrics = IntakeMetrics()
         self.inbox = DatabaseInbox(self.db)
+        self.journal: JournaledInbox | None = None
+        if settings.effective_mllp_journal:
+            self.journal = JournaledInbox(
+                IntakeJournal(settings.intake_journal_file),
+                self.inbox,
+                on_committed=self._on_committed,
+                metrics=self.metrics,
+                max_backlog=settings.mllp_journal_max_backlog,
+            )
         self.server = MllpServer(
             mllp_config(settings),
-            self.inbox,
+            self.journal or self.inbox,
             on_committed=self._on_committed,
             metrics=self.metrics,
+            commit_on_loop=self.journal is not None,
         )
         self.dicom: DicomServer | None = None
         if settings.dicom_port is not None:
@@ -218,6 +229,10 @@ class SidecarApp:
         return self.server.port
 
     async def start(self) -> None:
+        if self.journal is not None:
+            # First: a second process on this data directory stops here, before anything
+            # runs; and what a previous run journaled goes into the inbox before new input.
+            self.journal.start()
         if self.pipeline is not None:
             self.pipeline.start()
         if self.dispatch_loop is not None:
@@ -243,6 +258,8 @@ class SidecarApp:
     async def stop(self, drain_timeout_s: float = 30.0) -> None:
         """Stop accepting, finish what was acknowledged, publish what was stored."""
         await self.server.stop(drain_timeout_s=min(10.0, drain_timeout_s))
+        if self.journal is not None:
+            await asyncio.to_thread(self.journal.stop, drain_timeout_s)
         if self.dicom is not None:
             await asyncio.to_thread(self.dicom.stop)
         if self.api is not None:
@@ -270,6 +287,8 @@ class SidecarApp:
     def wait_idle(self, timeout: float = 60.0) -> bool:
         """Embedded only: pipeline drained, every summary job run, outbox published."""
         deadline = time.monotonic() + timeout
+        if self.journal is not None and not self.journal.wait_moved(timeout):
+            return False
         while time.monotonic() < deadline:
             if self.pipeline is None or not self.pipeline.wait_idle(max(0.0, deadline - time.monotonic())):
                 return False
@@ -289,7 +308,7 @@ class SidecarApp:
     # --- wiring callbacks -------------------------------------------------------------
 
     def _on_committed(self, receipt: Receipt, message: InboundMessage) -> None:
-        if receipt.duplicate:
+        if receipt.duplicate or receipt.inbox_id is None:
             return
         if self.pipeline is not None:
             self.pipeline.submit(receipt.inbox_id)

@@ -209,7 +209,7 @@ def stats(
     settings = _settings(config, data_dir=data_dir)
     db = Database(settings)
     db.migrate()
-    data = collect(db)
+    data = collect(db, settings.intake_journal_file)
     db.dispose()
     if as_json:
         print(json.dumps(data, indent=2))

@@ -3,10 +3,12 @@ documented in the README; add keys, never rename them."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select
 
+from connectors.journal import journal_id_of, pending_in_journal
 from core.db import Database
 from core.tables import (
     AppAck,
@@ -15,6 +17,7 @@ from core.tables import (
     DeadLetter,
     InboxEntry,
     InboxStatus,
+    IntakeJournalPosition,
     Job,
     JobStatus,
     OutboxEvent,
@@ -23,7 +26,9 @@ from core.tables import (
 )
 
 
-def collect(db: Database) -> dict[str, Any]:
+def collect(db: Database, journal_file: Path | None = None) -> dict[str, Any]:
+    """``journal_file``: the MLLP intake journal, when it is on this machine (its messages
+    are counted under inbox.journal; elsewhere that key is 0)."""
     with db.sessions() as s:
         by_status = dict(s.execute(select(InboxEntry.status, func.count()).group_by(InboxEntry.status)).all())
         duplicates = s.execute(select(func.coalesce(func.sum(InboxEntry.resend_count), 0))).scalar_one()
@@ -50,6 +55,7 @@ def collect(db: Database) -> dict[str, Any]:
                 "pending": by_status.get(InboxStatus.RECEIVED, 0),
                 "duplicates": int(duplicates),
                 "repaired": repaired,
+                "journal": _journaled(s, journal_file),
             },
             "quarantined": s.execute(select(func.count()).select_from(QuarantineEntry)).scalar_one(),
             "dead_letters": s.execute(
@@ -61,3 +67,13 @@ def collect(db: Database) -> dict[str, Any]:
             "app_acks": {status.value: app_acks.get(status, 0) for status in AppAckStatus},
             "audit_entries": s.execute(select(func.count()).select_from(AuditEntry)).scalar_one(),
         }
+
+
+def _journaled(session: Any, journal_file: Path | None) -> int:
+    journal_id = journal_id_of(journal_file) if journal_file is not None else None
+    if journal_file is None or journal_id is None:
+        return 0
+    moved = session.execute(
+        select(IntakeJournalPosition.moved_seq).where(IntakeJournalPosition.journal_id == journal_id)
+    ).scalar_one_or_none()
+    return pending_in_journal(journal_file, int(moved or 0))

@@ -104,6 +104,22 @@ def test_convert_deid_to_stdout_and_a_bad_file_fails_alone(tmp_path: Path) -> No
     assert "Traceback" not in result.stderr
 
 
+def test_a_second_serve_on_the_same_data_dir_stops_with_a_clear_error(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    serve = [sys.executable, "-m", "sidecar", "serve", "--data-dir", str(data), "--mllp-port", "0"]
+    first = subprocess.Popen(serve, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert first.stdout is not None
+        json.loads(first.stdout.readline())  # listening, journal taken
+        second = subprocess.run(serve, cwd=REPO, capture_output=True, text=True, timeout=60)
+        assert second.returncode == 2
+        assert "intake journal" in second.stderr and "in use by another process" in second.stderr
+        assert "Traceback" not in second.stderr
+    finally:
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(60) == 0
+
+
 def test_serve_drains_on_sigterm_and_stats_reports(tmp_path: Path) -> None:
     data = tmp_path / "data"
     proc = subprocess.Popen(
@@ -134,6 +150,7 @@ def test_serve_drains_on_sigterm_and_stats_reports(tmp_path: Path) -> None:
     data_out = json.loads(stats.stdout)
     assert data_out["inbox"] == {
         "received": 2, "processed": 2, "failed": 0, "pending": 0, "duplicates": 0, "repaired": 0,
+        "journal": 0,
     }  # fmt: skip
     assert data_out["resources"]["Patient"] == 1
     assert data_out["resources"]["Observation"] == 3

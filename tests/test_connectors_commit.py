@@ -1,15 +1,18 @@
-"""The group committer's stop: what was handed over is committed, what was only gathered
-fails at once (never left waiting, never ACKed), on a real SQLite inbox."""
+"""The group committer on a real SQLite inbox: at stop, what was handed over is committed and
+what was only gathered fails at once (never left waiting, never ACKed); committing on the
+loop (for the intake journal), frames of one loop turn share one commit and a failed
+commit fails each of them."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
 
+from connectors.base import InboundMessage, Receipt, Rejected
 from connectors.commit import GroupCommitter
 from connectors.inbox import DatabaseInbox
 from core.db import Database
@@ -37,7 +40,7 @@ def test_frames_gathered_when_it_stops_fail_instead_of_waiting(db: Database) -> 
         gathered = committer.submit(inbound(with_control_id(ORU_R01, "STOP-2").encode()))
         committer.stop()  # before the loop turns again
         receipt = await asyncio.wait_for(handed_over, 5)
-        assert receipt.inbox_id > 0 and not receipt.duplicate
+        assert receipt.inbox_id is not None and receipt.inbox_id > 0 and not receipt.duplicate
         with pytest.raises(RuntimeError, match="stopped"):
             await asyncio.wait_for(gathered, 5)
 
@@ -45,3 +48,35 @@ def test_frames_gathered_when_it_stops_fail_instead_of_waiting(db: Database) -> 
     inbox.close()
     with db.sessions() as s:
         assert s.execute(select(func.count()).select_from(InboxEntry)).scalar_one() == 1
+
+
+class _DiskFull:
+    def commit_many(self, messages: Sequence[InboundMessage]) -> list[Receipt]:
+        raise OSError("disk full")
+
+    def quarantine(self, item: Rejected) -> int:
+        raise OSError("disk full")
+
+
+def test_on_the_loop_one_turn_shares_one_commit_and_a_failure_fails_each(db: Database) -> None:
+    inbox = DatabaseInbox(db)
+
+    async def scenario() -> None:
+        committer = GroupCommitter(inbox, on_loop=True)
+        committer.start()
+        turn = [committer.submit(inbound(with_control_id(ORU_R01, f"L-{i}").encode())) for i in range(3)]
+        receipts = await asyncio.wait_for(asyncio.gather(*turn), 5)
+        assert len({r.inbox_id for r in receipts}) == 3 and committer.batches == 1
+        committer.stop()
+        failing = GroupCommitter(_DiskFull(), on_loop=True)
+        failing.start()
+        doomed = [failing.submit(inbound(with_control_id(ORU_R01, f"F-{i}").encode())) for i in range(2)]
+        for future in doomed:
+            with pytest.raises(OSError, match="disk full"):
+                await asyncio.wait_for(future, 5)
+        failing.stop()
+
+    asyncio.run(scenario())
+    inbox.close()
+    with db.sessions() as s:
+        assert s.execute(select(func.count()).select_from(InboxEntry)).scalar_one() == 3

@@ -46,7 +46,7 @@ class GatedInbox:
         self.gate.set()
         self.entered = threading.Event()
 
-    def commit_many(self, messages: Sequence[InboundMessage]) -> list[Receipt]:
+    def commit_many(self, messages: Sequence[InboundMessage]) -> Sequence[Receipt]:
         self.entered.set()
         assert self.gate.wait(30)
         return self.inbox.commit_many(messages)

@@ -339,7 +339,7 @@ def test_large_file_is_committed_in_chunks_and_a_failed_chunk_retries_safely(tmp
     monkeypatch.setattr(files, "COMMIT_CHUNK", 2)
     sink = MemorySink()
     sink.batch_limit = 1
-    notified: list[int] = []
+    notified: list[int | None] = []
     folder = DropFolder(config(tmp_path), sink, on_committed=lambda r, m: notified.append(r.inbox_id))
     drop(folder, "five.hl7", as_file([adt(f"K{n}") for n in range(5)]))
 

@@ -101,6 +101,21 @@ def test_rejects_what_is_not_hl7(raw: bytes, reason: str) -> None:
     assert caught.value.code == "bad-header"
 
 
+def test_values_wider_than_the_inbox_columns_are_rejected() -> None:
+    """PostgreSQL would refuse the row (an AE to every resend, forever); SQLite would keep a
+    value no other database could hold. Within the widths is accepted."""
+    longest = b"MSH|^~\\&|A|B|C|D|1||ADT^A01|" + b"9" * 199 + b"|P|2.5"
+    assert len(peek_header(longest).control_id) == 199
+    with pytest.raises(HeaderError) as caught:
+        peek_header(b"MSH|^~\\&|A|B|C|D|1||ADT^A01|" + b"9" * 200 + b"|P|2.5")
+    assert str(caught.value) == "MSH-10 (control id) is longer than 199 characters"
+    assert caught.value.hl7_error_code == "102"
+    wide = b"A" * 200 + b"|" + b"F" * 199  # MSH-3 "|" MSH-4: 400 characters
+    assert peek_header(b"MSH|^~\\&|" + wide + b"|C|D|1||ADT^A01|1|P|2.5").sender == wide.decode()
+    with pytest.raises(HeaderError, match="MSH-3 and MSH-4"):
+        peek_header(b"MSH|^~\\&|" + wide + b"F|C|D|1||ADT^A01|1|P|2.5")
+
+
 def test_rejection_reasons_carry_no_data() -> None:
     with pytest.raises(HeaderError) as caught:
         peek_header(b"MSH|^~\\&|SECRETAPP|B|C|D|1||ADT^A01||P|2.5")

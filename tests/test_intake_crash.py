@@ -5,7 +5,9 @@ process is killed with SIGKILL once ~600 messages are acknowledged. Each sender 
 resends everything it holds no ACK for (at most the one message in flight) to the
 restarted server and carries on. Afterwards: every acknowledged message is in the inbox
 exactly once, and a message that was stored before the kill but whose ACK was lost is
-recognised as a resend (resend_count 1), not stored twice.
+recognised as a resend (resend_count 1), not stored twice. The embedded default ACKs from
+the intake journal, so "stored" at the kill means in the inbox or in the journal past the
+position the inbox recorded; the restarted server moves those into the inbox first.
 """
 
 from __future__ import annotations
@@ -18,12 +20,21 @@ import sys
 import threading
 from pathlib import Path
 
-from connectors import MllpClient
+from connectors import MllpClient, peek_header
+from connectors.journal import journal_id_of, pending_in_journal
 from tests.deployments import msa
 from tests.fixtures.messages import ORU_R01, with_control_id
 
 REPO = Path(__file__).resolve().parents[1]
 SENDERS, PER_SENDER, KILL_AFTER = 4, 500, 600
+
+
+def _journaled(path: Path, positions: dict[str, int]) -> set[str]:
+    """Control ids of the journal's records past the inbox's recorded position."""
+    with sqlite3.connect(path) as journal:
+        [journal_id] = journal.execute("SELECT value FROM meta WHERE key = 'journal_id'").fetchone()
+        rows = journal.execute("SELECT raw FROM messages WHERE seq > ?", (positions.get(journal_id, 0),))
+        return {peek_header(raw).control_id for (raw,) in rows}
 
 
 class Server:
@@ -87,9 +98,19 @@ def test_sigkill_mid_stream_loses_and_duplicates_nothing(tmp_path: Path) -> None
     server.proc.send_signal(signal.SIGKILL)
     server.proc.wait(30)
 
-    # What the killed process had made durable, read straight from its database.
+    # What the killed process had made durable, read straight from its files: the inbox,
+    # and (the embedded default) the intake journal's records the inbox had not taken yet.
     with sqlite3.connect(tmp_path / "data" / "sidecar.db") as db:
         stored_before = {row[0] for row in db.execute("SELECT control_id FROM inbox")}
+        positions = dict(db.execute("SELECT journal_id, moved_seq FROM intake_journals").fetchall())
+    journal_file = tmp_path / "data" / "intake-journal.db"
+    # What `sidecar stats` reports as inbox.journal, read as the dead process left the file.
+    journal_id = journal_id_of(journal_file)
+    assert journal_id is not None
+    pending = pending_in_journal(journal_file, positions.get(journal_id, 0))
+    journaled = _journaled(journal_file, positions)
+    assert pending == len(journaled)
+    stored_before |= journaled
     with lock:
         acked_before = set(acked)
     assert acked_before <= stored_before, "an ACKed message was not durable at SIGKILL"

@@ -87,6 +87,7 @@ def test_metrics_endpoint_counts_acks_and_latency(tmp_path: Path) -> None:
             client.send(encoded(ADT_A01))
             client.send(encoded(ADT_A01))  # a resend
             client.send(b"garbage")
+        dep.settle()  # a resend is recognised when the inbox takes it (after the journal)
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
     finally:
         dep.stop()

@@ -20,6 +20,10 @@ _DEFAULT_ENCODING_CHARACTERS = "^~\\&"
 _FIELD_SEPARATORS = frozenset(c for c in range(0x21, 0x7F) if not chr(c).isalnum())
 _MIN_FIELDS = 12  # MSH-12 (version) is the last field an original-mode ACK needs
 _LAST_FIELD_READ = 18  # MSH-18, the character set
+# The inbox's column widths (HL7 v2.7 lets MSH-10 be 199 characters). Longer values are
+# rejected here: PostgreSQL would refuse the row, answering AE to every resend forever.
+MAX_CONTROL_ID = 199
+MAX_SENDER = 400  # MSH-3 "|" MSH-4
 
 
 class HeaderError(IngestError):
@@ -110,12 +114,17 @@ def peek_header(raw: bytes) -> MessageHeader:
     control_id = _field(fields, 10)
     if not control_id:
         raise HeaderError("MSH-10 (control id) is empty", "101")
+    if len(control_id) > MAX_CONTROL_ID:
+        raise HeaderError(f"MSH-10 (control id) is longer than {MAX_CONTROL_ID} characters", "102")
+    sending_application, sending_facility = _field(fields, 3), _field(fields, 4)
+    if len(sending_application) + 1 + len(sending_facility) > MAX_SENDER:
+        raise HeaderError(f"MSH-3 and MSH-4 (sender) are longer than {MAX_SENDER} characters together", "102")
 
     return MessageHeader(
         field_separator=chr(separator),
         encoding_characters=encoding_characters,
-        sending_application=_field(fields, 3),
-        sending_facility=_field(fields, 4),
+        sending_application=sending_application,
+        sending_facility=sending_facility,
         receiving_application=_field(fields, 5),
         receiving_facility=_field(fields, 6),
         # Always "^" here, whatever MSH-2 says: this is a routing key, not message text.

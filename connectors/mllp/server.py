@@ -187,10 +187,13 @@ class MllpServer:
         *,
         on_committed: CommitListener | None = None,
         metrics: IntakeMetrics | None = None,
+        commit_on_loop: bool = False,
     ) -> None:
+        """``commit_on_loop``: the sink's commit is one short local write (the intake
+        journal); commit it on the event loop instead of the writer thread (connectors.commit)."""
         self._config = config
         self._sink = sink
-        self._committer = GroupCommitter(sink)
+        self._committer = GroupCommitter(sink, on_loop=commit_on_loop)
         self._on_committed = on_committed
         self.metrics = metrics or IntakeMetrics()
         self._server: asyncio.Server | None = None
@@ -459,7 +462,8 @@ class MllpServer:
                     **_context(header, message.peer, message.raw),
                 },
             )
-        self._notify(receipt, message)
+        if receipt.inbox_id is not None:  # journaled: the journal tells once it is in the inbox
+            self._notify(receipt, message)
         if plan.ok is None:
             return None
         self.metrics.of(sender).acked.inc()
