@@ -6,6 +6,7 @@ commit fails each of them."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -58,17 +59,19 @@ class _DiskFull:
         raise OSError("disk full")
 
 
-def test_on_the_loop_one_turn_shares_one_commit_and_a_failure_fails_each(db: Database) -> None:
+def test_inline_a_small_burst_is_committed_on_the_loop_and_a_failure_fails_each(db: Database) -> None:
     inbox = DatabaseInbox(db)
 
     async def scenario() -> None:
-        committer = GroupCommitter(inbox, on_loop=True)
+        committer = GroupCommitter(inbox, inline=True)
         committer.start()
         turn = [committer.submit(inbound(with_control_id(ORU_R01, f"L-{i}").encode())) for i in range(3)]
-        receipts = await asyncio.wait_for(asyncio.gather(*turn), 5)
+        await asyncio.sleep(0)  # the loop turns: the burst is committed right there
+        assert all(f.done() for f in turn)
+        receipts = [f.result() for f in turn]
         assert len({r.inbox_id for r in receipts}) == 3 and committer.batches == 1
         committer.stop()
-        failing = GroupCommitter(_DiskFull(), on_loop=True)
+        failing = GroupCommitter(_DiskFull(), inline=True)
         failing.start()
         doomed = [failing.submit(inbound(with_control_id(ORU_R01, f"F-{i}").encode())) for i in range(2)]
         for future in doomed:
@@ -80,3 +83,44 @@ def test_on_the_loop_one_turn_shares_one_commit_and_a_failure_fails_each(db: Dat
     inbox.close()
     with db.sessions() as s:
         assert s.execute(select(func.count()).select_from(InboxEntry)).scalar_one() == 3
+
+
+class _Gated:
+    """Records the control ids of each commit; holds commits while the gate is shut."""
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.commits: list[list[str]] = []
+
+    def commit_many(self, messages: Sequence[InboundMessage]) -> list[Receipt]:
+        assert self.gate.wait(10)
+        self.commits.append([m.header.control_id for m in messages])
+        return [Receipt(len(self.commits), False) for _ in messages]
+
+    def quarantine(self, item: Rejected) -> int:
+        return 0
+
+
+def test_inline_waits_for_the_thread_so_commits_keep_arrival_order() -> None:
+    """A burst too large to commit inline goes to the thread; a small one arriving while
+    that commit runs must not overtake it, so it goes to the thread too."""
+    sink = _Gated()
+
+    async def scenario() -> None:
+        committer = GroupCommitter(sink, inline=True)
+        committer.start()
+        big = [committer.submit(inbound(with_control_id(ORU_R01, f"B-{i}").encode())) for i in range(6)]
+        await asyncio.sleep(0)  # handed to the thread, which waits at the gate
+        small = committer.submit(inbound(with_control_id(ORU_R01, "S-0").encode()))
+        await asyncio.sleep(0)
+        assert not small.done()
+        sink.gate.set()
+        await asyncio.wait_for(asyncio.gather(*big, small), 5)
+        alone = committer.submit(inbound(with_control_id(ORU_R01, "A-0").encode()))
+        await asyncio.sleep(0)  # the thread is idle again: this one is committed inline
+        assert alone.done()
+        committer.stop()
+
+    asyncio.run(scenario())
+    flat = [c for commit in sink.commits for c in commit]
+    assert flat == [f"B-{i}" for i in range(6)] + ["S-0", "A-0"]

@@ -327,6 +327,31 @@ def test_stop_drains_a_commit_in_progress(sink: MemorySink) -> None:
     srv.close()
 
 
+class BatchRecorder(MemorySink):
+    """Records how many messages each commit was given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[int] = []
+
+    def commit_many(self, messages: Sequence[InboundMessage]) -> list[Receipt]:
+        self.batches.append(len(messages))
+        return super().commit_many(messages)
+
+
+def test_a_sender_that_pipelines_is_read_no_further_than_max_in_flight() -> None:
+    """Backpressure: with the commits held up, ten frames sent at once reach the sink at
+    most three at a time; each is answered, in order, once the commits go through."""
+    sink = BatchRecorder()
+    sink.release_commit.clear()
+    with running(sink, MllpConfig(port=0, max_in_flight=3)) as srv, srv.client() as client:
+        client.send_raw(b"".join(encode_frame(hl7(f"P{i}")) for i in range(10)))
+        assert sink.commit_started.wait(timeout=10)
+        sink.release_commit.set()
+        assert [msa(client.receive())[2] for _ in range(10)] == [f"P{i}" for i in range(10)]
+    assert sum(sink.batches) == 10 and max(sink.batches) <= 3
+
+
 def test_port_before_start_is_an_error(sink: MemorySink) -> None:
     with pytest.raises(RuntimeError):
         _ = MllpServer(MllpConfig(port=0), sink).port

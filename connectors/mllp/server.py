@@ -18,14 +18,14 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import socket
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
+from typing import Any
 
 from connectors.base import (
     CommitListener,
@@ -43,7 +43,8 @@ from connectors.hl7.ack import AckCode, build_ack
 from connectors.hl7.charset import decode_message
 from connectors.hl7.header import HeaderError, MessageHeader, peek_header
 from connectors.metrics import IntakeMetrics
-from connectors.mllp.framing import Frame, FrameEvent, FrameProblem, FrameReader, ProblemCode, encode_frame
+from connectors.mllp.connection import CLOSE_TIMEOUT_S, Answers, MllpConnection, Slot
+from connectors.mllp.framing import Frame, FrameEvent, FrameProblem, ProblemCode
 from core.errors import IngestError
 
 log = logging.getLogger("sidecar.connectors.mllp")
@@ -51,7 +52,6 @@ log = logging.getLogger("sidecar.connectors.mllp")
 SOURCE = "mllp"
 NOT_STORED = "message not stored; resend"
 _READ_CHUNK = 65_536
-_CLOSE_TIMEOUT_S = 5.0
 
 
 class AckMode(StrEnum):
@@ -123,47 +123,6 @@ def ack_plan(header: MessageHeader, mode: AckMode) -> _AckPlan:
     )
 
 
-@dataclass(eq=False)
-class _Connection:
-    peer: str
-    task: asyncio.Task[object] | None
-    # Frames read but not yet answered: stop() must not cancel a connection then, or a
-    # committed message would go unacknowledged.
-    in_flight: int = 0
-
-    @property
-    def busy(self) -> bool:
-        return self.in_flight > 0
-
-
-def _peer_name(writer: asyncio.StreamWriter) -> str:
-    peer = writer.get_extra_info("peername")
-    if isinstance(peer, tuple) and len(peer) >= 2:
-        host, port = str(peer[0]), peer[1]
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    return str(peer) if peer else "unknown"
-
-
-def _enable_keepalive(writer: asyncio.StreamWriter) -> None:
-    # Hospital interfaces hold connections open for days, often through firewalls that
-    # silently drop idle flows; keepalive lets the OS notice a dead peer.
-    sock = writer.get_extra_info("socket")
-    if sock is not None:
-        with suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-
-
-async def _close(writer: asyncio.StreamWriter) -> None:
-    writer.close()
-    try:
-        await asyncio.wait_for(writer.wait_closed(), _CLOSE_TIMEOUT_S)
-    except (OSError, TimeoutError):
-        writer.transport.abort()
-    except asyncio.CancelledError:
-        writer.transport.abort()
-        raise
-
-
 def _context(header: MessageHeader, peer: str, payload: bytes) -> dict[str, object]:
     return {
         "peer": peer,
@@ -173,10 +132,23 @@ def _context(header: MessageHeader, peer: str, payload: bytes) -> dict[str, obje
     }
 
 
-def _ready(reply: bytes | None) -> asyncio.Future[bytes | None]:
-    future: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
-    future.set_result(reply)
-    return future
+def _fill_later(
+    answers: Answers, slot: Slot, reply: Coroutine[Any, Any, bytes | None], tasks: set[asyncio.Task[Any]]
+) -> None:
+    """For answers that must await something (storing a rejected frame in quarantine)."""
+    task = asyncio.ensure_future(reply)
+    tasks.add(task)  # the loop keeps only a weak reference to a task
+
+    def done(finished: asyncio.Task[bytes | None]) -> None:
+        tasks.discard(finished)
+        try:
+            result = finished.result()
+        except Exception:
+            log.exception("mllp frame handling failed", extra={"event": "mllp.bug"})
+            result = build_ack(None, AckCode.AE, error=NOT_STORED)
+        answers.fill(slot, result)
+
+    task.add_done_callback(done)
 
 
 class MllpServer:
@@ -187,17 +159,18 @@ class MllpServer:
         *,
         on_committed: CommitListener | None = None,
         metrics: IntakeMetrics | None = None,
-        commit_on_loop: bool = False,
+        commit_inline: bool = False,
     ) -> None:
-        """``commit_on_loop``: the sink's commit is one short local write (the intake
-        journal); commit it on the event loop instead of the writer thread (connectors.commit)."""
+        """``commit_inline``: the sink's commit is one short local write (the intake
+        journal); a lone sender's is committed on the event loop (connectors.commit)."""
         self._config = config
         self._sink = sink
-        self._committer = GroupCommitter(sink, on_loop=commit_on_loop)
+        self._committer = GroupCommitter(sink, inline=commit_inline)
         self._on_committed = on_committed
         self.metrics = metrics or IntakeMetrics()
         self._server: asyncio.Server | None = None
-        self._connections: set[_Connection] = set()
+        self._connections: set[MllpConnection] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
         self._stopping = False
         self._stopped = asyncio.Event()
 
@@ -207,12 +180,18 @@ class MllpServer:
         if self._server is not None:
             raise RuntimeError("server already started")
         self._committer.start()
-        self._server = await asyncio.start_server(
-            self._accept,
-            self._config.host,
-            self._config.port,
+        config = self._config
+        self._server = await asyncio.get_running_loop().create_server(
+            lambda: MllpConnection(
+                self,
+                max_frame_bytes=config.max_frame_bytes,
+                max_in_flight=config.max_in_flight,
+                idle_timeout_s=config.idle_timeout_s,
+            ),
+            config.host,
+            config.port,
             reuse_address=True,
-            ssl=self._config.ssl_context,
+            ssl=config.ssl_context,
         )
         log.info(
             "mllp listening",
@@ -239,21 +218,20 @@ class MllpServer:
         self._stopping = True
         self._server.close()
         for conn in list(self._connections):
-            if not conn.busy and conn.task is not None:
-                conn.task.cancel()  # it is only waiting for bytes: nothing to lose
-        tasks = {conn.task for conn in self._connections if conn.task is not None}
-        if tasks:
-            _, pending = await asyncio.wait(tasks, timeout=drain_timeout_s)
+            conn.drain()  # an idle one closes now; a busy one once its answers are out
+        closing = {conn.closed for conn in self._connections}
+        if closing:
+            _, pending = await asyncio.wait(closing, timeout=drain_timeout_s)
             if pending:
                 log.warning(
                     "mllp drain timed out",
                     extra={"event": "mllp.drain_timeout", "connections": len(pending)},
                 )
-                for task in pending:
-                    task.cancel()
-                await asyncio.wait(pending, timeout=_CLOSE_TIMEOUT_S)
+                for conn in list(self._connections):
+                    conn.abort()
+                await asyncio.wait(pending, timeout=CLOSE_TIMEOUT_S)
         with suppress(Exception):
-            await asyncio.wait_for(self._server.wait_closed(), _CLOSE_TIMEOUT_S)
+            await asyncio.wait_for(self._server.wait_closed(), CLOSE_TIMEOUT_S)
         await asyncio.to_thread(self._committer.stop)
         log.info("mllp stopped", extra={"event": "mllp.stopped"})
         self._stopped.set()
@@ -269,122 +247,53 @@ class MllpServer:
 
     # -- connections -----------------------------------------------------------------
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = _peer_name(writer)
-        host = writer.get_extra_info("peername")
-        if not self._config.peer_allowed(str(host[0]) if isinstance(host, tuple) else ""):
-            log.warning("mllp peer not allowed", extra={"event": "mllp.peer_denied", "peer": peer})
-            await _close(writer)
-            return
+    def admit(self, connection: MllpConnection) -> bool:
+        if not self._config.peer_allowed(connection.host):
+            log.warning("mllp peer not allowed", extra={"event": "mllp.peer_denied", "peer": connection.peer})
+            return False
         if self._stopping or len(self._connections) >= self._config.max_connections:
             log.warning(
                 "mllp connection refused",
                 extra={
                     "event": "mllp.refused",
-                    "peer": peer,
+                    "peer": connection.peer,
                     "connections": len(self._connections),
                     "stopping": self._stopping,
                 },
             )
-            await _close(writer)
-            return
-        conn = _Connection(peer, asyncio.current_task())
-        self._connections.add(conn)
+            return False
+        self._connections.add(connection)
         self.metrics.connections.inc()
-        _enable_keepalive(writer)
-        log.info("mllp connection opened", extra={"event": "mllp.opened", "peer": peer})
-        try:
-            await self._serve(conn, reader, writer)
-        except asyncio.CancelledError:
-            # stop() cancelled a connection that owed nothing; its answers went out (or the
-            # sender is gone). The connection task ends here: nothing awaits its result.
-            log.debug("mllp connection cancelled", extra={"event": "mllp.cancelled", "peer": peer})
-        except (ConnectionError, OSError) as exc:
-            log.info(
-                "mllp connection lost",
-                extra={"event": "mllp.lost", "peer": peer, "error": type(exc).__name__},
-            )
-        except Exception:
-            # A bug must cost one connection, never the listener.
-            log.exception("mllp connection failed", extra={"event": "mllp.failed", "peer": peer})
-        finally:
-            self._connections.discard(conn)
+        return True
+
+    def closed(self, connection: MllpConnection) -> None:
+        if connection in self._connections:
+            self._connections.discard(connection)
             self.metrics.connections.dec()
-            await _close(writer)
-            log.info("mllp connection closed", extra={"event": "mllp.closed", "peer": peer})
 
-    async def _serve(
-        self, conn: _Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        framer = FrameReader(self._config.max_frame_bytes)
-        # Answers in frame order; bounded, so a sender that pipelines without reading
-        # ACKs is slowed down (backpressure) instead of growing our memory.
-        answers: asyncio.Queue[Awaitable[bytes | None] | None] = asyncio.Queue(self._config.max_in_flight)
-        sender = asyncio.create_task(self._send_answers(conn, answers, writer))
-        try:
-            while True:
-                try:
-                    async with asyncio.timeout(self._config.idle_timeout_s):
-                        data = await reader.read(_READ_CHUNK)
-                except TimeoutError:
-                    if conn.busy:
-                        continue  # waiting on our commit is not the sender being idle
-                    log.info("mllp idle timeout", extra={"event": "mllp.idle", "peer": conn.peer})
-                    return
-                for event in framer.feed(data) if data else framer.close():
-                    conn.in_flight += 1
-                    await answers.put(self._answer(event, conn.peer))
-                if not data or self._stopping:
-                    return
-        finally:
-            # Whatever was read is committed and answered before the connection closes.
-            await answers.put(None)
-            await asyncio.shield(sender)
-
-    async def _send_answers(
-        self,
-        conn: _Connection,
-        answers: asyncio.Queue[Awaitable[bytes | None] | None],
-        writer: asyncio.StreamWriter,
-    ) -> None:
-        broken = False
-        while (answer := await answers.get()) is not None:
-            reply = await answer
-            conn.in_flight -= 1
-            if self._stopping and not conn.busy and conn.task is not None and answers.empty():
-                # Draining: this was the last frame owed an answer; stop waiting for more.
-                conn.task.cancel()
-            if reply is None or broken:
-                continue
-            try:
-                writer.write(encode_frame(reply))
-                if answers.empty():  # drain once per burst, not per ACK
-                    await writer.drain()
-            except (ConnectionError, OSError):
-                # The sender is gone; its messages are stored, it will resend for the ACKs.
-                broken = True
-
-    def _answer(self, event: FrameEvent, peer: str) -> Awaitable[bytes | None]:
-        """Start handling one framing event now; the awaitable yields its ACK (or None)."""
+    def handle(self, event: FrameEvent, peer: str, answers: Answers, slot: Slot) -> None:
+        """Start handling one framing event now; its ACK (or None) fills ``slot``."""
         if isinstance(event, Frame):
             try:
-                return self._start_frame(event.payload, peer, time.perf_counter())
+                self._start_frame(event.payload, peer, time.perf_counter(), answers, slot)
             except Exception:
                 log.exception("mllp frame handling failed", extra={"event": "mllp.bug", "peer": peer})
-                return _ready(build_ack(None, AckCode.AE, error=NOT_STORED))
-        return asyncio.ensure_future(self._answer_problem(event, peer))
+                answers.fill(slot, build_ack(None, AckCode.AE, error=NOT_STORED))
+            return
+        _fill_later(answers, slot, self._answer_problem(event, peer), self._tasks)
 
     # -- frames ----------------------------------------------------------------------
 
-    def _start_frame(self, payload: bytes, peer: str, started: float) -> asyncio.Future[bytes | None]:
-        """Everything up to the commit, synchronously; the ACK follows from a callback on
-        the commit's future. No task per frame: with one, scheduling and stepping it cost
-        about as much as the rest of the frame's handling (profiled with bench/mllp.py)."""
+    def _start_frame(self, payload: bytes, peer: str, started: float, answers: Answers, slot: Slot) -> None:
+        """Everything up to the commit, synchronously; the ACK follows from the commit's
+        callback. No task per frame: with one, scheduling and stepping it cost about as
+        much as the rest of the frame's handling (profiled with bench/mllp.py)."""
         received_at = datetime.now(UTC)
         try:
             header = peek_header(payload)
         except IngestError as exc:
-            return asyncio.ensure_future(self._reject(payload, peer, exc, received_at, started))
+            _fill_later(answers, slot, self._reject(payload, peer, exc, received_at, started), self._tasks)
+            return
 
         sender = header.sender
         plan = ack_plan(header, self._config.ack_mode)
@@ -395,7 +304,10 @@ class MllpServer:
                 "mllp sender not allowed",
                 extra={"event": "mllp.sender_denied", **_context(header, peer, payload)},
             )
-            return _ready(self._nack(header, plan.reject, "sending application not allowed", "207", started))
+            answers.fill(
+                slot, self._nack(header, plan.reject, "sending application not allowed", "207", started)
+            )
+            return
 
         default = self._config.default_charset(header) if self._config.default_charset else "UTF-8"
         decoded = decode_message(payload, header.charset, default=default)
@@ -408,33 +320,37 @@ class MllpServer:
             peer=peer,
             received_at=received_at,
         )
-        answer: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
-        committed = self._committer.submit(message)
-        committed.add_done_callback(functools.partial(self._committed, answer, message, plan, started))
-        return answer
+        self._committer.submit_with(
+            message, functools.partial(self._committed, answers, slot, message, plan, started)
+        )
 
     def _committed(
         self,
-        answer: asyncio.Future[bytes | None],
+        answers: Answers,
+        slot: Slot,
         message: InboundMessage,
         plan: _AckPlan,
         started: float,
-        committed: asyncio.Future[Receipt],
+        receipt: Receipt | None,
+        error: Exception | None,
     ) -> None:
-        if answer.done():  # the connection went away meanwhile
-            return
         try:
-            answer.set_result(self._after_commit(message, plan, started, committed))
+            reply = self._after_commit(message, plan, started, receipt, error)
         except Exception:
             log.exception("mllp frame handling failed", extra={"event": "mllp.bug", "peer": message.peer})
-            answer.set_result(build_ack(None, AckCode.AE, error=NOT_STORED))
+            reply = build_ack(None, AckCode.AE, error=NOT_STORED)
+        answers.fill(slot, reply)
 
     def _after_commit(
-        self, message: InboundMessage, plan: _AckPlan, started: float, committed: asyncio.Future[Receipt]
+        self,
+        message: InboundMessage,
+        plan: _AckPlan,
+        started: float,
+        receipt: Receipt | None,
+        error: Exception | None,
     ) -> bytes | None:
         header = message.header
-        error = committed.exception()
-        if error is not None:
+        if receipt is None:
             log.error(
                 "mllp commit failed",
                 extra={
@@ -444,7 +360,6 @@ class MllpServer:
                 },
             )
             return self._nack(header, plan.error, NOT_STORED, "207", started)
-        receipt = committed.result()
         sender = header.sender
         if receipt.duplicate:
             self.metrics.of(sender).duplicates.inc()
