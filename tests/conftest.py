@@ -16,6 +16,9 @@ import pika
 import psycopg
 import pytest
 
+from core.db import Database
+from core.settings import Settings
+
 PG_ADMIN = os.environ.get("SIDECAR_TEST_PG", "postgresql://root@127.0.0.1:5432/test")
 RABBIT_HOST = os.environ.get("SIDECAR_TEST_RABBIT_HOST", "127.0.0.1")
 
@@ -54,6 +57,16 @@ def pg_url() -> Iterator[str]:
     yield f"{base}/{name}"
     with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_on_both(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
+    """A migrated database, once on SQLite under tmp_path and once on a fresh PostgreSQL one."""
+    url = request.getfixturevalue("pg_url") if request.param == "postgresql" else None
+    database = Database(Settings(data_dir=tmp_path, database_url=url))
+    database.migrate()
+    yield database
+    database.dispose()
 
 
 @pytest.fixture

@@ -1,26 +1,18 @@
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 
 import pytest
 from sqlalchemy import delete, text
 
 import audit
 from core.db import Database
-from core.settings import Settings
 from core.tables import AuditEntry
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db(request: pytest.FixtureRequest, tmp_path: Path):
-    if request.param == "sqlite":
-        database = Database(Settings(data_dir=tmp_path))
-    else:
-        database = Database(Settings(data_dir=tmp_path, database_url=request.getfixturevalue("pg_url")))
-    database.migrate()
-    yield database
-    database.dispose()
+@pytest.fixture
+def db(db_on_both: Database) -> Database:
+    return db_on_both
 
 
 def _append(db: Database, n: int, actor: str = "test") -> None:

@@ -3,9 +3,7 @@ and resends inside one batch, each with the receipt and the row state they must 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 from sqlalchemy import select
@@ -13,7 +11,6 @@ from sqlalchemy import select
 from connectors import InboundMessage
 from connectors.inbox import DatabaseInbox
 from core.db import Database
-from core.settings import Settings
 from core.tables import AuditEntry, InboxEntry
 from tests.fixtures.messages import ORU_R01, inbound, with_control_id
 
@@ -24,16 +21,13 @@ def _message(control_id: str, at: datetime = T0) -> InboundMessage:
     return inbound(with_control_id(ORU_R01, control_id).encode(), peer="p:1", received_at=at)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
-    url = request.getfixturevalue("pg_url") if request.param == "postgresql" else None
-    database = Database(Settings(data_dir=tmp_path, database_url=url))
-    database.migrate()
-    yield database
-    database.dispose()
+@pytest.fixture
+def db(db_on_both: Database) -> Database:
+    return db_on_both
 
 
-def _rows(db: Database) -> dict[str, InboxEntry]:
+def inbox_rows(db: Database) -> dict[str, InboxEntry]:
+    """The inbox's rows by control id."""
     with db.sessions() as s:
         return {e.control_id: e for e in s.execute(select(InboxEntry)).scalars()}
 
@@ -55,7 +49,7 @@ def test_a_batch_of_new_stored_and_repeated_messages(db: Database) -> None:
     )
     inbox.close()
     assert [r.duplicate for r in second] == [False, True, False, True, True]
-    rows = _rows(db)
+    rows = inbox_rows(db)
     assert second[1].inbox_id == first[0].inbox_id == rows["A"].id
     assert second[0].inbox_id == second[4].inbox_id == rows["C"].id
     assert second[2].inbox_id == second[3].inbox_id == rows["D"].id
@@ -76,11 +70,11 @@ def test_a_failed_batch_leaves_nothing_and_the_next_one_commits(db: Database) ->
     object.__setattr__(broken, "raw", None)  # NOT NULL violation inside the transaction
     with pytest.raises(Exception):  # noqa: B017 - the driver's own error type
         inbox.commit_many([_message("F"), broken])
-    assert _rows(db) == {}
+    assert inbox_rows(db) == {}
     (receipt,) = inbox.commit_many([_message("F")])
     inbox.close()
     assert not receipt.duplicate
-    assert set(_rows(db)) == {"F"}
+    assert set(inbox_rows(db)) == {"F"}
 
 
 def test_a_batch_larger_than_one_round_trip_keeps_order_resends_and_atomicity(db: Database) -> None:
@@ -91,7 +85,7 @@ def test_a_batch_larger_than_one_round_trip_keeps_order_resends_and_atomicity(db
     ids = [f"K{i:02d}" for i in range(90)]
     batch = [_message(c) for c in ids] + [_message("K01"), _message("K70")]
     receipts = inbox.commit_many(batch)
-    rows = _rows(db)
+    rows = inbox_rows(db)
     assert [r.inbox_id for r in receipts[:90]] == [rows[c].id for c in ids]
     assert [c for c, r in zip(ids, receipts, strict=False) if r.duplicate] == ["K05", "K40"]
     assert receipts[90].duplicate and receipts[90].inbox_id == rows["K01"].id
@@ -107,4 +101,4 @@ def test_a_batch_larger_than_one_round_trip_keeps_order_resends_and_atomicity(db
     with pytest.raises(Exception):  # noqa: B017 - the driver's own error type
         inbox.commit_many([_message(f"L{i:02d}") for i in range(77)] + [broken])
     inbox.close()
-    assert not any(c.startswith("L") for c in _rows(db))
+    assert not any(c.startswith("L") for c in inbox_rows(db))

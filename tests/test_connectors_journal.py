@@ -14,8 +14,10 @@ import json
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -26,10 +28,10 @@ from connectors.inbox import DatabaseInbox, JournalMark
 from connectors.journal import IntakeJournal, JournaledInbox, JournalLocked, journal_id_of, pending_in_journal
 from connectors.mllp.server import MllpConfig, MllpServer
 from core.db import Database
-from core.settings import Settings
-from core.tables import AuditEntry, InboxEntry, QuarantineEntry
+from core.tables import AuditEntry, QuarantineEntry
 from tests.deployments import msa
 from tests.fixtures.messages import ORU_R01, inbound, with_control_id
+from tests.test_connectors_inbox import inbox_rows
 from tests.test_connectors_server import ServerThread
 
 pytestmark = pytest.mark.timeout(120)
@@ -40,23 +42,27 @@ def _message(control_id: str) -> InboundMessage:
     return inbound(with_control_id(ORU_R01, control_id).encode(), peer="10.0.0.7:4100", received_at=T0)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
-    url = request.getfixturevalue("pg_url") if request.param == "postgresql" else None
-    database = Database(Settings(data_dir=tmp_path, database_url=url))
-    database.migrate()
-    yield database
-    database.dispose()
-
-
-def _inbox_rows(db: Database) -> dict[str, InboxEntry]:
-    with db.sessions() as s:
-        return {e.control_id: e for e in s.execute(select(InboxEntry)).scalars()}
+@pytest.fixture
+def db(db_on_both: Database) -> Database:
+    return db_on_both
 
 
 def _quarantined(db: Database) -> list[QuarantineEntry]:
     with db.sessions() as s:
         return list(s.execute(select(QuarantineEntry)).scalars())
+
+
+@contextmanager
+def moving(path: Path, inbox: DatabaseInbox, **options: Any) -> Iterator[JournaledInbox]:
+    """A journal at ``path`` with its mover into ``inbox``; stopped (everything moved) and
+    the inbox closed on the way out."""
+    journaled = JournaledInbox(IntakeJournal(path), inbox, **options)
+    journaled.start()
+    try:
+        yield journaled
+    finally:
+        journaled.stop()
+        inbox.close()
 
 
 class Told:
@@ -75,18 +81,13 @@ def test_journaled_messages_reach_the_inbox_once_and_resends_are_recognised(
     inbox = DatabaseInbox(db)
     inbox.commit_many([_message("OLD-1")])  # stored before, the direct way
     told = Told()
-    journaled = JournaledInbox(IntakeJournal(tmp_path / "journal.db"), inbox, on_committed=told)
-    journaled.start()
-    try:
+    with moving(tmp_path / "journal.db", inbox, on_committed=told) as journaled:
         receipts = journaled.commit_many([_message("NEW-1"), _message("OLD-1"), _message("NEW-2")])
         # Durable in the journal: no inbox id yet, so the listener notifies nobody itself.
         assert [r.inbox_id for r in receipts] == [None, None, None]
         journaled.commit_many([_message("NEW-1")])  # a resend of a journaled message
         assert journaled.wait_moved(30)
-    finally:
-        journaled.stop()
-        inbox.close()
-    rows = _inbox_rows(db)
+    rows = inbox_rows(db)
     assert sorted(rows) == ["NEW-1", "NEW-2", "OLD-1"]
     assert {c: rows[c].resend_count for c in rows} == {"NEW-1": 1, "NEW-2": 0, "OLD-1": 1}
     assert [(type(r), r.inbox_id, r.duplicate, c) for r, c in told.receipts] == [
@@ -119,14 +120,9 @@ def test_a_restart_moves_what_the_previous_run_left_and_nothing_twice(db: Databa
     assert pending_in_journal(path, 4) == 2
 
     told = Told()
-    journaled = JournaledInbox(IntakeJournal(path), inbox, on_committed=told)
-    journaled.start()
-    try:
+    with moving(path, inbox, on_committed=told) as journaled:
         assert journaled.wait_moved(30)
-    finally:
-        journaled.stop()
-        inbox.close()
-    rows = _inbox_rows(db)
+    rows = inbox_rows(db)
     assert sorted(rows) == [f"M-{i}" for i in range(1, 7)]
     assert all(row.resend_count == 0 for row in rows.values())  # nothing moved twice
     assert [c for _, c in told.receipts] == ["M-5", "M-6"]
@@ -183,22 +179,19 @@ def test_when_the_inbox_is_down_the_journal_fills_to_its_bound_then_senders_get_
     monkeypatch.setattr(journal_module, "FRESH_MAX", 2)
     inbox = OutageInbox(db)
     inbox.down.set()
-    journaled = JournaledInbox(IntakeJournal(tmp_path / "journal.db"), inbox, max_backlog=3)
-    journaled.start()
-    harness = ServerThread(MllpServer(MllpConfig(port=0), journaled))
-    try:
-        with harness.client() as client:
-            codes = [msa(client.send(with_control_id(ORU_R01, f"O-{i}").encode()))[1] for i in range(5)]
-            assert codes == ["AA", "AA", "AA", "AE", "AE"]  # three kept, then the sender keeps them
-            assert _inbox_rows(db) == {}
-            inbox.down.clear()
-            assert journaled.wait_moved(30)
-            assert msa(client.send(with_control_id(ORU_R01, "O-3").encode()))[1] == "AA"  # the resend
-    finally:
-        harness.close()
-        journaled.stop()
-        inbox.close()
-    assert sorted(_inbox_rows(db)) == ["O-0", "O-1", "O-2", "O-3"]
+    with moving(tmp_path / "journal.db", inbox, max_backlog=3) as journaled:
+        harness = ServerThread(MllpServer(MllpConfig(port=0), journaled))
+        try:
+            with harness.client() as client:
+                codes = [msa(client.send(with_control_id(ORU_R01, f"O-{i}").encode()))[1] for i in range(5)]
+                assert codes == ["AA", "AA", "AA", "AE", "AE"]  # three kept, then the sender keeps them
+                assert inbox_rows(db) == {}
+                inbox.down.clear()
+                assert journaled.wait_moved(30)
+                assert msa(client.send(with_control_id(ORU_R01, "O-3").encode()))[1] == "AA"  # the resend
+        finally:
+            harness.close()
+    assert sorted(inbox_rows(db)) == ["O-0", "O-1", "O-2", "O-3"]
 
 
 class RefusingInbox(DatabaseInbox):
@@ -214,15 +207,10 @@ class RefusingInbox(DatabaseInbox):
 
 def test_a_record_the_inbox_refuses_is_quarantined_and_the_rest_go_on(db: Database, tmp_path: Path) -> None:
     inbox = RefusingInbox(db)
-    journaled = JournaledInbox(IntakeJournal(tmp_path / "journal.db"), inbox)
-    journaled.start()
-    try:
+    with moving(tmp_path / "journal.db", inbox) as journaled:
         journaled.commit_many([_message("GOOD-1"), _message("POISON"), _message("GOOD-2")])
         assert journaled.wait_moved(30)
-    finally:
-        journaled.stop()
-        inbox.close()
-    assert sorted(_inbox_rows(db)) == ["GOOD-1", "GOOD-2"]
+    assert sorted(inbox_rows(db)) == ["GOOD-1", "GOOD-2"]
     [kept] = _quarantined(db)
     assert kept.code == "inbox-refused"
     assert "IntegrityError" in kept.reason and "acknowledged" in kept.reason
@@ -249,14 +237,9 @@ def test_a_record_whose_header_no_longer_reads_is_quarantined(db: Database, tmp_
     journal.append([_message("AFTER")])
     journal.close()
     inbox = DatabaseInbox(db)
-    journaled = JournaledInbox(IntakeJournal(path), inbox)
-    journaled.start()
-    try:
+    with moving(path, inbox) as journaled:
         assert journaled.wait_moved(30)
-    finally:
-        journaled.stop()
-        inbox.close()
-    assert sorted(_inbox_rows(db)) == ["AFTER", "BEFORE"]
+    assert sorted(inbox_rows(db)) == ["AFTER", "BEFORE"]
     [kept] = _quarantined(db)
     assert kept.raw == long_id and "MSH-10" in kept.reason and kept.peer == "10.0.0.7:4100"
 
@@ -265,11 +248,6 @@ def test_quarantine_of_frames_that_are_not_hl7_goes_straight_to_the_inbox(
     db: Database, tmp_path: Path
 ) -> None:
     inbox = DatabaseInbox(db)
-    journaled = JournaledInbox(IntakeJournal(tmp_path / "journal.db"), inbox)
-    journaled.start()
-    try:
+    with moving(tmp_path / "journal.db", inbox) as journaled:
         quarantine_id = journaled.quarantine(Rejected(b"junk", "mllp", "p:1", "not HL7", "bad-header", T0))
-    finally:
-        journaled.stop()
-        inbox.close()
     assert [q.id for q in _quarantined(db)] == [quarantine_id]

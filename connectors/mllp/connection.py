@@ -237,4 +237,3 @@ def peer_name(peer: object) -> str:
         host, port = str(peer[0]), peer[1]
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     return str(peer) if peer else "unknown"
-
