@@ -9,6 +9,7 @@ original bytes can be recovered exactly with ``.encode("latin-1")``).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from core.errors import IngestError
@@ -58,8 +59,9 @@ class MessageHeader:
     application_ack_type: str
     charset: str  # MSH-18, first repetition; "" when absent
 
-    @property
+    @functools.cached_property
     def sender(self) -> str:
+        # Cached: the inbox, the resend check and the metrics each ask, per message.
         return f"{self.sending_application}|{self.sending_facility}"
 
     @property
