@@ -347,6 +347,7 @@ class JournaledInbox:
                     JournalRecord(first + i, m.raw, m.source, m.peer, m.received_at, m)
                     for i, m in enumerate(messages)
                 )
+        self._set_backlog()
         self._wake.set()
         return [Receipt(inbox_id=None, duplicate=False) for _ in messages]
 
