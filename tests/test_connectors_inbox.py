@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import select
 
 from connectors import InboundMessage
-from connectors.inbox import DatabaseInbox
+from connectors.inbox import COPY_MIN_ROWS, DatabaseInbox
 from core.db import Database
 from core.tables import AuditEntry, InboxEntry
 from tests.fixtures.messages import ORU_R01, inbound, with_control_id
@@ -64,22 +64,24 @@ def test_a_batch_of_new_stored_and_repeated_messages(db: Database) -> None:
     assert [e.action for e in entries[-2:]] == ["messages.received", "messages.received"]
 
 
-def test_a_failed_batch_leaves_nothing_and_the_next_one_commits(db: Database) -> None:
+@pytest.mark.parametrize("size", [2, COPY_MIN_ROWS + 8])  # PostgreSQL: pipelined, then copied
+def test_a_failed_batch_leaves_nothing_and_the_next_one_commits(db: Database, size: int) -> None:
     inbox = DatabaseInbox(db)
     broken = _message("E")
     object.__setattr__(broken, "raw", None)  # NOT NULL violation inside the transaction
+    good = [_message(f"F{i:02d}") for i in range(size - 1)]
     with pytest.raises(Exception):  # noqa: B017 - the driver's own error type
-        inbox.commit_many([_message("F"), broken])
+        inbox.commit_many([*good, broken])
     assert inbox_rows(db) == {}
-    (receipt,) = inbox.commit_many([_message("F")])
+    receipts = inbox.commit_many(good)
     inbox.close()
-    assert not receipt.duplicate
-    assert set(inbox_rows(db)) == {"F"}
+    assert not any(r.duplicate for r in receipts)
+    assert set(inbox_rows(db)) == {m.header.control_id for m in good}
 
 
 def test_a_batch_larger_than_one_round_trip_keeps_order_resends_and_atomicity(db: Database) -> None:
-    # PostgreSQL sends a batch in chunks of 32 rows, each chunk its own round trip within
-    # one transaction: order, resend detection and all-or-nothing must hold across them.
+    # PostgreSQL copies a batch this large into a temporary table and upserts from it in one
+    # statement: order, resend detection and all-or-nothing must hold as for small batches.
     inbox = DatabaseInbox(db)
     inbox.commit_many([_message("K40"), _message("K05")])
     ids = [f"K{i:02d}" for i in range(90)]
@@ -97,7 +99,7 @@ def test_a_batch_larger_than_one_round_trip_keeps_order_resends_and_atomicity(db
     }  # fmt: skip
 
     broken = _message("L77")
-    object.__setattr__(broken, "raw", None)  # fails in the third chunk
+    object.__setattr__(broken, "raw", None)  # fails after the others were written
     with pytest.raises(Exception):  # noqa: B017 - the driver's own error type
         inbox.commit_many([_message(f"L{i:02d}") for i in range(77)] + [broken])
     inbox.close()
