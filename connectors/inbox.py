@@ -58,7 +58,9 @@ _UPSERT_PG = (
 # statement. Per row, for 500-row batches: 22 µs wall and 4 µs of Python against 65 and 31
 # µs for the pipelined upserts (50-row batches: 47/11 against 75/37) — Python time matters
 # as much as wall time here, since it holds the GIL the event loop needs. Smaller batches
-# keep the pipelined upserts: fewer round trips for a lone sender's commit.
+# keep the pipelined upserts: fewer round trips for a lone sender's commit. (The bound also
+# keeps each executemany short: a 128-row one stalled now and then for ~200 ms in the
+# driver, two of its 0.1 s wait intervals; never with 32 rows or fewer.)
 COPY_MIN_ROWS = 32
 _STAGE_PG = (
     "CREATE TEMP TABLE IF NOT EXISTS inbox_stage (ord int, source text, peer text, sender text, "
@@ -77,10 +79,6 @@ _UPSERT_STAGED_PG = (
     "resend_count = inbox.resend_count + 1, last_resend_at = excluded.received_at "
     "RETURNING id, sender, control_id, resend_count"
 )
-# The pipelined upserts take fewer rows than COPY_MIN_ROWS in one executemany: a 128-row
-# executemany in one stretch stalled now and then for ~200 ms (two of the driver's 0.1 s
-# wait intervals; 2 of 5 runs with 8 senders pipelining 32 frames), never in 4 runs with a
-# sync every 32 rows.
 
 
 @dataclass(frozen=True)
@@ -191,10 +189,7 @@ class DatabaseInbox(MessageSink):
             # up front, as every other transaction here does.
             cursor.execute("BEGIN IMMEDIATE")
             by_key = self._write_sqlite(cursor, rows)
-            _count_batch_resends(cursor, "?", extra, by_key)
-            receipts = _receipts(messages, by_key)
-            _audit_batch(cursor, "?", False, messages, receipts)
-            _record_journal(cursor, "?", journal)
+            receipts = _finish_batch(cursor, "?", messages, extra, by_key, journal)
             cursor.execute("COMMIT")
         except BaseException:
             with suppress(Exception):
@@ -236,11 +231,7 @@ class DatabaseInbox(MessageSink):
                     if not cursor.nextset():
                         break
                 head = head_cursor.fetchone()
-                cursor = pg.cursor()
-                _count_batch_resends(cursor, "%s", extra, by_key)
-                receipts = _receipts(messages, by_key)
-                _audit_batch(cursor, "%s", True, messages, receipts, head=head)
-                _record_journal(cursor, "%s", journal)
+                receipts = _finish_batch(pg.cursor(), "%s", messages, extra, by_key, journal, head=head)
                 pg.commit()
         except BaseException:
             with suppress(Exception):
@@ -271,10 +262,7 @@ class DatabaseInbox(MessageSink):
                     copy.write_row((ordinal, *row))
             cursor.execute(_UPSERT_STAGED_PG, prepare=True)
             by_key = {(r[1], r[2]): (int(r[0]), int(r[3])) for r in cursor.fetchall()}
-            _count_batch_resends(cursor, "%s", extra, by_key)
-            receipts = _receipts(messages, by_key)
-            _audit_batch(cursor, "%s", True, messages, receipts, head=head)
-            _record_journal(cursor, "%s", journal)
+            receipts = _finish_batch(cursor, "%s", messages, extra, by_key, journal, head=head)
             pg.commit()
             self._staged = True
         except BaseException:
@@ -434,6 +422,26 @@ def _values(m: InboundMessage) -> tuple[Any, ...]:
         0,
         0,
     )
+
+
+def _finish_batch(
+    cursor: Any,
+    placeholder: str,
+    messages: Sequence[InboundMessage],
+    extra: dict[tuple[str, str], int],
+    by_key: dict[tuple[str, str], tuple[int, int]],
+    journal: JournalMark | None,
+    *,
+    head: tuple[Any, Any] | None = None,
+) -> list[StoredReceipt]:
+    """What every commit path writes once the rows are in, in the same transaction: the
+    resends within the batch, the audit entry and the journal position. ``head``: the
+    audit chain head PostgreSQL locked first (SQLite's BEGIN IMMEDIATE already holds it)."""
+    _count_batch_resends(cursor, placeholder, extra, by_key)
+    receipts = _receipts(messages, by_key)
+    _audit_batch(cursor, placeholder, head is not None, messages, receipts, head=head)
+    _record_journal(cursor, placeholder, journal)
+    return receipts
 
 
 def _record_journal(cursor: Any, placeholder: str, journal: JournalMark | None) -> None:

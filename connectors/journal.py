@@ -41,7 +41,7 @@ import threading
 import time
 import uuid
 from collections.abc import Sequence
-from contextlib import suppress
+from contextlib import closing, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -104,8 +104,9 @@ class JournalRecord:
 
 
 class IntakeJournal:
-    """An append-only SQLite file (WAL, synchronous=FULL): one connection appends (the
-    group-commit thread), another reads and forgets (the mover). One process at a time:
+    """An append-only SQLite file (WAL, synchronous=FULL): one connection appends (the group
+    committer: inline on the event loop or on its thread, never both at once), another
+    reads and forgets (the mover). One process at a time:
     an exclusive lock on ``<path>.lock`` is held while open."""
 
     def __init__(self, path: Path) -> None:
@@ -200,11 +201,6 @@ class IntakeJournal:
         ).fetchall()
         return [_record(*row) for row in rows]
 
-    def count_after(self, seq: int) -> int:
-        if self._reader is None:
-            raise RuntimeError("intake journal is not open")
-        return int(self._reader.execute("SELECT COUNT(*) FROM messages WHERE seq > ?", (seq,)).fetchone()[0])
-
     def forget_through(self, seq: int) -> None:
         """Delete records the inbox holds, keeping the highest (see the module docstring)."""
         if self._reader is None:
@@ -248,7 +244,7 @@ def pending_in_journal(path: Path, moved_seq: int) -> int:
     listener's process (``sidecar stats``); 0 when there is no journal file."""
     if not path.exists():
         return 0
-    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as connection:
+    with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as connection:
         row = connection.execute("SELECT COUNT(*) FROM messages WHERE seq > ?", (moved_seq,)).fetchone()
     return int(row[0])
 
@@ -256,7 +252,7 @@ def pending_in_journal(path: Path, moved_seq: int) -> int:
 def journal_id_of(path: Path) -> str | None:
     if not path.exists():
         return None
-    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as connection:
+    with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as connection:
         row = connection.execute("SELECT value FROM meta WHERE key = 'journal_id'").fetchone()
     return None if row is None else str(row[0])
 
@@ -275,14 +271,12 @@ class JournaledInbox:
         on_committed: CommitListener | None = None,
         metrics: IntakeMetrics | None = None,
         max_backlog: int = 100_000,
-        gather_max_s: float = GATHER_MAX_S,
     ) -> None:
         self._journal = journal
         self._inbox = inbox
         self._on_committed = on_committed
         self._metrics = metrics
         self._max_backlog = max_backlog
-        self._gather_max_s = gather_max_s
         self._moved = 0  # the inbox's recorded position: everything up to it is stored
         self._forgotten = 0
         self._wake = threading.Event()
@@ -391,7 +385,7 @@ class JournaledInbox:
             self._gather()
 
     def _gather(self) -> None:
-        deadline = time.monotonic() + self._gather_max_s
+        deadline = time.monotonic() + GATHER_MAX_S
         waiting = self.backlog
         while not self._stop.is_set() and waiting < MOVE_BATCH and time.monotonic() < deadline:
             time.sleep(GATHER_STEP_S)

@@ -51,7 +51,6 @@ log = logging.getLogger("sidecar.connectors.mllp")
 
 SOURCE = "mllp"
 NOT_STORED = "message not stored; resend"
-_READ_CHUNK = 65_536
 
 
 class AckMode(StrEnum):
