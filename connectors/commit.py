@@ -28,6 +28,7 @@ PostgreSQL round trips to a server) always goes to the thread.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import threading
@@ -54,10 +55,20 @@ class _Pending:
 
 
 class GroupCommitter:
-    def __init__(self, sink: MessageSink, *, max_batch: int = 500, inline: bool = False) -> None:
+    def __init__(
+        self,
+        sink: MessageSink,
+        *,
+        max_batch: int = 500,
+        inline: bool = False,
+        settling: contextlib.AbstractContextManager[object] | None = None,
+    ) -> None:
+        """``settling``: entered (re-entrantly) on the loop around the callbacks of one burst (the
+        MLLP listener holds the answers of a burst and writes each connection's in one send)."""
         self._sink = sink
         self._max_batch = max_batch
         self._inline = inline
+        self._settling = settling or contextlib.nullcontext()
         # Bursts handed to the thread and not yet settled; read and written on the loop only
         # (incremented at hand-over, decremented when the result is back on the loop).
         self._outstanding = 0
@@ -123,7 +134,7 @@ class GroupCommitter:
             return
         if self._inline and not self._outstanding and len(batch) <= INLINE_MAX and not self._stopped:
             receipts, error = self._commit_batch(batch)
-            _settle(list(enumerate(batch)), receipts, error)
+            self._settle(list(enumerate(batch)), receipts, error)
             return
         with self._handover:
             if not self._stopped:
@@ -132,7 +143,7 @@ class GroupCommitter:
                 return
         # Gathered while the committer stopped: never committed, so never ACKed; each
         # sender gets an error answer and resends to the next listener.
-        _settle(list(enumerate(batch)), None, RuntimeError("group committer stopped"))
+        self._settle(list(enumerate(batch)), None, RuntimeError("group committer stopped"))
 
     def _last_done(self, pending: _Pending) -> Done:
         """The burst's last callback, wrapped: the burst is settled (on the loop) once it ran."""
@@ -163,7 +174,30 @@ class GroupCommitter:
 
     def _commit(self, batch: Sequence[_Pending]) -> None:
         receipts, error = self._commit_batch(batch)
-        _resolve(batch, receipts, error)
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[int, _Pending]]] = {}
+        for index, pending in enumerate(batch):
+            by_loop.setdefault(pending.loop, []).append((index, pending))
+        for loop, items in by_loop.items():
+            # One hop per loop and batch, not per message: call_soon_threadsafe wakes the loop.
+            try:
+                loop.call_soon_threadsafe(self._settle, items, receipts, error)
+            except RuntimeError:
+                log.warning("event loop closed before commit result", extra={"event": "inbox.loop_closed"})
+
+    def _settle(
+        self, items: list[tuple[int, _Pending]], receipts: Sequence[Receipt] | None, error: Exception | None
+    ) -> None:
+        """On the loop: every callback of the burst, inside ``settling``."""
+        with self._settling:
+            for index, pending in items:
+                try:
+                    if receipts is not None:
+                        pending.done(receipts[index], None)
+                    else:
+                        pending.done(None, error or RuntimeError("commit failed"))
+                except Exception:
+                    # One caller's bug must not keep the others of the batch from their answers.
+                    log.exception("commit callback failed", extra={"event": "inbox.callback_failed"})
 
     def _commit_batch(self, batch: Sequence[_Pending]) -> tuple[Sequence[Receipt] | None, Exception | None]:
         started = time.perf_counter()
@@ -180,29 +214,3 @@ class GroupCommitter:
         self.messages += len(batch)
         self.commit_seconds += time.perf_counter() - started
         return receipts, None
-
-
-def _resolve(batch: Sequence[_Pending], receipts: Sequence[Receipt] | None, error: Exception | None) -> None:
-    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[int, _Pending]]] = {}
-    for index, pending in enumerate(batch):
-        by_loop.setdefault(pending.loop, []).append((index, pending))
-    for loop, items in by_loop.items():
-        # One hop per loop and batch, not per message: call_soon_threadsafe wakes the loop.
-        try:
-            loop.call_soon_threadsafe(_settle, items, receipts, error)
-        except RuntimeError:
-            log.warning("event loop closed before commit result", extra={"event": "inbox.loop_closed"})
-
-
-def _settle(
-    items: list[tuple[int, _Pending]], receipts: Sequence[Receipt] | None, error: Exception | None
-) -> None:
-    for index, pending in items:
-        try:
-            if receipts is not None:
-                pending.done(receipts[index], None)
-            else:
-                pending.done(None, error or RuntimeError("commit failed"))
-        except Exception:
-            # One caller's bug must not keep the others of the batch from their answers.
-            log.exception("commit callback failed", extra={"event": "inbox.callback_failed"})

@@ -11,6 +11,7 @@ import concurrent.futures
 import logging
 import socket
 import threading
+import time
 from collections.abc import Coroutine, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC
@@ -350,6 +351,56 @@ def test_a_sender_that_pipelines_is_read_no_further_than_max_in_flight() -> None
         sink.release_commit.set()
         assert [msa(client.receive())[2] for _ in range(10)] == [f"P{i}" for i in range(10)]
     assert sum(sink.batches) == 10 and max(sink.batches) <= 3
+
+
+def _frames_received(server: MllpServer) -> float:
+    return sum(
+        sample.value
+        for metric in server.metrics.received.collect()
+        for sample in metric.samples
+        if sample.name.endswith("_total")
+    )
+
+
+def test_answers_of_one_commit_leave_in_one_write_per_connection(sink: MemorySink) -> None:
+    """Two senders pipeline five frames each while a commit is held up, so their frames
+    share the next commit: each connection's five ACKs go out in one write (counted on the
+    real transports), in order; the one that half-closed gets all five before the close."""
+    sink.release_commit.clear()
+    with running(sink) as srv, srv.client() as first, srv.client() as b, srv.client() as c:
+        peers = {f"127.0.0.1:{client._socket().getsockname()[1]}" for client in (b, c)}
+        first.send_raw(encode_frame(hl7("FIRST")))
+        assert sink.commit_started.wait(timeout=10)  # the writer thread is now held
+        b.send_raw(b"".join(encode_frame(hl7(f"B{i}")) for i in range(5)))
+        c.send_raw(b"".join(encode_frame(hl7(f"C{i}")) for i in range(5)))
+        b._socket().shutdown(socket.SHUT_WR)
+        deadline = time.monotonic() + 10
+        while _frames_received(srv.server) < 11:  # all eleven handed to the committer
+            assert time.monotonic() < deadline, "frames never reached the committer"
+            time.sleep(0.01)
+
+        writes: dict[str, int] = {}
+
+        async def count_writes() -> None:
+            for connection in srv.server._connections:
+                transport = connection._transport
+                assert transport is not None
+                real_write = transport.write
+                peer = connection.peer
+
+                def counted(data: Any, real_write: Any = real_write, peer: str = peer) -> None:
+                    writes[peer] = writes.get(peer, 0) + 1
+                    real_write(data)
+
+                transport.write = counted  # type: ignore[method-assign]
+
+        srv.call(count_writes())
+        sink.release_commit.set()
+        assert msa(first.receive())[2] == "FIRST"
+        assert [msa(b.receive())[2] for _ in range(5)] == [f"B{i}" for i in range(5)]
+        assert [msa(c.receive())[2] for _ in range(5)] == [f"C{i}" for i in range(5)]
+        assert_closed_by_server(b)
+    assert {peer: writes.get(peer) for peer in peers} == dict.fromkeys(peers, 1)
 
 
 def test_port_before_start_is_an_error(sink: MemorySink) -> None:

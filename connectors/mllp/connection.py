@@ -13,6 +13,11 @@ What the connection guarantees, whatever the handler does:
 - a sender that half-closes still gets the answers it is owed, then the connection closes;
 - idle for ``idle_timeout_s`` with nothing owed: closed (waiting on our commit is not idle);
 - ``drain()`` (the listener stopping) reads nothing more and closes once nothing is owed.
+
+Answers given while the owner's ``AnswerCork`` is held (the callbacks of one group commit)
+leave together: one send per connection for the burst instead of one per ACK. The send
+was the largest single cost of the event loop with 8 senders pipelining (~19 µs of
+~45 µs per message, profiled with bench/mllp.py), and the sender reads fewer segments.
 """
 
 from __future__ import annotations
@@ -47,6 +52,40 @@ class Answers(Protocol):
         ...
 
 
+class AnswerCork:
+    """While held (``with cork:``, re-entrant), connections keep the answers they are given
+    and write them on the outermost release, each connection's in one send. Loop thread
+    only. A plain class rather than a generator context manager: it is entered for every
+    commit, a lone sender's included."""
+
+    def __init__(self) -> None:
+        self._depth = 0
+        self._held: list[MllpConnection] = []
+
+    def __enter__(self) -> None:
+        self._depth += 1
+
+    def __exit__(self, *exc: object) -> None:
+        self._depth -= 1
+        if self._depth:
+            return  # held further up: that release writes
+        held, self._held = self._held, []
+        for connection in held:
+            try:
+                connection.flush()
+            except Exception:
+                # A bug must cost one connection, never the others' answers.
+                log.exception("mllp answer failed", extra={"event": "mllp.failed", "peer": connection.peer})
+                connection.abort()
+
+    def hold(self, connection: MllpConnection) -> bool:
+        """Register a connection with answers to write on release; False when not held."""
+        if not self._depth:
+            return False
+        self._held.append(connection)
+        return True
+
+
 class Owner(Protocol):
     """The listener a connection belongs to."""
 
@@ -61,9 +100,17 @@ class Owner(Protocol):
 
 class MllpConnection(asyncio.Protocol):
     def __init__(
-        self, owner: Owner, *, max_frame_bytes: int, max_in_flight: int, idle_timeout_s: float
+        self,
+        owner: Owner,
+        *,
+        max_frame_bytes: int,
+        max_in_flight: int,
+        idle_timeout_s: float,
+        cork: AnswerCork | None = None,
     ) -> None:
         self._owner = owner
+        self._cork = cork or AnswerCork()
+        self._out: list[bytes] = []  # encoded answers held by the cork, in order
         self._max_in_flight = max_in_flight
         self._idle_timeout_s = idle_timeout_s
         self._framer = FrameReader(max_frame_bytes)
@@ -88,7 +135,7 @@ class MllpConnection(asyncio.Protocol):
     def busy(self) -> bool:
         """Frames read but not yet answered: closing now would leave a stored message
         without its ACK."""
-        return bool(self._slots or self._waiting)
+        return bool(self._slots or self._waiting or self._out)
 
     # -- asyncio.Protocol ----------------------------------------------------------------
 
@@ -150,12 +197,24 @@ class MllpConnection(asyncio.Protocol):
 
     def fill(self, slot: Slot, reply: bytes | None) -> None:
         slot.ready, slot.reply = True, reply
-        transport = self._transport
+        held = bool(self._out)  # registered with the cork already
         while self._slots and self._slots[0].ready:
             done = self._slots.popleft()
-            if done.reply is not None and transport is not None and not transport.is_closing():
-                # A sender that went away finds its messages stored; it resends for the ACKs.
-                transport.write(encode_frame(done.reply))
+            if done.reply is not None:
+                self._out.append(encode_frame(done.reply))
+        if self._out and not held and not self._cork.hold(self):
+            self.flush()
+            return
+        self._take()
+        self._close_if_done()
+
+    def flush(self) -> None:
+        """Write the answers held so far in one send."""
+        out, self._out = self._out, []
+        transport = self._transport
+        if out and transport is not None and not transport.is_closing():
+            # A sender that went away finds its messages stored; it resends for the ACKs.
+            transport.write(out[0] if len(out) == 1 else b"".join(out))
         self._take()
         self._close_if_done()
 

@@ -43,7 +43,7 @@ from connectors.hl7.ack import AckCode, build_ack
 from connectors.hl7.charset import decode_message
 from connectors.hl7.header import HeaderError, MessageHeader, peek_header
 from connectors.metrics import IntakeMetrics
-from connectors.mllp.connection import CLOSE_TIMEOUT_S, Answers, MllpConnection, Slot
+from connectors.mllp.connection import CLOSE_TIMEOUT_S, AnswerCork, Answers, MllpConnection, Slot
 from connectors.mllp.framing import Frame, FrameEvent, FrameProblem, ProblemCode
 from core.errors import IngestError
 
@@ -164,7 +164,8 @@ class MllpServer:
         journal); a lone sender's is committed on the event loop (connectors.commit)."""
         self._config = config
         self._sink = sink
-        self._committer = GroupCommitter(sink, inline=commit_inline)
+        self._cork = AnswerCork()
+        self._committer = GroupCommitter(sink, inline=commit_inline, settling=self._cork)
         self._on_committed = on_committed
         self.metrics = metrics or IntakeMetrics()
         self._server: asyncio.Server | None = None
@@ -186,6 +187,7 @@ class MllpServer:
                 max_frame_bytes=config.max_frame_bytes,
                 max_in_flight=config.max_in_flight,
                 idle_timeout_s=config.idle_timeout_s,
+                cork=self._cork,
             ),
             config.host,
             config.port,
