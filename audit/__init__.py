@@ -1,5 +1,23 @@
 """Append-only, tamper-evident audit log."""
 
-from audit.log import ChainReport, Outcome, append, append_dbapi, verify
+from audit.log import (
+    ChainReport,
+    Outcome,
+    PendingEntry,
+    append,
+    append_dbapi,
+    chain_pending,
+    pending_count,
+    verify,
+)
 
-__all__ = ["ChainReport", "Outcome", "append", "append_dbapi", "verify"]
+__all__ = [
+    "ChainReport",
+    "Outcome",
+    "PendingEntry",
+    "append",
+    "append_dbapi",
+    "chain_pending",
+    "pending_count",
+    "verify",
+]

@@ -267,6 +267,23 @@ class AuditEntry(Base):
     hash: Mapped[str] = mapped_column(String(64))
 
 
+class AuditPending(Base):
+    """Audit entries written with the action but not yet linked into the chain: the
+    PostgreSQL intake writes a lone message and its entry in one autocommit statement (one
+    round trip), which cannot read and lock the chain head. ``audit.chain_pending`` appends
+    them to the chain in id order and deletes them, in one transaction."""
+
+    __tablename__ = "audit_pending"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    at: Mapped[str] = mapped_column(String(40))
+    actor: Mapped[str] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(64))
+    outcome: Mapped[str] = mapped_column(String(16))
+    entity: Mapped[str] = mapped_column(String(200))
+    detail: Mapped[str] = mapped_column(Text)  # JSON (re-serialised canonically when chained)
+
+
 class AuditHead(Base):
     """One row: the chain's tip. Appenders lock it so concurrent writers never fork the chain."""
 

@@ -3,14 +3,19 @@ and resends inside one batch, each with the receipt and the row state they must 
 
 from __future__ import annotations
 
+import json
+import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select
 
+import audit
 from connectors import InboundMessage
-from connectors.inbox import COPY_MIN_ROWS, DatabaseInbox
+from connectors.inbox import COPY_MIN_ROWS, DatabaseInbox, _Chainer
 from core.db import Database
+from core.settings import Settings
 from core.tables import AuditEntry, InboxEntry
 from tests.fixtures.messages import ORU_R01, inbound, with_control_id
 
@@ -104,3 +109,42 @@ def test_a_batch_larger_than_one_round_trip_keeps_order_resends_and_atomicity(db
         inbox.commit_many([_message(f"L{i:02d}") for i in range(77)] + [broken])
     inbox.close()
     assert not any(c.startswith("L") for c in inbox_rows(db))
+
+
+def test_lone_messages_on_postgresql_are_audited_even_across_a_crash(pg_url: str, tmp_path: Path) -> None:
+    # A lone message on PostgreSQL is one autocommit statement: the row and its audit entry,
+    # written as pending and linked into the chain afterwards. The pending entries must
+    # survive a crash before they are linked and be linked by the next run.
+    db = Database(Settings(data_dir=tmp_path, database_url=pg_url))
+    db.migrate()
+    crashed = DatabaseInbox(db)
+    crashed._chainer = _Chainer(db, gather_s=3600, sweep_s=3600)  # never links before the "crash"
+    first = [crashed.commit_many([_message(c)])[0] for c in ("M1", "M2", "M3")]
+    resent = crashed.commit_many([_message("M2", T0 + timedelta(minutes=1))])[0]
+    assert [r.duplicate for r in first] == [False, False, False] and resent.duplicate
+    assert resent.inbox_id == first[1].inbox_id
+    assert audit.pending_count(db.engine) == 4  # stored, audited, not yet linked
+    crashed._release()  # the process dies: nothing more from it
+
+    restarted = DatabaseInbox(db)
+    restarted.commit_many([_message("M4"), _message("M5")])  # a batch: linked at once
+    deadline = time.monotonic() + 30
+    while audit.pending_count(db.engine) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    restarted.close()
+    assert audit.pending_count(db.engine) == 0
+    assert audit.verify(db.engine).ok
+    with db.sessions() as s:
+        entries = list(s.execute(select(AuditEntry).order_by(AuditEntry.seq)).scalars())
+    lone = [e for e in entries if e.entity == f"inbox/{first[0].inbox_id}-{first[2].inbox_id}"]
+    assert len(lone) == 1  # the four lone messages, one entry as one batch of them would have
+    assert json.loads(lone[0].detail) == {
+        "new": [r.inbox_id for r in first],
+        "resent": [first[1].inbox_id],
+        "peers": ["p:1"],
+        "repaired": 0,
+        "bytes": 4 * len(_message("M1").raw),
+    }
+    assert lone[0].at == (T0 + timedelta(minutes=1)).isoformat(timespec="microseconds")
+    assert {r.resend_count for r in inbox_rows(db).values()} == {0, 1}
+    db.dispose()

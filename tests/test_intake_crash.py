@@ -8,18 +8,27 @@ exactly once, and a message that was stored before the kill but whose ACK was lo
 recognised as a resend (resend_count 1), not stored twice. The embedded default ACKs from
 the intake journal, so "stored" at the kill means in the inbox or in the journal past the
 position the inbox recorded; the restarted server moves those into the inbox first.
+On PostgreSQL (no journal) each lone message is one autocommit statement whose audit entry
+is linked into the chain afterwards: the entries the kill left pending are linked by the
+restarted server, and every stored message is in exactly one intake audit entry.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sqlite3
 import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
+import pytest
+from sqlalchemy import create_engine, text
+
+import audit
 from connectors import MllpClient, peek_header
 from connectors.journal import journal_id_of, pending_in_journal
 from tests.deployments import msa
@@ -38,8 +47,9 @@ def _journaled(path: Path, positions: dict[str, int]) -> set[str]:
 
 
 class Server:
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, database_url: str | None) -> None:
         self.data_dir = data_dir
+        self.env = {**os.environ, **({"SIDECAR_DATABASE_URL": database_url} if database_url else {})}
         self.proc: subprocess.Popen[str] | None = None
         self.port = 0
 
@@ -50,13 +60,24 @@ class Server:
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             text=True,
+            env=self.env,
         )
         assert self.proc.stdout is not None
         self.port = json.loads(self.proc.stdout.readline())["mllp_port"]
 
 
-def test_sigkill_mid_stream_loses_and_duplicates_nothing(tmp_path: Path) -> None:
-    server = Server(tmp_path / "data")
+@pytest.mark.parametrize("database", ["embedded", "postgresql"])
+def test_sigkill_mid_stream_loses_and_duplicates_nothing(
+    tmp_path: Path, database: str, request: pytest.FixtureRequest
+) -> None:
+    url = request.getfixturevalue("pg_url") if database == "postgresql" else None
+    engine = create_engine(url or f"sqlite:///{tmp_path / 'data' / 'sidecar.db'}")
+
+    def query(sql: str) -> list[Any]:
+        with engine.connect() as connection:
+            return list(connection.execute(text(sql)).all())
+
+    server = Server(tmp_path / "data", url)
     server.start()
     lock = threading.Lock()
     acked: set[str] = set()
@@ -100,17 +121,17 @@ def test_sigkill_mid_stream_loses_and_duplicates_nothing(tmp_path: Path) -> None
 
     # What the killed process had made durable, read straight from its files: the inbox,
     # and (the embedded default) the intake journal's records the inbox had not taken yet.
-    with sqlite3.connect(tmp_path / "data" / "sidecar.db") as db:
-        stored_before = {row[0] for row in db.execute("SELECT control_id FROM inbox")}
-        positions = dict(db.execute("SELECT journal_id, moved_seq FROM intake_journals").fetchall())
-    journal_file = tmp_path / "data" / "intake-journal.db"
-    # What `sidecar stats` reports as inbox.journal, read as the dead process left the file.
-    journal_id = journal_id_of(journal_file)
-    assert journal_id is not None
-    pending = pending_in_journal(journal_file, positions.get(journal_id, 0))
-    journaled = _journaled(journal_file, positions)
-    assert pending == len(journaled)
-    stored_before |= journaled
+    stored_before = {row[0] for row in query("SELECT control_id FROM inbox")}
+    if url is None:
+        positions: dict[str, int] = dict(query("SELECT journal_id, moved_seq FROM intake_journals"))  # type: ignore[arg-type]
+        journal_file = tmp_path / "data" / "intake-journal.db"
+        # What `sidecar stats` reports as inbox.journal, read as the dead process left the file.
+        journal_id = journal_id_of(journal_file)
+        assert journal_id is not None
+        pending = pending_in_journal(journal_file, positions.get(journal_id, 0))
+        journaled = _journaled(journal_file, positions)
+        assert pending == len(journaled)
+        stored_before |= journaled
     with lock:
         acked_before = set(acked)
     assert acked_before <= stored_before, "an ACKed message was not durable at SIGKILL"
@@ -124,12 +145,25 @@ def test_sigkill_mid_stream_loses_and_duplicates_nothing(tmp_path: Path) -> None
     server.proc.send_signal(signal.SIGTERM)
     assert server.proc.wait(120) == 0
 
-    with sqlite3.connect(tmp_path / "data" / "sidecar.db") as db:
-        rows = db.execute("SELECT control_id, resend_count FROM inbox").fetchall()
-    counts = dict(rows)
+    rows = query("SELECT control_id, resend_count FROM inbox")
+    counts: dict[str, int] = dict(rows)  # type: ignore[arg-type]
     assert len(rows) == len(counts) == SENDERS * PER_SENDER  # each exactly once
     assert acked == set(counts)  # everything was eventually acknowledged and stored
     resent_stored = in_flight_at_kill & stored_before
     for control_id in resent_stored:
         assert counts[control_id] == 1, "a resend of a stored message was not recognised"
     assert sum(counts.values()) == len(resent_stored)  # and nothing else counted as a resend
+
+    # Every access audited: each stored message in exactly one intake entry (its resend in
+    # one more), the chain intact, nothing left pending.
+    assert audit.pending_count(engine) == 0
+    assert audit.verify(engine).ok
+    new: list[int] = []
+    resent: list[int] = []
+    for (detail,) in query("SELECT detail FROM audit_log WHERE action = 'messages.received'"):
+        new += json.loads(detail)["new"]
+        resent += json.loads(detail)["resent"]
+    ids = {control_id: inbox_id for inbox_id, control_id in query("SELECT id, control_id FROM inbox")}
+    assert sorted(new) == sorted(ids.values())
+    assert sorted(resent) == sorted(ids[c] for c in resent_stored)
+    engine.dispose()
