@@ -22,6 +22,7 @@ demo: $(STAMP)
 # SQLite + in-process, and on PostgreSQL + RabbitMQ).
 test: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy .
 	$(BIN)/lint-imports
 	$(BIN)/pytest -q

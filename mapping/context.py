@@ -113,4 +113,3 @@ class Context:
         """Record a segment as unmapped even when it carries nothing but a set ID."""
         self.unmapped.append(segment.name)
         self.unmapped_at.append(self.position(segment))
-

@@ -111,11 +111,15 @@ def create_api(
         """Quarantine (one open dead letter per withheld resource version, however often it
         is asked for) and audit. ``version``: Type/id/_history/n."""
         reason = f"API response {version} carries identifier(s) of kind {', '.join(kinds)}; withheld"
-        letter = session.execute(
-            select(DeadLetter).where(
-                DeadLetter.stage == "api", DeadLetter.reason == reason, DeadLetter.resolved_at.is_(None)
+        letter = (
+            session.execute(
+                select(DeadLetter).where(
+                    DeadLetter.stage == "api", DeadLetter.reason == reason, DeadLetter.resolved_at.is_(None)
+                )
             )
-        ).scalars().first()
+            .scalars()
+            .first()
+        )
         if letter is None:
             letter = DeadLetter(stage="api", code="identifier-leak", reason=reason, created_at=now)
             session.add(letter)

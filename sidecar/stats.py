@@ -14,6 +14,7 @@ from core.tables import (
     AppAck,
     AppAckStatus,
     AuditEntry,
+    AuditPending,
     DeadLetter,
     InboxEntry,
     InboxStatus,
@@ -66,6 +67,7 @@ def collect(db: Database, journal_file: Path | None = None) -> dict[str, Any]:
             "jobs": {status.value: jobs.get(status, 0) for status in JobStatus},
             "app_acks": {status.value: app_acks.get(status, 0) for status in AppAckStatus},
             "audit_entries": s.execute(select(func.count()).select_from(AuditEntry)).scalar_one(),
+            "audit_pending": s.execute(select(func.count()).select_from(AuditPending)).scalar_one(),
         }
 
 

@@ -17,6 +17,7 @@ from connectors.inbox import COPY_MIN_ROWS, DatabaseInbox, _Chainer
 from core.db import Database
 from core.settings import Settings
 from core.tables import AuditEntry, InboxEntry
+from sidecar.stats import collect
 from tests.fixtures.messages import ORU_R01, inbound, with_control_id
 
 T0 = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
@@ -124,6 +125,7 @@ def test_lone_messages_on_postgresql_are_audited_even_across_a_crash(pg_url: str
     assert [r.duplicate for r in first] == [False, False, False] and resent.duplicate
     assert resent.inbox_id == first[1].inbox_id
     assert audit.pending_count(db.engine) == 4  # stored, audited, not yet linked
+    assert collect(db)["audit_pending"] == 4  # what `sidecar stats` shows an operator
     crashed._release()  # the process dies: nothing more from it
 
     restarted = DatabaseInbox(db)

@@ -250,4 +250,3 @@ class AppAckSender:
             "application ack dead-lettered",
             extra={"event": "app_ack.dead_lettered", "inbox_id": row.inbox_id},
         )
-

@@ -58,6 +58,7 @@ def upgrade() -> None:
         "END LOOP; END $$"
     )
 
+
 def downgrade() -> None:
     if op.get_bind().dialect.name != "postgresql":
         return
