@@ -67,10 +67,14 @@ def append(
     head = session.execute(_SELECT_HEAD).one_or_none()
     if head is None:
         raise StoreError("audit chain head is missing: the database was not migrated")
-    entry = _entry(int(head.seq), head.hash, actor, action, entity, outcome, detail, now)
+    entry = _entry(int(head.seq), head.hash, actor, action, entity, outcome, detail, _at(now))
     session.execute(_INSERT_ENTRY, entry)
     session.execute(_UPDATE_HEAD, {"new_seq": entry["seq"], "new_hash": entry["hash"]})
     return int(entry["seq"])
+
+
+def _at(now: datetime | None) -> str:
+    return (now or datetime.now(UTC)).isoformat(timespec="microseconds")
 
 
 def _entry(
@@ -79,13 +83,12 @@ def _entry(
     actor: str,
     action: str,
     entity: str,
-    outcome: Outcome,
+    outcome: str,
     detail: dict[str, Any] | None,
-    now: datetime | None,
+    at: str,
 ) -> dict[str, Any]:
     """The next entry after the head (seq, head_hash), with its hash; one definition for
-    both appenders."""
-    at = (now or datetime.now(UTC)).isoformat(timespec="microseconds")
+    every appender."""
     detail_json = json.dumps(detail or {}, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     seq = head_seq + 1
     return {
@@ -132,7 +135,7 @@ def append_dbapi(
         head = cursor.fetchone()
     if head is None:
         raise StoreError("audit chain head is missing: the database was not migrated")
-    entry = _entry(int(head[0]), str(head[1]), actor, action, entity, outcome, detail, now)
+    entry = _entry(int(head[0]), str(head[1]), actor, action, entity, outcome, detail, _at(now))
     marks = ", ".join([placeholder] * len(_ENTRY_COLUMNS))
     cursor.execute(
         f"INSERT INTO audit_log ({', '.join(_ENTRY_COLUMNS)}) VALUES ({marks})",
@@ -179,14 +182,10 @@ def chain_pending(engine: Engine, *, limit: int = 5000, combine: Combine | None 
         seq, prev = int(head.seq), str(head.hash)
         entries: list[dict[str, Any]] = []
         for p in combine(pending) if combine else pending:
-            detail = json.dumps(p.detail, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-            seq += 1
-            digest = _digest(seq, p.at, p.actor, p.action, p.outcome, p.entity, detail, prev)
-            entries.append(
-                {"seq": seq, "at": p.at, "actor": p.actor, "action": p.action, "outcome": p.outcome,
-                 "entity": p.entity, "detail": detail, "prev_hash": prev, "hash": digest}
-            )  # fmt: skip
-            prev = digest
+            # The detail is re-serialised canonically: the statement that wrote the pending
+            # row built it in SQL, with the server's own spacing.
+            entries.append(_entry(seq, prev, p.actor, p.action, p.entity, p.outcome, p.detail, p.at))
+            seq, prev = entries[-1]["seq"], entries[-1]["hash"]
         connection.execute(_INSERT_ENTRY, entries)
         connection.execute(_UPDATE_HEAD, {"new_seq": seq, "new_hash": prev})
         connection.execute(_PENDING.delete().where(_PENDING.c.id.in_([r.id for r in rows])))

@@ -147,7 +147,7 @@ async def main(kind: str, url: str | None) -> None:
 
     sink.commit_many = timed  # type: ignore[method-assign,assignment]
     mllp = MllpServer(
-        MllpConfig(port=0, max_connections=64, max_in_flight=512), sink, commit_inline_max=sink.inline_frames
+        MllpConfig(port=0, max_connections=64, max_in_flight=512), sink, commit_inline=journal is not None
     )
     await mllp.start()
     gc.freeze()  # as `sidecar serve` does

@@ -130,13 +130,6 @@ class DatabaseInbox(MessageSink):
         self._autocommit: PoolProxiedConnection | None = None  # PostgreSQL, lone messages
         self._chainer = _Chainer(db)
 
-    # Frames of a burst the MLLP listener may commit on its event loop: none. On SQLite
-    # that was slower (2026-11-22, docs/intake.md); on PostgreSQL a lone message's one
-    # statement on the loop gained ~6% for one waiting sender (1,421 against 1,340 msg/s,
-    # medians of 3 alternating rounds), within the noise, and a server that stops
-    # answering would freeze the loop: no reads, no error answers, no idle timeouts.
-    inline_frames = 0
-
     def commit(self, message: InboundMessage) -> StoredReceipt:
         return self.commit_many([message])[0]
 
@@ -492,7 +485,6 @@ class _Chainer:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.linked = 0
 
     def start(self) -> None:
         if self._thread is None:
@@ -510,25 +502,19 @@ class _Chainer:
             self._thread.join(30)
 
     def _run(self) -> None:
-        while True:
+        while not self._stop.is_set():
             self._wake.wait(self._sweep_s)
-            stopping = self._stop.is_set()
-            if not stopping:
-                self._stop.wait(self._gather_s)
+            self._stop.wait(self._gather_s)  # at once when stopping
             self._wake.clear()
             self._link_all()
-            if stopping or self._stop.is_set():
-                self._link_all()
-                return
+        self._link_all()  # what came in while the last pass ran
 
     def _link_all(self) -> None:
         try:
             # Another page only when this one was full: chasing a waiting sender's every
             # new message would make each pass a tiny one.
-            while (n := audit.chain_pending(self._db.engine, limit=_PAGE, combine=_one_entry_per_run)) > 0:
-                self.linked += n
-                if n < _PAGE:
-                    break
+            while audit.chain_pending(self._db.engine, limit=_PAGE, combine=_one_entry_per_run) == _PAGE:
+                pass
         except Exception as exc:
             log.warning(
                 "linking pending audit entries failed",
@@ -552,21 +538,21 @@ def _one_entry_per_run(pending: list[audit.PendingEntry]) -> list[audit.PendingE
         if len(run) == 1:
             out.append(run[0])
         elif run:
-            ids = [i for p in run for i in (*p.detail["new"], *p.detail["resent"])]
+            entity, detail = _received(
+                new={i for p in run for i in p.detail["new"]},
+                resent={i for p in run for i in p.detail["resent"]},
+                peers={peer for p in run for peer in p.detail["peers"]},
+                repaired=sum(p.detail["repaired"] for p in run),
+                size=sum(p.detail["bytes"] for p in run),
+            )
             out.append(
                 audit.PendingEntry(
                     at=max(run, key=lambda p: datetime.fromisoformat(p.at)).at,
                     actor=run[0].actor,
                     action=run[0].action,
                     outcome=run[0].outcome,
-                    entity=f"inbox/{min(ids)}-{max(ids)}",
-                    detail={
-                        "new": sorted({i for p in run for i in p.detail["new"]}),
-                        "resent": sorted({i for p in run for i in p.detail["resent"]}),
-                        "peers": sorted({peer for p in run for peer in p.detail["peers"]}),
-                        "repaired": sum(p.detail["repaired"] for p in run),
-                        "bytes": sum(p.detail["bytes"] for p in run),
-                    },
+                    entity=entity,
+                    detail=detail,
                 )
             )
         run.clear()
@@ -673,9 +659,14 @@ def _audit_batch(
     head: tuple[Any, Any] | None = None,
 ) -> None:
     """One entry for the whole batch: which inbox rows were written, from where."""
-    new = sorted({r.inbox_id for r in receipts if not r.duplicate})
-    resent = sorted({r.inbox_id for r in receipts if r.duplicate})
     sources = sorted({m.source for m in messages})
+    entity, detail = _received(
+        new={r.inbox_id for r in receipts if not r.duplicate},
+        resent={r.inbox_id for r in receipts if r.duplicate},
+        peers={m.peer for m in messages},
+        repaired=sum(m.repaired for m in messages),
+        size=sum(len(m.raw) for m in messages),
+    )
     audit.append_dbapi(
         cursor,
         placeholder=placeholder,
@@ -683,13 +674,23 @@ def _audit_batch(
         head=head,
         actor="connector:" + "+".join(sources),
         action="messages.received",
-        entity=f"inbox/{min(r.inbox_id for r in receipts)}-{max(r.inbox_id for r in receipts)}",
-        detail={
-            "new": new,
-            "resent": resent,
-            "peers": sorted({m.peer for m in messages}),
-            "repaired": sum(m.repaired for m in messages),
-            "bytes": sum(len(m.raw) for m in messages),
-        },
+        entity=entity,
+        detail=detail,
         now=max(m.received_at for m in messages),
     )
+
+
+def _received(
+    *, new: set[int], resent: set[int], peers: set[str], repaired: int, size: int
+) -> tuple[str, dict[str, Any]]:
+    """The entity and detail of a ``messages.received`` entry, for a batch and for a run of
+    lone messages linked together (_one_entry_per_run); _UPSERT_LONE_PG writes one lone
+    message's in SQL."""
+    ids = new | resent
+    return f"inbox/{min(ids)}-{max(ids)}", {
+        "new": sorted(new),
+        "resent": sorted(resent),
+        "peers": sorted(peers),
+        "repaired": repaired,
+        "bytes": size,
+    }

@@ -49,7 +49,6 @@ from pathlib import Path
 import psycopg
 
 from connectors.base import CommitListener, InboundMessage, Receipt, Rejected, notify_committed
-from connectors.commit import INLINE_MAX
 from connectors.hl7.header import peek_header
 from connectors.inbox import DatabaseInbox, JournalMark
 from connectors.metrics import IntakeMetrics
@@ -287,10 +286,6 @@ class JournaledInbox:
         self._fresh: collections.deque[JournalRecord] = collections.deque()
         self._fresh_lock = threading.Lock()
         self.last_moved_at = 0.0  # time.monotonic() of the last batch stored (benchmarks)
-
-    # The append is one short local write: a lone sender's (and a small burst's) is
-    # committed on the event loop (connectors.commit).
-    inline_frames = INLINE_MAX
 
     def start(self) -> None:
         """Open the journal and start moving, beginning with what a previous run left."""

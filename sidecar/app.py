@@ -196,7 +196,7 @@ class SidecarApp:
             self.journal or self.inbox,
             on_committed=self._on_committed,
             metrics=self.metrics,
-            commit_inline_max=(self.journal or self.inbox).inline_frames,
+            commit_inline=self.journal is not None,
         )
         self.dicom: DicomServer | None = None
         if settings.dicom_port is not None:

@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import func, select
 
 from connectors.base import InboundMessage, Receipt, Rejected
-from connectors.commit import INLINE_MAX, GroupCommitter
+from connectors.commit import GroupCommitter
 from connectors.inbox import DatabaseInbox
 from core.db import Database
 from core.settings import Settings
@@ -63,7 +63,7 @@ def test_inline_a_small_burst_is_committed_on_the_loop_and_a_failure_fails_each(
     inbox = DatabaseInbox(db)
 
     async def scenario() -> None:
-        committer = GroupCommitter(inbox, inline_max=INLINE_MAX)
+        committer = GroupCommitter(inbox, inline=True)
         committer.start()
         turn = [committer.submit(inbound(with_control_id(ORU_R01, f"L-{i}").encode())) for i in range(3)]
         await asyncio.sleep(0)  # the loop turns: the burst is committed right there
@@ -71,7 +71,7 @@ def test_inline_a_small_burst_is_committed_on_the_loop_and_a_failure_fails_each(
         receipts = [f.result() for f in turn]
         assert len({r.inbox_id for r in receipts}) == 3 and committer.batches == 1
         committer.stop()
-        failing = GroupCommitter(_DiskFull(), inline_max=INLINE_MAX)
+        failing = GroupCommitter(_DiskFull(), inline=True)
         failing.start()
         doomed = [failing.submit(inbound(with_control_id(ORU_R01, f"F-{i}").encode())) for i in range(2)]
         for future in doomed:
@@ -107,7 +107,7 @@ def test_inline_waits_for_the_thread_so_commits_keep_arrival_order() -> None:
     sink = _Gated()
 
     async def scenario() -> None:
-        committer = GroupCommitter(sink, inline_max=INLINE_MAX)
+        committer = GroupCommitter(sink, inline=True)
         committer.start()
         big = [committer.submit(inbound(with_control_id(ORU_R01, f"B-{i}").encode())) for i in range(6)]
         await asyncio.sleep(0)  # handed to the thread, which waits at the gate

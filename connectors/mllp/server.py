@@ -158,15 +158,14 @@ class MllpServer:
         *,
         on_committed: CommitListener | None = None,
         metrics: IntakeMetrics | None = None,
-        commit_inline_max: int = 0,
+        commit_inline: bool = False,
     ) -> None:
-        """``commit_inline_max``: bursts of up to this many frames are committed on the event
-        loop when the writer thread is idle (connectors.commit), for a sink whose commit of
-        such a burst is one short write: the sink's ``inline_frames``."""
+        """``commit_inline``: the sink's commit is one short local write (the intake
+        journal); a lone sender's is committed on the event loop (connectors.commit)."""
         self._config = config
         self._sink = sink
         self._cork = AnswerCork()
-        self._committer = GroupCommitter(sink, inline_max=commit_inline_max, settling=self._cork)
+        self._committer = GroupCommitter(sink, inline=commit_inline, settling=self._cork)
         self._on_committed = on_committed
         self.metrics = metrics or IntakeMetrics()
         self._server: asyncio.Server | None = None
