@@ -16,7 +16,7 @@ from mapping import ids, workflow_vocab
 from mapping.context import Context
 from mapping.hl7.datatypes import Json, cwe_concept, ei_identifier, resource
 from mapping.hl7.dtm import to_instant
-from mapping.hl7.numeric import parse_number
+from mapping.hl7.numeric import POSITIVE_INT_MAX, parse_number
 from mapping.hl7.parse import Segment
 from mapping.observation import build_observation
 from mapping.subject import Subjects
@@ -40,8 +40,12 @@ def _minutes(amount: str, units: str) -> int | None:
     factor = _MINUTES_PER_UNIT.get(units.upper() or "MIN")
     if number is None or factor is None or number <= 0:
         return None
-    minutes = round(float(number) * factor)
-    return minutes if minutes >= 1 else None
+    try:
+        minutes = round(float(number) * factor)
+    except OverflowError:  # a number beyond any float: no duration at all
+        return None
+    # Appointment.minutesDuration is a positiveInt (at most 2^31 - 1).
+    return minutes if 1 <= minutes <= POSITIVE_INT_MAX else None
 
 
 def _times(
@@ -71,7 +75,11 @@ def _end_from(start: str | None, minutes: int | None) -> str | None:
         begun = datetime.fromisoformat(start.replace("Z", "+00:00"))
     except ValueError:
         return None
-    return (begun + timedelta(minutes=minutes)).isoformat().replace("+00:00", "Z")
+    try:
+        end = begun + timedelta(minutes=minutes)
+    except OverflowError:  # past year 9999: no end rather than a failed message
+        return None
+    return end.isoformat().replace("+00:00", "Z")
 
 
 def _status(sch: Segment, trigger: str) -> str:

@@ -32,7 +32,7 @@ from mapping.context import Context, PatientRef
 from mapping.encounter import map_pv1
 from mapping.hl7.datatypes import Json, cwe_concept, data_absent_concept, ei_identifier, resource
 from mapping.hl7.dtm import to_date_time
-from mapping.hl7.numeric import parse_number, quantity
+from mapping.hl7.numeric import POSITIVE_INT_MAX, parse_number, quantity
 from mapping.hl7.parse import Composite, Segment
 from mapping.observation import attach_note, build_observation, note_text
 from mapping.orders import Order, build_service_request
@@ -117,6 +117,13 @@ def _eip_identifiers(eip: Composite) -> list[Json]:
 def _quantity(amount: str, units: Composite) -> Json | None:
     number = parse_number(amount)
     return quantity(number, units) if number is not None else None
+
+
+def _unsigned(number: float | None) -> int | None:
+    """A FHIR unsignedInt (refills: RXE-12, RXO-13); None for a negative or oversized count."""
+    if number is None or not 0 <= number <= POSITIVE_INT_MAX:
+        return None
+    return int(number)
 
 
 def _order_identifiers(orc: Segment | None) -> list[Json]:
@@ -252,7 +259,7 @@ class _Walker:
                             k: v
                             for k, v in (
                                 ("quantity", dispense),
-                                ("numberOfRepeatsAllowed", int(repeats) if repeats is not None else None),
+                                ("numberOfRepeatsAllowed", _unsigned(repeats)),
                             )
                             if v is not None
                         },

@@ -48,6 +48,7 @@ _MIME_TOP_LEVEL = {
     "TX": "text",
     "VIDEO": "video",
 }
+UNKNOWN_CONTENT_TYPE = "application/octet-stream"
 _KEPT_STATUS = frozenset({"X"})  # IG OBX-11 "X": cancelled, and the v2 code kept beside it
 _WHITESPACE = re.compile(r"\s+")
 TEXT_TYPES = frozenset({"ST", "TX", "FT"})
@@ -81,6 +82,10 @@ def _attachment(data_type: str, subtype: str, encoding: str, data: str, url: str
             payload = base64.b64encode(bytes.fromhex(data)).decode("ascii")
     except (ValueError, binascii.Error):
         payload = None  # undecodable data is dropped rather than passed on as garbage
+    if payload and media_type is None:
+        # FHIR att-1: an Attachment with data SHALL have a contentType; de-identification
+        # keeps only the contentType, so without one a DocumentReference loses its content.
+        media_type = UNKNOWN_CONTENT_TYPE
     attachment = prune({"contentType": media_type, "data": payload or None, "url": url})
     if attachment is None or not ({"data", "url"} & attachment.keys()):
         return None

@@ -16,6 +16,9 @@ from mapping.ucum import is_plausible_ucum
 
 Number = int | float
 
+POSITIVE_INT_MAX = 2**31 - 1
+"""The largest FHIR integer, positiveInt and unsignedInt (32-bit signed)."""
+
 _NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)")
 _COMPARATORS = {"<": "<", "<=": "<=", ">": ">", ">=": ">="}
 _PREFIXED = re.compile(r"(?P<cmp><=|>=|<|>|=)?\s*(?P<num>[+-]?(?:\d+(?:\.\d*)?|\.\d+))")
@@ -30,7 +33,10 @@ def parse_number(text: str) -> Number | None:
     if "." in text:
         value = float(text)
         return value if math.isfinite(value) else None
-    return int(text)
+    try:
+        return int(text)
+    except ValueError:  # more digits than int() converts (sys.int_info): no measurement
+        return None
 
 
 def unit_parts(units: Composite) -> Json:
