@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import select
+import orjson
+from sqlalchemy import Table, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
+from core.bulk import fetch_in, insert_rows, update_rows
 from core.events import ChangeKind, resource_event, resource_routing_key
 from core.tables import OutboxEvent, PatientPhi, PhiToken, ReidEntry, Resource, ResourceHistory
 
@@ -36,7 +38,16 @@ class StoredChange:
 
 
 def canonical_json(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    """Sorted keys, no spaces, UTF-8 kept: what content hashes and stored bodies are made of.
+
+    orjson writes it ~5x faster than the json module (every stored resource is serialised
+    on the hot path); the json module takes what orjson refuses (integers past 64 bits).
+    Both give the same bytes except for floats below 1e-4, which orjson writes without an
+    exponent: a resource stored before with such a value gets one more version on replay."""
+    try:
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+    except TypeError:
+        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 def content_hash(resource: dict[str, Any]) -> str:
@@ -44,6 +55,32 @@ def content_hash(resource: dict[str, Any]) -> str:
     # message a no-op instead of a new version.
     content = {k: v for k, v in resource.items() if k != "meta"}
     return hashlib.sha256(canonical_json(content).encode()).hexdigest()
+
+
+def with_meta(content: str, resource: dict[str, Any], meta: dict[str, Any]) -> str:
+    """``canonical_json`` of ``resource`` with ``meta`` from ``content`` (its canonical JSON
+    without meta): the top level is sorted by key, so meta goes between the keys before and
+    after it, and only those after it are serialised again. Byte for byte what
+    ``canonical_json({**resource, "meta": meta})`` gives (tests/test_store.py), at about half
+    the cost: the pipeline serialises every resource it stores."""
+    after = {k: v for k, v in resource.items() if k > "meta"}
+    tail = canonical_json(after)[1:-1] if after else ""
+    if not content.endswith(tail + "}"):  # serialised by different encoders (see canonical_json)
+        return canonical_json({**resource, "meta": meta})
+    lead = content[1 : len(content) - 1 - len(tail)]
+    if tail and lead.endswith(","):
+        lead = lead[:-1]
+    entry = '"meta":' + canonical_json(meta)
+    return "{" + ",".join(part for part in (lead, entry, tail) if part) + "}"
+
+
+def event_json(event: dict[str, Any], body: str) -> str:
+    """``canonical_json(event)`` where ``body`` is already ``canonical_json(event["data"])``:
+    "data" sorts first among a CloudEvent's attributes, so it is spliced in front."""
+    rest = canonical_json({k: v for k, v in event.items() if k != "data"})
+    if "data" not in event or min(event) != "data":
+        return canonical_json(event)
+    return '{"data":' + body + ("," + rest[1:] if rest != "{}" else "}")
 
 
 def put_resource(
@@ -58,55 +95,222 @@ def put_resource(
     """Store a new version if the content changed. ``source_seq``: the inbox entry stating
     it, remembered as the resource's newest; an entry older than that (a replay, a retried
     dead letter) stores nothing and gets a ``stale`` change: what the newer one said stands."""
-    rtype, rid = resource["resourceType"], resource["id"]
-    digest = content_hash(resource)
-    head = session.execute(
-        select(Resource).where(Resource.resource_type == rtype, Resource.resource_id == rid).with_for_update()
-    ).scalar_one_or_none()
-    stated = head.source_seq if head is not None else None
-    if head is not None and stated is not None and source_seq is not None and source_seq < stated:
-        return StoredChange(rtype, rid, head.version, None, stale=True)
-    newest = _newest(stated, source_seq)
-    if head is not None and head.content_hash == digest:
-        head.source_seq = newest
-        return StoredChange(rtype, rid, head.version, None)
+    writer = ResourceWriter(session, now=now)
+    writer.load([(resource["resourceType"], resource["id"])], lock=True)
+    change = writer.put(resource, patient=patient, origin=origin, source_seq=source_seq)
+    writer.flush()
+    return change
 
-    version = 1 if head is None else head.version + 1
-    change = ChangeKind.CREATED if head is None else ChangeKind.UPDATED
-    meta = dict(resource.get("meta") or {})
-    meta.update(versionId=str(version), lastUpdated=now.isoformat())
-    stored = {**resource, "meta": meta}
-    body = canonical_json(stored)
-    if head is None:
-        session.add(
-            Resource(
-                resource_type=rtype,
-                resource_id=rid,
-                version=version,
-                patient=patient,
-                body=body,
-                content_hash=digest,
-                updated_at=now,
-                source_seq=newest,
+
+@dataclass
+class _Head:
+    """What is stored (or staged in this batch) for one resource."""
+
+    version: int
+    content_hash: str
+    source_seq: int | None
+    patient: str | None
+    body: str | None  # canonical JSON; None when it was not loaded (see ResourceWriter.load)
+    in_db: bool  # the row exists in the database: update it, do not insert it
+    new_version: bool = False  # staged: a new version to write (else at most source_seq changed)
+
+
+_RESOURCES, _HISTORY, _OUTBOX = (
+    cast(Table, Resource.__table__),
+    cast(Table, ResourceHistory.__table__),
+    cast(Table, OutboxEvent.__table__),
+)
+_RESOURCE_KEY = ("resource_type", "resource_id")
+_LOAD_CHUNK = 400  # keys per SELECT: x2 parameters, well under SQLite's limit
+
+
+class ResourceWriter:
+    """Versioned upserts of many resources in the caller's transaction: the rules of
+    ``put_resource`` applied in memory over heads loaded with one SELECT per few hundred
+    keys, then written by ``flush`` with one multi-row statement per table. This is the
+    pipeline's hot path: per-row ORM round trips cost ~1.5 ms per message of 11 resources.
+
+    ``mark``/``rollback`` undo what ``put`` staged since a mark, so one message that fails
+    half-way through its resources leaves nothing of itself in the batch.
+    """
+
+    def __init__(self, session: Session, *, now: datetime) -> None:
+        self._session = session
+        self._now = now
+        self._heads: dict[tuple[str, str], _Head | None] = {}
+        self._undo: list[tuple[tuple[str, str], _Head | None]] = []
+        self._history: list[dict[str, Any]] = []
+        self._outbox: list[dict[str, Any]] = []
+
+    def load(
+        self, keys: Iterable[tuple[str, str]], *, lock: bool, bodies: bool | frozenset[str] = True
+    ) -> None:
+        """Read the stored heads of ``keys`` (locked FOR UPDATE on PostgreSQL when ``lock``).
+        ``bodies``: also their JSON, which ``current`` needs (True, or the types to load it for)."""
+        wanted = sorted({k for k in keys if k not in self._heads})
+        if isinstance(bodies, frozenset):
+            self.load([k for k in wanted if k[0] in bodies], lock=lock, bodies=True)
+            self.load([k for k in wanted if k[0] not in bodies], lock=lock, bodies=False)
+            return
+        by_type: dict[str, list[str]] = {}
+        for rtype, rid in wanted:
+            by_type.setdefault(rtype, []).append(rid)
+        body = ", body" if bodies else ""
+        for rtype, ids in by_type.items():
+            rows = fetch_in(
+                self._session,
+                f"SELECT resource_id, version, content_hash, source_seq, patient{body} FROM resources "
+                f"WHERE resource_type = {{mark}} AND resource_id IN {{values}}",
+                ids,
+                params=[rtype],
+                lock=lock,
             )
+            for row in rows:
+                self._heads[(rtype, row[0])] = _Head(
+                    row[1], row[2], row[3], row[4], row[5] if bodies else None, in_db=True
+                )
+            for rid in ids:
+                self._heads.setdefault((rtype, rid), None)
+
+    def _head(self, rtype: str, rid: str) -> _Head | None:
+        key = (rtype, rid)
+        if key not in self._heads:
+            self.load([key], lock=True)
+        head = self._heads[key]
+        if head is not None and head.body is None:
+            body = self._session.execute(
+                select(_RESOURCES.c.body).where(
+                    _RESOURCES.c.resource_type == rtype, _RESOURCES.c.resource_id == rid
+                )
+            ).scalar_one()
+            head.body = body
+        return head
+
+    def current(self, rtype: str, rid: str) -> tuple[dict[str, Any] | None, int | None]:
+        """As ``stored_head``, including what this batch staged."""
+        head = self._head(rtype, rid)
+        if head is None or head.body is None:
+            return None, None
+        return json.loads(head.body), head.source_seq
+
+    def mark(self) -> tuple[int, int, int]:
+        return len(self._undo), len(self._history), len(self._outbox)
+
+    def rollback(self, mark: tuple[int, int, int]) -> None:
+        undo, history, outbox = mark
+        while len(self._undo) > undo:
+            key, previous = self._undo.pop()
+            self._heads[key] = previous
+        del self._history[history:]
+        del self._outbox[outbox:]
+
+    def _set(self, key: tuple[str, str], head: _Head) -> None:
+        self._undo.append((key, self._heads.get(key)))
+        self._heads[key] = head
+
+    def put(
+        self,
+        resource: dict[str, Any],
+        *,
+        patient: str | None,
+        origin: str,
+        source_seq: int | None = None,
+    ) -> StoredChange:
+        """``put_resource``'s rules, staged for ``flush``."""
+        rtype, rid = resource["resourceType"], resource["id"]
+        key = (rtype, rid)
+        if key not in self._heads:
+            self.load([key], lock=True)
+        head = self._heads[key]
+        content = canonical_json({k: v for k, v in resource.items() if k != "meta"})
+        digest = hashlib.sha256(content.encode()).hexdigest()
+        stated = head.source_seq if head is not None else None
+        if head is not None and stated is not None and source_seq is not None and source_seq < stated:
+            return StoredChange(rtype, rid, head.version, None, stale=True)
+        newest = _newest(stated, source_seq)
+        if head is not None and head.content_hash == digest:
+            if newest != head.source_seq:
+                self._set(key, replace(head, source_seq=newest))
+            return StoredChange(rtype, rid, head.version, None)
+
+        version = 1 if head is None else head.version + 1
+        change = ChangeKind.CREATED if head is None else ChangeKind.UPDATED
+        meta = dict(resource.get("meta") or {})
+        meta.update(versionId=str(version), lastUpdated=self._now.isoformat())
+        stored = {**resource, "meta": meta}
+        body = with_meta(content, resource, meta)
+        self._set(
+            key,
+            _Head(
+                version,
+                digest,
+                newest,
+                patient,
+                body,
+                in_db=head is not None and head.in_db,
+                new_version=True,
+            ),
         )
-    else:
-        head.version, head.patient, head.body, head.content_hash, head.updated_at = (
-            version,
-            patient,
-            body,
-            digest,
-            now,
+        self._history.append(
+            {
+                "resource_type": rtype,
+                "resource_id": rid,
+                "version": version,
+                "body": body,
+                "origin": origin,
+                "recorded_at": self._now,
+            }
         )
-        head.source_seq = newest
-    session.add(
-        ResourceHistory(
-            resource_type=rtype, resource_id=rid, version=version, body=body, origin=origin, recorded_at=now
+        event = resource_event(stored, change, patient=patient, time=self._now)
+        self._outbox.append(
+            {
+                "event_id": event["id"],
+                "routing_key": resource_routing_key(rtype, change),
+                "body": event_json(event, body),
+                "created_at": self._now,
+                "attempts": 0,
+            }
         )
-    )
-    event = resource_event(stored, change, patient=patient, time=now)
-    add_outbox(session, event, resource_routing_key(rtype, change), now=now)
-    return StoredChange(rtype, rid, version, change)
+        return StoredChange(rtype, rid, version, change)
+
+    def flush(self) -> None:
+        """Write what was staged: new heads, changed heads, history, then the outbox (in
+        staging order, so event ids follow commit order per patient)."""
+        touched = {key for key, _ in self._undo}
+        inserts: list[dict[str, Any]] = []
+        updates: list[dict[str, Any]] = []
+        restated: list[dict[str, Any]] = []  # same content, newer source_seq
+        for key in sorted(touched):
+            head = self._heads[key]
+            if head is None:
+                continue
+            if head.body is None or not head.new_version:
+                restated.append(
+                    {"source_seq": head.source_seq, "resource_type": key[0], "resource_id": key[1]}
+                )
+                continue
+            row = {
+                "version": head.version,
+                "patient": head.patient,
+                "body": head.body,
+                "content_hash": head.content_hash,
+                "updated_at": self._now,
+                "source_seq": head.source_seq,
+                "resource_type": key[0],
+                "resource_id": key[1],
+            }
+            (updates if head.in_db else inserts).append(row)
+        insert_rows(self._session, _RESOURCES, inserts)
+        update_rows(self._session, _RESOURCES, _RESOURCE_KEY, updates)
+        update_rows(self._session, _RESOURCES, _RESOURCE_KEY, restated)
+        insert_rows(self._session, _HISTORY, self._history)
+        insert_rows(self._session, _OUTBOX, self._outbox)
+        for key in touched:
+            head = self._heads[key]
+            if head is not None:
+                head.in_db, head.new_version = True, False
+        self._undo.clear()
+        self._history, self._outbox = [], []
 
 
 def _newest(stored: int | None, incoming: int | None) -> int | None:
@@ -160,8 +364,13 @@ def add_reid_entries(session: Session, entries: dict[str, tuple[str, str]], *, n
 
 # Dates are left out: the scrubber shifts every date it recognises anyway, and a patient's
 # visit dates would grow this without end.
-_REMEMBERED_KINDS = frozenset({"NAME", "ID", "ADDRESS", "PHONE", "EMAIL"})
+REMEMBERED_KINDS = frozenset({"NAME", "ID", "ADDRESS", "PHONE", "EMAIL"})
 MAX_KNOWN_VALUES = 2000  # per patient: a bound on what one message's scrubber is built from
+
+
+def phi_digest(kind: str, value: str) -> str:
+    """The key of a remembered value (``patient_phi.digest``)."""
+    return hashlib.sha256(f"{kind}\x00{value}".encode()).hexdigest()
 
 
 def add_patient_phi(session: Session, patients: Sequence[str], phi_values: Mapping[str, str]) -> None:
@@ -169,13 +378,13 @@ def add_patient_phi(session: Session, patients: Sequence[str], phi_values: Mappi
     rows = [
         {
             "patient": patient,
-            "digest": hashlib.sha256(f"{kind}\x00{value}".encode()).hexdigest(),
+            "digest": phi_digest(kind, value),
             "kind": kind,
             "value": value,
         }
         for patient in patients
         for value, kind in phi_values.items()
-        if kind in _REMEMBERED_KINDS and value.strip()
+        if kind in REMEMBERED_KINDS and value.strip()
     ]
     if not rows:
         return

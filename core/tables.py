@@ -13,6 +13,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     DateTime,
+    Float,
     Index,
     Integer,
     LargeBinary,
@@ -292,3 +293,15 @@ class AuditHead(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     seq: Mapped[int] = mapped_column(BigInteger)
     hash: Mapped[str] = mapped_column(String(64))
+
+
+class PipelineStat(Base):
+    """CPU seconds one pipeline process spent in one stage, and the entries it handled:
+    operational counters for ``sidecar stats`` (no data values)."""
+
+    __tablename__ = "pipeline_stats"
+
+    process: Mapped[str] = mapped_column(String(128), primary_key=True)  # host:pid
+    stage: Mapped[str] = mapped_column(String(32), primary_key=True)
+    cpu_s: Mapped[float] = mapped_column(Float)
+    entries: Mapped[int] = mapped_column(BigInteger)

@@ -11,7 +11,8 @@ from kombu import Queue  # type: ignore[attr-defined]
 
 from core.settings import Settings
 
-PIPELINE_TASK = "sidecar.pipeline.process"
+PIPELINE_TASK = "sidecar.pipeline.process"  # one inbox entry (kept for queued tasks of 0.1)
+LANE_TASK = "sidecar.pipeline.lane"  # a lane's backlog, batch by batch (worker.runner)
 SUMMARY_TASK = "sidecar.sandbox.summarize"
 PIPELINE_QUEUE = "sidecar.pipeline"
 SANDBOX_QUEUE = "sidecar.sandbox"

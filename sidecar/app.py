@@ -32,7 +32,7 @@ from core.db import Database
 from core.errors import ConfigError
 from core.settings import Settings
 from core.tables import Job, JobStatus
-from core.tasks import PIPELINE_TASK, SANDBOX_QUEUE, SUMMARY_TASK, lane_queue, make_celery
+from core.tasks import LANE_TASK, SANDBOX_QUEUE, SUMMARY_TASK, lane_queue, make_celery
 from sandbox.models import ExtractiveSummarizer
 from sandbox.runner import due_job_ids, requeue_stalled, run_job
 from sidecar.api import ApiServer, create_api
@@ -40,11 +40,11 @@ from sidecar.loops import Loop
 from worker.appacks import AppAckSender
 from worker.context import build_context
 from worker.dispatch import InboxDispatcher
-from worker.inprocess import InProcessPipeline
 from worker.leakguard import LeakGuard
-from worker.pipeline import ProcessResult, pending_inbox_ids
+from worker.pipeline import pending_inbox_ids
 from worker.publishers import LocalBus, Publisher, RabbitPublisher
 from worker.relay import Relay
+from worker.runner import PipelineProcesses
 from worker.screen import ScreenService
 
 log = logging.getLogger("sidecar.app")
@@ -146,15 +146,16 @@ class SidecarApp:
             )
             self.app_ack_loop = Loop("app-acks", sender.run_once, settings.relay_interval_s)
         self.sweeper = Loop("sweeper", self._sweep, SWEEP_INTERVAL_S)
-        self.pipeline: InProcessPipeline | None = None
+        self.pipeline: PipelineProcesses | None = None
         self.dispatcher: InboxDispatcher | None = None
         self.sandbox_loop: Loop | None = None
         self._celery: Any = None
         self.dispatch_loop: Loop | None = None
         self._last_rewind = time.monotonic()
         if settings.embedded:
-            self.pipeline = InProcessPipeline(
-                self.ctx, on_result=self._after_pipeline, max_attempts=settings.pipeline_max_attempts
+            # Processes of their own: the listener keeps its core (worker.runner).
+            self.pipeline = PipelineProcesses(
+                settings, count=settings.pipeline_processes, on_batch=self._after_pipeline
             )
             self.model = ExtractiveSummarizer()
             # Embedded: the identified zone screens the sandbox's texts in-process.
@@ -234,7 +235,7 @@ class SidecarApp:
             # runs; and what a previous run journaled goes into the inbox before new input.
             self.journal.start()
         if self.pipeline is not None:
-            self.pipeline.start()
+            await asyncio.to_thread(self.pipeline.start)
         if self.dispatch_loop is not None:
             self.dispatch_loop.start()
         self.relay_loop.start()
@@ -268,7 +269,7 @@ class SidecarApp:
             await asyncio.to_thread(self.drop_folder.stop)
         self.sweeper.stop()
         if self.pipeline is not None:
-            self.pipeline.stop(timeout=drain_timeout_s)
+            await asyncio.to_thread(self.pipeline.stop, drain_timeout_s)
         if self.dispatch_loop is not None:
             self.dispatch_loop.stop()
             self.dispatch_loop.run_round()  # hand over what the last ACKs stored
@@ -290,11 +291,14 @@ class SidecarApp:
         if self.journal is not None and not self.journal.wait_moved(timeout):
             return False
         while time.monotonic() < deadline:
-            if self.pipeline is None or not self.pipeline.wait_idle(max(0.0, deadline - time.monotonic())):
+            if self.pipeline is None:
                 return False
+            if pending_inbox_ids(self.db, limit=1):
+                time.sleep(0.02)
+                continue
             self._run_due_jobs()
             self.relay.drain()
-            if not self._pending_jobs() and self.pipeline.wait_idle(0):
+            if not self._pending_jobs() and not pending_inbox_ids(self.db, limit=1):
                 return True
             time.sleep(0.05)
         return False
@@ -311,16 +315,16 @@ class SidecarApp:
         if receipt.duplicate or receipt.inbox_id is None:
             return
         if self.pipeline is not None:
-            self.pipeline.submit(receipt.inbox_id)
+            self.pipeline.wake()
         elif self.dispatch_loop is not None:
             self.dispatch_loop.wake()
 
-    def _after_pipeline(self, result: ProcessResult) -> None:
-        if result.changes:
+    def _after_pipeline(self, report: dict[str, Any]) -> None:
+        if report.get("changed"):
             self.relay_loop.wake()
         if self.app_ack_loop is not None:
             self.app_ack_loop.wake()
-        if result.job_ids and self.sandbox_loop is not None:
+        if report.get("jobs") and self.sandbox_loop is not None:
             self.sandbox_loop.wake()
 
     def _run_due_jobs(self, *, drain: bool = False) -> int:
@@ -337,8 +341,8 @@ class SidecarApp:
     def _rewind_due(self) -> bool:
         return time.monotonic() - self._last_rewind > REDISPATCH_AFTER_S
 
-    def _send_to_lane(self, inbox_id: int, lane: int) -> None:
-        self._celery.send_task(PIPELINE_TASK, args=[inbox_id], queue=lane_queue(lane))
+    def _send_to_lane(self, lane: int, up_to: int) -> None:
+        self._celery.send_task(LANE_TASK, args=[lane, up_to], queue=lane_queue(lane))
 
     def _sweep(self, age_s: float = SWEEP_AGE_S) -> int:
         """Re-dispatch inbox entries still RECEIVED after a while (lost dispatch, crash,
@@ -346,12 +350,7 @@ class SidecarApp:
         self.metrics.inbox_backlog.set(len(pending_inbox_ids(self.db)))
         older_than = datetime.now(UTC) - timedelta(seconds=age_s)
         ids = pending_inbox_ids(self.db, older_than=older_than)
-        if self.pipeline is not None:
-            for inbox_id in ids:
-                self.pipeline.submit(inbox_id)
-        elif (
-            self.dispatcher is not None and ids and time.monotonic() - self._last_rewind > REDISPATCH_AFTER_S
-        ):
+        if self.dispatcher is not None and ids and time.monotonic() - self._last_rewind > REDISPATCH_AFTER_S:
             # Entries dispatched long ago and still waiting: a task may have been lost (it
             # should not: durable queues, persistent messages, late acks). Send again.
             self._last_rewind = time.monotonic()

@@ -71,8 +71,10 @@ def serve(
         # way, which otherwise rescans it on every collection under load (profiled).
         gc.freeze()
         # A line on stdout that scripts and tests can wait for (the port may be 0 → chosen).
-        ports = {"mllp_port": sidecar.port} | ({"api_port": sidecar.api.port} if sidecar.api else {})
+        ports: dict[str, object] = {"mllp_port": sidecar.port}
+        ports |= {"api_port": sidecar.api.port} if sidecar.api else {}
         ports |= {"dicom_port": sidecar.dicom.port} if sidecar.dicom else {}
+        ports |= {"pipeline_pids": sidecar.pipeline.pids} if sidecar.pipeline else {}
         print(json.dumps({"event": "listening", **ports}), flush=True)
         await stop.wait()
         await sidecar.stop()
@@ -339,9 +341,9 @@ def dead_letters_retry(
     config: ConfigFile = None,
 ) -> None:
     """Retry after a fix: the message goes through the current pipeline again."""
+    from worker.batch import process
     from worker.context import build_context
     from worker.deadletters import reopen
-    from worker.pipeline import process
 
     settings = _settings(config, data_dir=data_dir)
     ctx = build_context(settings)

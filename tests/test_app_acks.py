@@ -31,9 +31,9 @@ from sidecar.stats import collect
 from tests.deployments import Embedded, Production, msa, wait_for
 from tests.fixtures.messages import ORU_R01, inbound, with_control_id
 from worker.appacks import AppAckPolicy, AppAckSender
+from worker.batch import process
 from worker.context import build_context
 from worker.deadletters import reopen
-from worker.pipeline import process
 
 
 class AckListener:

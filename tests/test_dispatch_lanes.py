@@ -65,15 +65,18 @@ def test_a_patients_hl7_and_dicom_entries_share_a_lane(tmp_path: Path) -> None:
         session.add_all([e for _, e in entries])
     sent: list[tuple[int, int]] = []
     dispatcher = InboxDispatcher(
-        db, lambda inbox_id, lane: sent.append((inbox_id, lane)), lanes=LANES, dicom_issuer="GenHosp"
+        db, lambda lane, up_to: sent.append((lane, up_to)), lanes=LANES, dicom_issuer="GenHosp"
     )
     assert dispatcher.run_once() == len(entries)
+    assert dispatcher.run_once() == 0  # nothing new: no lane is woken again
     db.dispose()
 
-    lane_of_id = dict(sent)
-    assert [i for i, _ in sent] == sorted(lane_of_id)  # inbox id order
+    lane_of_id = {entry.id: dispatcher.lane(entry.raw, entry.charset) for _, entry in entries}
     by_patient: dict[str, set[int]] = {}
     for mrn, entry in entries:
         by_patient.setdefault(mrn, set()).add(lane_of_id[entry.id])
     assert all(len(lanes) == 1 for lanes in by_patient.values()), by_patient
     assert len({lane for lanes in by_patient.values() for lane in lanes}) > 1  # not all on lane 0
+    # One wake-up per lane that has entries, naming its newest one, oldest lane first.
+    newest = {lane: max(i for i, k in lane_of_id.items() if k == lane) for lane in set(lane_of_id.values())}
+    assert sent == sorted(newest.items(), key=lambda item: item[1])

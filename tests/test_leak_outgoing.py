@@ -32,8 +32,9 @@ from sandbox.screen import CeleryScreen, ScreenUnavailable
 from sidecar.app import SidecarApp
 from tests.deployments import REPO, Embedded, msa, wait_for
 from tests.fixtures.messages import ADT_A01, ORU_R01, encoded, inbound
+from worker.batch import process
 from worker.context import build_context
-from worker.pipeline import PipelineContext, process
+from worker.pipeline import PipelineContext
 from worker.screen import ScreenService
 
 LEAK = "Discussed with QUIMBY, Harriet at the bedside"  # a name: no pattern guard sees it

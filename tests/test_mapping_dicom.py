@@ -22,8 +22,9 @@ from core.settings import Settings
 from core.tables import DeadLetter, Resource
 from deid import Vault, deidentify, deidentify_dataset
 from mapping.dicom import map_dataset, merge_studies
+from worker.batch import process
 from worker.context import build_context
-from worker.pipeline import Outcome, PipelineContext, process
+from worker.pipeline import Outcome, PipelineContext
 
 SECRET = b"dicom-mapping-test-secret-0123456789"
 

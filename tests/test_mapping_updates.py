@@ -16,8 +16,8 @@ from mapping import map_message
 from mapping.updates import merge_update
 from tests.deployments import Embedded
 from tests.fixtures.messages import inbound
+from worker.batch import process
 from worker.context import build_context
-from worker.pipeline import process
 
 STORED = {
     "resourceType": "Patient",
@@ -162,15 +162,21 @@ def test_an_older_entry_processed_late_does_not_undo_a_newer_one(tmp_path: Path)
         assert process(ctx, inbox_id).outcome == "processed"
     with ctx.db.sessions() as s:
         bodies = [json.loads(b) for b in s.execute(select(Resource.body)).scalars()]
-        audits = {e.entity: json.loads(e.detail) for e in s.execute(select(AuditEntry)).scalars()}
+        # One "messages.processed" entry per batch, each entry's summary under its inbox id.
+        processed = select(AuditEntry).where(AuditEntry.action == "messages.processed")
+        audits = {
+            int(inbox_id): summary
+            for e in s.execute(processed).scalars()
+            for inbox_id, summary in json.loads(e.detail)["entries"].items()
+        }
     ctx.db.dispose()
     (patient,) = [b for b in bodies if b["resourceType"] == "Patient"]
     assert patient["gender"] == "female"  # the newer A08's, not the older one's "unknown"
     assert patient["deceasedDateTime"]
     (observation,) = [b for b in bodies if b["resourceType"] == "Observation"]
     assert observation["status"] == "final" and observation["valueQuantity"]["value"] == 4.4
-    assert any(r.startswith("Observation/") for r in audits[f"inbox/{old_result}"]["stale"])
-    assert "stale" not in audits[f"inbox/{new_result}"]
+    assert any(r.startswith("Observation/") for r in audits[old_result]["stale"])
+    assert "stale" not in audits[new_result]
 
 
 def _visit_message(kind: str, control_id: str, pv1_tail: str = "") -> str:

@@ -18,10 +18,9 @@ from core.settings import Settings
 from core.tables import DeadLetter, InboxEntry, OutboxEvent
 from mapping import MappedMessage, MappingOptions, map_message
 from sidecar.stats import collect
-from tests.deployments import Embedded
-from tests.fixtures.messages import ORU_R01, encoded, inbound, with_control_id
+from tests.fixtures.messages import ORU_R01, inbound, with_control_id
+from worker.batch import process
 from worker.context import build_context
-from worker.pipeline import process
 from worker.replay import ReplayFilter, replay
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,16 +53,18 @@ def test_a_dead_letter_is_processed_by_retry_after_the_fix(
     def broken(text: str, options: MappingOptions) -> MappedMessage:
         raise MappingError("OBX-5 cannot be read as NM")  # the bug being fixed
 
+    # The pipeline (in this process, where the bug can be planted) dead-letters the message.
     monkeypatch.setattr("worker.pipeline.map_message", broken)
-    dep = Embedded(tmp_path / "data")
-    dep.start()
-    try:
-        dep.deliver(encoded(ORU_R01))
-        with dep.db.sessions() as s:
-            letter = s.execute(select(DeadLetter)).scalar_one()
-        assert (letter.stage, letter.code, letter.reason) == ("map", "mapping", "OBX-5 cannot be read as NM")
-    finally:
-        dep.stop()
+    ctx = build_context(Settings(data_dir=tmp_path / "data"))
+    inbox = DatabaseInbox(ctx.db)
+    (receipt,) = inbox.commit_many([inbound(ORU_R01.encode())])
+    assert process(ctx, receipt.inbox_id).outcome == "dead-lettered"
+    with ctx.db.sessions() as s:
+        letter = s.execute(select(DeadLetter)).scalar_one()
+    assert (letter.stage, letter.code, letter.reason) == ("map", "mapping", "OBX-5 cannot be read as NM")
+    inbox.close()
+    ctx.db.dispose()
+    monkeypatch.undo()
 
     # The fix is deployed (the real mapping), and an operator retries from the command line.
     result = retry_from_cli(letter.id, tmp_path / "data")

@@ -25,7 +25,9 @@ def build_context(settings: Settings, db: Database | None = None) -> PipelineCon
     return PipelineContext(
         db=db,
         vault=Vault(load_secret(settings), date_shift_max_days=settings.date_shift_max_days),
-        mapping_options=MappingOptions(default_timezone=settings.site_timezone),
+        # Validated once after de-identification if at all (pipeline_validate), never twice.
+        mapping_options=MappingOptions(default_timezone=settings.site_timezone, validate=False),
+        validate=settings.pipeline_validate,
         coalesce_s=settings.summary_coalesce_s,
         dicom=DicomPipelineOptions(
             object_dir=settings.effective_deid_dicom_dir,

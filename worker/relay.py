@@ -10,8 +10,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Any, cast
 
-from sqlalchemy import select
+from sqlalchemy import Table, bindparam, select
 from sqlalchemy.orm import Session
 
 import audit
@@ -21,6 +22,13 @@ from worker.leakguard import LeakGuard
 from worker.publishers import OutgoingEvent, Publisher
 
 log = logging.getLogger("sidecar.worker.relay")
+
+_OUTBOX = cast(Table, OutboxEvent.__table__)
+_MARK_SENT = (
+    _OUTBOX.update()
+    .where(_OUTBOX.c.id == bindparam("k_id"))
+    .values(sent_at=bindparam("at"), attempts=_OUTBOX.c.attempts + 1)
+)
 
 
 class Relay:
@@ -36,35 +44,33 @@ class Relay:
         """Publish one batch; returns how many rows were sent (0: nothing to do)."""
         with self._db.transaction() as session:
             query = (
-                select(OutboxEvent)
-                .where(OutboxEvent.sent_at.is_(None), OutboxEvent.blocked_at.is_(None))
-                .order_by(OutboxEvent.id)
+                select(_OUTBOX.c.id, _OUTBOX.c.event_id, _OUTBOX.c.routing_key, _OUTBOX.c.body)
+                .where(_OUTBOX.c.sent_at.is_(None), _OUTBOX.c.blocked_at.is_(None))
+                .order_by(_OUTBOX.c.id)
+                .limit(self._batch_size)
             )
-            query = query.limit(self._batch_size)
             if not self._db.is_sqlite:
                 query = query.with_for_update(skip_locked=True)  # several relays may run
-            rows = session.execute(query).scalars().all()
+            rows: Sequence[Any] = session.execute(query).all()
             if not rows:
                 return 0
             now = datetime.now(UTC)
-            rows = self._screen(session, rows, now)
-            if not rows:
+            passed = self._screen(session, rows, now)
+            if not passed:
                 return 1  # only blocked rows this round: look again at once
-            events = [OutgoingEvent(r.event_id, r.routing_key, r.body.encode()) for r in rows]
+            events = [OutgoingEvent(r.event_id, r.routing_key, r.body.encode()) for r in passed]
             # On PublishError the transaction rolls back and the rows stay unsent.
             self._publisher.publish(events)
-            for row in rows:
-                row.sent_at = now
-                row.attempts += 1
+            session.execute(_MARK_SENT, [{"k_id": r.id, "at": now} for r in passed])
             audit.append(
                 session,
                 actor="worker:relay",
                 action="events.published",
-                entity=f"outbox/{rows[0].id}-{rows[-1].id}",
-                detail={"count": len(rows)},
+                entity=f"outbox/{passed[0].id}-{passed[-1].id}",
+                detail={"count": len(passed)},
                 now=now,
             )
-            return len(rows)
+            return len(passed)
 
     def drain(self) -> int:
         total = 0
@@ -72,19 +78,20 @@ class Relay:
             total += sent
         return total
 
-    def _screen(self, session: Session, rows: Sequence[OutboxEvent], now: datetime) -> list[OutboxEvent]:
+    def _screen(self, session: Session, rows: Sequence[Any], now: datetime) -> list[Any]:
         """Block (and dead-letter, and audit) every event carrying a known identifier."""
         if self._guard is None:
             return list(rows)
         self._guard.forget()
-        passed: list[OutboxEvent] = []
-        for row in rows:
-            kinds = self._guard.check(session, row.body)
+        passed: list[Any] = []
+        for row, kinds in zip(rows, self._guard.check_events(session, [r.body for r in rows]), strict=True):
             if not kinds:
                 passed.append(row)
                 continue
             reason = f"event {row.event_id} carries identifier(s) of kind {', '.join(kinds)}; not published"
-            row.blocked_at, row.block_reason = now, reason
+            session.execute(
+                _OUTBOX.update().where(_OUTBOX.c.id == row.id).values(blocked_at=now, block_reason=reason)
+            )
             session.add(DeadLetter(stage="relay", code="identifier-leak", reason=reason, created_at=now))
             audit.append(
                 session,

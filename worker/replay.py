@@ -17,7 +17,8 @@ from sqlalchemy import select
 import audit
 from core.store import content_hash
 from core.tables import InboxEntry, InboxStatus, Resource
-from worker.pipeline import PermanentFailure, PipelineContext, change_summary, store, transform
+from worker.batch import store
+from worker.pipeline import PermanentFailure, PipelineContext, change_summary, transform
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,8 @@ Also the screening of the sandbox's texts (``sidecar.screen``; see worker.screen
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 import time
 from typing import Any
@@ -12,36 +14,25 @@ from celery import Celery
 from sqlalchemy.exc import DBAPIError
 
 from core.settings import Settings
-from core.tasks import PIPELINE_TASK, SANDBOX_QUEUE, SCREEN_TASK, SUMMARY_TASK, make_celery
+from core.tasks import (
+    LANE_TASK,
+    PIPELINE_TASK,
+    SANDBOX_QUEUE,
+    SCREEN_TASK,
+    SUMMARY_TASK,
+    lane_queue,
+    make_celery,
+)
+from worker.batch import process
 from worker.context import build_context
-from worker.pipeline import PipelineContext, ProcessResult, process
+from worker.pipeline import PipelineContext
+from worker.runner import Lanes, PipelineRunner
 from worker.screen import ScreenService
 
 log = logging.getLogger("sidecar.worker.tasks")
 
 
-PATIENCE_S = 600.0
-
-
-def process_with_patience(ctx: PipelineContext, inbox_id: int) -> ProcessResult:
-    """Retry transient failures here, in the task, with back-off: re-queueing would put
-    the message behind newer ones of the same patient. A database outage therefore pauses
-    the lane and it resumes in order. Past PATIENCE_S the task gives up; the entry stays
-    RECEIVED and `sidecar serve` dispatches it again."""
-    deadline = time.monotonic() + PATIENCE_S
-    delay = 0.2
-    while True:
-        try:
-            return process(ctx, inbox_id)
-        except DBAPIError as exc:
-            if time.monotonic() + delay > deadline:
-                raise
-            log.warning(
-                "transient failure, retrying",
-                extra={"inbox_id": inbox_id, "error_type": type(exc).__name__},
-            )
-            time.sleep(delay)
-            delay = min(10.0, delay * 2)
+LANE_SLICE_S = 1.0
 
 
 def build_worker_app(settings: Settings) -> Celery:
@@ -55,6 +46,44 @@ def build_worker_app(settings: Settings) -> Celery:
             if "ctx" not in state:
                 state["ctx"] = build_context(settings)
             return state["ctx"]
+
+    runners: dict[int, PipelineRunner] = {}
+
+    def send_jobs(job_ids: list[int]) -> None:
+        for job_id in job_ids:
+            app.send_task(
+                SUMMARY_TASK, args=[job_id], queue=SANDBOX_QUEUE, countdown=settings.summary_coalesce_s + 0.05
+            )
+
+    def runner(lane: int) -> PipelineRunner:
+        if lane not in runners:
+            runners[lane] = PipelineRunner(
+                context(),
+                batch_max=settings.pipeline_batch_max,
+                lanes=Lanes(frozenset({lane}), settings.pipeline_lanes),
+                dicom_issuer=settings.dicom_issuer_default,
+                on_batch=lambda result: send_jobs(result.job_ids),
+                name=f"{socket.gethostname()}:{os.getpid()}:lane-{lane}",
+            )
+        return runners[lane]
+
+    @app.task(name=LANE_TASK, bind=True)  # type: ignore[untyped-decorator]
+    def lane_task(self: Any, lane: int, up_to: int = 0) -> int:
+        """The lane's backlog, batch by batch, in inbox id order, for at most LANE_SLICE_S:
+        then the task queues itself again, so a screening request waits behind one slice
+        at most. Transient failures back off inside the runner and the entries stay
+        RECEIVED; nothing is lost by a crash (late ack: the wake-up is redelivered)."""
+        lane_runner = runner(lane)
+        deadline = time.monotonic() + LANE_SLICE_S
+        done = 0
+        while time.monotonic() < deadline:
+            took = lane_runner.run_once()
+            if not took and not lane_runner.failing:
+                return done
+            done += took
+        lane_runner.flush_stats()
+        app.send_task(LANE_TASK, args=[lane, up_to], queue=lane_queue(lane))
+        return done
 
     @app.task(name=PIPELINE_TASK, bind=True, max_retries=settings.pipeline_max_attempts)  # type: ignore[untyped-decorator]
     def process_task(self: Any, inbox_id: int) -> str:

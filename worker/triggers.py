@@ -10,13 +10,22 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import cast
 
-from sqlalchemy import select
+from sqlalchemy import Table, bindparam, select, tuple_
 from sqlalchemy.orm import Session
 
 from core.store import StoredChange
 from core.tables import Job, JobStatus
 from deid import DeidentifiedResource
+
+_JOBS = cast(Table, Job.__table__)
+_PUSH_JOB = (
+    _JOBS.update()
+    .where(_JOBS.c.id == bindparam("k_id"))
+    .values(triggers=_JOBS.c.triggers + bindparam("n"), due_at=bindparam("due"), updated_at=bindparam("now"))
+)
+_PAIRS_PER_QUERY = 400
 
 FINAL_REPORT_STATUSES = frozenset({"final", "amended", "corrected", "appended"})
 
@@ -49,30 +58,49 @@ def enqueue_jobs(
     session: Session, requests: Sequence[JobRequest], *, now: datetime, coalesce_s: float
 ) -> list[int]:
     """One pending job per (kind, patient): a new trigger pushes its due time instead of
-    adding a job, so a burst of results for one patient gives one summary."""
-    ids: list[int] = []
+    adding a job, so a burst of results for one patient gives one summary. Returns the job
+    id of each request, in order (requests for the same pair share one job). One read and
+    at most two multi-row writes for a whole batch of requests."""
+    if not requests:
+        return []
     due = now + timedelta(seconds=coalesce_s)
+    triggers: dict[tuple[str, str], int] = {}
     for req in requests:
-        job = session.execute(
-            select(Job)
-            .where(Job.kind == req.kind, Job.patient == req.patient, Job.status == JobStatus.PENDING)
-            .with_for_update()
-        ).scalar_one_or_none()
-        if job is None:
-            job = Job(
-                kind=req.kind,
-                patient=req.patient,
-                status=JobStatus.PENDING,
-                due_at=due,
-                created_at=now,
-                updated_at=now,
-                triggers=1,
-                attempts=0,
-            )
-            session.add(job)
-            session.flush()
-        else:
-            job.triggers += 1
-            job.due_at, job.updated_at = due, now
-        ids.append(job.id)
-    return ids
+        triggers[(req.kind, req.patient)] = triggers.get((req.kind, req.patient), 0) + 1
+    pairs = sorted(triggers)
+    ids: dict[tuple[str, str], int] = {}
+    for start in range(0, len(pairs), _PAIRS_PER_QUERY):
+        query = select(_JOBS.c.id, _JOBS.c.kind, _JOBS.c.patient).where(
+            tuple_(_JOBS.c.kind, _JOBS.c.patient).in_(pairs[start : start + _PAIRS_PER_QUERY]),
+            _JOBS.c.status == JobStatus.PENDING,
+        )
+        if session.get_bind().dialect.name != "sqlite":
+            query = query.with_for_update()
+        for job_id, kind, patient in session.execute(query):
+            ids[(kind, patient)] = job_id
+    connection = session.connection()
+    pushed = [
+        {"k_id": ids[pair], "n": triggers[pair], "due": due, "now": now} for pair in pairs if pair in ids
+    ]
+    if pushed:
+        connection.execute(_PUSH_JOB, pushed)
+    new = [pair for pair in pairs if pair not in ids]
+    if new:
+        rows = [
+            {
+                "kind": kind,
+                "patient": patient,
+                "status": JobStatus.PENDING,
+                "due_at": due,
+                "created_at": now,
+                "updated_at": now,
+                "triggers": triggers[(kind, patient)],
+                "attempts": 0,
+            }
+            for kind, patient in new
+        ]
+        returned = connection.execute(
+            _JOBS.insert().returning(_JOBS.c.id, sort_by_parameter_order=True), rows
+        ).scalars()
+        ids.update(zip(new, returned, strict=True))
+    return [ids[(req.kind, req.patient)] for req in requests]
