@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install clean bench bench-mllp bench-dicom
+.PHONY: demo test install clean bench bench-mllp bench-dicom bench-e2e
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,11 @@ bench: $(STAMP)
 
 bench-mllp: $(STAMP)
 	$(BIN)/python -m bench.mllp
+
+# The whole chain as a user runs it: `sidecar serve` (and, in production, two `sidecar worker`)
+# on PostgreSQL and RabbitMQ at 127.0.0.1; e.g. make bench-e2e E2E_ARGS="--messages 2000 --json e2e.json"
+bench-e2e: $(STAMP)
+	$(BIN)/python -m bench.e2e $(E2E_ARGS)
 
 # DICOM de-identification beside dicognito, which comes with the [bench] extra.
 bench-dicom: $(STAMP)
