@@ -72,8 +72,13 @@ class _Problem(Exception):
 
 
 def create_api(
-    db: Database, vault: Vault, tokens: dict[str, SecretStr], auditors: Sequence[str] = ()
+    db: Database,
+    vault: Vault,
+    tokens: dict[str, SecretStr],
+    auditors: Sequence[str] = (),
+    journal_file: FilePath | None = None,
 ) -> FastAPI:
+    """``journal_file``: the listener's intake journal, counted in /status as `sidecar stats` does."""
     if not tokens:
         raise ConfigError("the HTTP API needs api_tokens: it serves no anonymous reads")
     if unknown := sorted(set(auditors) - set(tokens)):
@@ -289,7 +294,7 @@ def create_api(
 
     @api.get("/status")
     def status(who: Client) -> dict[str, Any]:
-        counts = collect(db)  # counts only: no patient data, nothing to screen
+        counts = collect(db, journal_file)  # counts only: no patient data, nothing to screen
         with db.transaction() as session:
             audit.append(session, actor=f"api:{who}", action="status.read", entity="status")
         return counts

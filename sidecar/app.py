@@ -173,7 +173,13 @@ class SidecarApp:
         self.api: ApiServer | None = None
         if settings.api_port is not None:
             # Built here, so a missing api_tokens stops start-up before anything listens.
-            api = create_api(self.db, self.ctx.vault, settings.api_tokens, settings.api_auditors)
+            api = create_api(
+                self.db,
+                self.ctx.vault,
+                settings.api_tokens,
+                settings.api_auditors,
+                settings.intake_journal_file if settings.effective_mllp_journal else None,
+            )
             self.api = ApiServer(
                 api,
                 settings.api_host,

@@ -22,6 +22,7 @@ from core.tables import (
     Job,
     JobStatus,
     OutboxEvent,
+    PipelineStat,
     QuarantineEntry,
     Resource,
 )
@@ -48,6 +49,11 @@ def collect(db: Database, journal_file: Path | None = None) -> dict[str, Any]:
         ).scalar_one()
         jobs = dict(s.execute(select(Job.status, func.count()).group_by(Job.status)).all())
         app_acks = dict(s.execute(select(AppAck.status, func.count()).group_by(AppAck.status)).all())
+        stages = s.execute(
+            select(PipelineStat.stage, func.sum(PipelineStat.cpu_s), func.sum(PipelineStat.entries)).group_by(
+                PipelineStat.stage
+            )
+        ).all()
         return {
             "inbox": {
                 "received": sum(by_status.values()),
@@ -68,6 +74,11 @@ def collect(db: Database, journal_file: Path | None = None) -> dict[str, Any]:
             "app_acks": {status.value: app_acks.get(status, 0) for status in AppAckStatus},
             "audit_entries": s.execute(select(func.count()).select_from(AuditEntry)).scalar_one(),
             "audit_pending": s.execute(select(func.count()).select_from(AuditPending)).scalar_one(),
+            "pipeline": {
+                # Every stage counts each entry of a batch once; "load" sees them all.
+                "entries": int(max((n for _, _, n in stages), default=0) or 0),
+                "cpu_ms": {stage: round(float(cpu) * 1000, 1) for stage, cpu, _ in sorted(stages)},
+            },
         }
 
 
