@@ -234,12 +234,20 @@ class Settings(BaseSettings):
         "up to this.",
     )
     pipeline_processes: int = Field(
-        1,
-        ge=1,
+        0,
+        ge=0,
         le=64,
         description="Embedded default: pipeline processes `sidecar serve` starts beside the listener "
-        "(each takes the lanes i mod N, so a patient's messages stay in order). One leaves the "
-        "listener a core of its own on a 2-core machine.",
+        "(each takes the lanes i mod N, so a patient's messages stay in order); 0: one per CPU core. "
+        "They run at a lower priority (pipeline_nice), so the listener's ACKs come first.",
+    )
+    pipeline_nice: int = Field(
+        10,
+        ge=0,
+        le=19,
+        description="Niceness added to the pipeline processes of the embedded default: when the "
+        "listener and the pipeline want the same core, the listener gets it (its ACK latency "
+        "holds while a backlog is worked off).",
     )
     pipeline_validate: bool = Field(
         False,
@@ -300,6 +308,10 @@ class Settings(BaseSettings):
     @property
     def intake_journal_file(self) -> Path:
         return self.data_dir / "intake-journal.db"
+
+    @property
+    def effective_pipeline_processes(self) -> int:
+        return self.pipeline_processes or max(1, os.cpu_count() or 1)
 
     @property
     def embedded(self) -> bool:

@@ -155,7 +155,7 @@ class SidecarApp:
         if settings.embedded:
             # Processes of their own: the listener keeps its core (worker.runner).
             self.pipeline = PipelineProcesses(
-                settings, count=settings.pipeline_processes, on_batch=self._after_pipeline
+                settings, count=settings.effective_pipeline_processes, on_batch=self._after_pipeline
             )
             self.model = ExtractiveSummarizer()
             # Embedded: the identified zone screens the sandbox's texts in-process.

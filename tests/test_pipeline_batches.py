@@ -133,7 +133,7 @@ def test_sigkill_of_the_embedded_pipeline_process_mid_batch_loses_and_repeats_no
     serve, listening = _serve(data)
     db = Database(Settings(data_dir=data))
     try:
-        (victim,) = listening["pipeline_pids"]
+        victim, *others = listening["pipeline_pids"]  # one per core by default
         assert victim in _children(serve.pid)
         load = _Load(listening["mllp_port"], _per_connection(feed(PATIENTS, PER_PATIENT)))
         load.start()
@@ -145,7 +145,7 @@ def test_sigkill_of_the_embedded_pipeline_process_mid_batch_loses_and_repeats_no
         assert load.error is None and ack_codes(load.acks) == ["AA"] * total
         # serve starts a new pipeline process, which takes the backlog in order.
         wait_for(lambda: _processed(db) == total, timeout=300, interval=0.2)
-        assert victim not in _children(serve.pid)
+        assert victim not in _children(serve.pid) and all(o in _children(serve.pid) for o in others)
         _stop(serve, data)
         assert "pipeline process died; starting it again" in (data / "serve.log").read_text()
         _check_exactly_once(db, results=total)
@@ -223,7 +223,7 @@ def _check_poison_isolated(db: Database, size: int) -> None:
 def test_a_poison_message_inside_a_batch_of_500_fails_alone_embedded(tmp_path: Path) -> None:
     data = tmp_path / "data"
     # The pipeline starts once all 500 are in the inbox: one batch of 500.
-    serve, listening = _serve(data, SIDECAR_PIPELINE_BATCH_MAX="500")
+    serve, listening = _serve(data, SIDECAR_PIPELINE_BATCH_MAX="500", SIDECAR_PIPELINE_PROCESSES="1")
     db = Database(Settings(data_dir=data))
     try:
         os.kill(listening["pipeline_pids"][0], signal.SIGSTOP)

@@ -191,6 +191,8 @@ def _child_main(
     from worker.context import build_context
 
     configure_logging(settings.log_level)
+    if settings.pipeline_nice:
+        os.nice(settings.pipeline_nice)  # the listener's ACKs first when both want a core
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop (a drain)
     stop, wake = threading.Event(), threading.Event()
 
