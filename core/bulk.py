@@ -25,7 +25,21 @@ def _placeholder(session: Session) -> str:
 
 def _processors(session: Session, table: Table, columns: Sequence[str]) -> list[Callable[[Any], Any] | None]:
     dialect = session.get_bind().dialect
-    return [table.c[name].type.dialect_impl(dialect).bind_processor(dialect) for name in columns]
+    return [_last_value(table.c[name].type.dialect_impl(dialect).bind_processor(dialect)) for name in columns]
+
+
+def _last_value(processor: Callable[[Any], Any] | None) -> Callable[[Any], Any] | None:
+    """The processor, remembering its last answer: a batch's rows share their timestamp."""
+    if processor is None:
+        return None
+    last: list[Any] = [object(), None]
+
+    def process(value: Any) -> Any:
+        if value is not last[0]:
+            last[0], last[1] = value, processor(value)
+        return last[1]
+
+    return process
 
 
 def _tuples(

@@ -28,15 +28,16 @@ from connectors.journal import IntakeJournal, JournaledInbox
 from connectors.metrics import IntakeMetrics
 from connectors.mllp.server import AckMode
 from connectors.mllp.tls import client_context, server_context
+from core.children import Children
 from core.db import Database
 from core.errors import ConfigError
 from core.settings import Settings
-from core.tables import Job, JobStatus
+from core.tables import Job, JobStatus, OutboxEvent
 from core.tasks import LANE_TASK, SANDBOX_QUEUE, SUMMARY_TASK, lane_queue, make_celery
-from sandbox.models import ExtractiveSummarizer
-from sandbox.runner import due_job_ids, requeue_stalled, run_job
+from sandbox.runner import due_job_ids, requeue_stalled
 from sidecar.api import ApiServer, create_api
 from sidecar.loops import Loop
+from sidecar.sandbox_process import sandbox_process
 from worker.appacks import AppAckSender
 from worker.context import build_context
 from worker.dispatch import InboxDispatcher
@@ -44,8 +45,7 @@ from worker.leakguard import LeakGuard
 from worker.pipeline import pending_inbox_ids
 from worker.publishers import LocalBus, Publisher, RabbitPublisher
 from worker.relay import Relay
-from worker.runner import PipelineProcesses
-from worker.screen import ScreenService
+from worker.runner import pipeline_processes
 
 log = logging.getLogger("sidecar.app")
 
@@ -146,21 +146,17 @@ class SidecarApp:
             )
             self.app_ack_loop = Loop("app-acks", sender.run_once, settings.relay_interval_s)
         self.sweeper = Loop("sweeper", self._sweep, SWEEP_INTERVAL_S)
-        self.pipeline: PipelineProcesses | None = None
+        self.pipeline: Children | None = None
         self.dispatcher: InboxDispatcher | None = None
-        self.sandbox_loop: Loop | None = None
+        self.sandbox: Children | None = None
         self._celery: Any = None
         self.dispatch_loop: Loop | None = None
         self._last_rewind = time.monotonic()
         if settings.embedded:
             # Processes of their own: the listener keeps its core (worker.runner).
-            self.pipeline = PipelineProcesses(
-                settings, count=settings.effective_pipeline_processes, on_batch=self._after_pipeline
-            )
-            self.model = ExtractiveSummarizer()
-            # Embedded: the identified zone screens the sandbox's texts in-process.
-            self.screen = ScreenService(self.db, self.ctx.vault)
-            self.sandbox_loop = Loop("sandbox", self._run_due_jobs, settings.relay_interval_s)
+            self.pipeline = pipeline_processes(settings, on_batch=self._after_pipeline)
+            # The model zone in a process of its own too (sidecar/sandbox_process.py).
+            self.sandbox = sandbox_process(settings, on_report=self._after_pipeline)
         else:
             self._celery = make_celery(settings, "sidecar-serve")
             self.dispatcher = InboxDispatcher(
@@ -247,8 +243,8 @@ class SidecarApp:
         self.relay_loop.start()
         if self.app_ack_loop is not None:
             self.app_ack_loop.start()
-        if self.sandbox_loop is not None:
-            self.sandbox_loop.start()
+        if self.sandbox is not None:
+            await asyncio.to_thread(self.sandbox.start)
         self.sweeper.start()
         self._sweep(age_s=0.0)  # entries acknowledged before a crash go first
         if self.settings.metrics_port is not None:
@@ -279,9 +275,8 @@ class SidecarApp:
         if self.dispatch_loop is not None:
             self.dispatch_loop.stop()
             self.dispatch_loop.run_round()  # hand over what the last ACKs stored
-        if self.sandbox_loop is not None:
-            self.sandbox_loop.stop()
-            self._run_due_jobs(drain=True)
+        if self.sandbox is not None:
+            await asyncio.to_thread(self.sandbox.stop, drain_timeout_s)  # runs what is pending first
         self.relay_loop.stop()
         self.relay_loop.run_round()
         if self.app_ack_loop is not None:
@@ -302,9 +297,10 @@ class SidecarApp:
             if pending_inbox_ids(self.db, limit=1):
                 time.sleep(0.02)
                 continue
-            self._run_due_jobs()
+            if self.sandbox is not None:
+                self.sandbox.wake()
             self.relay.drain()
-            if not self._pending_jobs() and not pending_inbox_ids(self.db, limit=1):
+            if not self._pending_jobs() and not pending_inbox_ids(self.db, limit=1) and not self._unsent():
                 return True
             time.sleep(0.05)
         return False
@@ -330,19 +326,14 @@ class SidecarApp:
             self.relay_loop.wake()
         if self.app_ack_loop is not None:
             self.app_ack_loop.wake()
-        if report.get("jobs") and self.sandbox_loop is not None:
-            self.sandbox_loop.wake()
+        if report.get("jobs") and self.sandbox is not None:
+            self.sandbox.wake()
 
-    def _run_due_jobs(self, *, drain: bool = False) -> int:
-        """Run due summary jobs; on drain, every pending one (coalescing is only a delay)."""
-        done = 0
-        horizon = datetime.max.replace(tzinfo=UTC) if drain else None
-        for job_id in due_job_ids(self.db, now=horizon):
-            run_job(self.db, job_id, self.model, screen=self.screen, ignore_due=drain)
-            done += 1
-        if done:
-            self.relay_loop.wake()
-        return done
+    def _unsent(self) -> int:
+        with self.db.sessions() as session:
+            return session.execute(
+                select(func.count()).where(OutboxEvent.sent_at.is_(None), OutboxEvent.blocked_at.is_(None))
+            ).scalar_one()
 
     def _rewind_due(self) -> bool:
         return time.monotonic() - self._last_rewind > REDISPATCH_AFTER_S

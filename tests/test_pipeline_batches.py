@@ -147,7 +147,7 @@ def test_sigkill_of_the_embedded_pipeline_process_mid_batch_loses_and_repeats_no
         wait_for(lambda: _processed(db) == total, timeout=300, interval=0.2)
         assert victim not in _children(serve.pid) and all(o in _children(serve.pid) for o in others)
         _stop(serve, data)
-        assert "pipeline process died; starting it again" in (data / "serve.log").read_text()
+        assert "child process died; starting it again" in (data / "serve.log").read_text()
         _check_exactly_once(db, results=total)
     finally:
         if serve.poll() is None:

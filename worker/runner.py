@@ -1,7 +1,7 @@
-"""The embedded default's pipeline: one or more processes of their own beside the listener.
+"""The pipeline's loop over the inbox, and the embedded default's pipeline processes.
 
 ``sidecar serve`` on embedded storage starts ``pipeline_processes`` child processes
-(``PipelineProcesses``), so the listener keeps its core while the pipeline uses the other.
+(on ``core.children``), so the listener keeps its core while the pipeline uses the others.
 Each child runs a ``PipelineRunner``: it takes the RECEIVED inbox entries of its lanes in
 inbox id order, a batch at a time, and runs them through ``worker.batch``. The batch is
 adaptive by nature: when idle it takes the one or two entries that just arrived (a poll
@@ -20,15 +20,12 @@ on SIGTERM (a drain too).
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import multiprocessing.connection
 import os
-import signal
 import socket
 import threading
 import time
 from collections.abc import Callable
-from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +34,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError
 
+from core.children import ChildLink, Children
 from core.settings import Settings
 from core.tables import InboxEntry, InboxStatus, PipelineStat
 from worker.batch import BatchResult, StageClock, process_entries
@@ -47,7 +45,6 @@ log = logging.getLogger("sidecar.worker.runner")
 
 IDLE_POLL_S = 0.005  # an idle runner looks for new entries this often (an indexed read)
 STATS_EVERY_S = 1.0
-SUPERVISE_EVERY_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -177,36 +174,22 @@ class PipelineRunner:
         self.flush_stats()
 
 
-# --- the embedded default's child processes ---------------------------------------------
-
-_STOP = "stop"
-_WAKE = "wake"
+# --- the embedded default's pipeline processes (core.children) ----------------------------
 
 
-def _child_main(
-    settings: Settings, lanes: Lanes, conn: multiprocessing.connection.Connection, parent: int
+def run_pipeline_child(
+    conn: multiprocessing.connection.Connection, parent: int, settings: Settings, lanes: Lanes
 ) -> None:
-    """A pipeline process: runs until told to stop, SIGTERM, or its parent is gone."""
+    """A pipeline process of `sidecar serve`: batches until told to stop (then drains),
+    SIGTERM, or its parent is gone."""
     from core.logs import configure_logging
     from worker.context import build_context
 
     configure_logging(settings.log_level)
-    if settings.pipeline_nice:
-        os.nice(settings.pipeline_nice)  # the listener's ACKs first when both want a core
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop (a drain)
-    stop, wake = threading.Event(), threading.Event()
-
-    def on_sigterm(*_: object) -> None:
-        stop.set()
-        wake.set()
-
-    signal.signal(signal.SIGTERM, on_sigterm)
-    send_lock = threading.Lock()
+    link = ChildLink(conn, parent, nice=settings.pipeline_nice)
 
     def report(result: BatchResult) -> None:
-        summary = {"changed": result.changed, "jobs": bool(result.job_ids), "entries": len(result.results)}
-        with send_lock:
-            conn.send(summary)
+        link.report({"changed": result.changed, "jobs": bool(result.job_ids), "entries": len(result.results)})
 
     ctx = build_context(settings)
     runner = PipelineRunner(
@@ -216,155 +199,25 @@ def _child_main(
         dicom_issuer=settings.dicom_issuer_default,
         on_batch=report,
     )
-
-    def listen() -> None:
-        # Messages from the parent; EOF or a parent that died stops the runner.
-        while not stop.is_set():
-            try:
-                if conn.poll(0.5):
-                    message = conn.recv()
-                    if message == _STOP:
-                        stop.set()
-                    wake.set()
-                elif os.getppid() != parent:
-                    stop.set()
-                    wake.set()
-            except (EOFError, OSError):
-                stop.set()
-                wake.set()
-
-    threading.Thread(target=listen, name="parent", daemon=True).start()
-    with send_lock:
-        conn.send({"ready": True})
+    link.ready()
     try:
-        runner.run(stop, wake)
+        runner.run(link.stop, link.wake)
     finally:
         ctx.db.dispose()
-        with suppress(OSError, ValueError), send_lock:
-            conn.send({"stopped": True})
+        link.stopped()
 
 
-class PipelineProcesses:
-    """The parent's side: starts the children, wakes them, hears their batches, stops them."""
-
-    def __init__(
-        self, settings: Settings, *, count: int, on_batch: Callable[[dict[str, Any]], None] | None = None
-    ) -> None:
-        self._settings = settings
-        self._count = max(1, count)
-        self._on_batch = on_batch
-        self._children: list[tuple[multiprocessing.process.BaseProcess, Any]] = []
-        self._threads: list[threading.Thread] = []
-        self._lock = threading.Lock()
-        self._last_wake = 0.0
-        self._stopping = threading.Event()
-        self._supervisor: threading.Thread | None = None
-
-    def start(self, timeout_s: float = 60.0) -> None:
-        for index in range(self._count):
-            self._children.append(self._spawn(index))
-        deadline = time.monotonic() + timeout_s
-        for index in range(self._count):
-            self._await_ready(index, deadline)
-        self._supervisor = threading.Thread(target=self._supervise, name="pipeline-supervisor", daemon=True)
-        self._supervisor.start()
-
-    def _spawn(self, index: int) -> tuple[multiprocessing.process.BaseProcess, Any]:
-        # spawn, not fork: the listener's process has threads (and SQLite connections).
-        mp = multiprocessing.get_context("spawn")
-        parent_end, child_end = mp.Pipe()
-        process = mp.Process(
-            target=_child_main,
-            args=(self._settings, Lanes(frozenset({index}), self._count), child_end, os.getpid()),
-            name=f"sidecar-pipeline-{index}",
-            daemon=True,
-        )
-        process.start()
-        child_end.close()
-        return process, parent_end
-
-    def _await_ready(self, index: int, deadline: float) -> None:
-        process, conn = self._children[index]
-        if not conn.poll(max(0.0, deadline - time.monotonic())):
-            raise RuntimeError(f"pipeline process {process.name} did not start")
-        conn.recv()
-        thread = threading.Thread(
-            target=self._listen, args=(conn,), name=f"{process.name}-reports", daemon=True
-        )
-        thread.start()
-        self._threads.append(thread)
-
-    def _supervise(self) -> None:
-        """A child that died (killed, out of memory) is started again: its lanes' entries
-        are still RECEIVED in the inbox, and the new one takes them in order."""
-        while not self._stopping.wait(SUPERVISE_EVERY_S):
-            for index, (process, conn) in enumerate(list(self._children)):
-                if process.is_alive() or self._stopping.is_set():
-                    continue
-                log.error(
-                    "pipeline process died; starting it again",
-                    extra={"pipeline_process": process.name, "exitcode": process.exitcode},
-                )
-                conn.close()
-                with self._lock:
-                    self._children[index] = self._spawn(index)
-                try:
-                    self._await_ready(index, time.monotonic() + 60.0)
-                except (RuntimeError, EOFError, OSError):
-                    log.error(
-                        "pipeline process did not start again", extra={"pipeline_process": process.name}
-                    )
-
-    def _listen(self, conn: Any) -> None:
-        while True:
-            try:
-                report = conn.recv()
-            except (EOFError, OSError):
-                return
-            if report.get("stopped"):
-                return
-            if self._on_batch is not None:
-                try:
-                    self._on_batch(report)
-                except Exception:
-                    log.exception("pipeline report callback failed")
-
-    def wake(self) -> None:
-        """Tell the children new entries are in the inbox (they poll anyway: at most one
-        wake per poll interval, however many messages the listener commits)."""
-        now = time.monotonic()
-        if now - self._last_wake < IDLE_POLL_S:
-            return
-        self._last_wake = now
-        with self._lock:
-            for _, conn in self._children:
-                with suppress(OSError, ValueError):
-                    conn.send(_WAKE)
-
-    @property
-    def pids(self) -> list[int]:
-        return [p.pid for p, _ in self._children if p.pid is not None]
-
-    def alive(self) -> bool:
-        return all(p.is_alive() for p, _ in self._children)
-
-    def stop(self, timeout_s: float = 30.0) -> None:
-        """Drain: each child finishes the entries of its lanes, then exits."""
-        self._stopping.set()
-        if self._supervisor is not None:
-            self._supervisor.join(SUPERVISE_EVERY_S + 1.0)
-        with self._lock:
-            for _, conn in self._children:
-                with suppress(OSError, ValueError):
-                    conn.send(_STOP)
-        deadline = time.monotonic() + timeout_s
-        for process, _ in self._children:
-            process.join(max(0.1, deadline - time.monotonic()))
-            if process.is_alive():
-                log.warning("pipeline process did not stop in time", extra={"pipeline_process": process.name})
-                process.terminate()
-                process.join(5.0)
-        for thread in self._threads:
-            thread.join(1.0)
-        for _, conn in self._children:
-            conn.close()
+def pipeline_processes(
+    settings: Settings, on_batch: Callable[[dict[str, Any]], None] | None = None
+) -> Children:
+    """The embedded default's pipeline: ``effective_pipeline_processes`` children, child i
+    taking lane i of as many lanes."""
+    count = settings.effective_pipeline_processes
+    return Children(
+        run_pipeline_child,
+        name="sidecar-pipeline",
+        count=count,
+        args_for=lambda index: (settings, Lanes(frozenset({index}), count)),
+        on_report=on_batch,
+        wake_every_s=IDLE_POLL_S,
+    )
