@@ -70,11 +70,13 @@ class Context:
     def clear_nulled(self, resource: Json, segment: Segment, sources: dict[str, tuple[int, ...]]) -> None:
         """Note the elements of ``resource`` that ``segment`` deletes: those the resource
         lacks while one of their source fields (``sources``) is the explicit null."""
+        if not segment.may_hold_null():
+            return  # the usual case: no '""' anywhere in the segment
         nulled = frozenset(
             element
             for element, fields in sources.items()
-            if not any(is_element(key, element) for key in resource)
-            and any(segment.is_null(n) for n in fields)
+            if any(segment.is_null(n) for n in fields)  # the cheaper test first: rarely true
+            and not any(is_element(key, element) for key in resource)
         )
         if nulled:
             self.cleared[resource["resourceType"] + "/" + resource["id"]] = nulled

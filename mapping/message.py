@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from functools import partial
 
 from core.errors import MappingError, UnsupportedMessage
 from core.fhir import FhirValidationError, validate_resource
@@ -18,7 +19,7 @@ from mapping.generic import map_generic
 from mapping.hl7.dtm import zone
 from mapping.hl7.parse import Message, parse
 from mapping.immunization import map_vxu
-from mapping.model import MappedMessage, MappingOptions
+from mapping.model import MappedMessage, MappingOptions, UnmappedItem
 from mapping.orders import map_orders
 from mapping.oru import RESULT_TRIGGERS, map_oru
 
@@ -84,7 +85,7 @@ def _map(text: str, options: MappingOptions) -> MappedMessage:
         patient_keys=ctx.patient_keys,
         phi_values=phi.collect(message),
         unmapped_segments=tuple(ctx.unmapped),
-        report=build_report(ctx),
+        report_source=partial(_report, ctx),
         cleared=ctx.cleared,
         segment_driven=mapper is map_generic,
     )
@@ -100,6 +101,15 @@ def _where(exc: BaseException) -> str:
             location = f"{frame.f_globals['__name__']}:{tb.tb_lineno}"
         tb = tb.tb_next
     return location
+
+
+def _report(ctx: Context) -> tuple[UnmappedItem, ...]:
+    """``build_report`` when ``MappedMessage.report`` is first read, failing as ``map_message`` would."""
+    try:
+        return build_report(ctx)
+    except Exception as exc:
+        reason = f"internal mapping error {type(exc).__name__} at {_where(exc)}"
+    raise MappingError(reason)
 
 
 def map_message(text: str, options: MappingOptions = _DEFAULT_OPTIONS) -> MappedMessage:

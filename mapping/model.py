@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -14,8 +15,10 @@ class MappingOptions:
     default_timezone: str = "UTC"
     """IANA name; applied to HL7 DTM values that carry a time but no offset."""
     validate: bool = True
-    """Validate every resource against the FHIR models (fhir.resources). Turn off only where the
-    caller validates itself, or to measure the mapping alone (bench/mapping.py)."""
+    """Validate every resource against the FHIR models (fhir.resources): about 0.15 ms a resource,
+    most of a message's mapping time. The pipeline turns it off (what the mapper emits is shown
+    valid by tests/test_fhir_validity.py, and de-identification validates its own output);
+    ``sidecar convert`` and other library callers keep it on."""
     site: Site | None = None
     """Site customisation (Z-segment handlers, local code maps): see ``mapping.site``."""
 
@@ -57,7 +60,7 @@ class MappedMessage:
     control_id: str
     """MSH-10."""
     resources: list[dict[str, Any]]
-    """FHIR R4 JSON dicts, each with resourceType and id, each validated."""
+    """FHIR R4 JSON dicts, each with resourceType and id (validated when ``MappingOptions.validate``)."""
     patient_keys: dict[str, PatientKey]
     """Patient resource id (as in ``resources``) -> its primary identifier."""
     phi_values: dict[str, str]
@@ -65,14 +68,27 @@ class MappedMessage:
     ADDRESS, EMAIL). Identified data: never log it."""
     unmapped_segments: tuple[str, ...]
     """Names of segments with content that no rule mapped, in order, repeats kept."""
-    report: tuple[UnmappedItem, ...] = ()
-    """Unmapped segments and unmapped fields of mapped segments, in message order."""
+    report_source: tuple[UnmappedItem, ...] | Callable[[], tuple[UnmappedItem, ...]] = field(
+        default=(), repr=False, compare=False
+    )
+    """The report, or what computes it on first use (see ``report``)."""
     cleared: dict[str, frozenset[str]] = field(default_factory=dict)
     """"Type/id" (as in ``resources``) -> top-level elements the message deletes with HL7's
     explicit null ``""``; for Patient and Encounter, which updates merge (mapping.updates)."""
     segment_driven: bool = False
     """True when the message type has no message map of its own and went through the
     segment-driven map (``mapping.generic``): segments mapped where they stand, the rest reported."""
+
+    @property
+    def report(self) -> tuple[UnmappedItem, ...]:
+        """Unmapped segments and unmapped fields of mapped segments, in message order.
+
+        Computed on first use: the pipeline never reads it (``sidecar convert --report`` does)."""
+        source = self.report_source
+        if callable(source):
+            source = source()
+            object.__setattr__(self, "report_source", source)  # frozen: cache it once
+        return source
 
     def __repr__(self) -> str:
         # The default repr would print names, identifiers and dates into any log or traceback.

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 from typing import Final
 
 from mapping.hl7.dtm import parse_dtm
-from mapping.hl7.parse import Composite, Message, Segment
+from mapping.hl7.parse import Composite, Message
 
 NAME: Final = "NAME"
 ID: Final = "ID"
@@ -130,12 +130,11 @@ FIELDS: Final[dict[str, dict[Extractor, tuple[int, ...]]]] = {
 }
 
 
-def _segment_values(seg: Segment) -> Iterable[tuple[str, str]]:
-    for extract, field_numbers in FIELDS.get(seg.name, {}).items():
-        for field_no in field_numbers:
-            if seg.raw(field_no):
-                for rep in seg.repetitions(field_no):
-                    yield from extract(rep)
+# The same readers as one flat list per segment name, in FIELDS' order (collect's inner loop).
+_READERS: Final[dict[str, tuple[tuple[Extractor, int], ...]]] = {
+    name: tuple((extract, n) for extract, numbers in readers.items() for n in numbers)
+    for name, readers in FIELDS.items()
+}
 
 
 def collect(message: Message) -> dict[str, str]:
@@ -145,8 +144,15 @@ def collect(message: Message) -> dict[str, str]:
     """
     found: dict[str, str] = {}
     for seg in message.segments:
-        for value, kind in _segment_values(seg):
-            value = value.strip()
-            if len(value) >= MIN_LENGTH and value not in found:
-                found[value] = kind
+        readers = _READERS.get(seg.name)
+        if readers is None:
+            continue
+        for extract, field_no in readers:
+            if not seg.raw(field_no):
+                continue
+            for rep in seg.repetitions(field_no):
+                for value, kind in extract(rep):
+                    value = value.strip()
+                    if len(value) >= MIN_LENGTH and value not in found:
+                        found[value] = kind
     return found

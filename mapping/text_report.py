@@ -28,8 +28,13 @@ class TextReport:
     """An OBX that is not a text line was seen: not a text report."""
 
     def add(self, obx: Segment) -> None:
+        if self.other:
+            return  # already not a text report: nothing more to collect
+        if obx.value(2).upper() not in TEXT_TYPES:
+            self.other = True
+            return
         texts = obx.texts(5)
-        if obx.value(2).upper() not in TEXT_TYPES or any(parse_number(t) is not None for t in texts):
+        if any(parse_number(t) is not None for t in texts):
             self.other = True
             return
         self.lines.extend(texts)

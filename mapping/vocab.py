@@ -9,6 +9,7 @@ DiagnosticReport.status), the extra entries are marked ``# not in the IG``.
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from typing import Final
 from urllib.parse import quote
 
@@ -266,6 +267,7 @@ CODING_SYSTEMS: Final[dict[str, str]] = {
 _HL7_TABLE = re.compile(r"HL7(\d{4})")
 
 
+@lru_cache(maxsize=2048)  # a feed repeats a handful of system names in every message
 def coding_system(name: str) -> str | None:
     """The FHIR system URI for an HL7 coding-system name (CWE.3/6/12), None for an empty one.
 
@@ -283,6 +285,7 @@ def coding_system(name: str) -> str | None:
     return local_system(name)
 
 
+@lru_cache(maxsize=2048)  # assigning authorities repeat in every message of a feed
 def local_system(name: str) -> str:
     """A URI for a name that has no registered system (a namespace, a local code system)."""
     return "urn:id:" + quote(name, safe="-._~:")

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from core.errors import MappingError
 from mapping.hl7.escape import Delimiters, unescape
-from mapping.hl7.parse import parse
+from mapping.hl7.parse import Composite, parse
 
 MSH = "MSH|^~\\&|APP|FAC|||20240101120000||ADT^A01|CTRL1|P|2.5"
 D = Delimiters()
@@ -141,3 +143,38 @@ def test_batch_envelope_around_one_message_is_dropped():
 def test_malformed_input_is_a_mapping_error_with_a_reason(text, reason):
     with pytest.raises(MappingError, match=reason):
         parse(text)
+
+
+# -- the tokenizer's fast paths read exactly as the general one ----------------------------------
+
+
+def _general(raw: str, d: Delimiters) -> Composite:
+    """A repetition split the general way: every component a tuple of subcomponent leaves."""
+
+    def leaf(text: str) -> str:
+        text = unescape(text, d).strip()
+        return "" if text == '""' else text
+
+    return Composite(tuple(tuple(leaf(s) for s in c.split(d.subcomponent)) for c in raw.split(d.component)))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet='ab ^&\\"E.\u3000', max_size=14))
+def test_a_repetition_reads_the_same_through_every_path(raw: str) -> None:
+    segment = parse(f"{MSH}\rOBX|1|ST|{raw}").segments[1]
+    fast, general = segment._composite(raw), _general(raw, D)
+    for component in range(-3, 7):
+        for subcomponent in range(-2, 4):
+            assert fast.get(component, subcomponent) == general.get(component, subcomponent)
+    assert fast.heads(5) == [general.get(n) for n in range(1, 6)]
+    assert fast.empty == general.empty
+    assert fast.joined() == general.joined()
+    assert segment.value(3) == segment.first(3).get(1)
+    assert segment.text(3) == (segment.texts(3)[0] if segment.texts(3) else "")
+
+
+def test_no_null_in_a_segment_without_the_null_marker() -> None:
+    message = parse(f'{MSH}\rPID|1||X^^^H^MR|""|A\rPV1|1|I')
+    pid, pv1 = message.segments[1], message.segments[2]
+    assert pid.may_hold_null() and pid.is_null(4)
+    assert not pv1.may_hold_null() and not any(pv1.is_null(n) for n in range(10))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
+
+from core.errors import MappingError
 from mapping import map_message
 from mapping.coverage import report_lines
 from mapping.model import UnmappedItem
@@ -33,3 +36,33 @@ def test_report_lines_name_segments_and_fields_never_values():
     joined = "\n".join(lines)
     for value in ("White", "VIP", "MRN-4711", "ZHANG"):
         assert value not in joined
+
+
+def test_the_report_is_built_on_first_use_only(monkeypatch):
+    import mapping.message
+
+    calls: list[int] = []
+    real = mapping.message.build_report
+
+    def counting(ctx):
+        calls.append(1)
+        return real(ctx)
+
+    monkeypatch.setattr(mapping.message, "build_report", counting)
+    mapped = map_message("\r".join([MSH, PID, "ZPI|1|VIP^Very important"]))
+    assert calls == []  # the pipeline never reads it: no cost on the hot path
+    assert UnmappedItem("ZPI", 2) in mapped.report
+    assert mapped.report is mapped.report and calls == [1]
+
+
+def test_a_failing_report_is_a_mapping_error_that_quotes_no_data(monkeypatch):
+    import mapping.message
+
+    def broken(_ctx):
+        raise ValueError("ZHANG")
+
+    monkeypatch.setattr(mapping.message, "build_report", broken)
+    mapped = map_message("\r".join([MSH, PID]))
+    with pytest.raises(MappingError, match=r"internal mapping error ValueError at mapping\.") as caught:
+        _ = mapped.report
+    assert "ZHANG" not in str(caught.value)

@@ -18,23 +18,29 @@ Json = dict[str, Any]
 
 _OID = re.compile(r"[0-2](\.(0|[1-9]\d*))+")
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
-_WHITESPACE = re.compile(r"\s+")
 
 
 def clean_code(text: str) -> str:
     """FHIR ``code`` forbids leading/trailing and repeated whitespace."""
-    return _WHITESPACE.sub(" ", text).strip()
+    # str.split() and str.strip() split on exactly the characters re's \s matches.
+    return " ".join(text.split())
 
 
 def prune(element: Json) -> Json | None:
     """Drop empty members; None when nothing is left."""
-    kept = {k: v for k, v in element.items() if v not in (None, "", [], {})}
+    # Truth first: most members are set, and 0 and False (falsy, yet values) must stay.
+    kept = {k: v for k, v in element.items() if v or not (v is None or v == "" or v == [] or v == {})}
     return kept or None
 
 
 def resource(resource_type: str, resource_id: str, members: Json) -> Json:
     """A resource dict with its empty members dropped."""
-    return {"resourceType": resource_type, "id": resource_id, **(prune(members) or {})}
+    built: Json = {"resourceType": resource_type, "id": resource_id}
+    # prune's test, written into the resource directly instead of through a copy.
+    for key, value in members.items():
+        if value or not (value is None or value == "" or value == [] or value == {}):
+            built[key] = value
+    return built
 
 
 # -- identifiers --------------------------------------------------------------------------
@@ -76,22 +82,24 @@ def identifier_type(code: str, text: str = "") -> Json | None:
     return {"text": code}
 
 
+def _period(start: str, end: str, default_zone: ZoneInfo) -> Json | None:
+    """A Period from two DTM texts; None when neither is a date."""
+    if not start and not end:
+        return None  # the usual case, without two cache look-ups
+    return prune({"start": to_date_time(start, default_zone), "end": to_date_time(end, default_zone)})
+
+
 def cx_identifier(cx: Composite, default_zone: ZoneInfo) -> Json | None:
     """CX -> Identifier (IG CX[Identifier])."""
-    value = cx.get(1)
+    value, _, _, namespace, type_code, _, start, end = cx.heads(8)
     if not value:
         return None
-    period = prune(
-        {
-            "start": to_date_time(cx.get(7), default_zone),
-            "end": to_date_time(cx.get(8), default_zone),
-        }
-    )
-    assigner = cx.get(4, 1) or cx.get(4, 2)
+    period = _period(start, end, default_zone)
+    assigner = namespace or cx.get(4, 2)
     return prune(
         {
-            "type": identifier_type(cx.get(5)),
-            "system": hd_system(cx.get(4, 1), cx.get(4, 2), cx.get(4, 3)),
+            "type": identifier_type(type_code),
+            "system": hd_system(namespace, cx.get(4, 2), cx.get(4, 3)),
             "value": value,
             "period": period,
             "assigner": {"display": assigner} if assigner else None,
@@ -118,26 +126,21 @@ def ei_identifier(ei: Composite, type_code: str) -> Json | None:
 
 def xpn_name(xpn: Composite, default_zone: ZoneInfo) -> Json | None:
     """XPN -> HumanName (IG XPN[HumanName]). XPN.3 stays one given name: it may be "Mary Anne"."""
-    given = [g for g in (xpn.get(2), xpn.get(3)) if g]
-    suffix = [s for s in (xpn.get(4), xpn.get(6), xpn.get(14)) if s]
-    period = prune(
-        {
-            "start": to_date_time(xpn.get(12), default_zone),
-            "end": to_date_time(xpn.get(13), default_zone),
-        }
-    )
+    family, given1, given2, suffix1, prefix, degree, kind, *_, start, end, professional = xpn.heads(14)
+    given = [g for g in (given1, given2) if g]
+    suffix = [s for s in (suffix1, degree, professional) if s]
     name = prune(
         {
-            "family": xpn.get(1, 1),
+            "family": family,
             "given": given,
-            "prefix": [xpn.get(5)] if xpn.get(5) else None,
+            "prefix": [prefix] if prefix else None,
             "suffix": suffix,
-            "period": period,
+            "period": _period(start, end, default_zone),
         }
     )
     if name is None or not ({"family", "given"} & name.keys()):
         return None
-    use = vocab.NAME_USE.get(xpn.get(7).upper())
+    use = vocab.NAME_USE.get(kind.upper())
     if use:
         name["use"] = use
     return name
@@ -145,30 +148,25 @@ def xpn_name(xpn: Composite, default_zone: ZoneInfo) -> Json | None:
 
 def xad_address(xad: Composite, default_zone: ZoneInfo) -> Json | None:
     """XAD -> Address (IG XAD[Address], SAD[Address])."""
-    lines = [line for line in (xad.get(1, 1), xad.get(1, 2), xad.get(1, 3), xad.get(2)) if line]
+    street, other, city, state, postal, country, kind, _, district, *_, start, end = xad.heads(14)
+    lines = [line for line in (street, xad.get(1, 2), xad.get(1, 3), other) if line]
     # SAD.2/SAD.3 (street name, house number) usually repeat what SAD.1 already says.
-    if xad.get(1, 1):
-        lines = [xad.get(1, 1), *[line for line in lines[1:] if line not in xad.get(1, 1)]]
-    period = prune(
-        {
-            "start": to_date_time(xad.get(13), default_zone),
-            "end": to_date_time(xad.get(14), default_zone),
-        }
-    )
+    if street:
+        lines = [street, *[line for line in lines[1:] if line not in street]]
     address = prune(
         {
             "line": lines,
-            "city": xad.get(3),
-            "district": xad.get(9),
-            "state": xad.get(4),
-            "postalCode": xad.get(5),
-            "country": xad.get(6),
-            "period": period,
+            "city": city,
+            "district": district,
+            "state": state,
+            "postalCode": postal,
+            "country": country,
+            "period": _period(start, end, default_zone),
         }
     )
     if address is None:
         return None
-    kind = xad.get(7).upper()
+    kind = kind.upper()
     if kind in vocab.ADDRESS_USE:
         address["use"] = vocab.ADDRESS_USE[kind]
     elif kind in vocab.ADDRESS_TYPE:
@@ -216,35 +214,42 @@ def xtn_contact(xtn: Composite, default_use: str | None) -> Json | None:
 
 
 def _coding(code: str, display: str, system_name: str, version: str) -> Json | None:
+    if not code:
+        return None
     code = clean_code(code)
     if not code:
         return None
-    return prune(
-        {
-            "system": vocab.coding_system(system_name),
-            "version": version,
-            "code": code,
-            "display": display,
-        }
-    )
+    coding: Json = {}
+    system = vocab.coding_system(system_name)
+    if system:
+        coding["system"] = system
+    if version:
+        coding["version"] = version
+    coding["code"] = code
+    if display:
+        coding["display"] = display
+    return coding
 
 
 def cwe_concept(cwe: Composite) -> Json | None:
     """CWE/CE/CNE -> CodeableConcept (IG CWE[CodeableConcept]): up to three codings + text."""
+    c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11, c12, c13 = cwe.heads(13)
     codings = [
         c
         for c in (
-            _coding(cwe.get(1), cwe.get(2), cwe.get(3), cwe.get(7)),
-            _coding(cwe.get(4), cwe.get(5), cwe.get(6), cwe.get(8)),
-            _coding(cwe.get(10), cwe.get(11), cwe.get(12), cwe.get(13)),
+            _coding(c1, c2, c3, c7),
+            _coding(c4, c5, c6, c8) if c4 else None,
+            _coding(c10, c11, c12, c13) if c10 else None,
         )
         if c is not None
     ]
-    text = cwe.get(9)
+    text = c9
     if not text and not codings:
         # Text without a code ("^Body Height") is still a concept a reader can use.
-        text = cwe.get(2) or cwe.get(5)
-    return prune({"coding": codings, "text": text})
+        text = c2 or c5
+    if codings:
+        return {"coding": codings, "text": text} if text else {"coding": codings}
+    return {"text": text} if text else None
 
 
 def data_absent_concept() -> Json:
@@ -254,4 +259,5 @@ def data_absent_concept() -> Json:
 
 def code_key(cwe: Composite) -> str:
     """The part of a coded element that identifies the concept, for deterministic ids."""
-    return "^".join((clean_code(cwe.get(1)), cwe.get(3))) if cwe.get(1) else cwe.get(2)
+    code, text, system = cwe.heads(3)
+    return "^".join((clean_code(code), system)) if code else text

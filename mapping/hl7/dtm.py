@@ -128,16 +128,19 @@ def zone(name: str) -> ZoneInfo:
         raise MappingError("default timezone is not a known IANA zone name") from exc
 
 
+@lru_cache(maxsize=4096)  # strings in, a string out: a message repeats its times
 def to_date(raw: str) -> str | None:
     parsed = parse_dtm(raw)
     return parsed.date() if parsed else None
 
 
+@lru_cache(maxsize=4096)  # strings in, a string out (ZoneInfo instances are cached per name)
 def to_date_time(raw: str, default_zone: ZoneInfo) -> str | None:
     parsed = parse_dtm(raw)
     return parsed.date_time(default_zone) if parsed else None
 
 
+@lru_cache(maxsize=4096)
 def to_instant(raw: str, default_zone: ZoneInfo) -> str | None:
     parsed = parse_dtm(raw)
     return parsed.instant(default_zone) if parsed else None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+from functools import lru_cache
 
 from mapping import vocab
 from mapping.hl7.datatypes import Json, clean_code, prune
@@ -25,6 +26,7 @@ _PREFIXED = re.compile(r"(?P<cmp><=|>=|<|>|=)?\s*(?P<num>[+-]?(?:\d+(?:\.\d*)?|\
 _RANGE = re.compile(r"\(?\s*(?P<low>[+-]?\d+(?:\.\d+)?)\s*(?:-|–|to|_)\s*(?P<high>[+-]?\d+(?:\.\d+)?)\s*\)?")
 
 
+@lru_cache(maxsize=4096)  # results repeat their values; an int or float out is immutable
 def parse_number(text: str) -> Number | None:
     """An HL7 NM value as a JSON number; None when it is not one."""
     text = text.strip()
@@ -45,7 +47,12 @@ def unit_parts(units: Composite) -> Json:
     ``unit`` (text) is always kept; system/code are set for a plausible UCUM code, or for a
     unit that names another known coding system (e.g. MDC), never for a bare local text.
     """
-    code, text, system_name = clean_code(units.get(1)), units.get(2), units.get(3)
+    return dict(_unit_parts(*units.heads(3)))
+
+
+@lru_cache(maxsize=1024)  # an OBX reads its units twice (value, range); feeds repeat them
+def _unit_parts(raw_code: str, text: str, system_name: str) -> Json:
+    code = clean_code(raw_code)
     parts: Json = {}
     unit = text or code
     if unit:
@@ -106,15 +113,22 @@ def reference_range(text: str, units: Composite) -> Json | None:
     """OBX-7 -> one referenceRange: low/high for "a-b" (also "a to b", "(a-b)"), text always."""
     if not text:
         return None
+    found = _reference_range(text, *units.heads(3))
+    # Fresh containers: a cached one inside a resource would change with any edit of that resource.
+    return {k: dict(v) if isinstance(v, dict) else v for k, v in found.items()}
+
+
+@lru_cache(maxsize=1024)  # a test's range and units repeat in every result of that test
+def _reference_range(text: str, unit_code: str, unit_text: str, unit_system: str) -> Json:
     match = _RANGE.fullmatch(text.strip())
     if not match:
         return {"text": text}
     low, high = parse_number(match.group("low")), parse_number(match.group("high"))
-    unit = unit_parts(units)
+    unit = _unit_parts(unit_code, unit_text, unit_system)
     return prune(
         {
             "low": {"value": low, **unit} if low is not None else None,
             "high": {"value": high, **unit} if high is not None else None,
             "text": text,
         }
-    )
+    ) or {"text": text}

@@ -32,18 +32,71 @@ class Composite:
 
     def get(self, component: int, subcomponent: int = 1) -> str:
         """The text of ``component.subcomponent`` (1-based); "" when absent."""
-        try:
-            return self._parts[component - 1][subcomponent - 1]
+        parts = self._parts
+        # Bounds checked rather than IndexError caught: most reads are of absent components.
+        if 0 < component <= len(parts):
+            subs = parts[component - 1]
+            if 0 < subcomponent <= len(subs):
+                return subs[subcomponent - 1]
+            if subcomponent > 0:
+                return ""
+        elif component > 0:
+            return ""
+        try:  # 0 and negative positions index from the end, as they always did
+            return parts[component - 1][subcomponent - 1]
         except IndexError:
             return ""
 
+    def heads(self, count: int) -> list[str]:
+        """``get(1)`` to ``get(count)`` at once: the first subcomponent of each component."""
+        found = [subs[0] if subs else "" for subs in self._parts[:count]]
+        if len(found) < count:
+            found += [""] * (count - len(found))
+        return found
+
     @property
     def empty(self) -> bool:
-        return not any(leaf for subs in self._parts for leaf in subs)
+        return not any(map(any, self._parts))
 
     def joined(self, separator: str = " ") -> str:
         """Every non-empty leaf, in order: the readable text of a value of unknown type."""
         return separator.join(leaf for subs in self._parts for leaf in subs if leaf)
+
+
+class _Flat(Composite):
+    """A repetition without subcomponents (most of them): one leaf per component, held flat
+    instead of as a tuple of one-leaf tuples, which is cheaper to build and to read. It overrides
+    every reader of Composite (``_parts`` is never set)."""
+
+    __slots__ = ("_leaves",)
+
+    def __init__(self, leaves: tuple[str, ...]) -> None:
+        self._leaves = leaves
+
+    @property
+    def _nested(self) -> Composite:
+        return Composite(tuple([(leaf,) for leaf in self._leaves]))
+
+    def get(self, component: int, subcomponent: int = 1) -> str:
+        leaves = self._leaves
+        if 0 < component <= len(leaves) and subcomponent == 1:
+            return leaves[component - 1]
+        if component > 0 and subcomponent > 0:
+            return ""
+        return self._nested.get(component, subcomponent)  # positions from the end, as Composite
+
+    def heads(self, count: int) -> list[str]:
+        found = list(self._leaves[:count])
+        if len(found) < count:
+            found += [""] * (count - len(found))
+        return found
+
+    @property
+    def empty(self) -> bool:
+        return not any(self._leaves)
+
+    def joined(self, separator: str = " ") -> str:
+        return separator.join([leaf for leaf in self._leaves if leaf])
 
 
 EMPTY = Composite(())
@@ -55,18 +108,15 @@ def _leaf(raw: str, delims: Delimiters) -> str:
     return "" if text == '""' else text
 
 
-def _has_structure(raw: str, d: Delimiters) -> bool:
-    return d.component in raw or d.repetition in raw or d.subcomponent in raw
-
-
 class Segment:
-    __slots__ = ("_fields", "_parsed", "delims", "name")
+    __slots__ = ("_fields", "_line", "_parsed", "delims", "name")
 
-    def __init__(self, name: str, fields: list[str], delims: Delimiters) -> None:
+    def __init__(self, name: str, fields: list[str], delims: Delimiters, line: str | None = None) -> None:
         self.name = name
         self._fields = fields  # index n holds field n (index 0 holds the name)
         self.delims = delims
         self._parsed: dict[int, list[Composite]] = {}  # mappers and the PHI pass read fields twice
+        self._line = line  # the text every field was split from, when known
 
     def raw(self, n: int) -> str:
         """Field ``n`` exactly as it was on the wire (escaped, all repetitions)."""
@@ -75,6 +125,9 @@ class Segment:
     def _composite(self, raw: str) -> Composite:
         d = self.delims
         sub = d.subcomponent
+        if sub not in raw and d.escape not in raw and '"' not in raw:
+            # No subcomponents, escapes or nulls: each component is one stripped leaf.
+            return _Flat(tuple([component.strip() for component in raw.split(d.component)]))
         parts = []
         for component in raw.split(d.component):
             if sub in component:
@@ -88,10 +141,12 @@ class Segment:
         cached = self._parsed.get(n)
         if cached is not None:
             return cached
-        raw = self.raw(n)
+        fields = self._fields
+        raw = fields[n] if n < len(fields) else ""
         found: list[Composite] = []
         if raw:
-            for rep in raw.split(self.delims.repetition):
+            separator = self.delims.repetition
+            for rep in raw.split(separator) if separator in raw else (raw,):
                 if rep:
                     composite = self._composite(rep)
                     if not composite.empty:
@@ -101,17 +156,30 @@ class Segment:
 
     def first(self, n: int) -> Composite:
         """The first non-empty repetition of field ``n`` (``EMPTY`` when none)."""
-        reps = self.repetitions(n)
+        reps = self._parsed.get(n)
+        if reps is None:
+            reps = self.repetitions(n)
         return reps[0] if reps else EMPTY
 
     def value(self, n: int, component: int = 1, subcomponent: int = 1) -> str:
         """One leaf of the first repetition of field ``n``."""
-        raw = self.raw(n)
+        fields = self._fields
+        if n >= len(fields):
+            return ""
+        raw = fields[n]
         if not raw:
             return ""
         d = self.delims
-        if component == 1 and subcomponent == 1 and not _has_structure(raw, d):
-            return _leaf(raw, d)  # the common simple field: skip building a Composite
+        if (
+            component == 1
+            and subcomponent == 1
+            and d.component not in raw
+            and d.repetition not in raw
+            and d.subcomponent not in raw
+        ):
+            # The common simple field: skip building a Composite.
+            text = unescape(raw, d).strip() if d.escape in raw else raw.strip()
+            return "" if text == '""' else text
         return self.first(n).get(component, subcomponent)
 
     def texts(self, n: int) -> list[str]:
@@ -125,6 +193,12 @@ class Segment:
 
     def text(self, n: int) -> str:
         """The first non-empty repetition of field ``n`` as whole text ("" when none)."""
+        fields = self._fields
+        raw = fields[n] if n < len(fields) else ""
+        if not raw:
+            return ""
+        if self.delims.repetition not in raw:
+            return _leaf(raw, self.delims)  # one repetition: no list to build
         texts = self.texts(n)
         return texts[0] if texts else ""
 
@@ -132,6 +206,10 @@ class Segment:
     def field_count(self) -> int:
         """The number of the last field present (valued or not)."""
         return len(self._fields) - 1
+
+    def may_hold_null(self) -> bool:
+        """False when no field can be the explicit null (``is_null`` is False for every field)."""
+        return self._line is None or '""' in self._line
 
     def is_null(self, n: int) -> bool:
         """Whether field ``n`` is HL7's explicit null ``""`` as a whole: in an update, "delete
@@ -265,5 +343,5 @@ def parse(text: str) -> Message:
             fields = ["MSH", fs, *parts[1:]]
         else:
             fields = line.split(fs)
-        segments.append(Segment(name, fields, delims))
+        segments.append(Segment(name, fields, delims, line))
     return Message(delims, segments, text)
