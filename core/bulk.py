@@ -59,6 +59,21 @@ def insert_rows(
     if not rows:
         return
     columns = list(rows[0])
+    if session.get_bind().dialect.name == "postgresql":
+        if not ignore:
+            _copy_rows(session, table.name, columns, rows)
+            return
+        # Insert-or-ignore: COPY into a temporary twin, then one INSERT ... SELECT.
+        stage = f"stage_{table.name}"
+        session.connection().exec_driver_sql(
+            f"CREATE TEMP TABLE IF NOT EXISTS {stage} (LIKE {table.name}) ON COMMIT DELETE ROWS"
+        )
+        _copy_rows(session, stage, columns, rows)
+        session.connection().exec_driver_sql(
+            f"INSERT INTO {table.name} ({', '.join(columns)}) SELECT {', '.join(columns)} FROM {stage} "
+            f"ON CONFLICT ({', '.join(ignore)}) DO NOTHING"
+        )
+        return
     mark = _placeholder(session)
     sql = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({', '.join([mark] * len(columns))})"
     if ignore:
@@ -66,6 +81,18 @@ def insert_rows(
     cursor = session.connection().connection.cursor()
     try:
         cursor.executemany(sql, _tuples(rows, columns, _processors(session, table, columns)))
+    finally:
+        cursor.close()
+
+
+def _copy_rows(session: Session, table: str, columns: list[str], rows: Sequence[dict[str, Any]]) -> None:
+    # PostgreSQL: COPY takes the rows as one stream (in order, so serial ids follow them);
+    # an executemany sends one INSERT per row, ~3x the time for a batch's 5,000 rows.
+    cursor = session.connection().connection.cursor()
+    try:
+        with cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(tuple(row[c] for c in columns))
     finally:
         cursor.close()
 
@@ -100,10 +127,16 @@ def fetch_in(
     repeated to fill one). ``params``: bound before the values. ``lock``: FOR UPDATE, where
     the database has it (PostgreSQL)."""
     mark = _placeholder(session)
-    suffix = " FOR UPDATE" if lock and session.get_bind().dialect.name != "sqlite" else ""
+    postgresql = session.get_bind().dialect.name == "postgresql"
+    suffix = " FOR UPDATE" if lock and postgresql else ""
     out: list[tuple[Any, ...]] = []
     cursor = session.connection().connection.cursor()
     try:
+        if postgresql:
+            # One array parameter instead of an IN-list: one statement text, prepared once.
+            query = sql.replace("IN {values}", "= ANY({mark})").format(mark=mark)
+            cursor.execute(query + suffix, [*params, list(values)])
+            return list(cursor.fetchall())
         start = 0
         while start < len(values):
             left = len(values) - start

@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import cast
 
-from sqlalchemy import Table, bindparam, select, tuple_
+from sqlalchemy import Table, bindparam
 from sqlalchemy.orm import Session
 
+from core.bulk import fetch_in
 from core.store import StoredChange
 from core.tables import Job, JobStatus
 from deid import DeidentifiedResource
@@ -25,7 +26,6 @@ _PUSH_JOB = (
     .where(_JOBS.c.id == bindparam("k_id"))
     .values(triggers=_JOBS.c.triggers + bindparam("n"), due_at=bindparam("due"), updated_at=bindparam("now"))
 )
-_PAIRS_PER_QUERY = 400
 
 FINAL_REPORT_STATUSES = frozenset({"final", "amended", "corrected", "appended"})
 
@@ -69,14 +69,15 @@ def enqueue_jobs(
         triggers[(req.kind, req.patient)] = triggers.get((req.kind, req.patient), 0) + 1
     pairs = sorted(triggers)
     ids: dict[tuple[str, str], int] = {}
-    for start in range(0, len(pairs), _PAIRS_PER_QUERY):
-        query = select(_JOBS.c.id, _JOBS.c.kind, _JOBS.c.patient).where(
-            tuple_(_JOBS.c.kind, _JOBS.c.patient).in_(pairs[start : start + _PAIRS_PER_QUERY]),
-            _JOBS.c.status == JobStatus.PENDING,
-        )
-        if session.get_bind().dialect.name != "sqlite":
-            query = query.with_for_update()
-        for job_id, kind, patient in session.execute(query):
+    rows = fetch_in(
+        session,
+        "SELECT id, kind, patient FROM jobs WHERE status = {mark} AND patient IN {values}",
+        sorted({patient for _, patient in pairs}),
+        params=[JobStatus.PENDING.value],
+        lock=True,
+    )
+    for job_id, kind, patient in rows:
+        if (kind, patient) in triggers:
             ids[(kind, patient)] = job_id
     connection = session.connection()
     pushed = [
@@ -86,7 +87,7 @@ def enqueue_jobs(
         connection.execute(_PUSH_JOB, pushed)
     new = [pair for pair in pairs if pair not in ids]
     if new:
-        rows = [
+        new_rows = [
             {
                 "kind": kind,
                 "patient": patient,
@@ -100,7 +101,7 @@ def enqueue_jobs(
             for kind, patient in new
         ]
         returned = connection.execute(
-            _JOBS.insert().returning(_JOBS.c.id, sort_by_parameter_order=True), rows
+            _JOBS.insert().returning(_JOBS.c.id, sort_by_parameter_order=True), new_rows
         ).scalars()
         ids.update(zip(new, returned, strict=True))
     return [ids[(req.kind, req.patient)] for req in requests]
