@@ -58,6 +58,16 @@ class InboxEntry(Base):
     __table_args__ = (
         UniqueConstraint("sender", "control_id", name="uq_inbox_sender_control_id"),
         Index("ix_inbox_status_id", "status", "id"),
+        # For the counts of `sidecar stats` (migration 0012): only the rare rows they count.
+        Index(
+            "ix_inbox_resent",
+            "resend_count",
+            sqlite_where=text("resend_count > 0"),
+            postgresql_where=text("resend_count > 0"),
+        ),
+        Index(
+            "ix_inbox_repaired", "id", sqlite_where=text("repaired = 1"), postgresql_where=text("repaired")
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
@@ -152,7 +162,15 @@ class OutboxEvent(Base):
     """An event written in the same transaction as the change it announces."""
 
     __tablename__ = "outbox"
-    __table_args__ = (Index("ix_outbox_unsent", "sent_at", "id"),)
+    __table_args__ = (
+        Index("ix_outbox_unsent", "sent_at", "id"),
+        Index(
+            "ix_outbox_blocked",
+            "id",
+            sqlite_where=text("blocked_at IS NOT NULL"),
+            postgresql_where=text("blocked_at IS NOT NULL"),
+        ),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     event_id: Mapped[str] = mapped_column(String(200), unique=True)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from connectors.journal import journal_id_of, pending_in_journal
 from core.db import Database
@@ -33,8 +33,16 @@ def collect(db: Database, journal_file: Path | None = None) -> dict[str, Any]:
     are counted under inbox.journal; elsewhere that key is 0)."""
     with db.sessions() as s:
         by_status = dict(s.execute(select(InboxEntry.status, func.count()).group_by(InboxEntry.status)).all())
-        duplicates = s.execute(select(func.coalesce(func.sum(InboxEntry.resend_count), 0))).scalar_one()
-        repaired = s.execute(select(func.count()).where(InboxEntry.repaired.is_(True))).scalar_one()
+        # The WHERE clauses match the partial indexes of migration 0012 word for word.
+        dialect = s.get_bind().dialect.name
+        duplicates = s.execute(
+            text("SELECT coalesce(sum(resend_count), 0) FROM inbox WHERE resend_count > 0")
+        ).scalar_one()
+        repaired = s.execute(
+            text(
+                "SELECT count(*) FROM inbox WHERE " + ("repaired = 1" if dialect == "sqlite" else "repaired")
+            )
+        ).scalar_one()
         resources = dict(
             s.execute(
                 select(Resource.resource_type, func.count())
@@ -43,10 +51,10 @@ def collect(db: Database, journal_file: Path | None = None) -> dict[str, Any]:
             ).all()
         )
         published = s.execute(select(func.count()).where(OutboxEvent.sent_at.is_not(None))).scalar_one()
-        blocked = s.execute(select(func.count()).where(OutboxEvent.blocked_at.is_not(None))).scalar_one()
-        unsent = s.execute(
-            select(func.count()).where(OutboxEvent.sent_at.is_(None), OutboxEvent.blocked_at.is_(None))
-        ).scalar_one()
+        blocked = s.execute(text("SELECT count(*) FROM outbox WHERE blocked_at IS NOT NULL")).scalar_one()
+        # A blocked event is never sent: the rest of the unsent ones are pending (both counts
+        # come from indexes; asking for "unsent and not blocked" read every unsent row).
+        unsent = s.execute(select(func.count()).where(OutboxEvent.sent_at.is_(None))).scalar_one() - blocked
         jobs = dict(s.execute(select(Job.status, func.count()).group_by(Job.status)).all())
         app_acks = dict(s.execute(select(AppAck.status, func.count()).group_by(AppAck.status)).all())
         stages = s.execute(
