@@ -15,7 +15,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from core.settings import Settings
 
 MIGRATIONS = Path(__file__).with_name("migrations")
-MIGRATION_LOCK_KEY = 0x51DECA7  # arbitrary, fixed: the advisory lock for schema upgrades
+MIGRATION_LOCK_KEY = 0x51DECA7
+READ_ONLY = "sidecar_read_only"  # execution option of Database.reads sessions  # arbitrary, fixed: the advisory lock for schema upgrades
 
 
 def make_engine(url: str) -> Engine:
@@ -49,7 +50,10 @@ def _configure_sqlite(engine: Engine) -> None:
     def _on_begin(conn: Any) -> None:
         # IMMEDIATE takes the write lock up front: read-then-write transactions (audit
         # head, resource versions) can then never fail with SQLITE_BUSY_SNAPSHOT midway.
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # Sessions from Database.reads only read: they must not queue for the one write
+        # lock (a polling reader held it between every batch of the pipeline's writers).
+        deferred = conn.get_execution_options().get(READ_ONLY)
+        conn.exec_driver_sql("BEGIN" if deferred else "BEGIN IMMEDIATE")
 
 
 def migrate(engine: Engine) -> None:
@@ -73,6 +77,10 @@ class Database:
         self.url = url or settings.effective_database_url
         self.engine = make_engine(self.url)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # For sessions that only read: on SQLite a plain (deferred) BEGIN, which reads a
+        # snapshot beside the writer instead of waiting for the write lock. A write in one
+        # of these fails; use ``sessions`` or ``transaction`` for anything that writes.
+        self.reads = sessionmaker(self.engine.execution_options(**{READ_ONLY: True}), expire_on_commit=False)
 
     @property
     def is_sqlite(self) -> bool:

@@ -306,7 +306,7 @@ class SidecarApp:
         return False
 
     def _pending_jobs(self) -> int:
-        with self.db.sessions() as session:
+        with self.db.reads() as session:
             return session.execute(
                 select(func.count()).where(Job.status.in_([JobStatus.PENDING, JobStatus.RUNNING]))
             ).scalar_one()
@@ -330,7 +330,7 @@ class SidecarApp:
             self.sandbox.wake()
 
     def _unsent(self) -> int:
-        with self.db.sessions() as session:
+        with self.db.reads() as session:
             return session.execute(
                 select(func.count()).where(OutboxEvent.sent_at.is_(None), OutboxEvent.blocked_at.is_(None))
             ).scalar_one()

@@ -31,7 +31,7 @@ from core.tables import (
 def collect(db: Database, journal_file: Path | None = None) -> dict[str, Any]:
     """``journal_file``: the MLLP intake journal, when it is on this machine (its messages
     are counted under inbox.journal; elsewhere that key is 0)."""
-    with db.sessions() as s:
+    with db.reads() as s:
         by_status = dict(s.execute(select(InboxEntry.status, func.count()).group_by(InboxEntry.status)).all())
         # The WHERE clauses match the partial indexes of migration 0012 word for word.
         dialect = s.get_bind().dialect.name

@@ -254,7 +254,7 @@ def process_batch(ctx: PipelineContext, inbox_ids: Sequence[int], *, clock: Stag
         entries = _load(ctx, inbox_ids)
     if not entries:
         return BatchResult([ProcessResult(i, Outcome.SKIPPED) for i in inbox_ids])
-    known = _Known(ctx.db.sessions)
+    known = _Known(ctx.db.reads)
     mapped: dict[int, Mapped] = {}
     with clock.stage("map"):
         for entry in entries:
@@ -309,7 +309,7 @@ def process_batch(ctx: PipelineContext, inbox_ids: Sequence[int], *, clock: Stag
 def _load(ctx: PipelineContext, inbox_ids: Sequence[int]) -> list[_Entry]:
     entries: list[_Entry] = []
     ids = sorted(set(inbox_ids))
-    with ctx.db.sessions() as session:
+    with ctx.db.reads() as session:
         for start in range(0, len(ids), _KEYS_PER_QUERY):
             rows = session.execute(
                 select(InboxEntry.id, InboxEntry.raw, InboxEntry.source, InboxEntry.charset).where(

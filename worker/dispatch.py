@@ -80,7 +80,7 @@ class InboxDispatcher:
     def run_once(self) -> int:
         """Wake the lanes that received entries since the last round: one task per lane,
         however many entries (the worker takes its lane's whole backlog, in order)."""
-        with self._db.sessions() as session:
+        with self._db.reads() as session:
             rows = session.execute(
                 select(InboxEntry.id, InboxEntry.raw, InboxEntry.charset)
                 .where(InboxEntry.status == InboxStatus.RECEIVED, InboxEntry.id > self._high_water)

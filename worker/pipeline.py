@@ -317,7 +317,7 @@ def transform_dicom(ctx: PipelineContext, raw: bytes, known_of: KnownValues | No
 
 
 def _known(ctx: PipelineContext, patients: list[str]) -> dict[str, str]:
-    with ctx.db.sessions() as session:
+    with ctx.db.reads() as session:
         return known_phi(session, patients)
 
 
@@ -368,7 +368,7 @@ def dead_letter(
 
 def pending_inbox_ids(db: Database, *, limit: int = 10_000, older_than: datetime | None = None) -> list[int]:
     """Inbox entries acknowledged but not yet through the pipeline, oldest first."""
-    with db.sessions() as session:
+    with db.reads() as session:
         query = select(InboxEntry.id).where(InboxEntry.status == InboxStatus.RECEIVED)
         if older_than is not None:
             query = query.where(InboxEntry.received_at < older_than)

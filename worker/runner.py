@@ -91,7 +91,7 @@ class PipelineRunner:
 
     def next_batch(self) -> list[int]:
         """The oldest RECEIVED entries of this runner's lanes."""
-        with self._ctx.db.sessions() as session:
+        with self._ctx.db.reads() as session:
             if self._lanes.count == 1:
                 query = select(InboxEntry.id).where(InboxEntry.status == InboxStatus.RECEIVED)
                 return list(session.execute(query.order_by(InboxEntry.id).limit(self._batch_max)).scalars())
