@@ -15,8 +15,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from core.settings import Settings
 
 MIGRATIONS = Path(__file__).with_name("migrations")
-MIGRATION_LOCK_KEY = 0x51DECA7
-READ_ONLY = "sidecar_read_only"  # execution option of Database.reads sessions  # arbitrary, fixed: the advisory lock for schema upgrades
+MIGRATION_LOCK_KEY = 0x51DECA7  # arbitrary, fixed: the advisory lock for schema upgrades
+READ_ONLY = "sidecar_read_only"  # execution option of Database.reads sessions
 
 
 def make_engine(url: str) -> Engine:
