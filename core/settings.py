@@ -216,7 +216,11 @@ class Settings(BaseSettings):
     summary_coalesce_s: float = Field(
         2.0, ge=0, description="Summary triggers for one patient within this window become one job."
     )
-    relay_batch_size: int = Field(500, gt=0, description="Outbox rows published per relay round.")
+    relay_batch_size: int = Field(
+        2000,
+        gt=0,
+        description="Outbox rows published per relay round (a result with ten observations is 11).",
+    )
     relay_interval_s: float = Field(0.2, gt=0, description="Relay and job poll interval when idle.")
     pipeline_lanes: int = Field(
         4,
