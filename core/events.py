@@ -29,15 +29,16 @@ def summary_routing_key(kind: str) -> str:
 
 
 def resource_event(
-    resource: dict[str, Any], change: ChangeKind, *, patient: str | None, time: datetime
+    resource: dict[str, Any], change: ChangeKind, *, patient: str | None, time: datetime | str
 ) -> dict[str, Any]:
+    """``time``: when the change was stored (or its ISO 8601 text, for callers that make many)."""
     rtype, rid, version = resource["resourceType"], resource["id"], resource["meta"]["versionId"]
     event: dict[str, Any] = {
         "specversion": "1.0",
         "id": f"{rtype}/{rid}/_history/{version}",
         "source": EVENT_SOURCE,
         "type": f"{TYPE_PREFIX}.fhir.{rtype}.{change}",
-        "time": time.isoformat(),
+        "time": time if isinstance(time, str) else time.isoformat(),
         "datacontenttype": "application/fhir+json",
         "dataschema": f"http://hl7.org/fhir/R4/{rtype.lower()}.html",
         "data": resource,

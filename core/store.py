@@ -137,6 +137,7 @@ class ResourceWriter:
     def __init__(self, session: Session, *, now: datetime) -> None:
         self._session = session
         self._now = now
+        self._now_iso = now.isoformat()
         self._heads: dict[tuple[str, str], _Head | None] = {}
         self._undo: list[tuple[tuple[str, str], _Head | None]] = []
         self._history: list[dict[str, Any]] = []
@@ -236,7 +237,7 @@ class ResourceWriter:
         version = 1 if head is None else head.version + 1
         change = ChangeKind.CREATED if head is None else ChangeKind.UPDATED
         meta = dict(resource.get("meta") or {})
-        meta.update(versionId=str(version), lastUpdated=self._now.isoformat())
+        meta.update(versionId=str(version), lastUpdated=self._now_iso)
         stored = {**resource, "meta": meta}
         body = with_meta(content, resource, meta)
         self._set(
@@ -261,7 +262,7 @@ class ResourceWriter:
                 "recorded_at": self._now,
             }
         )
-        event = resource_event(stored, change, patient=patient, time=self._now)
+        event = resource_event(stored, change, patient=patient, time=self._now_iso)
         self._outbox.append(
             {
                 "event_id": event["id"],
