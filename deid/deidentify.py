@@ -4,7 +4,10 @@ The walk is driven entirely by ``policy``: for each resource it builds a new dic
 the allowed elements only, so nothing is copied by default and the input is never
 touched. Ids are replaced by keyed ones, references are rewritten to them (or dropped),
 dates are shifted per patient and free text is scrubbed. The output is then checked for
-leaks and validated before it is returned; any doubt raises DeidError.
+leaks (and validated, when asked) before it is returned; any doubt raises DeidError.
+
+The policy is turned once into plans (``_Field``: what to do with each element), and an
+error's path is joined only when one is raised, on the way out of the walk.
 """
 
 from __future__ import annotations
@@ -53,7 +56,7 @@ _JSON_TYPES: dict[str, tuple[type, ...]] = {
 
 @dataclass(frozen=True)
 class DeidentifiedResource:
-    resource: dict[str, Any]  # de-identified FHIR JSON, validated
+    resource: dict[str, Any]  # de-identified FHIR JSON (validated when deidentify was asked to)
     patient: str | None  # pseudonym of the patient it belongs to
 
 
@@ -61,14 +64,6 @@ class DeidentifiedResource:
 class DeidResult:
     resources: list[DeidentifiedResource]
     patients: tuple[str, ...]  # pseudonyms of the patients in the message, in order
-
-
-@dataclass(frozen=True)
-class _Context:
-    scrubber: Scrubber
-    targets: Mapping[tuple[str, str], str]  # (resource type, source id) -> new id
-    days: int | None  # the owning patient's date shift; None if the message has no patient
-    vault: Vault  # keys DICOM UIDs exactly as deid.dicom does
 
 
 OLDEST_AGE = 89
@@ -103,87 +98,234 @@ _DICOM_UID = re.compile(r"(0|[1-9]\d*)(\.(0|[1-9]\d*))*")
 _OID_PREFIX = "urn:oid:"
 
 
-def _keyed_uid(value: Any, type_name: str, ctx: _Context, path: str) -> str | None:
+def _keyed_uid(value: Any, type_name: str, vault: Vault) -> str | None:
     if not isinstance(value, str):
-        raise DeidError(f"{path}: expected a UID string")
+        raise _Fail("expected a UID string")
     prefix = _OID_PREFIX if type_name == "dicomOid" else ""
     if not value.startswith(prefix):
         return None
     uid = value[len(prefix) :]
     if len(uid) > 64 or not _DICOM_UID.fullmatch(uid):
         return None
-    return prefix + uid_hash(ctx.vault, uid)
+    return prefix + uid_hash(vault, uid)
 
 
-def _primitive(value: Any, type_name: str, ctx: _Context, path: str) -> Any:
-    if type_name in UID_PRIMITIVES:
-        return _keyed_uid(value, type_name, ctx, path)
-    if type_name in TEXT_PRIMITIVES:
-        if not isinstance(value, str):
-            raise DeidError(f"{path}: expected a string")
-        scrubbed = ctx.scrubber.scrub(value, ctx.days)
-        return scrubbed if scrubbed.strip() else None
-    if type_name in DATE_PRIMITIVES:
-        if not isinstance(value, str):
-            raise DeidError(f"{path}: expected a date string")
-        if ctx.days is None:
-            raise DeidError(f"{path}: no patient to key a date shift")
-        try:
-            return shift_fhir_date(value, ctx.days)
-        except ValueError as exc:
-            raise DeidError(f"{path}: {exc}") from exc
-    expected = _JSON_TYPES.get(type_name, (str,))
-    if isinstance(value, bool) != (bool in expected) or not isinstance(value, expected):
-        raise DeidError(f"{path}: unexpected JSON type for {type_name}")
-    return value
+class _Fail(Exception):
+    """A walk error; the elements it is in are added on the way out (innermost first)."""
+
+    def __init__(self, message: str, cause: BaseException | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.cause = cause
+        self.where: list[str] = []
 
 
-def _reference(value: Any, ctx: _Context, path: str) -> dict[str, str] | None:
-    if not isinstance(value, Mapping):
-        raise DeidError(f"{path}: expected a Reference object")
-    ref = value.get("reference")
-    # Identifier-only and display-only references are dropped: a display is often a name.
-    if not isinstance(ref, str) or (match := _REFERENCE.fullmatch(ref.strip())) is None:
-        return None
-    new_id = ctx.targets.get((match["type"], match["id"]))
-    return {"reference": f"{match['type']}/{new_id}"} if new_id else None
+# What the walk does with an element, decided once per policy entry.
+_REF, _OBJECT, _UID, _TEXT, _DATE, _KEEP, _UNKNOWN = range(7)
+_MANY, _STR, _TEXT_STR, _DICT, _OTHER = range(5)
 
 
-def _value(value: Any, type_name: str, ctx: _Context, path: str) -> Any:
-    """The de-identified form of one value, or None if nothing of it may stay."""
-    if value is None:
-        return None
-    if type_name == REFERENCE:
-        return _reference(value, ctx, path)
-    if type_name in COMPLEX:
-        return _object(value, COMPLEX[type_name], ctx, path)
-    if type_name in KEEP_PRIMITIVES | TEXT_PRIMITIVES | DATE_PRIMITIVES | UID_PRIMITIVES:
-        return _primitive(value, type_name, ctx, path)
-    raise DeidError(f"{path}: policy names unknown type {type_name}")
+class _Field:
+    __slots__ = ("bool_ok", "expected", "many", "mode", "name", "op", "plan", "type")
+
+    def __init__(self, name: str, element: Element) -> None:
+        self.name, self.many, self.type = name, element.many, element.type
+        # The same precedence as the type tests of the walk it replaced.
+        if element.type == REFERENCE:
+            self.op = _REF
+        elif element.type in COMPLEX:
+            self.op = _OBJECT
+        elif element.type in UID_PRIMITIVES:
+            self.op = _UID
+        elif element.type in TEXT_PRIMITIVES:
+            self.op = _TEXT
+        elif element.type in DATE_PRIMITIVES:
+            self.op = _DATE
+        elif element.type in KEEP_PRIMITIVES:
+            self.op = _KEEP
+        else:
+            self.op = _UNKNOWN
+        self.expected = _JSON_TYPES.get(element.type, (str,))
+        self.bool_ok = bool in self.expected
+        # Which fast case of _Walk.object applies (a string kept as it is, a text, an object).
+        if self.many:
+            self.mode = _MANY
+        elif self.op == _KEEP and not self.bool_ok and str in self.expected:
+            self.mode = _STR
+        elif self.op == _TEXT:
+            self.mode = _TEXT_STR
+        elif self.op == _OBJECT:
+            self.mode = _DICT
+        else:
+            self.mode = _OTHER
+        self.plan = _Plan(())
 
 
-def _element(value: Any, element: Element, ctx: _Context, path: str) -> Any:
-    if element.many:
-        if not isinstance(value, list):
-            raise DeidError(f"{path}: expected a list")
-        kept = [_value(item, element.type, ctx, f"{path}[{i}]") for i, item in enumerate(value)]
-        return [item for item in kept if item is not None] or None
-    if isinstance(value, list):
-        raise DeidError(f"{path}: expected a single value, not a list")
-    return _value(value, element.type, ctx, path)
+class _Plan:
+    """The fields of a resource or complex type, in policy order."""
+
+    __slots__ = ("fields",)
+
+    def __init__(self, fields: tuple[_Field, ...]) -> None:
+        self.fields = fields
 
 
-def _object(value: Any, fields: Mapping[str, Element], ctx: _Context, path: str) -> dict[str, Any] | None:
-    if not isinstance(value, Mapping):
-        raise DeidError(f"{path}: expected an object")
-    out: dict[str, Any] = {}
-    for name, element in fields.items():
-        if name in value:
-            kept = _element(value[name], element, ctx, f"{path}.{name}")
-            if kept is not None and kept != "" and kept != {}:
+def _plans() -> dict[str, _Plan]:
+    """The plan of each resource type (its complex types' plans linked in)."""
+    complex_plans = {name: _Plan(tuple(_Field(n, e) for n, e in f.items())) for name, f in COMPLEX.items()}
+    resource_plans = {name: _Plan(tuple(_Field(n, e) for n, e in f.items())) for name, f in RESOURCES.items()}
+    for plan in (*complex_plans.values(), *resource_plans.values()):
+        for field in plan.fields:
+            if field.op == _OBJECT:
+                field.plan = complex_plans[field.type]
+    return resource_plans
+
+
+_RESOURCE_PLANS = _plans()
+
+
+class _Walk:
+    """The de-identification of the resources of one message (one scrubber, one set of
+    targets); ``days`` is set per resource to its patient's shift (None: no patient).
+
+    Texts, dates and references recur within a message (units, times, the subject), so
+    their results are kept for the message: the same input gives the same output."""
+
+    __slots__ = ("_dates", "_refs", "_texts", "days", "scrubber", "targets", "vault")
+
+    def __init__(self, scrubber: Scrubber, targets: Mapping[tuple[str, str], str], vault: Vault) -> None:
+        self.scrubber = scrubber
+        self.targets = targets  # (resource type, source id) -> new id
+        self.vault = vault  # keys DICOM UIDs exactly as deid.dicom does
+        self.days: int | None = None
+        self._texts: dict[tuple[str, int | None], str | None] = {}
+        self._dates: dict[tuple[str, int], str] = {}
+        self._refs: dict[str, dict[str, str] | None] = {}
+
+    def object(self, value: Any, plan: _Plan) -> dict[str, Any] | None:
+        # type() first: isinstance against the Mapping ABC is slow, and JSON has dicts.
+        if type(value) is not dict and not isinstance(value, Mapping):
+            raise _Fail("expected an object")
+        out: dict[str, Any] = {}
+        texts, days = self._texts, self.days
+        for field in plan.fields:
+            name = field.name
+            if name not in value:
+                continue
+            item = value[name]
+            mode = field.mode
+            kept: Any
+            try:
+                # The common cases first, each an exact type that cannot be a list or None.
+                if mode == _STR and type(item) is str:
+                    kept = item  # a code or uri: what value() would check and return
+                elif mode == _TEXT_STR and type(item) is str and (item, days) in texts:
+                    kept = texts[(item, days)]  # a text seen before in this message
+                elif mode == _DICT and type(item) is dict:
+                    kept = self.object(item, field.plan)
+                elif mode == _MANY:
+                    kept = self.items(item, field)
+                elif isinstance(item, list):
+                    raise _Fail("expected a single value, not a list")
+                elif item is None:
+                    continue
+                else:
+                    kept = self.value(item, field)
+            except _Fail as exc:
+                exc.where.append("." + name)
+                raise
+            # Kept unless None, "" or {} (what the walk this replaced tested, by type first).
+            kind = type(kept)
+            if kind is str or kind is dict:
+                if kept:
+                    out[name] = kept
+            elif kind is list or (kept is not None and kept != "" and kept != {}):
                 out[name] = kept
-    # FHIR forbids empty objects, so an object with nothing left goes entirely.
-    return out or None
+        # FHIR forbids empty objects, so an object with nothing left goes entirely.
+        return out or None
+
+    def items(self, value: Any, field: _Field) -> list[Any] | None:
+        if not isinstance(value, list):
+            raise _Fail("expected a list")
+        kept = []
+        objects = field.op == _OBJECT
+        for i, item in enumerate(value):
+            if item is None:
+                continue
+            try:
+                one = self.object(item, field.plan) if objects else self.value(item, field)
+            except _Fail as exc:
+                exc.where.append(f"[{i}]")
+                raise
+            if one is not None:
+                kept.append(one)
+        return kept or None
+
+    def value(self, value: Any, field: _Field) -> Any:
+        """The de-identified form of one value (not None), or None if nothing of it may stay."""
+        op = field.op
+        if op == _TEXT:
+            return self.text(value)
+        if op == _KEEP:
+            if isinstance(value, bool) != field.bool_ok or not isinstance(value, field.expected):
+                raise _Fail(f"unexpected JSON type for {field.type}")
+            return value
+        if op == _DATE:
+            return self.date(value)
+        if op == _REF:
+            return self.reference(value)
+        if op == _OBJECT:
+            return self.object(value, field.plan)
+        if op == _UID:
+            return _keyed_uid(value, field.type, self.vault)
+        raise _Fail(f"policy names unknown type {field.type}")
+
+    def text(self, value: Any) -> str | None:
+        if type(value) is not str and not isinstance(value, str):
+            raise _Fail("expected a string")
+        key = (value, self.days)
+        try:
+            return self._texts[key]
+        except KeyError:
+            pass
+        scrubbed = self.scrubber.scrub(value, self.days)
+        kept = self._texts[key] = scrubbed if scrubbed.strip() else None
+        return kept
+
+    def date(self, value: Any) -> str:
+        if not isinstance(value, str):
+            raise _Fail("expected a date string")
+        days = self.days
+        if days is None:
+            raise _Fail("no patient to key a date shift")
+        key = (value, days)
+        shifted = self._dates.get(key)
+        if shifted is None:
+            try:
+                shifted = self._dates[key] = shift_fhir_date(value, days)
+            except ValueError as exc:
+                raise _Fail(str(exc), exc) from exc
+        return shifted
+
+    def reference(self, value: Any) -> dict[str, str] | None:
+        if type(value) is not dict and not isinstance(value, Mapping):
+            raise _Fail("expected a Reference object")
+        ref = value.get("reference")
+        # Identifier-only and display-only references are dropped: a display is often a name.
+        if not isinstance(ref, str):
+            return None
+        if ref in self._refs:
+            kept = self._refs[ref]
+        else:
+            kept = self._refs[ref] = _reference(ref, self.targets)
+        return dict(kept) if kept is not None else None
+
+
+def _reference(ref: str, targets: Mapping[tuple[str, str], str]) -> dict[str, str] | None:
+    if (match := _REFERENCE.fullmatch(ref.strip())) is None:
+        return None
+    new_id = targets.get((match["type"], match["id"]))
+    return {"reference": f"{match['type']}/{new_id}"} if new_id else None
 
 
 def _with_security_label(meta: dict[str, Any] | None) -> dict[str, Any]:
@@ -251,12 +393,16 @@ def deidentify(
     vault: Vault,
     *,
     today: date | None = None,
+    validate: bool = False,
 ) -> DeidResult:
     """De-identify the resources of one message; raises DeidError if it cannot do so safely.
 
-    ``today``: the day ages are counted to (tests pin it; default: the current date)."""
-    if not isinstance(phi_values, Mapping) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in phi_values.items()
+    ``today``: the day ages are counted to (tests pin it; default: the current date).
+    ``validate``: also validate every output resource against the FHIR models."""
+    if not isinstance(phi_values, Mapping) or (
+        # All plain strings, told at C speed; anything else is checked item by item.
+        not {*map(type, phi_values), *map(type, phi_values.values())} <= {str}
+        and not all(isinstance(k, str) and isinstance(v, str) for k, v in phi_values.items())
     ):
         raise DeidError("phi_values must map strings to kinds")
     keys = _index(resources)
@@ -293,13 +439,23 @@ def deidentify(
         if resource_type != "Patient":
             targets[(resource_type, source_id)] = vault.resource_id(owner, resource_type, source_id)
 
-    scrubber = Scrubber(phi_values)
+    walk = _Walk(Scrubber(phi_values), targets, vault)
+    shifts: dict[str, int] = {}
     out: list[DeidentifiedResource] = []
     for i, ((resource_type, source_id), owner, resource) in enumerate(
         zip(keys, owners, resources, strict=True)
     ):
-        ctx = _Context(scrubber, targets, vault.date_shift_days(owner) if owner else None, vault)
-        body = _object(resource, RESOURCES[resource_type], ctx, f"resources[{i}] {resource_type}") or {}
+        if owner:
+            if owner not in shifts:
+                shifts[owner] = vault.date_shift_days(owner)
+            walk.days = shifts[owner]
+        else:
+            walk.days = None
+        try:
+            body = walk.object(resource, _RESOURCE_PLANS[resource_type]) or {}
+        except _Fail as exc:
+            where = "".join(reversed(exc.where))
+            raise DeidError(f"resources[{i}] {resource_type}{where}: {exc.message}") from exc.cause
         new: dict[str, Any] = {
             "resourceType": resource_type,
             "id": targets[(resource_type, source_id)],
@@ -315,7 +471,7 @@ def deidentify(
         out.append(DeidentifiedResource(new, owner))
 
     check_no_leak([r.resource for r in out], phi_values)
-    for i, item in enumerate(out):
+    for i, item in enumerate(out if validate else ()):
         try:
             validate_resource(item.resource)
         except FhirValidationError as exc:

@@ -8,14 +8,15 @@ names kinds and element paths only, never the value, so it is safe to log.
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from core.errors import IdentifierLeak
 
-from . import phi
+from . import phi, prefilter
 from .dates import is_fhir_date, parse_loose_date
 from .policy import COMPLEX, PSEUDONYM_SYSTEM, RESOURCES
 
@@ -27,6 +28,7 @@ _MIN_DIGITS_FOR_RUNS = 7
 _NUMERIC_KINDS = frozenset({"ID", "PHONE"})
 # Digits joined by what people write between them in phone numbers and ids.
 _DIGIT_RUN = re.compile(r"\d(?:[ \-./()+]{0,3}\d)*")
+_DIGIT = re.compile(r"\d")
 _OUTPUT_DATE_SHAPE = re.compile(r"\d{4}-\d{2}(?:-\d{2}(?:[T ]\d{2}:\d{2}.*)?)?")
 _SAFE_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 _TOKEN_KEYS = frozenset({"id", "reference"})
@@ -50,33 +52,44 @@ _POLICY_ELEMENT_NAMES: frozenset[str] = frozenset(
 class _Needle:
     kind: str
     casefolded: str
-    pattern: phi.ValuePattern
+    value: str
     digits: str  # compared against digit runs when not empty
+    # What a text must hold (folded) for the pattern to match: the value's parts.
+    literals: tuple[str, ...] = field(compare=False, default=())
+
+    @property
+    def pattern(self) -> phi.ValuePattern:
+        # Compiled only for a text that holds the value's literal parts (deid.prefilter).
+        return phi.cached_value_pattern(self.value, bound_digits=True)
+
+
+@functools.lru_cache(maxsize=8192)
+def _needle(value: str, kind: str) -> _Needle | None:
+    """The needle for one variant, or None if it is not searched for."""
+    if kind == "DATE" and (date := parse_loose_date(value)) is not None and date.precision == "year":
+        return None  # a year is not identifying, and every date of that year contains it
+    if kind == "DATE" and _OUTPUT_DATE_SHAPE.fullmatch(value):
+        # De-identified text holds shifted dates in exactly this shape, and a shifted date
+        # may equal another real date of the same message (two dates one offset apart).
+        # Such values are still scrubbed; the raw HL7 forms are what is checked here.
+        return None
+    digits = "".join(re.findall(r"\d", value))
+    numeric = kind in _NUMERIC_KINDS and len(digits) >= _MIN_NUMERIC_DIGITS
+    if phi.significance(value) < _MIN_SIGNIFICANCE and not numeric:
+        return None
+    digits = digits if numeric and len(digits) >= _MIN_DIGITS_FOR_RUNS else ""
+    return _Needle(
+        kind=kind,
+        casefolded=value.casefold(),
+        value=value,
+        digits=digits,
+        literals=tuple(prefilter.fold(part) for part in value.split()),
+    )
 
 
 def _needles(phi_values: Mapping[str, str]) -> list[_Needle]:
-    needles = []
-    for value, kind in phi.variants(phi_values):
-        if kind == "DATE" and (date := parse_loose_date(value)) is not None and date.precision == "year":
-            continue  # a year is not identifying, and every date of that year contains it
-        if kind == "DATE" and _OUTPUT_DATE_SHAPE.fullmatch(value):
-            # De-identified text holds shifted dates in exactly this shape, and a shifted date
-            # may equal another real date of the same message (two dates one offset apart).
-            # Such values are still scrubbed; the raw HL7 forms are what is checked here.
-            continue
-        digits = "".join(re.findall(r"\d", value))
-        numeric = kind in _NUMERIC_KINDS and len(digits) >= _MIN_NUMERIC_DIGITS
-        if phi.significance(value) < _MIN_SIGNIFICANCE and not numeric:
-            continue
-        needles.append(
-            _Needle(
-                kind=kind,
-                casefolded=value.casefold(),
-                pattern=phi.value_pattern(value, bound_digits=True),
-                digits=digits if numeric and len(digits) >= _MIN_DIGITS_FOR_RUNS else "",
-            )
-        )
-    return needles
+    found = (_needle(value, kind) for value, kind in phi.variant_list(phi_values))
+    return [needle for needle in found if needle is not None]
 
 
 def _digit_runs(text: str) -> list[str]:
@@ -102,6 +115,148 @@ def _hits_token(needle: _Needle, token: str) -> bool:
         if needle.digits and segment.isdigit() and segment == needle.digits:
             return True
     return False
+
+
+class _Search:
+    """The needles of one set of phi values, compared with a whole message at once.
+
+    A needle's pattern can only match a text that holds its literal parts (folded as sre
+    folds case, deid.prefilter), and its digits can only be in a digit run of a text
+    whose digits, all run together, hold them: a needle that passes that is checked by
+    ``_hits_text`` or ``_hits_token`` as before, text by text."""
+
+    __slots__ = ("casefolds", "digits", "needles")
+
+    def __init__(self, needles: list[_Needle]) -> None:
+        self.needles = needles
+        self.casefolds = {needle.casefolded for needle in needles}
+        self.digits = {needle.digits for needle in needles if needle.digits}
+
+    def any_hit(self, texts: Iterable[str], tokens: Iterable[str]) -> bool:
+        """Whether any needle is in any of ``texts`` (compared as text) or ``tokens``."""
+        leaves = [_leaf(text) for text in texts]
+        # No literal holds a line break (values are split at whitespace, and digits are
+        # digits), so none can occur across two leaves joined by one.
+        folded = "\n".join(leaf[1] for leaf in leaves)
+        digits = "\n".join(leaf[2] for leaf in leaves)
+        for needle in self.needles:
+            if not (_holds(folded, needle.literals) or (needle.digits and needle.digits in digits)):
+                continue
+            for norm, leaf_folded, leaf_digits in leaves:
+                if (
+                    _holds(leaf_folded, needle.literals) or (needle.digits and needle.digits in leaf_digits)
+                ) and _hits_text(needle, norm):
+                    return True
+        # A token hits only through a segment equal to a needle's digits, or to the needle
+        # once casefolded (casefolding joined tokens casefolds each segment: "/" stays "/").
+        joined = "/".join(tokens)
+        if self.digits.isdisjoint(joined.split("/")) and self.casefolds.isdisjoint(
+            joined.casefold().split("/")
+        ):
+            return False
+        return any(self.token_hits(token) for token in tokens)
+
+    def token_hits(self, token: str) -> list[_Needle]:
+        return [needle for needle in self.needles if _hits_token(needle, token)]
+
+
+def _holds(text: str, literals: tuple[str, ...]) -> bool:
+    return all(map(text.__contains__, literals))
+
+
+def _leaf_of(raw: str) -> tuple[str, str, str]:
+    """(NFKC form, its sre case fold, its digits run together) of a value or key."""
+    norm = phi.normalise_text(raw)
+    return norm, prefilter.fold(norm), "".join(_DIGIT.findall(norm))
+
+
+_leaf_cached = functools.lru_cache(maxsize=8192)(_leaf_of)
+
+
+def _leaf(raw: str) -> tuple[str, str, str]:
+    # Leaves recur message after message (units, codes, displays): prepared once.
+    return _leaf_cached(raw) if len(raw) <= prefilter.MAX_CACHED_TEXT else _leaf_of(raw)
+
+
+@functools.lru_cache(maxsize=8192)
+def _date_valued(node: str) -> bool:
+    # A full date value holds no name, and its digits are no id; a bare "4711" is
+    # date-shaped too, so only values with a month are let through unchecked.
+    return is_fhir_date(node) and "-" in node
+
+
+def _collect(
+    node: Any,
+    parent: Mapping[str, Any] | None,
+    key: str,
+    texts: set[str],
+    tokens: set[str],
+) -> None:
+    """Every key and value ``_leaves`` yields, without paths, into ``texts`` (compared as
+    text) and ``tokens`` (ids and references)."""
+    kind = type(node)
+    if kind is dict:
+        _collect_dict(node, texts, tokens)
+    elif kind is list:
+        for item in node:
+            _collect(item, parent, key, texts, tokens)
+    elif kind is str:
+        _collect_str(node, parent, key, texts, tokens)
+    elif kind is int or kind is float:
+        texts.add(str(node))
+    elif isinstance(node, Mapping):
+        _collect_dict(node, texts, tokens)
+    elif isinstance(node, list):
+        for item in node:
+            _collect(item, parent, key, texts, tokens)
+    elif isinstance(node, str):
+        _collect_str(node, parent, key, texts, tokens)
+    elif isinstance(node, int | float) and not isinstance(node, bool):
+        texts.add(str(node))
+
+
+def _collect_dict(node: Mapping[Any, Any], texts: set[str], tokens: set[str]) -> None:
+    # The common shapes (string, object, list of objects) without a call per value.
+    for child_key, child in node.items():
+        child_key = str(child_key)
+        if child_key not in _POLICY_ELEMENT_NAMES:
+            texts.add(child_key)
+        kind = type(child)
+        if kind is str:
+            _collect_str(child, node, child_key, texts, tokens)
+        elif kind is dict:
+            _collect_dict(child, texts, tokens)
+        elif kind is list:
+            for item in child:
+                if type(item) is dict:
+                    _collect_dict(item, texts, tokens)
+                else:
+                    _collect(item, node, child_key, texts, tokens)
+        else:
+            _collect(child, node, child_key, texts, tokens)
+
+
+def _collect_str(
+    node: str, parent: Mapping[str, Any] | None, key: str, texts: set[str], tokens: set[str]
+) -> None:
+    if key in _STRUCTURAL_KEYS:
+        return
+    if key in _TOKEN_KEYS or (
+        key == "value" and parent is not None and parent.get("system") == PSEUDONYM_SYSTEM
+    ):
+        tokens.add(node)
+    elif not _date_valued(node):
+        texts.add(node)
+
+
+def _safe_path(path: str, needles: list[_Needle]) -> str:
+    # Element names are safe to report; anything else in the path might itself be the value.
+    def safe(part: str) -> bool:
+        if not part or part == "." or re.fullmatch(r"\[\d+\]", part):
+            return True
+        return _SAFE_KEY.fullmatch(part) is not None and not any(_hits_text(n, part) for n in needles)
+
+    return "".join(part if safe(part) else "?" for part in re.split(r"(\.|\[\d+\])", path))
 
 
 def _leaves(
@@ -133,16 +288,6 @@ def _leaves(
         yield path, str(node), "text"
 
 
-def _safe_path(path: str, needles: list[_Needle]) -> str:
-    # Element names are safe to report; anything else in the path might itself be the value.
-    def safe(part: str) -> bool:
-        if not part or part == "." or re.fullmatch(r"\[\d+\]", part):
-            return True
-        return _SAFE_KEY.fullmatch(part) is not None and not any(_hits_text(n, part) for n in needles)
-
-    return "".join(part if safe(part) else "?" for part in re.split(r"(\.|\[\d+\])", path))
-
-
 def check_no_leak(resources: list[dict[str, Any]], phi_values: dict[str, str]) -> None:
     """Raise IdentifierLeak if any phi value occurs in ``resources``.
 
@@ -153,6 +298,16 @@ def check_no_leak(resources: list[dict[str, Any]], phi_values: dict[str, str]) -
     needles = _needles(phi_values)
     if not needles:
         return
+    if not isinstance(resources, list | tuple):
+        resources = list(resources)  # walked twice when something is found
+    # All of the message at once first: most messages are clean, and this clears them.
+    texts: set[str] = set()
+    tokens: set[str] = set()
+    for resource in resources:
+        _collect(resource, None, "", texts, tokens)
+    if not _Search(needles).any_hit(texts, tokens):
+        return
+    # Something was found: leaf by leaf, to say where.
     findings: set[tuple[str, str]] = set()
     for index, resource in enumerate(resources):
         resource_type = resource.get("resourceType") if isinstance(resource, Mapping) else None

@@ -7,6 +7,7 @@ would leave what the leak check is looking for.
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from collections.abc import Callable, Iterator, Mapping
@@ -50,6 +51,8 @@ def significance(value: str) -> int:
     A two-character Chinese name is as specific as a five-letter Latin one; counting
     characters alone would skip most Chinese given names.
     """
+    if value.isascii():
+        return len(value)
     return sum(2 if _is_wide(c) else 1 for c in value)
 
 
@@ -73,18 +76,45 @@ def variants(phi_values: Mapping[str, str]) -> Iterator[tuple[str, str]]:
         if kind not in PHI_KINDS:
             # The kind is not echoed: a mapper that swapped value and kind would leak here.
             raise DeidError("phi_values holds a kind outside PHI_KINDS")
-        value = " ".join(normalise_text(raw).split())
-        candidates = [value]
-        if kind == "NAME":
-            parts = [part for part in _NAME_SPLIT.split(value) if part]
-            candidates += parts
-            # Chinese writes a full name without a space: family "王" + given "小明" is "王小明".
-            if len(parts) > 1 and all(_is_wide(c) for c in "".join(parts)):
-                candidates.append("".join(parts))
-        for candidate in candidates:
-            if candidate and (candidate.casefold(), kind) not in seen:
-                seen.add((candidate.casefold(), kind))
+        for candidate, folded in _candidates(raw, kind):
+            if (folded, kind) not in seen:
+                seen.add((folded, kind))
                 yield candidate, kind
+
+
+def variant_list(phi_values: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    """``tuple(variants(phi_values))``; the scrubber and the leak check of one message share it."""
+    items = tuple(phi_values.items())
+    last = _last_variants
+    if last is not None and last[0] == items:
+        return last[1]
+    found = tuple(variants(phi_values))
+    _remember_variants((items, found))
+    return found
+
+
+# One set only: a set of values recurs within a message, rarely after it (it holds the
+# message's own order numbers and times), and what a cache keeps too long costs the GC.
+_last_variants: tuple[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]] | None = None
+
+
+def _remember_variants(entry: tuple[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]]) -> None:
+    global _last_variants
+    _last_variants = entry
+
+
+@functools.lru_cache(maxsize=8192)
+def _candidates(raw: str, kind: str) -> tuple[tuple[str, str], ...]:
+    # (candidate, casefolded) of one value; cached because every message restates them.
+    value = " ".join(normalise_text(raw).split())
+    candidates = [value]
+    if kind == "NAME":
+        parts = [part for part in _NAME_SPLIT.split(value) if part]
+        candidates += parts
+        # Chinese writes a full name without a space: family "王" + given "小明" is "王小明".
+        if len(parts) > 1 and all(_is_wide(c) for c in "".join(parts)):
+            candidates.append("".join(parts))
+    return tuple((candidate, candidate.casefold()) for candidate in candidates if candidate)
 
 
 _DIGIT_RE = re.compile(r"\d")
@@ -162,6 +192,14 @@ def value_pattern(value: str, *, bound_digits: bool) -> ValuePattern:
     ``bound_digits``: the scrubber over-matches digits on purpose (a zero-padded MRN is
     still the MRN), the leak check does not (an MRN "4711" is not leaked by a code "14711").
     """
+    body, text, before, after = _pattern_parts(value, bound_digits)
+    return ValuePattern(re.compile(body, re.IGNORECASE), text, before, after)
+
+
+def _pattern_parts(
+    value: str, bound_digits: bool
+) -> tuple[str, str, re.Pattern[str] | None, re.Pattern[str] | None]:
+    """(body, look-around form, edge before, edge after) of ``value_pattern``."""
     body = r"\s+".join(re.escape(part) for part in value.split())
     first, last = value[0], value[-1]
     before = after = None
@@ -176,4 +214,14 @@ def value_pattern(value: str, *, bound_digits: bool) -> ValuePattern:
             after, suffix = _NOT_BEFORE["digit"], r"(?!\d)"
     elif _WORD_CHAR_RE.fullmatch(last):
         after, suffix = _NOT_BEFORE["word"], rf"(?!(?-i:{_WORD_CHAR}))"
-    return ValuePattern(re.compile(body, re.IGNORECASE), prefix + body + suffix, before, after)
+    return body, prefix + body + suffix, before, after
+
+
+def value_pattern_text(value: str, *, bound_digits: bool) -> str:
+    """``value_pattern(value, bound_digits=...).pattern``, without compiling anything."""
+    return _pattern_parts(value, bound_digits)[1]
+
+
+# Compiled patterns are shared: one depends on its value alone, whoever reported it, and
+# compiling is most of what a new value costs.
+cached_value_pattern = functools.lru_cache(maxsize=4096)(value_pattern)

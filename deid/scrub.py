@@ -15,13 +15,13 @@ from __future__ import annotations
 import functools
 import ipaddress
 import re
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import date
 
 from core.errors import DeidError
 
-from . import names, phi
+from . import names, phi, prefilter
 from .dates import TEXT_DATE_PATTERNS, LooseDate, parse_loose_date, text_date, written_forms
 from .policy import PLACEHOLDERS
 
@@ -83,12 +83,64 @@ _MIN_SIGNIFICANCE = 3
 _MIN_DIGIT_RUN = 4
 
 
+class _Lazy:
+    """A rule's pattern, compiled on first use: the pre-check rules most rules out for most
+    texts, and compiling is what a new patient's values used to cost most.
+
+    Equal when the pattern it stands for is (a ``ValuePattern`` by its look-around form,
+    an ``re.Pattern`` by its text and flags), so rules are de-duplicated as before."""
+
+    __slots__ = ("_build", "_compiled", "_key", "pattern")
+
+    def __init__(
+        self, pattern: str, key: tuple[str, str, int], build: Callable[[], re.Pattern[str] | phi.ValuePattern]
+    ) -> None:
+        self.pattern = pattern
+        self._key = key
+        self._build = build
+        self._compiled: re.Pattern[str] | phi.ValuePattern | None = None
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Lazy) and other._key == self._key
+
+    def __hash__(self) -> int:
+        return hash(self._key)
+
+    def get(self) -> re.Pattern[str] | phi.ValuePattern:
+        compiled = self._compiled
+        if compiled is None:
+            compiled = self._compiled = self._build()
+        return compiled
+
+
+@functools.lru_cache(maxsize=2048)
+def _compile(pattern: str, flags: int) -> re.Pattern[str]:
+    # re's own cache holds 512 patterns, which a few hundred patients' rules would share.
+    return re.compile(pattern, flags)
+
+
+def _regex(pattern: str, flags: int = 0) -> _Lazy:
+    return _Lazy(pattern, ("re", pattern, flags), lambda: _compile(pattern, flags))
+
+
 @dataclass(frozen=True)
 class _Rule:
     length: int
-    pattern: re.Pattern[str] | phi.ValuePattern
+    pattern: _Lazy
     kind: str
     date: LooseDate | None
+    # Literals one of which (all of its strings) a text must contain for the pattern to be
+    # able to match it; None: no such pre-check, always run (see deid.prefilter).
+    triggers: tuple[prefilter.Prepared, ...] | None = field(compare=False, default=None)
+    in_group: bool = field(compare=False, default=False)  # only group "x" is the value
+
+
+def _triggers(*triggers: prefilter.Trigger) -> tuple[prefilter.Prepared, ...] | None:
+    # A literal with a sentinel character could match a placeholder parked by an earlier
+    # pass, which the text before scrubbing does not show: such a rule always runs.
+    if any(prefilter.has_private_use(s) for trigger in triggers for s in trigger):
+        return None
+    return prefilter.prepare(triggers)
 
 
 class _Parked:
@@ -208,31 +260,33 @@ _CLINICAL_INITIALS = frozenset(
 
 
 def _cjk(value: str) -> bool:
+    if value.isascii():
+        return False
     return any("\u4e00" <= c <= "\u9fff" or "\u3400" <= c <= "\u4dbf" for c in value)
 
 
-def _known_surnames(phi_values: Mapping[str, str]) -> set[str]:
-    """Chinese surnames of the people this message names."""
+def _known_surnames(phi_values: Mapping[str, str], found: list[tuple[str, str]]) -> set[str]:
+    """Chinese surnames of the people this message names (``found``: its phi.variants)."""
     compound, single = names.chinese_surnames()
-    found: set[str] = set()
+    surnames: set[str] = set()
     for raw, kind in phi_values.items():
         # "family, given" is how the mapper reports a name with both parts (mapping.phi).
         family, comma, _ = phi.normalise_text(raw).partition(",")
         if kind == "NAME" and comma and 1 <= len(family.strip()) <= 2 and _cjk(family):
-            found.add(family.strip())
-    for value, kind in phi.variants(phi_values):
+            surnames.add(family.strip())
+    for value, kind in found:
         if kind != "NAME" or not _cjk(value):
             continue
         for part in re.split(r"[\s,]+", value):
             if not part or not _cjk(part):
                 continue
             if part in compound or part in single:
-                found.add(part)
+                surnames.add(part)
             elif len(part) >= 3 and part[:2] in compound:
-                found.add(part[:2])
+                surnames.add(part[:2])
             elif len(part) >= 2 and part[0] in single and len(part) <= 3:
-                found.add(part[0])
-    return found
+                surnames.add(part[0])
+    return surnames
 
 
 def _latin_name_parts(phi_values: Mapping[str, str]) -> set[tuple[str, str, str]]:
@@ -255,156 +309,272 @@ def _latin_name_parts(phi_values: Mapping[str, str]) -> set[tuple[str, str, str]
     return triples
 
 
-def _date_forms_pattern(forms: list[str]) -> re.Pattern[str]:
+def _date_forms_pattern(forms: list[str]) -> str:
     # One pattern for all forms of a date, longest first; dates are ASCII, so the
     # boundaries are too (value_pattern's wider letter class is slow to compile).
     bodies = [
         r"\s*".join(re.escape(part) for part in form.split()) for form in sorted(forms, key=len, reverse=True)
     ]
-    return re.compile(rf"(?<![0-9A-Za-z])(?:{'|'.join(bodies)})(?![0-9A-Za-z])", re.IGNORECASE)
+    return rf"(?<![0-9A-Za-z])(?:{'|'.join(bodies)})(?![0-9A-Za-z])"
 
 
 @functools.lru_cache(maxsize=4096)
-def _date_rule(day: date) -> re.Pattern[str]:
-    # Cached by day: compiling the ~30 written forms costs ~2 ms, and the same days recur in
-    # message after message (today's visits, a patient's birth date).
-    return _date_forms_pattern(written_forms(day))
+def _date_rule(day: date) -> _Rule:
+    # Cached by day: the same days recur in message after message (today's visits, a
+    # patient's birth date); compiled only for a text that may hold the date.
+    pattern = _date_forms_pattern(written_forms(day))
+    # Every written form holds the day of the month and either the year or "/" and its
+    # last two digits, each inside one whitespace-free part (tests/test_deid_prefilter.py).
+    y, d = day.year, str(day.day)
+    triggers = _triggers((str(y), d), (f"/{y % 100:02d}", d))
+    date_ = LooseDate(day, "day")
+    return _Rule(len(pattern), _regex(pattern, re.IGNORECASE), "DATE", date_, triggers)
 
 
-def _derived_rules(phi_values: Mapping[str, str]) -> Iterator[tuple[re.Pattern[str], str, LooseDate | None]]:
-    """Forms of known values that are not literally in the message: other date formats,
-    initials, and Chinese surname + title ("王先生", "王某", "老王")."""
-    days = set()
-    for value, kind in phi.variants(phi_values):
-        if kind == "DATE" and (date := parse_loose_date(value)) is not None and date.precision == "day":
-            days.add(date.day)
-    for day in sorted(days):
-        yield _date_rule(day), "DATE", LooseDate(day, "day")
+@functools.lru_cache(maxsize=2048)
+def _name_rules(family: str, given: str, middle: str) -> tuple[_Rule, ...]:
+    """The rules for one "family, given" name: initial + family, family + initial, initials."""
+    g, f = given[0].upper(), family[0].upper()
+    fam = re.escape(family)
+    found: list[tuple[str, int, prefilter.Trigger, bool]] = [
+        (rf"(?<![A-Za-z]){g}\.?[ \t]*{fam}(?![A-Za-z])", re.IGNORECASE, (family,), False),
+        (rf"(?<![A-Za-z]){fam},?[ \t]+{g}\.?(?![A-Za-z])", re.IGNORECASE, (family,), False),
+    ]
+    initials = [g + f] + ([g + middle[0].upper() + f] if middle else [])
+    for ini in initials:
+        dotted = r"\.[ \t]?".join(ini) + r"\."
+        found.append((rf"(?<![A-Za-z]){dotted}", 0, (ini[0] + ".",), False))
+        if len(ini) >= 3 and ini not in _CLINICAL_INITIALS:
+            found.append((rf"(?<![A-Za-z]){ini}(?![A-Za-z])", 0, (ini,), False))
+        elif ini not in _CLINICAL_INITIALS:
+            # Two letters alone are too common ("JS" could be anything): only after a cue.
+            found.append((rf"{_INITIAL_CUE}(?P<x>{ini})(?![A-Za-z])", 0, (ini,), True))
+    # A middle initial that is a regex character makes the initials no literal (or no
+    # pattern at all): then they are compiled now, as they always were, and always run.
+    plain = all(re.escape(c) == c for ini in initials for c in ini)
+    rules = []
+    for pattern, flags, trigger, in_group in found:
+        lazy = _regex(pattern, flags)
+        if not plain:
+            lazy.get()
+        triggers = _triggers(trigger) if plain else None
+        rules.append(_Rule(len(pattern), lazy, "NAME", None, triggers, in_group))
+    return tuple(rules)
+
+
+@functools.lru_cache(maxsize=2048)
+def _surname_rules(surnames: tuple[str, ...]) -> tuple[_Rule, ...]:
+    """Chinese surname + title ("王先生", "王某") and the familiar forms ("老王")."""
+    alternatives = "|".join(map(re.escape, surnames))
+    titles = "|".join(map(re.escape, _CJK_TITLES))
+    pattern = rf"(?:{alternatives})(?:{titles})(?![日时地院处年月天种些])"
+    rules = [_Rule(len(pattern), _regex(pattern), "NAME", None, _triggers(*((s,) for s in surnames)))]
+    familiar = [p + s for s in surnames if len(s) == 1 for p in "老小阿" if p + s not in _FAMILIAR_WORDS]
+    if familiar:
+        pattern = rf"(?:{'|'.join(familiar)})(?![\d.])"
+        rules.append(_Rule(len(pattern), _regex(pattern), "NAME", None, _triggers(*((w,) for w in familiar))))
+    return tuple(rules)
+
+
+@dataclass(frozen=True)
+class _Names:
+    """What the scrubber takes from the NAME values of a message (and nothing else)."""
+
+    rules: tuple[_Rule, ...]  # initials, surname + title, familiar forms
+    surnames: frozenset[str]  # Chinese surnames of the people named
+    cjk_names: frozenset[str]  # Chinese names reported as one word
+    index: tuple[prefilter.Prepared, ...] | None  # the surnames as triggers
+
+
+@functools.lru_cache(maxsize=2048)
+def _names(names: tuple[str, ...]) -> _Names:
+    # Keyed by the NAME values in order: everything here depends on them alone, and a
+    # patient's next message names the same people.
+    phi_values = dict.fromkeys(names, "NAME")
+    found = list(phi.variants(phi_values))
+    rules: list[_Rule] = []
     for family, given, middle in _latin_name_parts(phi_values):
-        g, f = given[0].upper(), family[0].upper()
-        fam = re.escape(family)
-        yield re.compile(rf"(?<![A-Za-z]){g}\.?[ \t]*{fam}(?![A-Za-z])", re.IGNORECASE), "NAME", None
-        yield re.compile(rf"(?<![A-Za-z]){fam},?[ \t]+{g}\.?(?![A-Za-z])", re.IGNORECASE), "NAME", None
-        initials = [g + f] + ([g + middle[0].upper() + f] if middle else [])
-        for ini in initials:
-            dotted = r"\.[ \t]?".join(ini) + r"\."
-            yield re.compile(rf"(?<![A-Za-z]){dotted}"), "NAME", None
-            if len(ini) >= 3 and ini not in _CLINICAL_INITIALS:
-                yield re.compile(rf"(?<![A-Za-z]){ini}(?![A-Za-z])"), "NAME", None
-            elif ini not in _CLINICAL_INITIALS:
-                # Two letters alone are too common ("JS" could be anything): only after a cue.
-                yield re.compile(rf"{_INITIAL_CUE}(?P<x>{ini})(?![A-Za-z])"), "NAME", None
-    surnames = sorted(_known_surnames(phi_values), key=lambda x: (-len(x), x))
+        rules += _name_rules(family, given, middle)
+    surnames = _known_surnames(phi_values, found)
     if surnames:
-        alternatives = "|".join(map(re.escape, surnames))
-        titles = "|".join(map(re.escape, _CJK_TITLES))
-        yield re.compile(rf"(?:{alternatives})(?:{titles})(?![日时地院处年月天种些])"), "NAME", None
-        familiar = [p + s for s in surnames if len(s) == 1 for p in "老小阿" if p + s not in _FAMILIAR_WORDS]
-        if familiar:
-            yield re.compile(rf"(?:{'|'.join(familiar)})(?![\d.])"), "NAME", None
+        rules += _surname_rules(tuple(sorted(surnames, key=lambda x: (-len(x), x))))
+    cjk_names = frozenset(value for value, _ in found if _cjk(value) and " " not in value)
+    return _Names(tuple(rules), frozenset(surnames), cjk_names, _triggers(*((s,) for s in surnames)))
+
+
+@functools.lru_cache(maxsize=8192)
+def _day(value: str) -> date | None:
+    """The day a DATE value names, if it names one to the day."""
+    parsed = parse_loose_date(value)
+    return parsed.day if parsed is not None and parsed.precision == "day" else None
+
+
+@functools.lru_cache(maxsize=8192)
+def _known_rule(value: str, kind: str) -> _Rule | None:
+    """The rule for one known value (a variant), or None if it is too short to scrub."""
+    date = parse_loose_date(value) if kind == "DATE" else None
+    if not _worth_scrubbing(value, kind, date):
+        return None
+    # A DATE inside a longer number is not that date; anything else inside a longer number
+    # still gives it away, so digits are bounded for DATE only.
+    bound = kind == "DATE"
+    pattern = phi.value_pattern_text(value, bound_digits=bound)
+    lazy = _Lazy(pattern, ("value", pattern, 0), lambda: phi.cached_value_pattern(value, bound_digits=bound))
+    return _Rule(len(value), lazy, kind, date, _triggers(tuple(value.split())))
+
+
+def _rule_order(rule: _Rule) -> tuple[int, str, str]:
+    # Longest first, so "John Smith" becomes one [NAME] rather than "John" + "Smith";
+    # ties are ordered by value and kind to keep the output deterministic.
+    return -rule.length, rule.pattern.pattern, rule.kind
+
+
+_NO_NAMES: frozenset[str] = frozenset()
+_SURNAMES = -1  # the index target of the known Chinese surnames
 
 
 class Scrubber:
-    """Scrubs free text of one message; built once per message from its phi values."""
+    """Scrubs free text of one message; built once per message from its phi values.
+
+    Keeps no state between ``scrub`` calls (patterns compiled on first use aside). What
+    it is built from is cached per value (rules, names, days), not per set of values: a
+    message's set holds its own order numbers and times, so it never recurs."""
 
     def __init__(self, phi_values: Mapping[str, str]) -> None:
         rules: list[_Rule] = []
-        for value, kind in phi.variants(phi_values):
-            date = parse_loose_date(value) if kind == "DATE" else None
-            if _worth_scrubbing(value, kind, date):
-                # A DATE inside a longer number is not that date; anything else inside a
-                # longer number still gives it away, so digits are bounded for DATE only.
-                known = phi.value_pattern(value, bound_digits=kind == "DATE")
-                rules.append(_Rule(len(value), known, kind, date))
-        for derived, kind, date in _derived_rules(phi_values):
-            rules.append(_Rule(len(derived.pattern), derived, kind, date))
-        # Longest first, so "John Smith" becomes one [NAME] rather than "John" + "Smith";
-        # ties are ordered by value and kind to keep the output deterministic.
-        rules.sort(key=lambda r: (-r.length, r.pattern.pattern, r.kind))
-        self._rules = tuple(dict.fromkeys(rules))
-        self._surnames = frozenset(_known_surnames(phi_values))
-        self._cjk_names = frozenset(
-            value
-            for value, kind in phi.variants(phi_values)
-            if kind == "NAME" and _cjk(value) and " " not in value
-        )
+        days = set()
+        for value, kind in phi.variant_list(phi_values):
+            if (rule := _known_rule(value, kind)) is not None:
+                rules.append(rule)
+            if kind == "DATE" and (day := _day(value)) is not None:
+                days.add(day)
+        # Forms of known values that are not literally in the message: other date formats,
+        # initials, and Chinese surname + title ("王先生", "王某", "老王").
+        rules += [_date_rule(day) for day in sorted(days)]
+        names = _names(tuple(raw for raw, kind in phi_values.items() if kind == "NAME"))
+        rules += names.rules
+        # In the order found: sorted (and de-duplicated) per text among the live ones only,
+        # which keeps the order the whole set sorts into, at the cost of a few rules.
+        self._rules = tuple(rules)
+        self._surnames = names.surnames
+        self._cjk_names = names.cjk_names
+        # What a text must contain for a rule, or the known surnames, to make a difference;
+        # a text without any of it gets the scrub of a message without phi values.
+        entries = [(i, rule.triggers) for i, rule in enumerate(self._rules)]
+        if names.surnames:
+            entries.append((_SURNAMES, names.index))
+        self._index = prefilter.LiteralIndex(entries)
 
     def scrub(self, text: str, days: int | None) -> str:
         """``text`` without identifiers; dates shifted by ``days`` (or "[DATE]" if None)."""
-        text = _SENTINELS.sub("", phi.normalise_text(text))
-        parked = _Parked()
+        norm, folded = _prepared(text)
+        live = self._index.live(folded) if self._index else None
+        if not live:
+            return _generic(norm, days) if len(norm) <= prefilter.MAX_CACHED_TEXT else _scrub(norm, days)
+        found = sorted((self._rules[i] for i in sorted(live) if i >= 0), key=_rule_order)
+        return _scrub(norm, days, tuple(dict.fromkeys(found)), self._surnames, self._cjk_names)
 
-        def fixed(replacement: str) -> Callable[[re.Match[str]], str]:
-            return lambda _match: parked.park(replacement)
 
-        def in_group(replacement: str) -> Callable[[re.Match[str]], str]:
-            # Only group "x" is the value; the rest of the match was the cue before it.
-            return lambda match: _replace_group(match, "x", parked.park(replacement))
+def _prepare(text: str) -> tuple[str, str]:
+    norm = _SENTINELS.sub("", phi.normalise_text(text))
+    return norm, prefilter.fold(norm)
 
-        def shifted(date: LooseDate | None) -> str:
-            if date is None or days is None:
-                return PLACEHOLDERS["DATE"]
-            return date.shifted(days)
 
-        # The unambiguous shapes go first, so a reported MRN found inside a mobile number
-        # or resident id does not leave the rest of that number behind.
-        text = _URL.sub(lambda m: _url_repl(m, parked), text)
-        text = _EMAIL.sub(fixed(PLACEHOLDERS["EMAIL"]), text)
-        text = _IPV6_CANDIDATE.sub(
-            lambda m: parked.park(_IP_PLACEHOLDER) if _is_ipv6(m.group()) else m.group(), text
-        )
-        text = _IPV4.sub(fixed(_IP_PLACEHOLDER), text)
-        text = _RESIDENT_ID.sub(fixed(PLACEHOLDERS["ID"]), text)
-        text = _SSN.sub(fixed(PLACEHOLDERS["ID"]), text)
-        text = _CN_MOBILE.sub(fixed(PLACEHOLDERS["PHONE"]), text)
-        text = _replace_spans(text, names.known_surname_names(text, self._surnames, self._cjk_names), parked)
-        for rule in self._rules:
-            replacement = shifted(rule.date) if rule.kind == "DATE" else PLACEHOLDERS[rule.kind]
-            repl = in_group if "x" in rule.pattern.groupindex else fixed
-            text = rule.pattern.sub(repl(replacement), text)
+_prepared_cached = functools.lru_cache(maxsize=8192)(_prepare)
 
-        def labelled_id(match: re.Match[str]) -> str:
-            if phi.digit_count(match["id"]) < _MIN_LABELLED_ID_DIGITS:
-                return match.group()
-            return _replace_group(match, "id", parked.park(PLACEHOLDERS["ID"]))
 
-        text = _ID_LABEL.sub(labelled_id, text)
+def _prepared(text: str) -> tuple[str, str]:
+    """(NFKC form without sentinels, its fold) of a text; cached for the short ones."""
+    return _prepared_cached(text) if len(text) <= prefilter.MAX_CACHED_TEXT else _prepare(text)
 
-        def text_date_repl(match: re.Match[str]) -> str:
-            date = text_date(match)
-            return match.group() if date is None else parked.park(shifted(date))
 
-        for pattern in TEXT_DATE_PATTERNS:
-            text = pattern.sub(text_date_repl, text)
+@functools.lru_cache(maxsize=8192)
+def _generic(norm: str, days: int | None) -> str:
+    # The scrub of a text that holds none of a message's known values or surnames does
+    # not depend on the message: shared by all, keyed by the text and the shift only.
+    return _scrub(norm, days)
 
-        for pattern in _ADDRESS_PATTERNS:
-            text = pattern.sub(
-                lambda m: _replace_group(m, "addr", parked.park(PLACEHOLDERS["ADDRESS"])), text
-            )
 
-        # A capitalised word right before a known name is its given name ("daughter Kwame
-        # Okonkwo" where only Okonkwo was reported); placeholders are single sentinels.
-        def given_before(match: re.Match[str]) -> str:
-            placeholder = match.group(2)
-            if parked.parts[ord(placeholder) - _SENTINEL_BASE] != PLACEHOLDERS["NAME"]:
-                return match.group()
-            if match.group(1).casefold() in names.NOT_GIVEN:
-                return match.group()
-            return parked.park(PLACEHOLDERS["NAME"]) + match.group()[len(match.group(1)) :]
+def _scrub(
+    text: str,
+    days: int | None,
+    rules: tuple[_Rule, ...] = (),
+    surnames: frozenset[str] = _NO_NAMES,
+    cjk_names: frozenset[str] = _NO_NAMES,
+) -> str:
+    """The scrub of normalised ``text`` (without sentinels) with the ``rules`` that may match
+    it and the message's known Chinese surnames and full names."""
+    parked = _Parked()
 
-        text = _GIVEN_BEFORE_NAME.sub(given_before, text)
+    def fixed(replacement: str) -> Callable[[re.Match[str]], str]:
+        return lambda _match: parked.park(replacement)
 
-        text = _replace_spans(text, names.find_names(text, self._surnames), parked)
+    def in_group(replacement: str) -> Callable[[re.Match[str]], str]:
+        # Only group "x" is the value; the rest of the match was the cue before it.
+        return lambda match: _replace_group(match, "x", parked.park(replacement))
 
-        def number_repl(match: re.Match[str]) -> str:
-            if _DECIMAL.fullmatch(match.group()):
-                return match.group()
-            digits = phi.digit_count(match.group())
-            if digits in _PHONE_DIGITS:
-                return parked.park(PLACEHOLDERS["PHONE"])
-            if digits > _PHONE_DIGITS.stop - 1:
-                return parked.park(PLACEHOLDERS["ID"])
+    def shifted(date: LooseDate | None) -> str:
+        if date is None or days is None:
+            return PLACEHOLDERS["DATE"]
+        return date.shifted(days)
+
+    # The unambiguous shapes go first, so a reported MRN found inside a mobile number
+    # or resident id does not leave the rest of that number behind.
+    text = _URL.sub(lambda m: _url_repl(m, parked), text)
+    text = _EMAIL.sub(fixed(PLACEHOLDERS["EMAIL"]), text)
+    text = _IPV6_CANDIDATE.sub(
+        lambda m: parked.park(_IP_PLACEHOLDER) if _is_ipv6(m.group()) else m.group(), text
+    )
+    text = _IPV4.sub(fixed(_IP_PLACEHOLDER), text)
+    text = _RESIDENT_ID.sub(fixed(PLACEHOLDERS["ID"]), text)
+    text = _SSN.sub(fixed(PLACEHOLDERS["ID"]), text)
+    text = _CN_MOBILE.sub(fixed(PLACEHOLDERS["PHONE"]), text)
+    text = _replace_spans(text, names.known_surname_names(text, surnames, cjk_names), parked)
+    for rule in rules:
+        replacement = shifted(rule.date) if rule.kind == "DATE" else PLACEHOLDERS[rule.kind]
+        repl = in_group if rule.in_group else fixed
+        text = rule.pattern.get().sub(repl(replacement), text)
+
+    def labelled_id(match: re.Match[str]) -> str:
+        if phi.digit_count(match["id"]) < _MIN_LABELLED_ID_DIGITS:
             return match.group()
+        return _replace_group(match, "id", parked.park(PLACEHOLDERS["ID"]))
 
-        text = _NUMBER_RUN.sub(number_repl, text)
-        return parked.restore(text)
+    text = _ID_LABEL.sub(labelled_id, text)
+
+    def text_date_repl(match: re.Match[str]) -> str:
+        date = text_date(match)
+        return match.group() if date is None else parked.park(shifted(date))
+
+    for pattern in TEXT_DATE_PATTERNS:
+        text = pattern.sub(text_date_repl, text)
+
+    for pattern in _ADDRESS_PATTERNS:
+        text = pattern.sub(lambda m: _replace_group(m, "addr", parked.park(PLACEHOLDERS["ADDRESS"])), text)
+
+    # A capitalised word right before a known name is its given name ("daughter Kwame
+    # Okonkwo" where only Okonkwo was reported); placeholders are single sentinels.
+    def given_before(match: re.Match[str]) -> str:
+        placeholder = match.group(2)
+        if parked.parts[ord(placeholder) - _SENTINEL_BASE] != PLACEHOLDERS["NAME"]:
+            return match.group()
+        if match.group(1).casefold() in names.NOT_GIVEN:
+            return match.group()
+        return parked.park(PLACEHOLDERS["NAME"]) + match.group()[len(match.group(1)) :]
+
+    text = _GIVEN_BEFORE_NAME.sub(given_before, text)
+
+    text = _replace_spans(text, names.find_names(text, surnames), parked)
+
+    def number_repl(match: re.Match[str]) -> str:
+        if _DECIMAL.fullmatch(match.group()):
+            return match.group()
+        digits = phi.digit_count(match.group())
+        if digits in _PHONE_DIGITS:
+            return parked.park(PLACEHOLDERS["PHONE"])
+        if digits > _PHONE_DIGITS.stop - 1:
+            return parked.park(PLACEHOLDERS["ID"])
+        return match.group()
+
+    text = _NUMBER_RUN.sub(number_repl, text)
+    return parked.restore(text)

@@ -29,6 +29,7 @@ _SKIP_KEYS = frozenset(
     {"id", "reference", "meta", "system", "specversion", "source", "type", "time", "subject",
      "dataschema", "datacontenttype", "fullUrl"}
 )  # fmt: skip
+SKIP_KEYS = _SKIP_KEYS  # what payload_tokens leaves out: callers that walk payloads themselves
 
 
 def _words(text: str) -> list[str]:
