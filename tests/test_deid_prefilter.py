@@ -108,7 +108,7 @@ def test_every_rule_match_holds_the_rules_literals() -> None:
                 pattern = rule.pattern.get()
                 for match in pattern.finditer(text):
                     folded = prefilter.fold(match.group())
-                    assert any(all(s in folded for s in trigger) for _, trigger in rule.triggers), (
+                    assert any(all(s in folded for s in trigger) for _, trigger in rule.triggers or ()), (
                         rule.pattern.pattern,
                         match.group(),
                     )

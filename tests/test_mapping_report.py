@@ -42,7 +42,7 @@ def test_the_report_is_built_on_first_use_only(monkeypatch):
     import mapping.message
 
     calls: list[int] = []
-    real = mapping.message.build_report
+    real = mapping.message.build_report  # type: ignore[attr-defined]
 
     def counting(ctx):
         calls.append(1)
