@@ -78,12 +78,14 @@ def _map(text: str, options: MappingOptions) -> MappedMessage:
     if options.validate:
         for resource in ctx.resources:
             validate_resource(resource)
+    phi_values, order_values = phi.collect_scoped(message)
     return MappedMessage(
         message_type=message_type,
         control_id=control_id,
         resources=ctx.resources,
         patient_keys=ctx.patient_keys,
-        phi_values=phi.collect(message),
+        phi_values=phi_values,
+        order_values=order_values,
         unmapped_segments=tuple(ctx.unmapped),
         report_source=partial(_report, ctx),
         cleared=ctx.cleared,

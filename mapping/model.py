@@ -75,6 +75,11 @@ class MappedMessage:
     cleared: dict[str, frozenset[str]] = field(default_factory=dict)
     """"Type/id" (as in ``resources``) -> top-level elements the message deletes with HL7's
     explicit null ``""``; for Patient and Encounter, which updates merge (mapping.updates)."""
+    order_values: frozenset[str] = frozenset()
+    """The values of ``phi_values`` that identify an order, a specimen, a document or a visit
+    (ORC-2/3/4, OBR-2/3, SPM-2, TXA-12/13, PV1-19) and nothing about the patient elsewhere in
+    the message: scrubbed here, but not remembered as the patient's for later messages (a
+    patient's orders would grow what every later message is scrubbed with)."""
     segment_driven: bool = False
     """True when the message type has no message map of its own and went through the
     segment-driven map (``mapping.generic``): segments mapped where they stand, the rest reported."""

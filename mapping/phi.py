@@ -137,12 +137,35 @@ _READERS: Final[dict[str, tuple[tuple[Extractor, int], ...]]] = {
 }
 
 
+# Numbers of an order, specimen, document or visit: identifiers of this message's act.
+ORDER_FIELDS: Final[frozenset[tuple[str, int]]] = frozenset(
+    {
+        ("ORC", 2),
+        ("ORC", 3),
+        ("ORC", 4),
+        ("OBR", 2),
+        ("OBR", 3),
+        ("SPM", 2),
+        ("TXA", 12),
+        ("TXA", 13),
+        ("PV1", 19),
+    }
+)
+
+
 def collect(message: Message) -> dict[str, str]:
     """value -> kind for every identifying value of at least ``MIN_LENGTH`` characters.
 
     The first kind found for a value wins (a number that is both an ID and a phone stays ID).
     """
+    return collect_scoped(message)[0]
+
+
+def collect_scoped(message: Message) -> tuple[dict[str, str], frozenset[str]]:
+    """``collect``, and the values found only in ``ORDER_FIELDS`` (see MappedMessage.order_values)."""
     found: dict[str, str] = {}
+    order_only: set[str] = set()
+    elsewhere: set[str] = set()
     for seg in message.segments:
         readers = _READERS.get(seg.name)
         if readers is None:
@@ -150,9 +173,13 @@ def collect(message: Message) -> dict[str, str]:
         for extract, field_no in readers:
             if not seg.raw(field_no):
                 continue
+            order = (seg.name, field_no) in ORDER_FIELDS
             for rep in seg.repetitions(field_no):
                 for value, kind in extract(rep):
                     value = value.strip()
-                    if len(value) >= MIN_LENGTH and value not in found:
+                    if len(value) < MIN_LENGTH:
+                        continue
+                    (order_only if order else elsewhere).add(value)
+                    if value not in found:
                         found[value] = kind
-    return found
+    return found, frozenset(order_only - elsewhere)

@@ -175,7 +175,9 @@ def deidentify_mapped(ctx: PipelineContext, entry: Mapped, known: dict[str, str]
         result.patients,
         identifier_tokens(mapped.phi_values, ctx.vault),
         reid=entry.reid,
-        phi_values=mapped.phi_values,
+        # An order's numbers are scrubbed here and kept as tokens for the leak guard, but
+        # not remembered: every later message of the patient would be scrubbed with them.
+        phi_values={v: k for v, k in mapped.phi_values.items() if v not in mapped.order_values},
         administrative=mapped.message_type.upper().startswith("ADT"),
         cleared=cleared,
     )
