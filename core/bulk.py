@@ -10,13 +10,28 @@ built from the Table, so the SQL is the same on SQLite (``?``) and PostgreSQL (`
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import Table
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 __all__ = ["fetch_in", "insert_rows", "update_rows"]
+
+
+@contextmanager
+def _driver_errors(session: Session, statement: str) -> Iterator[None]:
+    """The driver's errors as SQLAlchemy's (OperationalError, DataError, ...), as if the
+    statement had gone through SQLAlchemy: callers tell transient from permanent by them."""
+    dbapi = session.get_bind().dialect.dbapi
+    try:
+        yield
+    except Exception as exc:
+        if dbapi is not None and isinstance(exc, dbapi.Error):
+            raise DBAPIError.instance(statement, None, exc, dbapi.Error) from exc
+        raise
 
 
 def _placeholder(session: Session) -> str:
@@ -80,7 +95,8 @@ def insert_rows(
         sql += f" ON CONFLICT ({', '.join(ignore)}) DO NOTHING"
     cursor = session.connection().connection.cursor()
     try:
-        cursor.executemany(sql, _tuples(rows, columns, _processors(session, table, columns)))
+        with _driver_errors(session, sql):
+            cursor.executemany(sql, _tuples(rows, columns, _processors(session, table, columns)))
     finally:
         cursor.close()
 
@@ -90,7 +106,8 @@ def _copy_rows(session: Session, table: str, columns: list[str], rows: Sequence[
     # an executemany sends one INSERT per row, ~3x the time for a batch's 5,000 rows.
     cursor = session.connection().connection.cursor()
     try:
-        with cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
+        statement = f"COPY {table} ({', '.join(columns)}) FROM STDIN"
+        with _driver_errors(session, statement), cursor.copy(statement) as copy:
             for row in rows:
                 copy.write_row(tuple(row[c] for c in columns))
     finally:
@@ -111,7 +128,8 @@ def update_rows(session: Session, table: Table, keys: Sequence[str], rows: Seque
     columns = [*values, *keys]
     cursor = session.connection().connection.cursor()
     try:
-        cursor.executemany(sql, _tuples(rows, columns, _processors(session, table, columns)))
+        with _driver_errors(session, sql):
+            cursor.executemany(sql, _tuples(rows, columns, _processors(session, table, columns)))
     finally:
         cursor.close()
 
@@ -132,21 +150,22 @@ def fetch_in(
     out: list[tuple[Any, ...]] = []
     cursor = session.connection().connection.cursor()
     try:
-        if postgresql:
-            # One array parameter instead of an IN-list: one statement text, prepared once.
-            query = sql.replace("IN {values}", "= ANY({mark})").format(mark=mark)
-            cursor.execute(query + suffix, [*params, list(values)])
-            return list(cursor.fetchall())
-        start = 0
-        while start < len(values):
-            left = len(values) - start
-            size = next((n for n in _IN_SIZES if n >= left), _IN_SIZES[-1])
-            chunk = list(values[start : start + size])
-            chunk += [chunk[-1]] * (size - len(chunk))
-            in_list = "(" + ", ".join([mark] * size) + ")"
-            cursor.execute(sql.format(mark=mark, values=in_list) + suffix, [*params, *chunk])
-            out += cursor.fetchall()
-            start += size
+        with _driver_errors(session, sql):
+            if postgresql:
+                # One array parameter instead of an IN-list: one statement text, prepared once.
+                query = sql.replace("IN {values}", "= ANY({mark})").format(mark=mark)
+                cursor.execute(query + suffix, [*params, list(values)])
+                return list(cursor.fetchall())
+            start = 0
+            while start < len(values):
+                left = len(values) - start
+                size = next((n for n in _IN_SIZES if n >= left), _IN_SIZES[-1])
+                chunk = list(values[start : start + size])
+                chunk += [chunk[-1]] * (size - len(chunk))
+                in_list = "(" + ", ".join([mark] * size) + ")"
+                cursor.execute(sql.format(mark=mark, values=in_list) + suffix, [*params, *chunk])
+                out += cursor.fetchall()
+                start += size
     finally:
         cursor.close()
     return out

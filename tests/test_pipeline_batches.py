@@ -271,3 +271,31 @@ def test_a_poison_message_inside_a_batch_of_500_fails_alone_in_production(
     finally:
         codes = dep.stop()
     assert codes.get("serve") == 0, dep.logs()
+
+
+@pytest.mark.integration
+def test_an_entry_the_database_refuses_is_dead_lettered_and_its_batch_mates_stored(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """PostgreSQL refuses an assigning authority longer than reid_map's 400 characters: the
+    batch's transaction fails, each entry is tried alone, and only that one fails."""
+    from connectors.inbox import DatabaseInbox
+    from tests.fixtures.messages import inbound
+    from worker.batch import process_entries
+    from worker.context import build_context
+
+    ctx = build_context(Settings(data_dir=tmp_path, database_url=pg_url))
+    inbox = DatabaseInbox(ctx.db)
+    messages = [m for patient in feed(4, 2, tag="R") for m in patient]
+    messages[3] = messages[3].replace(b"^^^HOSP^MR", b"^^^" + b"H" * 500 + b"^MR")
+    receipts = inbox.commit_many([inbound(m) for m in messages])
+    result = process_entries(ctx, [r.inbox_id for r in receipts if r.inbox_id is not None])
+    inbox.close()
+    outcomes = [str(r.outcome) for r in result.results]
+    assert outcomes.count("processed") == 7 and outcomes.count("dead-lettered") == 1
+    with ctx.db.sessions() as s:
+        (letter,) = s.execute(select(DeadLetter)).scalars().all()
+        assert (letter.stage, letter.code) == ("store", "rejected-by-database")
+        assert s.get_one(InboxEntry, letter.inbox_id).control_id == "R0001-00001"
+    _check_exactly_once(ctx.db, results=7, failed=1)
+    ctx.db.dispose()

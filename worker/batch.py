@@ -35,9 +35,8 @@ import audit
 from connectors.dicom import CHARSET as DICOM_CHARSET
 from connectors.hl7 import AckCode
 from core.bulk import insert_rows
-from core.errors import UnsupportedMessage
 from core.store import MAX_KNOWN_VALUES, REMEMBERED_KINDS, ResourceWriter, StoredChange, phi_digest
-from core.tables import DeadLetter, InboxEntry, InboxStatus, PatientPhi, PhiToken, ReidEntry
+from core.tables import InboxEntry, InboxStatus, PatientPhi, PhiToken, ReidEntry
 from deid import DeidentifiedResource
 from mapping.dicom import merge_studies
 from mapping.updates import ADMINISTERED, MERGED_TYPES, merge_update
@@ -51,6 +50,8 @@ from worker.pipeline import (
     ProcessResult,
     Transformed,
     change_summary,
+    dead_letter,
+    dead_letter_in,
     deidentify_mapped,
     map_entry,
     transform_dicom,
@@ -236,8 +237,6 @@ def process_entries(
 def _refused_alone(ctx: PipelineContext, inbox_id: int) -> BatchResult:
     # The database refuses what this entry's resources would write (a value too long for
     # a column, a constraint): retrying cannot help, so it is a dead letter like the others.
-    from worker.pipeline import dead_letter
-
     dead_letter(
         ctx.db,
         inbox_id,
@@ -495,36 +494,4 @@ def _dead_letter_in(
     session: Session, ctx: PipelineContext, entry: _Entry, failure: PermanentFailure, *, now: datetime
 ) -> None:
     row = session.get_one(InboxEntry, entry.inbox_id)
-    row.status = InboxStatus.FAILED
-    row.error_code = failure.code
-    row.attempts += 1
-    letter = DeadLetter(
-        inbox_id=entry.inbox_id, stage=failure.stage, code=failure.code, reason=failure.reason, created_at=now
-    )
-    session.add(letter)
-    session.flush()
-    # HL7 table 0357: 200 unsupported message type, 207 application internal error.
-    rejected = failure.code == UnsupportedMessage.code
-    owe(
-        session,
-        ctx.app_acks,
-        entry.inbox_id,
-        entry.raw,
-        entry.source,
-        AckCode.AR if rejected else AckCode.AE,
-        now=now,
-        error=f"{failure.stage}: {failure.reason}",
-        error_code="200" if rejected else "207",
-    )
-    audit.append(
-        session,
-        actor="worker:pipeline",
-        action="message.dead-lettered",
-        entity=f"inbox/{entry.inbox_id}",
-        outcome=audit.Outcome.FAILURE,
-        detail={"stage": failure.stage, "code": failure.code, "dead_letter": letter.id},
-        now=now,
-    )
-    log.warning(
-        "dead-lettered", extra={"inbox_id": entry.inbox_id, "stage": failure.stage, "code": failure.code}
-    )
+    dead_letter_in(session, row, failure.stage, failure.code, failure.reason, app_acks=ctx.app_acks, now=now)

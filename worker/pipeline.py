@@ -28,6 +28,7 @@ from pathlib import Path
 
 import pydicom
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 import audit
 from connectors.dicom import CHARSET as DICOM_CHARSET
@@ -332,40 +333,55 @@ def dead_letter(
     *,
     app_acks: AppAckPolicy | None = None,
 ) -> None:
-    now = datetime.now(UTC)
+    """Dead-letter one entry in a transaction of its own (unless it was processed meanwhile)."""
     with db.transaction() as session:
         entry = session.get(InboxEntry, inbox_id)
         if entry is None or entry.status == InboxStatus.PROCESSED:
             return
-        entry.status = InboxStatus.FAILED
-        entry.error_code = code
-        entry.attempts += 1
-        letter = DeadLetter(inbox_id=inbox_id, stage=stage, code=code, reason=reason, created_at=now)
-        session.add(letter)
-        session.flush()
-        # HL7 table 0357: 200 unsupported message type, 207 application internal error.
-        rejected = code == UnsupportedMessage.code
-        owe(
-            session,
-            app_acks,
-            inbox_id,
-            entry.raw,
-            entry.source,
-            AckCode.AR if rejected else AckCode.AE,
-            now=now,
-            error=f"{stage}: {reason}",
-            error_code="200" if rejected else "207",
-        )
-        audit.append(
-            session,
-            actor="worker:pipeline",
-            action="message.dead-lettered",
-            entity=f"inbox/{inbox_id}",
-            outcome=audit.Outcome.FAILURE,
-            detail={"stage": stage, "code": code, "dead_letter": letter.id},
-            now=now,
-        )
-    log.warning("dead-lettered", extra={"inbox_id": inbox_id, "stage": stage, "code": code})
+        dead_letter_in(session, entry, stage, code, reason, app_acks=app_acks, now=datetime.now(UTC))
+
+
+def dead_letter_in(
+    session: Session,
+    entry: InboxEntry,
+    stage: str,
+    code: str,
+    reason: str,
+    *,
+    app_acks: AppAckPolicy | None,
+    now: datetime,
+) -> None:
+    """In the caller's transaction: the entry FAILED, its dead letter with the reason, the
+    application ACK it is owed, and its audit entry."""
+    entry.status = InboxStatus.FAILED
+    entry.error_code = code
+    entry.attempts += 1
+    letter = DeadLetter(inbox_id=entry.id, stage=stage, code=code, reason=reason, created_at=now)
+    session.add(letter)
+    session.flush()
+    # HL7 table 0357: 200 unsupported message type, 207 application internal error.
+    rejected = code == UnsupportedMessage.code
+    owe(
+        session,
+        app_acks,
+        entry.id,
+        entry.raw,
+        entry.source,
+        AckCode.AR if rejected else AckCode.AE,
+        now=now,
+        error=f"{stage}: {reason}",
+        error_code="200" if rejected else "207",
+    )
+    audit.append(
+        session,
+        actor="worker:pipeline",
+        action="message.dead-lettered",
+        entity=f"inbox/{entry.id}",
+        outcome=audit.Outcome.FAILURE,
+        detail={"stage": stage, "code": code, "dead_letter": letter.id},
+        now=now,
+    )
+    log.warning("dead-lettered", extra={"inbox_id": entry.id, "stage": stage, "code": code})
 
 
 def pending_inbox_ids(db: Database, *, limit: int = 10_000, older_than: datetime | None = None) -> list[int]:
