@@ -127,6 +127,13 @@ class PipelineRunner:
             )
             time.sleep(delay)
             return 0
+        except Exception:
+            # Not expected (the stages dead-letter their own failures): keep the process up
+            # and the entries RECEIVED, backing off rather than spinning on the same batch.
+            self._failures += 1
+            log.exception("pipeline error")
+            time.sleep(min(30.0, 0.5 * 2 ** min(self._failures, 6)))
+            return 0
         self._failures = 0
         self._collect_garbage()
         if self._on_batch is not None:
