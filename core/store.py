@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, cast
@@ -121,6 +121,7 @@ _RESOURCES, _HISTORY, _OUTBOX = (
     cast(Table, OutboxEvent.__table__),
 )
 _RESOURCE_KEY = ("resource_type", "resource_id")
+Screen = Callable[[str | None, dict[str, Any]], list[str]]
 _LOAD_CHUNK = 400  # keys per SELECT: x2 parameters, well under SQLite's limit
 
 
@@ -134,8 +135,13 @@ class ResourceWriter:
     half-way through its resources leaves nothing of itself in the batch.
     """
 
-    def __init__(self, session: Session, *, now: datetime) -> None:
+    def __init__(self, session: Session, *, now: datetime, screen: Screen | None = None) -> None:
+        """``screen``: the outgoing leak check, (patient, resource) -> kinds of the patient's
+        identifiers found; with it, every event is written screened, or blocked on a hit
+        (``blocked`` lists them for the caller's dead letters)."""
         self._session = session
+        self._screen = screen
+        self.blocked: list[tuple[str, list[str]]] = []  # (event id, kinds)
         self._now = now
         self._now_iso = now.isoformat()
         self._heads: dict[tuple[str, str], _Head | None] = {}
@@ -204,6 +210,8 @@ class ResourceWriter:
             self._heads[key] = previous
         del self._history[history:]
         del self._outbox[outbox:]
+        staged = {row["event_id"] for row in self._outbox}
+        self.blocked = [b for b in self.blocked if b[0] in staged]
 
     def _set(self, key: tuple[str, str], head: _Head) -> None:
         self._undo.append((key, self._heads.get(key)))
@@ -263,6 +271,14 @@ class ResourceWriter:
             }
         )
         event = resource_event(stored, change, patient=patient, time=self._now_iso)
+        kinds = self._screen(patient, stored) if self._screen is not None and patient else []
+        reason = (
+            f"event {event['id']} carries identifier(s) of kind {', '.join(kinds)}; not published"
+            if kinds
+            else None
+        )
+        if kinds:
+            self.blocked.append((event["id"], kinds))
         self._outbox.append(
             {
                 "event_id": event["id"],
@@ -270,6 +286,9 @@ class ResourceWriter:
                 "body": event_json(event, body),
                 "created_at": self._now,
                 "attempts": 0,
+                "screened": self._screen is not None,
+                "blocked_at": self._now if kinds else None,
+                "block_reason": reason,
             }
         )
         return StoredChange(rtype, rid, version, change)

@@ -181,6 +181,8 @@ class OutboxEvent(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     blocked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # leak guard
     block_reason: Mapped[str | None] = mapped_column(Text)
+    # The pipeline ran the leak check when it wrote the row: the relay need not again.
+    screened: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
 
 
 class PhiToken(Base):

@@ -5,15 +5,24 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
+import pytest
 from sqlalchemy import select
 
+from connectors.inbox import DatabaseInbox
 from core.events import ChangeKind, resource_event, resource_routing_key
+from core.settings import Settings
 from core.store import add_outbox
 from core.tables import AuditEntry, DeadLetter, OutboxEvent, Resource
 from sidecar.stats import collect
 from tests.deployments import Embedded, wait_for
-from tests.fixtures.messages import ADT_A01, encoded
+from tests.fixtures.messages import ADT_A01, encoded, inbound
+from worker.batch import process
+from worker.context import build_context
+from worker.leakguard import LeakGuard
+from worker.publishers import LocalBus
+from worker.relay import Relay
 
 
 def test_a_planted_leak_is_blocked_dead_lettered_and_audited(tmp_path: Path) -> None:
@@ -65,3 +74,57 @@ def test_a_planted_leak_is_blocked_dead_lettered_and_audited(tmp_path: Path) -> 
         assert collect(dep.db)["events"]["blocked"] == 1
     finally:
         dep.stop()
+
+
+def test_the_pipeline_screens_the_events_it_writes_and_the_relay_trusts_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The leak check runs where the events are written (the pipeline's processes): a
+    de-identification bug that lets a name through blocks that event there, with the dead
+    letter and audit entry the relay would have written; the rest are marked screened and
+    the relay publishes them without checking them again."""
+    import deid
+
+    real = deid.deidentify
+
+    def leaky(*args: Any, **kwargs: Any) -> Any:
+        result = real(*args, **kwargs)
+        for item in result.resources:
+            if item.resource["resourceType"] == "Encounter":  # the bug: a name survives
+                item.resource["extension"] = [{"url": "urn:x", "valueString": "seen by Quimby"}]
+        return result
+
+    monkeypatch.setattr("worker.pipeline.deidentify", leaky)
+    ctx = build_context(Settings(data_dir=tmp_path))
+    inbox = DatabaseInbox(ctx.db)
+    (receipt,) = inbox.commit_many([inbound(encoded(ADT_A01))])
+    assert process(ctx, receipt.inbox_id).outcome == "processed"
+    inbox.close()
+
+    class CountingGuard(LeakGuard):
+        checked = 0
+
+        def check_events(self, session: Any, bodies: Any) -> list[list[str]]:
+            CountingGuard.checked += len(bodies)
+            return super().check_events(session, bodies)
+
+    bus = LocalBus()
+    published: list[str] = []
+    bus.subscribe(lambda event: published.append(event.event_id))
+    assert Relay(ctx.db, bus, guard=CountingGuard(ctx.vault)).drain() > 0
+    with ctx.db.sessions() as s:
+        rows = s.execute(select(OutboxEvent)).scalars().all()
+        (blocked,) = [r for r in rows if r.blocked_at is not None]
+        letter = s.execute(select(DeadLetter)).scalar_one()
+        audit_entry = s.execute(select(AuditEntry).where(AuditEntry.action == "event.blocked")).scalar_one()
+    assert all(r.screened for r in rows) and CountingGuard.checked == 0
+    assert blocked.event_id.startswith("Encounter/") and blocked.event_id not in published
+    assert (
+        blocked.block_reason is not None
+        and "NAME" in blocked.block_reason
+        and "Quimby" not in blocked.block_reason
+    )
+    assert (letter.stage, letter.code) == ("relay", "identifier-leak")
+    assert audit_entry.actor == "worker:pipeline" and audit_entry.entity == f"outbox/{blocked.id}"
+    assert sorted(published) == sorted(r.event_id for r in rows if r.blocked_at is None)
+    ctx.db.dispose()

@@ -35,12 +35,13 @@ import audit
 from connectors.dicom import CHARSET as DICOM_CHARSET
 from connectors.hl7 import AckCode
 from core.bulk import insert_rows
-from core.store import MAX_KNOWN_VALUES, REMEMBERED_KINDS, ResourceWriter, StoredChange, phi_digest
-from core.tables import InboxEntry, InboxStatus, PatientPhi, PhiToken, ReidEntry
+from core.store import MAX_KNOWN_VALUES, REMEMBERED_KINDS, ResourceWriter, Screen, StoredChange, phi_digest
+from core.tables import DeadLetter, InboxEntry, InboxStatus, OutboxEvent, PatientPhi, PhiToken, ReidEntry
 from deid import DeidentifiedResource
 from mapping.dicom import merge_studies
 from mapping.updates import ADMINISTERED, MERGED_TYPES, merge_update
 from worker.appacks import owe
+from worker.leakguard import LeakGuard
 from worker.objects import put_object
 from worker.pipeline import (
     Mapped,
@@ -82,6 +83,7 @@ class StageClock:
         self.entries = 0
         self._seen: OrderedDict[tuple[str, ...], None] = OrderedDict()
         self._seen_max = seen_max
+        self.guard: LeakGuard | None = None  # the outgoing leak check, its text cache kept
 
     def unseen(self, key: tuple[str, ...]) -> bool:
         return key not in self._seen
@@ -347,7 +349,7 @@ def _store_batch(
     stored_keys: list[tuple[str, ...]],
 ) -> BatchResult:
     received = _still_received(session, ctx, [e.inbox_id for e in entries])
-    writer = ResourceWriter(session, now=now)
+    writer = ResourceWriter(session, now=now, screen=_screen(session, ctx, entries, clock))
     writer.load(
         (
             (item.resource["resourceType"], item.resource["id"])
@@ -381,6 +383,7 @@ def _store_batch(
         assert isinstance(outcome, PermanentFailure)
         failed.append((entry, outcome))
     writer.flush()
+    _blocked(session, writer.blocked, now=now)
     stored_keys += _remember_identifiers(
         session,
         [t for _, t, _, _ in stored],
@@ -418,6 +421,40 @@ def _store_batch(
         _dead_letter_in(session, ctx, entry, failure, now=now)
         results[entry.inbox_id] = ProcessResult(entry.inbox_id, Outcome.DEAD_LETTERED)
     return BatchResult([results[i] for i in sorted(results)])
+
+
+def _screen(session: Session, ctx: PipelineContext, entries: list[_Entry], clock: StageClock) -> Screen:
+    """The relay's leak check, run here on the events the batch writes: the patients' stored
+    tokens (one read) plus what the batch's entries report. In the pipeline's processes, which
+    scale, rather than in the relay's one; the relay still checks any row not screened."""
+    if clock.guard is None:
+        clock.guard = LeakGuard(ctx.vault)
+    guard = clock.guard
+    guard.forget()
+    done = [e.outcome for e in entries if isinstance(e.outcome, Transformed)]
+    guard.prefetch(session, {p for t in done for p in t.patients})
+    for t in done:
+        for patient in t.patients:
+            guard.learn(patient, t.tokens)
+    return lambda patient, resource: guard.kinds_in(session, patient, resource) if patient else []
+
+
+def _blocked(session: Session, blocked: list[tuple[str, list[str]]], *, now: datetime) -> None:
+    """Dead letters and audit entries for events the check stopped, as the relay writes them."""
+    for event_id, kinds in blocked:
+        row_id = session.execute(select(OutboxEvent.id).where(OutboxEvent.event_id == event_id)).scalar_one()
+        reason = f"event {event_id} carries identifier(s) of kind {', '.join(kinds)}; not published"
+        session.add(DeadLetter(stage="relay", code="identifier-leak", reason=reason, created_at=now))
+        audit.append(
+            session,
+            actor="worker:pipeline",
+            action="event.blocked",
+            entity=f"outbox/{row_id}",
+            outcome=audit.Outcome.FAILURE,
+            detail={"event": event_id, "kinds": kinds},
+            now=now,
+        )
+        log.error("event blocked by the leak guard", extra={"outbox_id": row_id, "kinds": kinds})
 
 
 def _stage_resources(

@@ -83,6 +83,10 @@ class LeakGuard:
         while len(self._cache) > max(_CACHE_PATIENTS, len(missing)):
             self._cache.popitem(last=False)
 
+    def learn(self, patient: str, tokens: dict[str, str]) -> None:
+        """Add tokens not stored yet (the pipeline's batch, before its commit)."""
+        self._cache.setdefault(patient, {}).update(tokens)
+
     def check_events(self, session: Session, bodies: Sequence[str]) -> list[list[str]]:
         """``check`` for a batch of event bodies, with one token read for all their patients."""
         events = [orjson.loads(body) for body in bodies]
