@@ -93,6 +93,12 @@ def insert_rows(
     sql = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({', '.join([mark] * len(columns))})"
     if ignore:
         sql += f" ON CONFLICT ({', '.join(ignore)}) DO NOTHING"
+    _executemany(session, sql, table, columns, rows)
+
+
+def _executemany(
+    session: Session, sql: str, table: Table, columns: Sequence[str], rows: Sequence[dict[str, Any]]
+) -> None:
     cursor = session.connection().connection.cursor()
     try:
         with _driver_errors(session, sql):
@@ -126,12 +132,7 @@ def update_rows(session: Session, table: Table, keys: Sequence[str], rows: Seque
         f"WHERE {' AND '.join(f'{c} = {mark}' for c in keys)}"
     )
     columns = [*values, *keys]
-    cursor = session.connection().connection.cursor()
-    try:
-        with _driver_errors(session, sql):
-            cursor.executemany(sql, _tuples(rows, columns, _processors(session, table, columns)))
-    finally:
-        cursor.close()
+    _executemany(session, sql, table, columns, rows)
 
 
 _IN_SIZES = (1, 8, 64, 256)  # IN-lists are padded to these sizes, so the driver reuses prepared statements

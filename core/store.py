@@ -135,12 +135,20 @@ class ResourceWriter:
     half-way through its resources leaves nothing of itself in the batch.
     """
 
-    def __init__(self, session: Session, *, now: datetime, screen: Screen | None = None) -> None:
+    def __init__(
+        self,
+        session: Session,
+        *,
+        now: datetime,
+        screen: Screen | None = None,
+        blocked_because: Callable[[str, list[str]], str] = lambda event_id, kinds: f"kinds {kinds}",
+    ) -> None:
         """``screen``: the outgoing leak check, (patient, resource) -> kinds of the patient's
         identifiers found; with it, every event is written screened, or blocked on a hit
         (``blocked`` lists them for the caller's dead letters)."""
         self._session = session
         self._screen = screen
+        self._blocked_because = blocked_because  # the row's block_reason (worker.leakguard's words)
         self.blocked: list[tuple[str, list[str]]] = []  # (event id, kinds)
         self._now = now
         self._now_iso = now.isoformat()
@@ -272,11 +280,7 @@ class ResourceWriter:
         )
         event = resource_event(stored, change, patient=patient, time=self._now_iso)
         kinds = self._screen(patient, stored) if self._screen is not None and patient else []
-        reason = (
-            f"event {event['id']} carries identifier(s) of kind {', '.join(kinds)}; not published"
-            if kinds
-            else None
-        )
+        reason = self._blocked_because(event["id"], kinds) if kinds else None
         if kinds:
             self.blocked.append((event["id"], kinds))
         self._outbox.append(

@@ -36,12 +36,12 @@ from connectors.dicom import CHARSET as DICOM_CHARSET
 from connectors.hl7 import AckCode
 from core.bulk import insert_rows
 from core.store import MAX_KNOWN_VALUES, REMEMBERED_KINDS, ResourceWriter, Screen, StoredChange, phi_digest
-from core.tables import DeadLetter, InboxEntry, InboxStatus, OutboxEvent, PatientPhi, PhiToken, ReidEntry
+from core.tables import InboxEntry, InboxStatus, OutboxEvent, PatientPhi, PhiToken, ReidEntry
 from deid import DeidentifiedResource
 from mapping.dicom import merge_studies
 from mapping.updates import ADMINISTERED, MERGED_TYPES, merge_update
 from worker.appacks import owe
-from worker.leakguard import LeakGuard
+from worker.leakguard import LeakGuard, block_reason, record_block
 from worker.objects import put_object
 from worker.pipeline import (
     Mapped,
@@ -349,7 +349,9 @@ def _store_batch(
     stored_keys: list[tuple[str, ...]],
 ) -> BatchResult:
     received = _still_received(session, ctx, [e.inbox_id for e in entries])
-    writer = ResourceWriter(session, now=now, screen=_screen(session, ctx, entries, clock))
+    writer = ResourceWriter(
+        session, now=now, screen=_screen(session, ctx, entries, clock), blocked_because=block_reason
+    )
     writer.load(
         (
             (item.resource["resourceType"], item.resource["id"])
@@ -443,18 +445,9 @@ def _blocked(session: Session, blocked: list[tuple[str, list[str]]], *, now: dat
     """Dead letters and audit entries for events the check stopped, as the relay writes them."""
     for event_id, kinds in blocked:
         row_id = session.execute(select(OutboxEvent.id).where(OutboxEvent.event_id == event_id)).scalar_one()
-        reason = f"event {event_id} carries identifier(s) of kind {', '.join(kinds)}; not published"
-        session.add(DeadLetter(stage="relay", code="identifier-leak", reason=reason, created_at=now))
-        audit.append(
-            session,
-            actor="worker:pipeline",
-            action="event.blocked",
-            entity=f"outbox/{row_id}",
-            outcome=audit.Outcome.FAILURE,
-            detail={"event": event_id, "kinds": kinds},
-            now=now,
+        record_block(
+            session, actor="worker:pipeline", outbox_id=row_id, event_id=event_id, kinds=kinds, now=now
         )
-        log.error("event blocked by the leak guard", extra={"outbox_id": row_id, "kinds": kinds})
 
 
 def _stage_resources(

@@ -10,17 +10,22 @@ sandbox submits for screening (worker.screen) because it holds no key to make to
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 import orjson
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from core.tables import PhiToken
+import audit
+from core.tables import DeadLetter, PhiToken
 from deid import Vault
 from deid.tokens import SKIP_KEYS, payload_tokens
+
+log = logging.getLogger("sidecar.worker.leakguard")
 
 _CACHE_PATIENTS = 1024
 _PATIENTS_PER_QUERY = 500
@@ -124,3 +129,30 @@ class LeakGuard:
             if len(self._texts) > _CACHE_TEXTS:
                 self._texts.popitem(last=False)
         return tokens
+
+
+def block_reason(event_id: str, kinds: list[str]) -> str:
+    """Why an event was not published: its id and the kinds found, never a value."""
+    return f"event {event_id} carries identifier(s) of kind {', '.join(kinds)}; not published"
+
+
+def record_block(
+    session: Session, *, actor: str, outbox_id: int, event_id: str, kinds: list[str], now: datetime
+) -> None:
+    """The dead letter, audit entry and log line of a blocked event (its row is marked by
+    the caller), the same whoever stopped it."""
+    session.add(
+        DeadLetter(
+            stage="relay", code="identifier-leak", reason=block_reason(event_id, kinds), created_at=now
+        )
+    )
+    audit.append(
+        session,
+        actor=actor,
+        action="event.blocked",
+        entity=f"outbox/{outbox_id}",
+        outcome=audit.Outcome.FAILURE,
+        detail={"event": event_id, "kinds": kinds},
+        now=now,
+    )
+    log.error("event blocked by the leak guard", extra={"outbox_id": outbox_id, "kinds": kinds})

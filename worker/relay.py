@@ -17,8 +17,8 @@ from sqlalchemy.orm import Session
 
 import audit
 from core.db import Database
-from core.tables import DeadLetter, OutboxEvent
-from worker.leakguard import LeakGuard
+from core.tables import OutboxEvent
+from worker.leakguard import LeakGuard, block_reason, record_block
 from worker.publishers import OutgoingEvent, Publisher
 
 log = logging.getLogger("sidecar.worker.relay")
@@ -99,19 +99,13 @@ class Relay:
             if not kinds:
                 passed.append(row)
                 continue
-            reason = f"event {row.event_id} carries identifier(s) of kind {', '.join(kinds)}; not published"
             session.execute(
-                _OUTBOX.update().where(_OUTBOX.c.id == row.id).values(blocked_at=now, block_reason=reason)
+                _OUTBOX.update()
+                .where(_OUTBOX.c.id == row.id)
+                .values(blocked_at=now, block_reason=block_reason(row.event_id, kinds))
             )
-            session.add(DeadLetter(stage="relay", code="identifier-leak", reason=reason, created_at=now))
-            audit.append(
-                session,
-                actor="worker:relay",
-                action="event.blocked",
-                entity=f"outbox/{row.id}",
-                outcome=audit.Outcome.FAILURE,
-                detail={"event": row.event_id, "kinds": kinds},
-                now=now,
+            record_block(
+                session, actor="worker:relay", outbox_id=row.id, event_id=row.event_id, kinds=kinds, now=now
             )
             log.error("event blocked by the leak guard", extra={"outbox_id": row.id, "kinds": kinds})
         return passed
