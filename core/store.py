@@ -8,20 +8,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, cast
 
 import orjson
 from sqlalchemy import Table, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from core.bulk import fetch_in, insert_rows, update_rows
 from core.events import ChangeKind, resource_event, resource_routing_key
-from core.tables import OutboxEvent, PatientPhi, PhiToken, ReidEntry, Resource, ResourceHistory
+from core.tables import OutboxEvent, PatientPhi, Resource, ResourceHistory
 
 
 @dataclass(frozen=True)
@@ -55,6 +53,12 @@ def content_hash(resource: dict[str, Any]) -> str:
     # message a no-op instead of a new version.
     content = {k: v for k, v in resource.items() if k != "meta"}
     return hashlib.sha256(canonical_json(content).encode()).hexdigest()
+
+
+def block_reason(event_id: str, kinds: list[str]) -> str:
+    """Why an event was not published (``outbox.block_reason``): its id and the kinds of
+    identifier found, never a value."""
+    return f"event {event_id} carries identifier(s) of kind {', '.join(kinds)}; not published"
 
 
 def with_meta(content: str, resource: dict[str, Any], meta: dict[str, Any]) -> str:
@@ -141,14 +145,12 @@ class ResourceWriter:
         *,
         now: datetime,
         screen: Screen | None = None,
-        blocked_because: Callable[[str, list[str]], str] = lambda event_id, kinds: f"kinds {kinds}",
     ) -> None:
         """``screen``: the outgoing leak check, (patient, resource) -> kinds of the patient's
         identifiers found; with it, every event is written screened, or blocked on a hit
         (``blocked`` lists them for the caller's dead letters)."""
         self._session = session
         self._screen = screen
-        self._blocked_because = blocked_because  # the row's block_reason (worker.leakguard's words)
         self.blocked: list[tuple[str, list[str]]] = []  # (event id, kinds)
         self._now = now
         self._now_iso = now.isoformat()
@@ -280,7 +282,7 @@ class ResourceWriter:
         )
         event = resource_event(stored, change, patient=patient, time=self._now_iso)
         kinds = self._screen(patient, stored) if self._screen is not None and patient else []
-        reason = self._blocked_because(event["id"], kinds) if kinds else None
+        reason = block_reason(event["id"], kinds) if kinds else None
         if kinds:
             self.blocked.append((event["id"], kinds))
         self._outbox.append(
@@ -341,19 +343,6 @@ def _newest(stored: int | None, incoming: int | None) -> int | None:
     return incoming if stored is None else stored if incoming is None else max(stored, incoming)
 
 
-def stored_head(
-    session: Session, rtype: str, rid: str, *, lock: bool = False
-) -> tuple[dict[str, Any] | None, int | None]:
-    """The stored resource (or None) and the newest inbox entry that stated it."""
-    query = select(Resource.body, Resource.source_seq).where(
-        Resource.resource_type == rtype, Resource.resource_id == rid
-    )
-    row = session.execute(query.with_for_update() if lock else query).one_or_none()
-    if row is None:
-        return None, None
-    return json.loads(row.body), row.source_seq
-
-
 def add_outbox(session: Session, event: dict[str, Any], routing_key: str, *, now: datetime) -> None:
     session.add(
         OutboxEvent(event_id=event["id"], routing_key=routing_key, body=canonical_json(event), created_at=now)
@@ -369,23 +358,6 @@ def resources_of_patient(session: Session, patient: str) -> list[dict[str, Any]]
     return [json.loads(body) for body in rows]
 
 
-def add_reid_entries(session: Session, entries: dict[str, tuple[str, str]], *, now: datetime) -> None:
-    """Remember which identifier each pseudonym was made from (idempotent; first wins).
-
-    ``entries``: pseudonym -> (authority, identifier) as the source sent them. Only
-    ``sidecar reid`` reads them back; see sidecar/reid.py.
-    """
-    if not entries:
-        return
-    rows = [
-        {"pseudonym": p, "authority": a, "identifier": i, "first_seen_at": now}
-        for p, (a, i) in entries.items()
-    ]
-    dialect = session.get_bind().dialect.name
-    insert = sqlite_insert if dialect == "sqlite" else pg_insert
-    session.execute(insert(ReidEntry).values(rows).on_conflict_do_nothing())
-
-
 # Dates are left out: the scrubber shifts every date it recognises anyway, and a patient's
 # visit dates would grow this without end.
 REMEMBERED_KINDS = frozenset({"NAME", "ID", "ADDRESS", "PHONE", "EMAIL"})
@@ -397,44 +369,37 @@ def phi_digest(kind: str, value: str) -> str:
     return hashlib.sha256(f"{kind}\x00{value}".encode()).hexdigest()
 
 
-def add_patient_phi(session: Session, patients: Sequence[str], phi_values: Mapping[str, str]) -> None:
-    """Remember what a message reported about its patient(s) (idempotent)."""
-    rows = [
-        {
-            "patient": patient,
-            "digest": phi_digest(kind, value),
-            "kind": kind,
-            "value": value,
-        }
-        for patient in patients
-        for value, kind in phi_values.items()
-        if kind in REMEMBERED_KINDS and value.strip()
-    ]
-    if not rows:
-        return
-    dialect = session.get_bind().dialect.name
-    insert = sqlite_insert if dialect == "sqlite" else pg_insert
-    session.execute(insert(PatientPhi).values(rows).on_conflict_do_nothing())
+KnownRows = dict[str, dict[str, tuple[str, str]]]  # patient -> digest -> (kind, value)
+
+
+def known_phi_rows(session: Session, patients: Iterable[str]) -> KnownRows:
+    """What earlier messages reported about these patients (every patient a key)."""
+    wanted = sorted(set(patients))
+    rows: KnownRows = {p: {} for p in wanted}
+    for start in range(0, len(wanted), _LOAD_CHUNK):
+        query = select(PatientPhi.patient, PatientPhi.digest, PatientPhi.kind, PatientPhi.value).where(
+            PatientPhi.patient.in_(wanted[start : start + _LOAD_CHUNK])
+        )
+        for patient, digest, kind, value in session.execute(query):
+            rows[patient][digest] = (kind, value)
+    return rows
+
+
+def compose_known(rows: KnownRows, patients: Sequence[str]) -> dict[str, str]:
+    """value -> kind for these patients, in patient and digest order and at most
+    MAX_KNOWN_VALUES per patient asked for: what one message's scrubber is built from."""
+    budget = MAX_KNOWN_VALUES * len(patients)
+    out: dict[str, str] = {}
+    for patient in sorted(set(patients)):
+        for digest in sorted(rows[patient]):
+            if budget <= 0:
+                return out
+            kind, value = rows[patient][digest]
+            out[value] = kind
+            budget -= 1
+    return out
 
 
 def known_phi(session: Session, patients: Sequence[str]) -> dict[str, str]:
     """value -> kind, for everything earlier messages reported about these patients."""
-    if not patients:
-        return {}
-    query = (
-        select(PatientPhi.value, PatientPhi.kind)
-        .where(PatientPhi.patient.in_(list(patients)))
-        .order_by(PatientPhi.patient, PatientPhi.digest)
-        .limit(MAX_KNOWN_VALUES * len(patients))
-    )
-    return {value: kind for value, kind in session.execute(query).all()}
-
-
-def add_phi_tokens(session: Session, patient: str, tokens: dict[str, str]) -> None:
-    """Remember a patient's keyed identifier tokens (idempotent)."""
-    if not tokens:
-        return
-    rows = [{"patient": patient, "token": t, "kind": k} for t, k in tokens.items()]
-    dialect = session.get_bind().dialect.name
-    insert = sqlite_insert if dialect == "sqlite" else pg_insert
-    session.execute(insert(PhiToken).values(rows).on_conflict_do_nothing())
+    return compose_known(known_phi_rows(session, patients), patients)

@@ -335,9 +335,6 @@ class SidecarApp:
                 select(func.count()).where(OutboxEvent.sent_at.is_(None), OutboxEvent.blocked_at.is_(None))
             ).scalar_one()
 
-    def _rewind_due(self) -> bool:
-        return time.monotonic() - self._last_rewind > REDISPATCH_AFTER_S
-
     def _send_to_lane(self, lane: int, up_to: int) -> None:
         self._celery.send_task(LANE_TASK, args=[lane, up_to], queue=lane_queue(lane))
 

@@ -35,13 +35,21 @@ import audit
 from connectors.dicom import CHARSET as DICOM_CHARSET
 from connectors.hl7 import AckCode
 from core.bulk import insert_rows
-from core.store import MAX_KNOWN_VALUES, REMEMBERED_KINDS, ResourceWriter, Screen, StoredChange, phi_digest
+from core.store import (
+    REMEMBERED_KINDS,
+    ResourceWriter,
+    Screen,
+    StoredChange,
+    compose_known,
+    known_phi_rows,
+    phi_digest,
+)
 from core.tables import InboxEntry, InboxStatus, OutboxEvent, PatientPhi, PhiToken, ReidEntry
 from deid import DeidentifiedResource
 from mapping.dicom import merge_studies
 from mapping.updates import ADMINISTERED, MERGED_TYPES, merge_update
 from worker.appacks import owe
-from worker.leakguard import LeakGuard, block_reason, record_block
+from worker.leakguard import LeakGuard, record_block
 from worker.objects import put_object
 from worker.pipeline import (
     Mapped,
@@ -72,11 +80,12 @@ _KEYS_PER_QUERY = 500
 _STUB_TYPES = frozenset({"Patient"})  # create_only stubs (DICOM's Patient) are checked against what is stored
 
 
-class StageClock:
+class PipelineState:
     """What one pipeline process carries from batch to batch: CPU seconds spent per stage
     (thread time), summed over batches (``sidecar stats``: ``pipeline.cpu_ms.<stage>``),
     and the identifier rows it knows are stored (``seen``), so a patient's next message
-    does not insert them again. Rows are only ever inserted, so "stored" stays true."""
+    does not insert them again (rows are only ever inserted, so "stored" stays true), and
+    the leak guard with its cache of token hashes per text."""
 
     def __init__(self, seen_max: int = 200_000) -> None:
         self.seconds: dict[str, float] = {}
@@ -144,35 +153,19 @@ class _Known:
         self._stored: dict[str, set[str]] = {}  # patient -> digests read from the database
 
     def load(self, patients: Sequence[str]) -> None:
-        missing = sorted({p for p in patients if p not in self._rows})
+        missing = [p for p in patients if p not in self._rows]
         if not missing:
             return
         with self._sessions() as session:
-            for start in range(0, len(missing), _KEYS_PER_QUERY):
-                chunk = missing[start : start + _KEYS_PER_QUERY]
-                for p in chunk:
-                    self._rows[p] = {}
-                query = select(
-                    PatientPhi.patient, PatientPhi.digest, PatientPhi.kind, PatientPhi.value
-                ).where(PatientPhi.patient.in_(chunk))
-                for patient, digest, kind, value in session.execute(query):
-                    self._rows[patient][digest] = (kind, value)
-                    self._stored.setdefault(patient, set()).add(digest)
+            rows = known_phi_rows(session, missing)
+        self._rows.update(rows)
+        for patient, found in rows.items():
+            self._stored[patient] = set(found)
 
     def values(self, patients: Sequence[str]) -> dict[str, str]:
-        """As ``core.store.known_phi``: ordered by patient and digest, bounded the same way."""
+        """As ``core.store.known_phi``, with what the batch's earlier entries reported."""
         self.load(patients)
-        budget = MAX_KNOWN_VALUES * len(patients)
-        out: dict[str, str] = {}
-        for patient in sorted(set(patients)):
-            rows = self._rows[patient]
-            for digest in sorted(rows):
-                if budget <= 0:
-                    return out
-                kind, value = rows[digest]
-                out[value] = kind
-                budget -= 1
-        return out
+        return compose_known(self._rows, patients)
 
     def unseen(self, key: tuple[str, ...]) -> bool:
         """False for a ``patient_phi`` row read from the database (so stored already)."""
@@ -210,15 +203,15 @@ def store(
 
 
 def process_entries(
-    ctx: PipelineContext, inbox_ids: Sequence[int], *, clock: StageClock | None = None
+    ctx: PipelineContext, inbox_ids: Sequence[int], *, state: PipelineState | None = None
 ) -> BatchResult:
     """Process these inbox entries (those still RECEIVED), in id order. Database errors
     are transient and propagate; when the batch's transaction fails for another reason
     than a lost connection, each entry is tried alone, so one entry the database refuses
     is dead-lettered and the others are stored."""
-    clock = clock or StageClock()
+    state = state or PipelineState()
     try:
-        return process_batch(ctx, inbox_ids, clock=clock)
+        return process_batch(ctx, inbox_ids, state=state)
     except (OperationalError, InterfaceError):
         raise  # the database is away or busy: the whole batch is retried later
     except DBAPIError:
@@ -228,7 +221,7 @@ def process_entries(
     out = BatchResult()
     for inbox_id in sorted(inbox_ids):
         try:
-            out.results += process_batch(ctx, [inbox_id], clock=clock).results
+            out.results += process_batch(ctx, [inbox_id], state=state).results
         except (OperationalError, InterfaceError):
             raise
         except DBAPIError:
@@ -250,14 +243,14 @@ def _refused_alone(ctx: PipelineContext, inbox_id: int) -> BatchResult:
     return BatchResult([ProcessResult(inbox_id, Outcome.DEAD_LETTERED)])
 
 
-def process_batch(ctx: PipelineContext, inbox_ids: Sequence[int], *, clock: StageClock) -> BatchResult:
-    with clock.stage("load"):
+def process_batch(ctx: PipelineContext, inbox_ids: Sequence[int], *, state: PipelineState) -> BatchResult:
+    with state.stage("load"):
         entries = _load(ctx, inbox_ids)
     if not entries:
         return BatchResult([ProcessResult(i, Outcome.SKIPPED) for i in inbox_ids])
     known = _Known(ctx.db.reads)
     mapped: dict[int, Mapped] = {}
-    with clock.stage("map"):
+    with state.stage("map"):
         for entry in entries:
             if entry.charset == DICOM_CHARSET:
                 continue
@@ -265,9 +258,9 @@ def process_batch(ctx: PipelineContext, inbox_ids: Sequence[int], *, clock: Stag
                 mapped[entry.inbox_id] = map_entry(ctx, entry.raw, entry.charset)
             except PermanentFailure as failure:
                 entry.outcome = failure
-    with clock.stage("known"):
+    with state.stage("known"):
         known.load([p for m in mapped.values() for p in m.reid])
-    with clock.stage("deid"):
+    with state.stage("deid"):
         for entry in entries:
             if entry.outcome is not None:
                 continue
@@ -281,9 +274,9 @@ def process_batch(ctx: PipelineContext, inbox_ids: Sequence[int], *, clock: Stag
                 entry.outcome = failure
                 continue
             known.remember(entry.outcome.patients, entry.outcome.phi_values)
-    clock.entries += len(entries)
+    state.entries += len(entries)
     now = datetime.now(UTC)
-    with clock.stage("objects"):
+    with state.stage("objects"):
         for entry in entries:
             if isinstance(entry.outcome, Transformed) and ctx.dicom.object_dir is not None:
                 for obj in entry.outcome.objects:
@@ -291,7 +284,7 @@ def process_batch(ctx: PipelineContext, inbox_ids: Sequence[int], *, clock: Stag
                     # RECEIVED and the rerun finds the same bytes in place.
                     put_object(ctx.dicom.object_dir, obj)
     stored_keys: list[tuple[str, ...]] = []
-    with clock.stage("store"):
+    with state.stage("store"):
         with ctx.db.transaction() as session:
             result = _store_batch(
                 session,
@@ -300,10 +293,10 @@ def process_batch(ctx: PipelineContext, inbox_ids: Sequence[int], *, clock: Stag
                 now=now,
                 skipped=set(inbox_ids) - {e.inbox_id for e in entries},
                 known=known,
-                clock=clock,
+                state=state,
                 stored_keys=stored_keys,
             )
-        clock.saw(stored_keys)
+        state.saw(stored_keys)
     return result
 
 
@@ -345,13 +338,11 @@ def _store_batch(
     now: datetime,
     skipped: set[int],
     known: _Known,
-    clock: StageClock,
+    state: PipelineState,
     stored_keys: list[tuple[str, ...]],
 ) -> BatchResult:
     received = _still_received(session, ctx, [e.inbox_id for e in entries])
-    writer = ResourceWriter(
-        session, now=now, screen=_screen(session, ctx, entries, clock), blocked_because=block_reason
-    )
+    writer = ResourceWriter(session, now=now, screen=_screen(session, ctx, entries, state))
     writer.load(
         (
             (item.resource["resourceType"], item.resource["id"])
@@ -390,7 +381,7 @@ def _store_batch(
         session,
         [t for _, t, _, _ in stored],
         now=now,
-        new=lambda key: clock.unseen(key) and known.unseen(key),
+        new=lambda key: state.unseen(key) and known.unseen(key),
     )
     job_ids = enqueue_jobs(
         session, [r for _, _, _, requests in stored for r in requests], now=now, coalesce_s=ctx.coalesce_s
@@ -425,13 +416,13 @@ def _store_batch(
     return BatchResult([results[i] for i in sorted(results)])
 
 
-def _screen(session: Session, ctx: PipelineContext, entries: list[_Entry], clock: StageClock) -> Screen:
+def _screen(session: Session, ctx: PipelineContext, entries: list[_Entry], state: PipelineState) -> Screen:
     """The relay's leak check, run here on the events the batch writes: the patients' stored
     tokens (one read) plus what the batch's entries report. In the pipeline's processes, which
     scale, rather than in the relay's one; the relay still checks any row not screened."""
-    if clock.guard is None:
-        clock.guard = LeakGuard(ctx.vault)
-    guard = clock.guard
+    if state.guard is None:
+        state.guard = LeakGuard(ctx.vault)
+    guard = state.guard
     guard.forget()
     done = [e.outcome for e in entries if isinstance(e.outcome, Transformed)]
     guard.prefetch(session, {p for t in done for p in t.patients})

@@ -21,6 +21,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 import audit
+from core.store import block_reason
 from core.tables import DeadLetter, PhiToken
 from deid import Vault
 from deid.tokens import SKIP_KEYS, payload_tokens
@@ -129,11 +130,6 @@ class LeakGuard:
             if len(self._texts) > _CACHE_TEXTS:
                 self._texts.popitem(last=False)
         return tokens
-
-
-def block_reason(event_id: str, kinds: list[str]) -> str:
-    """Why an event was not published: its id and the kinds found, never a value."""
-    return f"event {event_id} carries identifier(s) of kind {', '.join(kinds)}; not published"
 
 
 def record_block(

@@ -17,8 +17,9 @@ from sqlalchemy.orm import Session
 
 import audit
 from core.db import Database
+from core.store import block_reason
 from core.tables import OutboxEvent
-from worker.leakguard import LeakGuard, block_reason, record_block
+from worker.leakguard import LeakGuard, record_block
 from worker.publishers import OutgoingEvent, Publisher
 
 log = logging.getLogger("sidecar.worker.relay")

@@ -38,7 +38,7 @@ from sqlalchemy.exc import DBAPIError
 from core.children import ChildLink, Children
 from core.settings import Settings
 from core.tables import InboxEntry, InboxStatus, PipelineStat
-from worker.batch import BatchResult, StageClock, process_entries
+from worker.batch import BatchResult, PipelineState, process_entries
 from worker.dispatch import lane_of_entry
 from worker.pipeline import PipelineContext
 
@@ -73,7 +73,7 @@ class PipelineRunner:
         self._lanes = lanes
         self._dicom_issuer = dicom_issuer
         self._on_batch = on_batch
-        self.clock = StageClock()
+        self.state = PipelineState()
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
         self._failures = 0
         self._last_stats = time.monotonic()
@@ -116,7 +116,7 @@ class PipelineRunner:
             self.flush_stats()
             return 0
         try:
-            result = process_entries(self._ctx, ids, clock=self.clock)
+            result = process_entries(self._ctx, ids, state=self.state)
         except DBAPIError as exc:
             # Transient (database busy, restarting): the batch stays RECEIVED and is taken
             # again, in order, after a back-off.
@@ -153,7 +153,7 @@ class PipelineRunner:
 
     def flush_stats(self) -> None:
         """Add the CPU time per stage since the last flush to ``pipeline_stats``."""
-        seconds, entries = self.clock.take()
+        seconds, entries = self.state.take()
         self._last_stats = time.monotonic()
         if not seconds:
             return
