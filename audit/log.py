@@ -21,7 +21,7 @@ from sqlalchemy import Connection, Engine, Table, bindparam, func, select
 from sqlalchemy.orm import Session
 
 from core.errors import StoreError
-from core.tables import AuditEntry, AuditHead, AuditPending
+from core.model_tables import AuditEntry, AuditHead, AuditPending
 
 GENESIS = "0" * 64
 

@@ -1,0 +1,196 @@
+"""The tables that hold no identifier: the de-identified store, jobs, the model zone's
+outputs, the audit chain and operational counters (SQLAlchemy 2; changes go through
+Alembic, core/migrations).
+
+Split from the identified zone's tables (``core.identified_tables``) so that the model zone
+(``sandbox``) can import these without importing those: an import-linter contract forbids
+the sandbox that module. ``core.tables`` re-exports both for the identified zone.
+Status columns hold StrEnum values, never free text; timestamps are timezone-aware UTC.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    String,
+    Text,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+__all__ = [
+    "AuditEntry",
+    "AuditHead",
+    "AuditPending",
+    "Base",
+    "BigId",
+    "Job",
+    "JobStatus",
+    "OutboxEvent",
+    "PipelineStat",
+    "Resource",
+    "ResourceHistory",
+]
+
+# SQLite only auto-increments INTEGER PRIMARY KEY; PostgreSQL gets 64-bit ids.
+BigId = BigInteger().with_variant(Integer, "sqlite")
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class JobStatus(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class Resource(Base):
+    """Current version of each de-identified FHIR resource. De-identified zone."""
+
+    __tablename__ = "resources"
+    __table_args__ = (Index("ix_resources_patient_type", "patient", "resource_type"),)
+
+    resource_type: Mapped[str] = mapped_column(String(64), primary_key=True)
+    resource_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer)
+    patient: Mapped[str | None] = mapped_column(String(64))  # pseudonym
+    body: Mapped[str] = mapped_column(Text)  # FHIR JSON incl. meta.versionId
+    content_hash: Mapped[str] = mapped_column(String(64))  # of the content without meta
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # The newest inbox entry that stated this resource, changed or not (None: not from the
+    # inbox). An older entry processed later (a replay) must not undo what it said.
+    source_seq: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class ResourceHistory(Base):
+    """Every version ever stored, so a Provenance can name exact input versions."""
+
+    __tablename__ = "resource_history"
+
+    resource_type: Mapped[str] = mapped_column(String(64), primary_key=True)
+    resource_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    body: Mapped[str] = mapped_column(Text)
+    origin: Mapped[str] = mapped_column(String(64))  # inbox:<id> or job:<id>
+    recorded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class OutboxEvent(Base):
+    """An event written in the same transaction as the change it announces."""
+
+    __tablename__ = "outbox"
+    __table_args__ = (
+        Index("ix_outbox_unsent", "sent_at", "id"),
+        Index(
+            "ix_outbox_blocked",
+            "id",
+            sqlite_where=text("blocked_at IS NOT NULL"),
+            postgresql_where=text("blocked_at IS NOT NULL"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    event_id: Mapped[str] = mapped_column(String(200), unique=True)
+    routing_key: Mapped[str] = mapped_column(String(200))
+    body: Mapped[str] = mapped_column(Text)  # CloudEvents JSON
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    blocked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # leak guard
+    block_reason: Mapped[str | None] = mapped_column(Text)
+    # The pipeline ran the leak check when it wrote the row: the relay need not again.
+    screened: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
+
+
+class Job(Base):
+    """A summary job for one patient; triggers close together coalesce into one pending row."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (
+        Index(
+            "uq_jobs_one_pending",
+            "kind",
+            "patient",
+            unique=True,
+            sqlite_where=text("status = 'pending'"),
+            postgresql_where=text("status = 'pending'"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(32))  # discharge, lab-report, ...
+    patient: Mapped[str] = mapped_column(String(64))  # pseudonym
+    status: Mapped[str] = mapped_column(String(16), default=JobStatus.PENDING, index=True)
+    due_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    triggers: Mapped[int] = mapped_column(Integer, default=1)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    result: Mapped[str | None] = mapped_column(String(200))  # DocumentReference/<id>
+    error_code: Mapped[str | None] = mapped_column(String(64))
+
+
+class AuditEntry(Base):
+    """Append-only, hash-chained audit log. ``seq`` is gapless: assigned under the head lock."""
+
+    __tablename__ = "audit_log"
+
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    at: Mapped[str] = mapped_column(String(40))  # ISO text, hashed exactly as stored
+    actor: Mapped[str] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(64))
+    outcome: Mapped[str] = mapped_column(String(16))
+    entity: Mapped[str] = mapped_column(String(200))
+    detail: Mapped[str] = mapped_column(Text)  # canonical JSON, no identifiers
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class AuditPending(Base):
+    """Audit entries written with the action but not yet linked into the chain: the
+    PostgreSQL intake writes a lone message and its entry in one autocommit statement (one
+    round trip), which cannot read and lock the chain head. ``audit.chain_pending`` appends
+    them to the chain in id order and deletes them, in one transaction."""
+
+    __tablename__ = "audit_pending"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    at: Mapped[str] = mapped_column(String(40))
+    actor: Mapped[str] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(64))
+    outcome: Mapped[str] = mapped_column(String(16))
+    entity: Mapped[str] = mapped_column(String(200))
+    detail: Mapped[str] = mapped_column(Text)  # JSON (re-serialised canonically when chained)
+
+
+class AuditHead(Base):
+    """One row: the chain's tip. Appenders lock it so concurrent writers never fork the chain."""
+
+    __tablename__ = "audit_head"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class PipelineStat(Base):
+    """CPU seconds one pipeline process spent in one stage, and the entries it handled:
+    operational counters for ``sidecar stats`` (no data values)."""
+
+    __tablename__ = "pipeline_stats"
+
+    process: Mapped[str] = mapped_column(String(128), primary_key=True)  # host:pid
+    stage: Mapped[str] = mapped_column(String(32), primary_key=True)
+    cpu_s: Mapped[float] = mapped_column(Float)
+    entries: Mapped[int] = mapped_column(BigInteger)
