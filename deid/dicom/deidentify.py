@@ -415,6 +415,21 @@ def _text(ds: Dataset, tag: int) -> str:
     return str(elem.value or "").strip() if elem is not None else ""
 
 
+def _valid_kept(raw: RawDataElement | None, elem: _Element, vr: str) -> bool:
+    """Whether a kept value is what its VR allows; a value pydicom already decoded into a
+    number or a date is valid by construction."""
+    if raw is not None:
+        return raw.value is None or values.valid_for_vr(vr, raw.value)
+    value = cast(DataElement, elem).value
+    if value is None or value == "":
+        return True
+    return all(not isinstance(v, str) or values.valid_for_vr(vr, v) for v in _values(value))
+
+
+def _values(value: object) -> list[object]:
+    return list(value) if isinstance(value, MultiValue | list | tuple) else [value]
+
+
 def _new(tag: int, vr: str, value: object) -> DataElement:
     """An element with a value of ours, valid by construction."""
     return DataElement(tag, vr, value, validation_mode=pydicom.config.IGNORE)
@@ -719,6 +734,9 @@ class _Run:
             self.phi_sources.append((plan.phi, ds, elem))
         if (action == K and vr != "AS") or (action == SHIFT and vr == "TM"):
             # Kept; a whole-day shift leaves the time of day as it was.
+            if vr in values.CHECKED_VRS and not _valid_kept(raw, elem, vr):
+                self.replace_invalid(ds, tag, vr, raw, elem, encoding)
+                return
             new[tag] = elem  # as it came: a raw element is written back byte for byte
             if raw is not None and not _same_encoding(raw, encoding):
                 # Read in another encoding than the dataset says (SC_rgb_jpeg.dcm: implicit
@@ -776,6 +794,33 @@ class _Run:
                 self.changes += 1
             return
         self._handlers[action](self, ds, own)
+
+    def replace_invalid(
+        self,
+        ds: Dataset,
+        tag: BaseTag,
+        vr: str,
+        raw: RawDataElement | None,
+        elem: _Element,
+        encoding: tuple[object, object],
+    ) -> None:
+        """A kept value its VR does not allow (text in a time, a number, a code): what the
+        basic profile does to the attribute when it removes anything, else a dummy. The
+        value is not looked at again, nor decoded: it is no time, number or code, and may
+        be a name."""
+        self.changes += 1
+        row = _row(int(tag))
+        action = _pick(row[0]) if row is not None else D
+        if action == X:
+            ds._dict.pop(tag, None)
+        elif action == Z:
+            ds._dict[tag] = _encoded(tag, vr, _empty_value(vr), encoding)
+        elif vr == "UI":
+            # A UID that is not one is hashed like any other replaced UID.
+            texts = _raw_texts(raw) if raw is not None else _strings(cast(DataElement, elem).value)
+            ds._dict[tag] = _encoded(tag, vr, self.uid_value(texts), encoding)
+        else:
+            ds._dict[tag] = _encoded(tag, vr, _dummy_value(vr), encoding)
 
     def _safe_private(self, ds: Dataset, old: _Elements, tag: BaseTag) -> bool:
         if tag.is_private_creator:

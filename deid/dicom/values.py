@@ -7,8 +7,11 @@ these functions put the input value into an exception message.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from datetime import date, timedelta
-from typing import Final
+from typing import Final, cast
+
+from pydicom.valuerep import STR_VR_REGEXES, VALIDATORS
 
 from ..vault import Vault
 
@@ -140,3 +143,45 @@ def uid_hash(vault: Vault, uid: str) -> str:
     uid = uid.strip("\x00 ")
     digest = vault.resource_id(None, "dicom-uid", uid)
     return f"2.25.{int(digest, 16)}"
+
+
+# VRs whose values have a fixed shape (PS3.5 Table 6.2-1), checked when a value is kept:
+# text there ("Logleakname" in a Study Time) is no time, and may be a name. AS is not
+# here: a kept age goes through ``generalise_age``, which drops what it cannot read.
+# DS and IS are checked for their characters only: an over-long number is common in the
+# wild, holds nothing but digits, and is geometry a viewer needs.
+CHECKED_VRS: Final = frozenset({"AE", "CS", "DA", "DS", "DT", "IS", "TM", "UI"})
+_NUMBER_VRS: Final = frozenset({"DS", "IS"})
+_VALID_CACHE: dict[tuple[str, bytes | str], bool] = {}
+_VALID_CACHE_MAX: Final = 4096
+
+
+def _valid_one(vr: str, value: str) -> bool:
+    if vr in _NUMBER_VRS:
+        return STR_VR_REGEXES[vr].match(value) is not None
+    validator = cast(Callable[[str, str], tuple[bool, str]], VALIDATORS[vr])
+    ok, _ = validator(vr, value)
+    return ok
+
+
+def valid_for_vr(vr: str, value: bytes | str) -> bool:
+    """Whether every value of a multi-valued text element (raw bytes or decoded text) is
+    what ``vr`` allows; pydicom's validators decide. Padding and surrounding spaces are
+    insignificant and ignored; an empty value is valid."""
+    key = (vr, value)
+    known = _VALID_CACHE.get(key)
+    if known is not None:
+        return known
+    if isinstance(value, bytes):
+        try:
+            text = value.decode("ascii")
+        except UnicodeDecodeError:
+            return False  # every checked VR is a subset of ASCII
+    else:
+        text = value
+    ok = all(_valid_one(vr, part.strip(" \x00")) for part in text.rstrip(" \x00").split("\\"))
+    if len(value) <= 64:  # the values that repeat (codes, times, spacings), not blobs
+        if len(_VALID_CACHE) >= _VALID_CACHE_MAX:
+            _VALID_CACHE.clear()
+        _VALID_CACHE[key] = ok
+    return ok
