@@ -54,8 +54,28 @@ class Settings(BaseSettings):
     mllp_host: str = Field("127.0.0.1", description="Address the MLLP listener binds to.")
     mllp_port: int = Field(2575, ge=0, le=65535, description="MLLP listener port (0: any free port).")
     mllp_max_frame_bytes: int = Field(1_048_576, gt=0, description="Largest accepted MLLP frame.")
-    mllp_idle_timeout_s: float = Field(300.0, gt=0, description="Close a connection idle this long.")
-    mllp_max_connections: int = Field(64, gt=0, description="Concurrent MLLP connections accepted.")
+    mllp_idle_timeout_s: float = Field(
+        300.0,
+        gt=0,
+        description="Close a connection without traffic this long: only a complete frame, bytes inside "
+        "a frame or an ACK written count; bytes between frames (a newline keep-alive) do not.",
+    )
+    mllp_frame_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        description="A frame (from its start block) must end within this many seconds, else the "
+        "connection is closed; also bounds a TLS handshake (at most 60 s).",
+    )
+    mllp_max_connections: int = Field(
+        128, gt=0, description="Concurrent MLLP connections accepted; beyond it a new one is closed at once."
+    )
+    mllp_max_connections_per_peer: int = Field(
+        32,
+        gt=0,
+        description="Concurrent MLLP connections from one IP address; beyond it that address's new "
+        "connections are closed at once (not the others'). Raise it for an interface engine that "
+        "sends many feeds from one address.",
+    )
 
     mllp_max_in_flight: int = Field(
         256, gt=0, description="Frames one connection may have in commit before its ACKs (pipelining)."
@@ -172,6 +192,13 @@ class Settings(BaseSettings):
         None, ge=0, le=65535, description="Serve Prometheus metrics on this port; unset: no metrics endpoint."
     )
     metrics_host: str = Field("127.0.0.1", description="Address of the metrics endpoint.")
+    metrics_max_senders: int = Field(
+        64,
+        ge=0,
+        description="Senders (MSH-3|MSH-4) that get metrics labels of their own: the first this many "
+        "admitted (past mllp_allowed_senders); later ones and turned-away ones count as `other`, so "
+        "invented senders cannot grow /metrics.",
+    )
     api_port: int | None = Field(
         None,
         ge=0,

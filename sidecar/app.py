@@ -75,7 +75,9 @@ def mllp_config(settings: Settings) -> MllpConfig:
         port=settings.mllp_port,
         max_frame_bytes=settings.mllp_max_frame_bytes,
         idle_timeout_s=settings.mllp_idle_timeout_s,
+        frame_timeout_s=settings.mllp_frame_timeout_s,
         max_connections=settings.mllp_max_connections,
+        max_connections_per_peer=settings.mllp_max_connections_per_peer,
         max_in_flight=settings.mllp_max_in_flight,
         ack_mode=AckMode(settings.mllp_ack_mode),
         allowed_peers=tuple(settings.mllp_allowed_peers),
@@ -183,7 +185,7 @@ class SidecarApp:
                 tls_cert_file=settings.api_tls_cert_file,
                 tls_key_file=settings.api_tls_key_file,
             )
-        self.metrics = IntakeMetrics()
+        self.metrics = IntakeMetrics(max_senders=settings.metrics_max_senders)
         self.inbox = DatabaseInbox(self.db)
         self.journal: JournaledInbox | None = None
         if settings.effective_mllp_journal:

@@ -183,3 +183,20 @@ def test_any_bytes_any_chunking_same_events(stream: bytes, data: st.DataObject) 
             assert len(event.payload) <= MAX
         else:
             assert len(event.content) <= MAX
+
+
+def test_progress_counts_bytes_inside_frames_only() -> None:
+    # The listener's idle timeout is reset by framed bytes, never by bytes between frames.
+    reader = FrameReader(MAX)
+    reader.feed(b"\n\r\n junk \n")
+    assert (reader.in_frame, reader.framed_bytes) == (False, 0)
+    reader.feed(b"\x0bMSH|")
+    assert (reader.in_frame, reader.framed_bytes) == (True, 4)
+    reader.feed(b"x\x1c")
+    assert (reader.in_frame, reader.framed_bytes) == (True, 5)  # waiting for the CR
+    reader.feed(b"\r\n\n")
+    assert (reader.in_frame, reader.framed_bytes) == (False, 5)
+    reader.feed(b"\x0b" + b"y" * (MAX * 3))  # discarded bytes are progress too
+    assert (reader.in_frame, reader.framed_bytes) == (True, 5 + MAX * 3)
+    reader.close()
+    assert not reader.in_frame

@@ -25,11 +25,20 @@ class MllpClient:
         self._pending: deque[bytes] = deque()
 
     def connect(
-        self, host: str, port: int, timeout: float = 10.0, *, tls: ssl.SSLContext | None = None
+        self,
+        host: str,
+        port: int,
+        timeout: float = 10.0,
+        *,
+        tls: ssl.SSLContext | None = None,
+        source: str | None = None,
     ) -> Self:
-        """Connect; ``timeout`` also bounds every later send/receive (and the TLS handshake)."""
+        """Connect; ``timeout`` also bounds every later send/receive (and the TLS handshake).
+        ``source``: the local address to connect from (tests play a second peer from 127.0.0.2)."""
         self.close()
-        sock = socket.create_connection((host, port), timeout=timeout)
+        sock = socket.create_connection(
+            (host, port), timeout=timeout, source_address=(source, 0) if source else None
+        )
         if tls is not None:
             try:
                 sock = tls.wrap_socket(sock, server_hostname=host)

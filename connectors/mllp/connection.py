@@ -11,7 +11,12 @@ What the connection guarantees, whatever the handler does:
 - at most ``max_in_flight`` frames await an answer, and nothing is read while the sender
   leaves our ACKs unread in the socket buffer (backpressure instead of memory);
 - a sender that half-closes still gets the answers it is owed, then the connection closes;
-- idle for ``idle_timeout_s`` with nothing owed: closed (waiting on our commit is not idle);
+- idle for ``idle_timeout_s`` with nothing owed: closed (waiting on our commit is not idle).
+  Only traffic counts: a complete frame, bytes inside a frame, an answer written. Bytes
+  between frames (a newline every few seconds) do not, so they cannot hold a slot;
+- a frame started must end within ``frame_timeout_s`` (a start block that never ends, or
+  one trickled in a byte at a time, cannot hold a slot either); a new start block inside
+  it does not restart that deadline;
 - ``drain()`` (the listener stopping) reads nothing more and closes once nothing is owed.
 
 Answers given while the owner's ``AnswerCork`` is held (the callbacks of one group commit)
@@ -29,7 +34,8 @@ import socket
 from contextlib import suppress
 from typing import Protocol
 
-from connectors.mllp.framing import FrameEvent, FrameReader, encode_frame
+from connectors.mllp.framing import Frame, FrameEvent, FrameReader, ProblemCode, encode_frame
+from core.logs import LogBudget
 
 log = logging.getLogger("sidecar.connectors.mllp")
 
@@ -89,7 +95,15 @@ class AnswerCork:
 class Owner(Protocol):
     """The listener a connection belongs to."""
 
+    # Lines written once per connection go through it: a flood of connections would
+    # otherwise be a flood of lines.
+    log_budget: LogBudget
+
     def admit(self, connection: MllpConnection) -> bool: ...
+
+    def timed_out(self, connection: MllpConnection, kind: str) -> None:
+        """Closed for silence ("idle") or a frame not ended in time ("frame")."""
+        ...
 
     def handle(self, event: FrameEvent, peer: str, answers: Answers, slot: Slot) -> None:
         """Start on one framing event; its answer fills ``slot``, now or later."""
@@ -106,6 +120,7 @@ class MllpConnection(asyncio.Protocol):
         max_frame_bytes: int,
         max_in_flight: int,
         idle_timeout_s: float,
+        frame_timeout_s: float,
         cork: AnswerCork | None = None,
     ) -> None:
         self._owner = owner
@@ -113,6 +128,7 @@ class MllpConnection(asyncio.Protocol):
         self._out: list[bytes] = []  # encoded answers held by the cork, in order
         self._max_in_flight = max_in_flight
         self._idle_timeout_s = idle_timeout_s
+        self._frame_timeout_s = frame_timeout_s
         self._framer = FrameReader(max_frame_bytes)
         self._slots: collections.deque[Slot] = collections.deque()
         # Frames read beyond max_in_flight (one read can hold many): handled as slots free up.
@@ -120,7 +136,8 @@ class MllpConnection(asyncio.Protocol):
         self._taking = False
         self._transport: asyncio.Transport | None = None
         self._loop = asyncio.get_running_loop()
-        self._last_read = 0.0
+        self._last_traffic = 0.0
+        self._frame_started: float | None = None  # when the frame being read began
         self._idle_timer: asyncio.TimerHandle | None = None
         self._abort_timer: asyncio.TimerHandle | None = None
         self._reading_paused = False
@@ -146,7 +163,8 @@ class MllpConnection(asyncio.Protocol):
         self.host = str(peername[0]) if isinstance(peername, tuple) and peername else ""
         self.peer = peer_name(peername)
         if not self._owner.admit(self):
-            self._close()
+            # At once, not after a graceful close: a refused peer keeps no descriptor.
+            transport.abort()
             return
         self._admitted = True
         sock = transport.get_extra_info("socket")
@@ -155,13 +173,23 @@ class MllpConnection(asyncio.Protocol):
             # that silently drop idle flows; keepalive lets the OS notice a dead peer.
             with suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        log.info("mllp connection opened", extra={"event": "mllp.opened", "peer": self.peer})
-        self._last_read = self._loop.time()
-        self._idle_timer = self._loop.call_later(self._idle_timeout_s, self._check_idle)
+        self._owner.log_budget.info("mllp connection opened", event="mllp.opened", peer=self.peer)
+        self._last_traffic = self._loop.time()
+        self._idle_timer = self._loop.call_later(self._next_check(), self._check_idle)
 
     def data_received(self, data: bytes) -> None:
-        self._last_read = self._loop.time()
-        self._feed(self._framer.feed(data))
+        framer = self._framer
+        framed_before = framer.framed_bytes
+        events = framer.feed(data)
+        now = self._loop.time()
+        if events and any(_complete(event) for event in events):
+            self._last_traffic = now
+            self._frame_started = None
+        elif framer.framed_bytes != framed_before:
+            self._last_traffic = now
+        if framer.in_frame and self._frame_started is None:
+            self._frame_started = now
+        self._feed(events)
 
     def eof_received(self) -> bool:
         # Whatever was read is answered before the connection closes: keep the write side.
@@ -175,12 +203,12 @@ class MllpConnection(asyncio.Protocol):
             if timer is not None:
                 timer.cancel()
         if self._admitted:
+            budget = self._owner.log_budget
             if exc is not None:
-                log.info(
-                    "mllp connection lost",
-                    extra={"event": "mllp.lost", "peer": self.peer, "error": type(exc).__name__},
+                budget.info(
+                    "mllp connection lost", event="mllp.lost", peer=self.peer, error=type(exc).__name__
                 )
-            log.info("mllp connection closed", extra={"event": "mllp.closed", "peer": self.peer})
+            budget.info("mllp connection closed", event="mllp.closed", peer=self.peer)
             self._owner.closed(self)
         if not self.closed.done():
             self.closed.set_result(None)
@@ -215,6 +243,7 @@ class MllpConnection(asyncio.Protocol):
         if out and transport is not None and not transport.is_closing():
             # A sender that went away finds its messages stored; it resends for the ACKs.
             transport.write(out[0] if len(out) == 1 else b"".join(out))
+            self._last_traffic = self._loop.time()  # idle counts from our last answer
         self._take()
         self._close_if_done()
 
@@ -269,19 +298,37 @@ class MllpConnection(asyncio.Protocol):
         elif not pause and self._reading_paused:
             self._reading_paused = False
             transport.resume_reading()
+            if self._frame_started is not None:
+                # The time we did not read is not the sender's delay.
+                self._frame_started = self._loop.time()
 
     def _close_if_done(self) -> None:
         if self._ending and not self.busy:
             self._close()
 
     def _check_idle(self) -> None:
-        idle = self._loop.time() - self._last_read
-        if idle >= self._idle_timeout_s and not self.busy:
-            log.info("mllp idle timeout", extra={"event": "mllp.idle", "peer": self.peer})
-            self._close()
-            return
-        # Not idle yet, or waiting on our commit (which is not the sender being idle).
-        self._idle_timer = self._loop.call_later(max(self._idle_timeout_s - idle, 0.05), self._check_idle)
+        if not self.busy:  # waiting on our commit is neither the sender's silence nor delay
+            now = self._loop.time()
+            if now - self._last_traffic >= self._idle_timeout_s:
+                self._time_out("idle", "mllp idle timeout", "mllp.idle")
+                return
+            if self._frame_started is not None and now - self._frame_started >= self._frame_timeout_s:
+                self._time_out("frame", "mllp frame not ended in time", "mllp.frame_timeout")
+                return
+        self._idle_timer = self._loop.call_later(self._next_check(), self._check_idle)
+
+    def _time_out(self, kind: str, msg: str, event: str) -> None:
+        self._owner.timed_out(self, kind)
+        self._owner.log_budget.info(msg, event=event, peer=self.peer)
+        self._close()
+
+    def _next_check(self) -> float:
+        """Seconds until the earliest deadline (idle or frame), at least 50 ms."""
+        now = self._loop.time()
+        due = self._last_traffic + self._idle_timeout_s
+        if self._frame_started is not None:
+            due = min(due, self._frame_started + self._frame_timeout_s)
+        return max(due - now, 0.05)
 
     def _close(self) -> None:
         transport = self._transport
@@ -296,3 +343,8 @@ def peer_name(peer: object) -> str:
         host, port = str(peer[0]), peer[1]
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     return str(peer) if peer else "unknown"
+
+
+def _complete(event: FrameEvent) -> bool:
+    """A whole frame arrived (answered, even when too large): traffic, not noise."""
+    return isinstance(event, Frame) or event.code is ProblemCode.OVERSIZED

@@ -78,6 +78,14 @@ class FrameReader:
         self._frame_len = 0  # counts discarded bytes too, so oversize reports the true size
         self._junk_len = 0
         self._junk_significant = False
+        # Bytes taken inside frames since the start, never reset: a listener tells progress
+        # (traffic) from stray bytes between frames, which never count here.
+        self.framed_bytes = 0
+
+    @property
+    def in_frame(self) -> bool:
+        """A start block was read and its frame has not ended yet."""
+        return self._state is not _State.BETWEEN
 
     def feed(self, data: bytes) -> list[FrameEvent]:
         events: list[FrameEvent] = []
@@ -155,6 +163,7 @@ class FrameReader:
         if room > 0:
             self._buf += chunk[:room]
         self._frame_len += len(chunk)
+        self.framed_bytes += len(chunk)
 
     def _oversized(self) -> FrameProblem:
         return FrameProblem(

@@ -16,6 +16,7 @@ statement parameters (the raw message) into their exception text.
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import logging
 import ssl
@@ -42,14 +43,16 @@ from connectors.commit import GroupCommitter
 from connectors.hl7.ack import AckCode, build_ack
 from connectors.hl7.charset import decode_message
 from connectors.hl7.header import HeaderError, MessageHeader, peek_header
-from connectors.metrics import IntakeMetrics
+from connectors.metrics import OTHER, UNKNOWN, IntakeMetrics
 from connectors.mllp.connection import CLOSE_TIMEOUT_S, AnswerCork, Answers, MllpConnection, Slot
 from connectors.mllp.framing import Frame, FrameEvent, FrameProblem, ProblemCode
 from core.errors import IngestError
+from core.logs import LogBudget
 
 log = logging.getLogger("sidecar.connectors.mllp")
 
 SOURCE = "mllp"
+_REPORT_EVERY_S = 10.0  # how often the log budget tells what it left out
 NOT_STORED = "message not stored; resend"
 
 
@@ -63,8 +66,12 @@ class MllpConfig:
     host: str = "127.0.0.1"
     port: int = 2575
     max_frame_bytes: int = 1_048_576
+    # Silence (stray bytes between frames are silence) after which a connection is closed.
     idle_timeout_s: float = 300.0
-    max_connections: int = 64
+    frame_timeout_s: float = 60.0  # a frame started must end within this
+    max_connections: int = 128
+    # One address may hold this many: a peer that opens more is refused, not the others.
+    max_connections_per_peer: int = 32
     max_in_flight: int = 256  # frames of one connection committed but not yet answered
     ack_mode: AckMode = AckMode.AUTO
     # Empty: everyone. Networks ("10.1.0.0/16", "127.0.0.1") a peer address must be in.
@@ -74,13 +81,24 @@ class MllpConfig:
     ssl_context: ssl.SSLContext | None = None
     # MSH-18 empty: the charset to assume, per header (a per-sender policy); None = UTF-8.
     default_charset: Callable[[MessageHeader], str] | None = None
+    # Lines per connection or refusal (opened, closed, refused...): a burst, then a rate.
+    log_rate_per_s: float = 5.0
+    log_burst: int = 50
     _networks: tuple[Network, ...] = field(default=(), repr=False)
 
     def __post_init__(self) -> None:
-        if self.max_frame_bytes <= 0 or self.idle_timeout_s <= 0 or self.max_connections <= 0:
-            raise ValueError("max_frame_bytes, idle_timeout_s and max_connections must be positive")
-        if self.max_in_flight <= 0:
-            raise ValueError("max_in_flight must be positive")
+        positive = {
+            "max_frame_bytes": self.max_frame_bytes,
+            "idle_timeout_s": self.idle_timeout_s,
+            "frame_timeout_s": self.frame_timeout_s,
+            "max_connections": self.max_connections,
+            "max_connections_per_peer": self.max_connections_per_peer,
+            "max_in_flight": self.max_in_flight,
+            "log_rate_per_s": self.log_rate_per_s,
+            "log_burst": self.log_burst,
+        }
+        if bad := [name for name, value in positive.items() if value <= 0]:
+            raise ValueError(f"{', '.join(bad)} must be positive")
         object.__setattr__(self, "_networks", parse_networks(self.allowed_peers))
 
     def peer_allowed(self, host: str) -> bool:
@@ -170,6 +188,9 @@ class MllpServer:
         self.metrics = metrics or IntakeMetrics()
         self._server: asyncio.Server | None = None
         self._connections: set[MllpConnection] = set()
+        self._per_peer: collections.Counter[str] = collections.Counter()
+        self.log_budget = LogBudget(log, rate_per_s=config.log_rate_per_s, burst=config.log_burst)
+        self._report_timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stopping = False
         self._stopped = asyncio.Event()
@@ -181,19 +202,25 @@ class MllpServer:
             raise RuntimeError("server already started")
         self._committer.start()
         config = self._config
-        self._server = await asyncio.get_running_loop().create_server(
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
             lambda: MllpConnection(
                 self,
                 max_frame_bytes=config.max_frame_bytes,
                 max_in_flight=config.max_in_flight,
                 idle_timeout_s=config.idle_timeout_s,
+                frame_timeout_s=config.frame_timeout_s,
                 cork=self._cork,
             ),
             config.host,
             config.port,
             reuse_address=True,
             ssl=config.ssl_context,
+            # A TLS handshake comes before admission (the peer is known only after it):
+            # bound it like a frame, so unfinished handshakes cannot pile up.
+            ssl_handshake_timeout=min(config.frame_timeout_s, 60.0) if config.ssl_context else None,
         )
+        self._report_timer = loop.call_later(_REPORT_EVERY_S, self._report_suppressed)
         log.info(
             "mllp listening",
             extra={"event": "mllp.listening", "host": self._config.host, "port": self.port},
@@ -234,6 +261,9 @@ class MllpServer:
         with suppress(Exception):
             await asyncio.wait_for(self._server.wait_closed(), CLOSE_TIMEOUT_S)
         await asyncio.to_thread(self._committer.stop)
+        if self._report_timer is not None:
+            self._report_timer.cancel()
+        self.log_budget.report()
         log.info("mllp stopped", extra={"event": "mllp.stopped"})
         self._stopped.set()
 
@@ -249,28 +279,47 @@ class MllpServer:
     # -- connections -----------------------------------------------------------------
 
     def admit(self, connection: MllpConnection) -> bool:
-        if not self._config.peer_allowed(connection.host):
-            log.warning("mllp peer not allowed", extra={"event": "mllp.peer_denied", "peer": connection.peer})
-            return False
-        if self._stopping or len(self._connections) >= self._config.max_connections:
-            log.warning(
-                "mllp connection refused",
-                extra={
-                    "event": "mllp.refused",
-                    "peer": connection.peer,
-                    "connections": len(self._connections),
-                    "stopping": self._stopping,
-                },
-            )
-            return False
+        host = connection.host
+        if not self._config.peer_allowed(host):
+            return self._refuse(connection, "peer_not_allowed", "mllp peer not allowed", "mllp.peer_denied")
+        if self._stopping:
+            return self._refuse(connection, "stopping", "mllp connection refused", "mllp.refused")
+        # The peer's own cap first: a peer over it is refused for itself, and the total
+        # stays for the others.
+        if self._per_peer[host] >= self._config.max_connections_per_peer:
+            return self._refuse(connection, "peer_limit", "mllp connection refused", "mllp.refused")
+        if len(self._connections) >= self._config.max_connections:
+            return self._refuse(connection, "total_limit", "mllp connection refused", "mllp.refused")
         self._connections.add(connection)
+        self._per_peer[host] += 1
         self.metrics.connections.inc()
         return True
+
+    def _refuse(self, connection: MllpConnection, reason: str, msg: str, event: str) -> bool:
+        self.metrics.refused.labels(reason).inc()
+        self.log_budget.warning(
+            msg, event=event, peer=connection.peer, reason=reason, connections=len(self._connections)
+        )
+        return False
 
     def closed(self, connection: MllpConnection) -> None:
         if connection in self._connections:
             self._connections.discard(connection)
+            self._per_peer[connection.host] -= 1
+            if self._per_peer[connection.host] <= 0:
+                del self._per_peer[connection.host]  # the table holds current peers only
             self.metrics.connections.dec()
+
+    def timed_out(self, connection: MllpConnection, kind: str) -> None:
+        self.metrics.timeouts.labels(kind).inc()
+
+    def _report_suppressed(self) -> None:
+        """Tell what the log budget left out, also once a flood has stopped."""
+        self.log_budget.report(force=False)
+        if not self._stopping:
+            self._report_timer = asyncio.get_running_loop().call_later(
+                _REPORT_EVERY_S, self._report_suppressed
+            )
 
     def handle(self, event: FrameEvent, peer: str, answers: Answers, slot: Slot) -> None:
         """Start handling one framing event now; its ACK (or None) fills ``slot``."""
@@ -296,19 +345,20 @@ class MllpServer:
             _fill_later(answers, slot, self._reject(payload, peer, exc, received_at, started), self._tasks)
             return
 
-        sender = header.sender
         plan = ack_plan(header, self._config.ack_mode)
-        self.metrics.of(sender).received.inc()
         if not self._config.sender_allowed(header):
-            # Not stored: data from an interface nobody configured is not ours to keep.
-            log.warning(
-                "mllp sender not allowed",
-                extra={"event": "mllp.sender_denied", **_context(header, peer, payload)},
+            # Not stored: data from an interface nobody configured is not ours to keep. Nor
+            # is a label of its own: one per invented sender would grow /metrics unbounded.
+            self.metrics.other.received.inc()
+            self.log_budget.warning(
+                "mllp sender not allowed", event="mllp.sender_denied", **_context(header, peer, payload)
             )
             answers.fill(
-                slot, self._nack(header, plan.reject, "sending application not allowed", "207", started)
+                slot,
+                self._nack(header, OTHER, plan.reject, "sending application not allowed", "207", started),
             )
             return
+        self.metrics.of(header.sender).received.inc()
 
         default = self._config.default_charset(header) if self._config.default_charset else "UTF-8"
         decoded = decode_message(payload, header.charset, default=default)
@@ -360,7 +410,8 @@ class MllpServer:
                     **_context(header, message.peer, message.raw),
                 },
             )
-            return self._nack(header, plan.error, NOT_STORED, "207", started)
+            label = self.metrics.sender_label(header.sender)
+            return self._nack(header, label, plan.error, NOT_STORED, "207", started)
         sender = header.sender
         if receipt.duplicate:
             self.metrics.of(sender).duplicates.inc()
@@ -392,22 +443,28 @@ class MllpServer:
     ) -> bytes | None:
         reason = str(exc)
         error_code = exc.hl7_error_code if isinstance(exc, HeaderError) else "100"
-        log.warning(
-            "mllp message rejected",
-            extra={"event": "mllp.rejected", "peer": peer, "nbytes": len(payload), "code": exc.code},
+        self.log_budget.warning(
+            "mllp message rejected", event="mllp.rejected", peer=peer, nbytes=len(payload), code=exc.code
         )
-        self.metrics.received.labels("unknown").inc()
-        self.metrics.nacked.labels("unknown", "AR").inc()
+        self.metrics.received.labels(UNKNOWN).inc()
+        self.metrics.nacked.labels(UNKNOWN, "AR").inc()
         await self._quarantine(Rejected(payload, SOURCE, peer, reason, exc.code, received_at))
         self.metrics.ack_latency.observe(time.perf_counter() - started)
         return build_ack(None, AckCode.AR, error=reason, error_code=error_code)
 
     def _nack(
-        self, header: MessageHeader, code: AckCode | None, error: str, error_code: str, started: float
+        self,
+        header: MessageHeader,
+        label: str,
+        code: AckCode | None,
+        error: str,
+        error_code: str,
+        started: float,
     ) -> bytes | None:
+        """``label``: the sender's metrics label (``other`` for one turned away)."""
         if code is None:
             return None
-        self.metrics.nacked.labels(header.sender, str(code)).inc()
+        self.metrics.nacked.labels(label, str(code)).inc()
         self.metrics.ack_latency.observe(time.perf_counter() - started)
         return build_ack(header, code, error=error, error_code=error_code)
 
@@ -443,14 +500,12 @@ class MllpServer:
     # -- framing problems ------------------------------------------------------------
 
     async def _answer_problem(self, problem: FrameProblem, peer: str) -> bytes | None:
-        log.warning(
+        self.log_budget.warning(
             "mllp framing problem",
-            extra={
-                "event": "mllp.framing",
-                "peer": peer,
-                "problem": str(problem.code),
-                "nbytes": problem.nbytes,
-            },
+            event="mllp.framing",
+            peer=peer,
+            problem=str(problem.code),
+            nbytes=problem.nbytes,
         )
         received_at = datetime.now(UTC)
         if problem.code is ProblemCode.OVERSIZED:
