@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install clean bench bench-mllp bench-dicom bench-e2e
+.PHONY: demo test install clean bench bench-mllp bench-dicom bench-e2e bench-abuse
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,11 @@ bench-mllp: $(STAMP)
 # on PostgreSQL and RabbitMQ at 127.0.0.1; e.g. make bench-e2e E2E_ARGS="--messages 2000 --json e2e.json"
 bench-e2e: $(STAMP)
 	$(BIN)/python -m bench.e2e $(E2E_ARGS)
+
+# The listeners under abuse (issue 17): a big drop file, a big DICOM object, connection floods
+# from one peer, while a waiting MLLP sender and a second peer measure what is left for them.
+bench-abuse: $(STAMP)
+	$(BIN)/python -m bench.abuse $(ABUSE_ARGS)
 
 # DICOM de-identification beside dicognito, which comes with the [bench] extra.
 bench-dicom: $(STAMP)

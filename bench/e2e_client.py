@@ -55,8 +55,9 @@ def parse_acks(buffer: bytearray) -> list[tuple[str, str]]:
     return acks
 
 
-def connect(port: int) -> socket.socket:
-    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+def connect(port: int, source: str | None = None) -> socket.socket:
+    address = (source, 0) if source else None
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30, source_address=address)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.settimeout(None)
     return sock
@@ -190,7 +191,7 @@ def run_waiting(args: argparse.Namespace) -> dict[str, Any]:
     wait_for_go()
     threading.Thread(target=_stop_on_line, args=(stop,), daemon=True).start()
     # Connected only now: it may wait minutes for its turn, longer than the idle timeout.
-    sock = connect(args.port)
+    sock = connect(args.port, args.bind)
     sock.settimeout(args.timeout)
     codes: Counter[str] = Counter()
     rtts: list[float] = []
@@ -234,6 +235,7 @@ def run_waiting(args: argparse.Namespace) -> dict[str, Any]:
         "rate": len(rtts) / (ended - started) if ended > started else None,
         "rtt_p50_ms": _ms(percentile(rtts, 0.5)),
         "rtt_p99_ms": _ms(percentile(rtts, 0.99)),
+        "rtt_max_ms": _ms(max(rtts, default=None)),
         "error": error,
     }
 
@@ -314,6 +316,7 @@ def main() -> None:
     parser.add_argument("--max-seconds", type=float, default=5.0)
     parser.add_argument("--rate", type=float, default=300.0)
     parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--bind", help="waiting: the source address to connect from (a second peer)")
     parser.add_argument("--timeout", type=float, default=60.0, help="give up after this long without an ACK")
     args = parser.parse_args()
     run = {"load": run_load, "waiting": run_waiting, "steady": run_steady}[args.kind]
