@@ -127,6 +127,10 @@ class IntakeJournal:
             raise JournalLocked(f"intake journal {self.path} is in use by another process") from None
         self._lock_fd = fd
         try:
+            # Created owner-only before SQLite opens it, whatever the process umask: SQLite
+            # gives the -wal and -shm files the database file's mode, so the raw messages
+            # stay private to this account even where no command set the umask.
+            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
             self._writer = self._connect()
             # SQLite's own checkpoint (by the commit that crosses 1000 pages, on this
             # connection) keeps the WAL file at its size: after a complete checkpoint the

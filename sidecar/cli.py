@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 import audit
+from core.datadir import private_umask, secure_data_dir
 from core.db import Database
 from core.errors import SidecarError
 from core.logs import configure_logging
@@ -41,10 +42,23 @@ DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Data directory
 ConfigFile = Annotated[Path | None, typer.Option("--config", help="TOML settings file (or SIDECAR_CONFIG).")]
 
 
+@app.callback()
+def _private_files() -> None:
+    # Before any command creates a file: whatever it writes (databases, their -wal and
+    # -shm, journal, objects, converted bundles) is its account's alone.
+    private_umask()
+
+
 def _settings(config: Path | None = None, **overrides: object) -> Settings:
     settings = load_settings(config, **overrides)
     configure_logging(settings.log_level)
     return settings
+
+
+def _private_data_dir(settings: Settings, *, create: bool = True) -> None:
+    """Check (and create, 0700) the data directory before the command opens it; ``create``
+    False: only if it exists (a command that needs it only for an embedded database)."""
+    secure_data_dir(settings.data_dir, create=create)
 
 
 @app.command()
@@ -58,6 +72,7 @@ def serve(
     from sidecar.app import SidecarApp
 
     settings = _settings(config, data_dir=data_dir, mllp_port=mllp_port, mllp_host=host)
+    _private_data_dir(settings)
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
 
     async def main() -> None:
@@ -109,6 +124,8 @@ def worker(
     from worker.tasks import build_worker_app
 
     settings = _settings(config)
+    # The secret file and the de-identified DICOM objects are kept there.
+    _private_data_dir(settings)
     lanes = lane if lane else list(range(settings.pipeline_lanes))
     if any(not 0 <= k < settings.pipeline_lanes for k in lanes):
         raise typer.BadParameter(f"lanes are 0..{settings.pipeline_lanes - 1}")
@@ -126,6 +143,8 @@ def sandbox(
     """Run summary jobs in the model zone (needs SIDECAR_BROKER_URL)."""
     from sandbox.tasks import build_sandbox_app
 
+    # No data directory: the model zone runs (in production, as an account of its own) with
+    # no access to what the identified zone keeps there.
     settings = _settings(config)
     celery = build_sandbox_app(settings)
     celery.worker_main(_celery_argv(SANDBOX_QUEUE, concurrency, "sandbox"))
@@ -180,6 +199,8 @@ def convert(
     from worker.pipeline import DicomPipelineOptions
 
     settings = _settings(config, data_dir=data_dir)
+    if deid and settings.secret is None:
+        _private_data_dir(settings)
     vault = Vault(load_secret(settings), date_shift_max_days=settings.date_shift_max_days) if deid else None
     failed = write_outputs(
         paths,
@@ -209,6 +230,7 @@ def stats(
     from sidecar.stats import collect
 
     settings = _settings(config, data_dir=data_dir)
+    _private_data_dir(settings, create=settings.database_url is None)
     db = Database(settings)
     db.migrate()
     data = collect(db, settings.intake_journal_file)
@@ -232,6 +254,7 @@ def stats(
 def audit_verify(data_dir: DataDir = None, config: ConfigFile = None) -> None:
     """Check the whole hash chain; report the first broken link (exit 1 if any)."""
     settings = _settings(config, data_dir=data_dir)
+    _private_data_dir(settings, create=settings.database_url is None)
     db = Database(settings)
     db.migrate()
     report = audit.verify(db.engine)
@@ -256,17 +279,22 @@ def reid(
     config: ConfigFile = None,
 ) -> None:
     """The identifier a pseudonym was made from: for operators on `reid_operators` only,
-    every request (refused ones too) audited with its reason."""
-    import getpass
-
-    from sidecar.reid import ReidRefused, reidentify
+    every request (refused ones too) audited with its reason. The operator is the account
+    this command runs as (its real uid), whatever LOGNAME or USER say."""
+    from sidecar.reid import ReidRefused, current_operator, login_account, reidentify
 
     settings = _settings(config, data_dir=data_dir)
+    _private_data_dir(settings, create=settings.database_url is None)
     db = Database(settings)
     db.migrate()
     try:
         found = reidentify(
-            db, patient, operator=getpass.getuser(), reason=reason, operators=settings.reid_operators
+            db,
+            patient,
+            operator=current_operator(),
+            login=login_account(),
+            reason=reason,
+            operators=settings.reid_operators,
         )
     except ReidRefused as exc:
         err_console.print(str(exc))
@@ -289,6 +317,7 @@ def dead_letters_list(data_dir: DataDir = None, config: ConfigFile = None) -> No
     from sqlalchemy import select
 
     settings = _settings(config, data_dir=data_dir)
+    _private_data_dir(settings, create=settings.database_url is None)
     db = Database(settings)
     db.migrate()
     table = Table(title="dead letters")
@@ -309,6 +338,7 @@ def dead_letters_list(data_dir: DataDir = None, config: ConfigFile = None) -> No
 def dead_letters_show(letter_id: int, data_dir: DataDir = None, config: ConfigFile = None) -> None:
     """One dead letter: stage, code, reason, and what it belongs to."""
     settings = _settings(config, data_dir=data_dir)
+    _private_data_dir(settings, create=settings.database_url is None)
     db = Database(settings)
     db.migrate()
     with db.sessions() as s:
@@ -346,6 +376,7 @@ def dead_letters_retry(
     from worker.deadletters import reopen
 
     settings = _settings(config, data_dir=data_dir)
+    _private_data_dir(settings)
     ctx = build_context(settings)
     failed = False
     for letter_id in letter_ids:
@@ -378,6 +409,7 @@ def replay(
     from worker.replay import replay as run_replay
 
     settings = _settings(config, data_dir=data_dir)
+    _private_data_dir(settings)
     ctx = build_context(settings)
     utc = [d if d is None or d.tzinfo else d.replace(tzinfo=UTC) for d in (since, until)]
     report = run_replay(ctx, ReplayFilter(utc[0], utc[1], sender, message_type), dry_run=dry_run)

@@ -23,6 +23,7 @@ from sqlalchemy import select
 import audit
 from connectors import MllpClient
 from connectors.hl7 import ack_code
+from core.datadir import secure_data_dir
 from core.settings import Settings
 from core.tables import Resource
 from sidecar import hospital
@@ -50,6 +51,8 @@ class DemoReport:
 
 def run_demo(data_dir: Path | None, patients: int, console: Console) -> DemoReport:
     data_dir = data_dir or Path(tempfile.mkdtemp(prefix="sidecar-demo-"))
+    # The demo's patients are synthetic, but its directory is laid out as a real one is.
+    secure_data_dir(data_dir)
     settings = Settings(
         data_dir=data_dir, mllp_port=0, dicom_port=0, summary_coalesce_s=0.3, relay_interval_s=0.1
     )

@@ -5,17 +5,57 @@ The vault's pseudonyms are one-way (keyed HMAC), so the way back is a table the 
 fills in the identified zone (``reid_map``). A request names who asks and why; the asker
 must be on ``reid_operators``, and the audit log records every request with its reason
 and outcome, refused ones included, never the identifier itself.
+
+Who asks is the account the process really runs as (``current_operator``: its real uid),
+never ``LOGNAME``/``USER``, which whoever starts the command chooses.
 """
 
 from __future__ import annotations
 
+import os
+import pwd
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 import audit
 from core.db import Database
 from core.errors import SidecarError
 from core.tables import ReidEntry
+
+__all__ = ["ReidRefused", "Reidentified", "account_name", "current_operator", "login_account", "reidentify"]
+
+# The kernel's "no login uid" value ((uid_t)-1): a process not started from a login session.
+_UNSET_LOGIN_UID = 0xFFFFFFFF
+_LOGIN_UID_FILE = Path("/proc/self/loginuid")
+
+
+def account_name(uid: int) -> str:
+    """The passwd name of ``uid``, or ``uid:<n>`` for an account without an entry (a
+    container's arbitrary uid), which still names it unambiguously."""
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid:{uid}"
+
+
+def current_operator() -> str:
+    """The account this process runs as, from its real uid: set by the kernel at login (or
+    by sudo), not by anything the caller can put in the environment."""
+    return account_name(os.getuid())
+
+
+def login_account() -> str | None:
+    """The account that logged in, when the kernel tracks it (Linux audit login uid, kept
+    across sudo and unchangeable by the process) and it differs from the real uid: who
+    typed `sudo -u sidecar sidecar reid`. None where there is no login uid."""
+    try:
+        uid = int(_LOGIN_UID_FILE.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    if uid == _UNSET_LOGIN_UID or uid == os.getuid():
+        return None
+    return account_name(uid)
 
 
 class ReidRefused(SidecarError):
@@ -31,9 +71,18 @@ class Reidentified:
 
 
 def reidentify(
-    db: Database, reference: str, *, operator: str, reason: str, operators: list[str]
+    db: Database,
+    reference: str,
+    *,
+    operator: str,
+    reason: str,
+    operators: list[str],
+    login: str | None = None,
 ) -> Reidentified:
     """The identifier behind ``reference`` ("Patient/<pseudonym>" or the bare pseudonym).
+
+    ``operator`` is checked against ``operators``; ``login`` (see login_account) is only
+    recorded, so that the audit names the person behind a shared service account.
 
     Raises ReidRefused (after auditing the refusal) when the operator is not allowed, the
     reason is empty, or the pseudonym is unknown.
@@ -57,7 +106,9 @@ def reidentify(
             outcome=audit.Outcome.SUCCESS if refusal is None else audit.Outcome.FAILURE,
             # The reason is the operator's own words about the request, not patient data;
             # auditors need it to judge the access.
-            detail={"reason": reason.strip()[:500]} | ({"refused": refusal} if refusal else {}),
+            detail={"reason": reason.strip()[:500]}
+            | ({"login": login} if login else {})
+            | ({"refused": refusal} if refusal else {}),
             now=now,
         )
     if refusal is not None or entry is None:

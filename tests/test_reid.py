@@ -3,9 +3,9 @@ listed operators, and every request (refused ones too) is in the audit chain."""
 
 from __future__ import annotations
 
-import getpass
 import json
 import os
+import pwd
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +16,9 @@ from sqlalchemy import select
 from core.tables import AuditEntry, Resource
 from tests.deployments import Embedded
 from tests.fixtures.messages import ADT_A01, encoded
+
+# `sidecar reid` names the account it runs as (real uid), not LOGNAME/USER.
+ME = pwd.getpwuid(os.getuid()).pw_name
 
 
 @pytest.fixture
@@ -59,7 +62,7 @@ def test_an_operator_gets_the_identifier_back_and_the_request_is_audited(patient
         f"Patient/{patient_id}",
         "--reason",
         "ticket 4711: lab callback",
-        operators=[getpass.getuser()],
+        operators=[ME],
     )
     assert done.returncode == 0, done.stderr
     answer = json.loads(done.stdout)
@@ -83,7 +86,7 @@ def test_a_request_outside_the_rules_is_refused_and_audited(
     patient: tuple[Path, str], operators: list[str], reason: str, why: str
 ) -> None:
     data_dir, patient_id = patient
-    allowed = [getpass.getuser() if o == "__current__" else o for o in operators]
+    allowed = [ME if o == "__current__" else o for o in operators]
     done = _reid(data_dir, patient_id, "--reason", reason, operators=allowed)
     assert done.returncode == 1
     assert "MRN7734021" not in done.stdout + done.stderr
@@ -95,7 +98,7 @@ def test_a_request_outside_the_rules_is_refused_and_audited(
 
 def test_an_unknown_pseudonym_is_refused(patient: tuple[Path, str]) -> None:
     data_dir, _ = patient
-    done = _reid(data_dir, "Patient/0000000000000000", "--reason", "check", operators=[getpass.getuser()])
+    done = _reid(data_dir, "Patient/0000000000000000", "--reason", "check", operators=[ME])
     assert done.returncode == 1
     assert "unknown pseudonym" in done.stderr
     assert _audit(data_dir)[-1].action == "patient.reid_refused"
