@@ -223,6 +223,42 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Client names (keys of api_tokens) allowed to search the audit log (GET /audit).",
     )
+    api_max_connections: int | None = Field(
+        None,
+        gt=0,
+        description="Concurrent HTTP API connections (TLS handshakes included); over it a connection is "
+        "answered 503 and closed at once. Unset: an eighth of the process's file-descriptor limit, "
+        "16 to 1024 (`sidecar serve` raises its soft limit to the hard one first), so a flood of "
+        "connections cannot take the descriptors MLLP and DICOM need.",
+    )
+    api_max_connections_per_peer: int | None = Field(
+        None,
+        gt=0,
+        description="Concurrent HTTP API connections from one IP address; unset: a quarter of "
+        "api_max_connections, so one peer cannot lock the others out.",
+    )
+    api_header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="A request (its TLS handshake, head and body) must arrive in full within this many "
+        "seconds of its first byte, or of the connection for the first request; bytes trickled in do "
+        "not extend it (slowloris). Idle keep-alive connections close after 5 s.",
+    )
+    api_auth_max_failures: int = Field(
+        10,
+        gt=0,
+        description="Failed authentications from one IP address within api_auth_window_s after which "
+        "its requests are answered 429 (with Retry-After) without checking their token.",
+    )
+    api_auth_window_s: float = Field(
+        300.0, gt=0, description="Window of api_auth_max_failures, and how long a throttled source waits."
+    )
+    api_auth_audit_interval_s: float = Field(
+        60.0,
+        gt=0,
+        description="Failed authentications are audited at once for the first of a source, then as one "
+        "entry per source per interval with their count, so a flood writes a few entries, not one each.",
+    )
 
     secret_file: Path | None = Field(
         None,

@@ -6,10 +6,14 @@ every event (worker.relay) and every sandbox prompt (worker.screen): a resource 
 which a known identifier of its patient is found is withheld (read: HTTP 451 with an
 OperationOutcome naming only the kinds; search: left out of the Bundle, with an
 OperationOutcome entry saying so), quarantined as a dead letter with the reason, and
-audited. Every request is audited with the client's name as actor.
+audited. Every request is audited with the client's name as actor; values a client sent
+(search values, ids we do not hold) are recorded as keyed hashes, never as sent.
 
 Clients authenticate with a bearer token from ``api_tokens``; without any token the API
-refuses to start (no anonymous reads of clinical data, even on localhost).
+refuses to start (no anonymous reads of clinical data, even on localhost). Failed
+authentications are audited in aggregate and throttled per source address, and a request
+that ends in a 5xx is audited too (sidecar.api_audit). The listener caps connections and
+times out slow requests (sidecar.api_guard).
 """
 
 # No `from __future__ import annotations`: FastAPI reads the endpoints' annotations at
@@ -17,6 +21,7 @@ refuses to start (no anonymous reads of clinical data, even on localhost).
 import hmac
 import json
 import logging
+import ssl
 import threading
 import time
 from collections.abc import Sequence
@@ -36,8 +41,13 @@ from sqlalchemy.orm import Session
 import audit
 from core.db import Database
 from core.errors import ConfigError
+from core.ratelimit import rate_limit
+from core.settings import Settings
 from core.tables import AuditEntry, DeadLetter, Resource, ResourceHistory
 from deid import Vault
+from sidecar.api_audit import AuthGuard, ErrorAudit, Redactor
+from sidecar.api_guard import ConnectionGate, ConnectionLimits, guarded_protocol, soft_fd_limit
+from sidecar.loops import Loop
 from sidecar.stats import collect
 from worker.leakguard import LeakGuard
 
@@ -49,6 +59,12 @@ SEARCH_PAGE = 100
 SEARCH_PAGE_MAX = 1000
 _TYPE = r"^[A-Z][A-Za-z]{1,63}$"
 _ID = r"^[A-Za-z0-9\-.]{1,64}$"
+# Numbers are bounded by the columns they are compared with (a larger one made the
+# driver raise OverflowError: HTTP 500); the offset leaves room for its next link.
+MAX_VERSION = 2**31 - 1  # resource_history.version is an INTEGER
+MAX_SEQ = 2**63 - 1  # audit_log.seq is a BIGINT
+MAX_OFFSET = MAX_SEQ - SEARCH_PAGE_MAX
+LOG_REPORT_S = 10.0  # how often counts of rate-limited log lines are told
 
 ResourceType = Annotated[str, Path(pattern=_TYPE)]
 ResourceId = Annotated[str, Path(pattern=_ID)]
@@ -77,21 +93,39 @@ def create_api(
     tokens: dict[str, SecretStr],
     auditors: Sequence[str] = (),
     journal_file: FilePath | None = None,
+    *,
+    auth: AuthGuard | None = None,
 ) -> FastAPI:
-    """``journal_file``: the listener's intake journal, counted in /status as `sidecar stats` does."""
+    """``journal_file``: the listener's intake journal, counted in /status as `sidecar stats` does.
+    ``auth``: throttling and audit of failed authentications (default: 10 per 5 minutes)."""
     if not tokens:
         raise ConfigError("the HTTP API needs api_tokens: it serves no anonymous reads")
     if unknown := sorted(set(auditors) - set(tokens)):
         raise ConfigError(f"api_auditors names clients without a token: {', '.join(unknown)}")
+    redactor = Redactor(vault)
+    auth = auth or AuthGuard(db, redactor, max_failures=10, window_s=300.0, audit_interval_s=60.0)
     api = FastAPI(title="sidecar", docs_url=None, redoc_url=None, openapi_url=None)
+    api.state.auth, api.state.redactor = auth, redactor  # for ApiServer
+    api.add_middleware(ErrorAudit, db=db, body=lambda: outcome("exception", "internal error (audited)"))
     bearer = HTTPBearer(auto_error=False)
 
-    def client(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> str:
+    def client(
+        request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+    ) -> str:
+        source = request.client.host if request.client is not None else "unknown"
+        if wait := auth.retry_after(source):
+            # Refused before any token is compared: a guesser learns nothing more.
+            auth.failed(source, throttled=True)
+            raise HTTPException(
+                429, "too many failed authentications from this address", {"Retry-After": str(wait)}
+            )
         given = credentials.credentials.encode() if credentials is not None else b""
         # Compare with every token (constant time each), so timing tells nothing of which matched.
         names = [n for n, t in tokens.items() if hmac.compare_digest(given, t.get_secret_value().encode())]
         if credentials is None or not names:
+            auth.failed(source, throttled=False)
             raise HTTPException(401, "missing or unknown bearer token", {"WWW-Authenticate": "Bearer"})
+        request.state.client = names[0]  # the actor of a 5xx's audit entry (api_audit.ErrorAudit)
         return names[0]
 
     Client = Annotated[str, Depends(client)]
@@ -107,7 +141,7 @@ def create_api(
 
     @api.exception_handler(HTTPException)
     def _http(_request: Request, exc: HTTPException) -> JSONResponse:
-        code = {401: "login", 403: "forbidden"}.get(exc.status_code, "processing")
+        code = {401: "login", 403: "forbidden", 429: "throttled"}.get(exc.status_code, "processing")
         response = _fhir(outcome(code, str(exc.detail)), exc.status_code)
         response.headers.update(exc.headers or {})
         return response
@@ -141,6 +175,12 @@ def create_api(
         log.error("API response withheld by the leak guard", extra={"entity": version, "kinds": kinds})
         return letter.id
 
+    def unknown_ref(session: Session, rtype: str, rid: str) -> str:
+        stored = select(Resource.resource_id).where(Resource.resource_type == rtype).limit(1)
+        if session.execute(stored).first() is not None:
+            return f"{rtype}/{redactor.ref(rid)}"
+        return redactor.ref(f"{rtype}/{rid}")
+
     def read_one(actor: str, action: str, rtype: str, rid: str, version: int | None) -> JSONResponse:
         now = datetime.now(UTC)
         what = f"{rtype}/{rid}" + (f"/_history/{version}" if version is not None else "")
@@ -158,8 +198,10 @@ def create_api(
                     )
                 ).scalar_one_or_none()
             if body is None or head is None:
+                # Not ours: the id (and a type we do not store) may be anything, an MRN too.
+                recorded = what if head is not None else unknown_ref(session, rtype, rid)
                 audit.append(
-                    session, actor=actor, action=action, entity=what, outcome=audit.Outcome.FAILURE,
+                    session, actor=actor, action=action, entity=recorded, outcome=audit.Outcome.FAILURE,
                     detail={"status": 404}, now=now,
                 )  # fmt: skip
                 return _fhir(outcome("not-found", f"{what} is not known"), 404)
@@ -186,7 +228,7 @@ def create_api(
 
     @api.get("/fhir/{rtype}/{rid}/_history/{vid}")
     def vread(
-        rtype: ResourceType, rid: ResourceId, vid: Annotated[int, Path(ge=1)], who: Client
+        rtype: ResourceType, rid: ResourceId, vid: Annotated[int, Path(ge=1, le=MAX_VERSION)], who: Client
     ) -> JSONResponse:
         return read_one(f"api:{who}", "fhir.vread", rtype, rid, vid)
 
@@ -198,13 +240,12 @@ def create_api(
         patient: Annotated[str | None, Query(max_length=80)] = None,
         subject: Annotated[str | None, Query(max_length=80)] = None,
         count: Annotated[int, Query(alias="_count", ge=1, le=SEARCH_PAGE_MAX)] = SEARCH_PAGE,
-        offset: Annotated[int, Query(alias="_offset", ge=0)] = 0,
+        offset: Annotated[int, Query(alias="_offset", ge=0, le=MAX_OFFSET)] = 0,
     ) -> JSONResponse:
         actor, now = f"api:{who}", datetime.now(UTC)
         wanted = (patient or subject or "").removeprefix("Patient/")
         if not wanted:
             raise _Problem(400, "not-supported", "search needs patient=Patient/<id> (or subject=)")
-        what = f"{rtype}?patient=Patient/{wanted}"
         base = str(request.base_url).rstrip("/") + "/fhir"
         with db.transaction() as session:
             rows = list(
@@ -236,11 +277,19 @@ def create_api(
                     "security", "withheld, carrying identifier(s) of kind: " + "; ".join(withheld), "warning"
                 )
                 entries.append({"resource": note, "search": {"mode": "outcome"}})
+            # A value that is none of our pseudonyms is what the client typed: maybe an MRN.
+            known = (
+                bool(rows)
+                or session.execute(
+                    select(Resource.resource_id).where(Resource.patient == wanted).limit(1)
+                ).first()
+                is not None
+            )
             audit.append(
                 session,
                 actor=actor,
                 action="fhir.search",
-                entity=what,
+                entity=f"{rtype}?patient=Patient/{wanted if known else redactor.ref(wanted)}",
                 outcome=audit.Outcome.FAILURE if withheld else audit.Outcome.SUCCESS,
                 detail={"status": 200, "matches": len(entries) - bool(withheld), "withheld": len(withheld)},
                 now=now,
@@ -257,14 +306,13 @@ def create_api(
     @api.get("/audit")
     def audit_search(
         who: Client,
-        since: Annotated[int, Query(ge=0, description="entries after this sequence number")] = 0,
+        since: Annotated[int, Query(ge=0, le=MAX_SEQ, description="entries after this sequence number")] = 0,
         action: Annotated[str | None, Query(max_length=64)] = None,
         entity: Annotated[str | None, Query(max_length=200)] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     ) -> JSONResponse:
         """For auditors: entries hold codes, counts and our own ids, never identifiers."""
         actor, allowed = f"api:{who}", who in auditors
-        filters = {"since": since, "action": action, "entity": entity}
         with db.transaction() as session:
             rows: list[AuditEntry] = []
             if allowed:
@@ -279,6 +327,10 @@ def create_api(
                  "entity": e.entity, "detail": json.loads(e.detail), "hash": e.hash}
                 for e in rows
             ]  # fmt: skip
+            # Filters that matched are values the log already holds; others are the client's.
+            filters = {"since": since} | {
+                k: v if rows else redactor.ref(v) for k, v in (("action", action), ("entity", entity)) if v
+            }
             audit.append(
                 session,
                 actor=actor,
@@ -302,9 +354,41 @@ def create_api(
     return api
 
 
+def api_server(settings: Settings, db: Database, vault: Vault, journal_file: FilePath | None) -> "ApiServer":
+    """The API as `sidecar serve` runs it, every limit from ``settings``; connection caps
+    left unset are derived from the process's file-descriptor limit."""
+    redactor = Redactor(vault)
+    auth = AuthGuard(
+        db,
+        redactor,
+        max_failures=settings.api_auth_max_failures,
+        window_s=settings.api_auth_window_s,
+        audit_interval_s=settings.api_auth_audit_interval_s,
+    )
+    api = create_api(db, vault, settings.api_tokens, settings.api_auditors, journal_file, auth=auth)
+    limits = ConnectionLimits.derive(
+        soft_fd_limit(),
+        settings.api_max_connections,
+        settings.api_max_connections_per_peer,
+        settings.api_header_timeout_s,
+    )
+    return ApiServer(
+        api,
+        settings.api_host,
+        settings.api_port or 0,
+        tls_cert_file=settings.api_tls_cert_file,
+        tls_key_file=settings.api_tls_key_file,
+        limits=limits,
+    )
+
+
 class ApiServer:
     """uvicorn on a thread of `sidecar serve`: one process, one shutdown, like the
-    metrics endpoint. Port 0 picks a free port (see ``port``)."""
+    metrics endpoint. Port 0 picks a free port (see ``port``).
+
+    ``api`` comes from ``create_api``; its failed-authentication counts are flushed to the
+    audit log from a loop here. Log lines an outsider can multiply (asyncio's accept
+    errors, uvicorn's protocol warnings, refused connections) are rate-limited."""
 
     def __init__(
         self,
@@ -314,9 +398,14 @@ class ApiServer:
         *,
         tls_cert_file: FilePath | None = None,
         tls_key_file: FilePath | None = None,
+        limits: ConnectionLimits | None = None,
     ) -> None:
         if (tls_cert_file is None) != (tls_key_file is None):
             raise ConfigError("HTTPS needs both api_tls_cert_file and api_tls_key_file")
+        tls = _tls_context(tls_cert_file, tls_key_file) if tls_cert_file and tls_key_file else None
+        limits = limits or ConnectionLimits.derive(soft_fd_limit(), None, None, 10.0)
+        redactor: Redactor = api.state.redactor
+        self.gate = ConnectionGate(limits, tls=tls, peer_ref=redactor.ref)
         config = uvicorn.Config(
             api,
             host=host,
@@ -324,11 +413,27 @@ class ApiServer:
             log_config=None,
             access_log=False,
             lifespan="off",
-            ssl_certfile=tls_cert_file,
-            ssl_keyfile=tls_key_file,
+            http=guarded_protocol(self.gate),
+            backlog=limits.backlog,
         )
+        self._limiters = [
+            rate_limit(logging.getLogger(name))
+            for name in ("asyncio", "uvicorn.error", "sidecar.api.connections", "sidecar.api.audit")
+        ]
+        self._auth: AuthGuard = api.state.auth
+        self._reported = time.monotonic()
+        self._housekeeping = Loop("api-housekeeping", self._housekeep, min(1.0, self._auth.audit_interval_s))
+        self._housekeeping_started = False
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, name="api", daemon=True)
+
+    def _housekeep(self) -> int:
+        self._auth.flush()
+        if time.monotonic() - self._reported >= LOG_REPORT_S:
+            self._reported = time.monotonic()
+            for limiter in self._limiters:
+                limiter.report(log)
+        return 0
 
     def start(self, timeout_s: float = 10.0) -> None:
         self._thread.start()
@@ -337,6 +442,8 @@ class ApiServer:
             if not self._thread.is_alive() or time.monotonic() > deadline:
                 raise ConfigError("the HTTP API did not start (is api_port in use?)")
             time.sleep(0.01)
+        self._housekeeping.start()
+        self._housekeeping_started = True
 
     @property
     def port(self) -> int:
@@ -345,3 +452,16 @@ class ApiServer:
     def stop(self, timeout_s: float = 10.0) -> None:
         self._server.should_exit = True
         self._thread.join(timeout_s)
+        if self._housekeeping_started:
+            self._housekeeping.stop()
+        self._auth.flush(force=True)  # what the last interval counted is not lost
+
+
+def _tls_context(cert: FilePath, key: FilePath) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"api_tls_cert_file / api_tls_key_file: {type(exc).__name__}: {exc}") from exc
+    return context

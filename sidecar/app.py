@@ -35,7 +35,8 @@ from core.settings import Settings
 from core.tables import Job, JobStatus, OutboxEvent
 from core.tasks import LANE_TASK, SANDBOX_QUEUE, SUMMARY_TASK, lane_queue, make_celery
 from sandbox.runner import due_job_ids, requeue_stalled
-from sidecar.api import ApiServer, create_api
+from sidecar.api import ApiServer, api_server
+from sidecar.api_guard import raise_fd_limit
 from sidecar.loops import Loop
 from sidecar.sandbox_process import sandbox_process
 from worker.appacks import AppAckSender
@@ -120,6 +121,9 @@ def app_ack_tls(settings: Settings) -> ssl.SSLContext | None:
 class SidecarApp:
     def __init__(self, settings: Settings, *, bus: LocalBus | None = None) -> None:
         self.settings = settings
+        # Every descriptor the hard limit allows: the listeners' caps are derived from it,
+        # and a flood on one listener must not starve the others (sidecar/api_guard.py).
+        raise_fd_limit()
         self.db = Database(settings)
         self.db.migrate()
         self.ctx = build_context(settings, self.db)
@@ -171,20 +175,8 @@ class SidecarApp:
         self.api: ApiServer | None = None
         if settings.api_port is not None:
             # Built here, so a missing api_tokens stops start-up before anything listens.
-            api = create_api(
-                self.db,
-                self.ctx.vault,
-                settings.api_tokens,
-                settings.api_auditors,
-                settings.intake_journal_file if settings.effective_mllp_journal else None,
-            )
-            self.api = ApiServer(
-                api,
-                settings.api_host,
-                settings.api_port,
-                tls_cert_file=settings.api_tls_cert_file,
-                tls_key_file=settings.api_tls_key_file,
-            )
+            journal_file = settings.intake_journal_file if settings.effective_mllp_journal else None
+            self.api = api_server(settings, self.db, self.ctx.vault, journal_file)
         self.metrics = IntakeMetrics(max_senders=settings.metrics_max_senders)
         self.inbox = DatabaseInbox(self.db)
         self.journal: JournaledInbox | None = None
