@@ -174,7 +174,40 @@ class Settings(BaseSettings):
         description='Networks allowed to open DICOM associations, e.g. ["10.2.0.0/16"]; empty: any.',
     )
     dicom_max_pdu: int = Field(65_536, ge=0, description="Largest P-DATA PDU the SCP accepts (0: unlimited).")
-    dicom_max_associations: int = Field(16, gt=0, description="Concurrent DICOM associations accepted.")
+    dicom_max_associations: int = Field(
+        32,
+        gt=0,
+        description="DICOM connections open at once, counted from accept (negotiated or not); "
+        "one pool worker each.",
+    )
+    dicom_max_connections_per_peer: int = Field(
+        8,
+        gt=0,
+        description="DICOM connections one peer address may hold at once; more are closed at accept, "
+        "so one peer cannot take the slots of another. At most dicom_max_associations.",
+    )
+    dicom_acse_timeout_s: float = Field(
+        10.0, gt=0, description="ARTIM: a DICOM connection that sends no association request is closed."
+    )
+    dicom_network_timeout_s: float = Field(
+        60.0, gt=0, description="A DICOM association that sends no PDU for this long is aborted."
+    )
+    dicom_dimse_timeout_s: float = Field(
+        30.0, gt=0, description="How long a DICOM association may take to send its next DIMSE message."
+    )
+    dicom_max_object_bytes: int = Field(
+        32 * 1024 * 1024,
+        gt=0,
+        description="Largest DICOM object stored (its Part-10 file); larger ones are refused (0xA701) and "
+        "quarantined with their first 64 KiB. Covers CT, MR, CR, DX and most MG; raise it for "
+        "multi-frame (tomosynthesis, XA, cine US): the whole object is held in memory once stored.",
+    )
+    dicom_max_element_bytes: int = Field(
+        4 * 1024 * 1024,
+        gt=0,
+        description="Largest DICOM element other than pixel data (text, overlays, encapsulated "
+        "documents...); objects with a larger one are refused (0xA701) and quarantined.",
+    )
     dicom_issuer_default: str = Field(
         "",
         description="Assigning authority of (0010,0020) Patient ID when (0010,0021) Issuer of Patient ID is "

@@ -98,6 +98,12 @@ def dicom_config(settings: Settings) -> DicomConfig:
             allowed_peers=tuple(settings.dicom_allowed_peers),
             max_pdu=settings.dicom_max_pdu,
             max_associations=settings.dicom_max_associations,
+            max_connections_per_peer=settings.dicom_max_connections_per_peer,
+            acse_timeout_s=settings.dicom_acse_timeout_s,
+            network_timeout_s=settings.dicom_network_timeout_s,
+            dimse_timeout_s=settings.dicom_dimse_timeout_s,
+            max_object_bytes=settings.dicom_max_object_bytes,
+            max_element_bytes=settings.dicom_max_element_bytes,
         )
     except ValueError as exc:
         raise ConfigError(f"dicom settings: {exc}") from exc
