@@ -303,8 +303,9 @@ class Settings(BaseSettings):
     reid_operators: list[str] = Field(
         default_factory=list,
         description=(
-            "Operating-system accounts allowed to run `sidecar reid` (pseudonym -> original identifier). "
-            "Empty: nobody; every request, granted or refused, is audited."
+            "Operating-system accounts allowed to run `sidecar reid` (pseudonym -> original identifier), "
+            "named as the process's real uid resolves (its passwd name, or uid:<n> without one), never "
+            "by LOGNAME/USER. Empty: nobody; every request, granted or refused, is audited."
         ),
     )
     site_timezone: str = Field("UTC", description="IANA zone for HL7 times that carry no offset.")
