@@ -102,3 +102,62 @@ def test_an_unknown_pseudonym_is_refused(patient: tuple[Path, str]) -> None:
     assert done.returncode == 1
     assert "unknown pseudonym" in done.stderr
     assert _audit(data_dir)[-1].action == "patient.reid_refused"
+
+
+def test_an_account_without_a_passwd_entry_is_named_by_its_uid() -> None:
+    from sidecar.reid import account_name
+
+    unknown = next(uid for uid in range(2**31 - 2, 2**31 - 100, -1) if not _has_passwd_entry(uid))
+    assert account_name(unknown) == f"uid:{unknown}"
+    assert account_name(os.getuid()) == ME
+
+
+def _has_passwd_entry(uid: int) -> bool:
+    try:
+        pwd.getpwuid(uid)
+    except KeyError:
+        return False
+    return True
+
+
+OTHER = next(entry for entry in pwd.getpwall() if entry.pw_uid != os.getuid())
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (str(OTHER.pw_uid), OTHER.pw_name),  # who typed `sudo -u sidecar sidecar reid`
+        (str(os.getuid()), None),  # logged in as the account it runs as: nothing to add
+        ("4294967295", None),  # no login session (a service, a container)
+        ("not a uid", None),
+        (None, None),  # no such file (not Linux, no audit support)
+    ],
+)
+def test_the_login_account_comes_from_the_kernels_login_uid(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, content: str | None, expected: str | None
+) -> None:
+    import sidecar.reid
+
+    loginuid = tmp_path / "loginuid"
+    if content is not None:
+        loginuid.write_text(content + "\n")
+    monkeypatch.setattr(sidecar.reid, "_LOGIN_UID_FILE", loginuid)
+    assert sidecar.reid.login_account() == expected
+
+
+def test_the_login_account_is_recorded_beside_the_operator(patient: tuple[Path, str]) -> None:
+    from core.db import Database
+    from core.settings import Settings
+    from sidecar.reid import reidentify
+
+    data_dir, patient_id = patient
+    db = Database(Settings(data_dir=data_dir))
+    try:
+        found = reidentify(
+            db, patient_id, operator="sidecar", reason="ticket 4712", operators=["sidecar"], login="alice"
+        )
+    finally:
+        db.dispose()
+    entry = _audit(data_dir)[-1]
+    assert (entry.seq, entry.actor) == (found.audit_seq, "operator:sidecar")
+    assert json.loads(entry.detail) == {"reason": "ticket 4712", "login": "alice"}
