@@ -156,9 +156,31 @@ class Settings(BaseSettings):
         description="Drop folder for HL7 files (incoming/ done/ failed/ below it); unset: no file connector.",
     )
     drop_poll_interval_s: float = Field(1.0, gt=0, description="How often the drop folder is scanned.")
-    drop_settle_s: float = Field(0.5, ge=0, description="A file is taken once unchanged this long.")
+    drop_settle_s: float = Field(
+        0.5,
+        ge=0,
+        description="A file is taken once unchanged across two scans at least this long apart "
+        "and ending at a segment boundary (CR or LF); see drop_renamed_only.",
+    )
     drop_max_file_bytes: int = Field(
         256 * 1024 * 1024, gt=0, description="Larger files go to failed/ unread."
+    )
+    drop_max_message_bytes: int = Field(
+        1_048_576,
+        gt=0,
+        description="Largest message in a drop file; a larger one is quarantined with its first "
+        "this many bytes and the file goes to failed/ (its other messages are stored).",
+    )
+    drop_incomplete_after_s: float = Field(
+        300.0,
+        gt=0,
+        description="A drop file unchanged this long that still does not end at a segment "
+        "boundary (or is empty) goes to failed/ unread as incomplete.",
+    )
+    drop_renamed_only: bool = Field(
+        False,
+        description="Safe mode: take drop files at first sight, trusting senders to write under "
+        "a temporary name (*.tmp, *.part, *~ or a leading dot) and rename into place.",
     )
     dicom_port: int | None = Field(
         None, ge=0, le=65535, description="DICOM Storage SCP port (0: any free port); unset: no DICOM SCP."

@@ -216,6 +216,9 @@ class SidecarApp:
                 poll_interval_s=settings.drop_poll_interval_s,
                 settle_s=settings.drop_settle_s,
                 max_file_bytes=settings.drop_max_file_bytes,
+                max_message_bytes=settings.drop_max_message_bytes,
+                incomplete_after_s=settings.drop_incomplete_after_s,
+                renamed_only=settings.drop_renamed_only,
                 default_charset=charset_policy(settings).default_for,
             )
             # The layout exists from start-up, so a team can drop files at once.

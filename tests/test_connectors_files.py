@@ -14,13 +14,17 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy import func, select
 
 from connectors import files
 from connectors.base import InboundMessage, Receipt, Rejected
 from connectors.files import REASON_SUFFIX, DropFolder, DropFolderConfig, FileOutcome, FileStatus
+from connectors.hl7.batch import split_messages
 from connectors.inbox import DatabaseInbox
 from core.db import Database
+from core.errors import IngestError
 from core.settings import Settings
 from core.tables import InboxEntry, QuarantineEntry
 
@@ -128,8 +132,14 @@ def inbox(tmp_path: Path) -> Iterator[tuple[Database, DatabaseInbox]]:
     db.dispose()
 
 
-def config(tmp_path: Path, *, settle_s: float = 0.0, poll_interval_s: float = 1.0) -> DropFolderConfig:
-    return DropFolderConfig(root=tmp_path / "drop", settle_s=settle_s, poll_interval_s=poll_interval_s)
+def config(
+    tmp_path: Path, *, settle_s: float = 0.0, poll_interval_s: float = 1.0, renamed_only: bool = True
+) -> DropFolderConfig:
+    # Renamed-only by default: one scan takes a file, which is what most tests are about;
+    # settling has its own tests below and in tests/security/test_drop_folder.py.
+    return DropFolderConfig(
+        root=tmp_path / "drop", settle_s=settle_s, poll_interval_s=poll_interval_s, renamed_only=renamed_only
+    )
 
 
 def drop(folder: DropFolder | DropFolderConfig, name: str, data: bytes) -> Path:
@@ -161,12 +171,14 @@ def test_batch_file_of_500_messages_lands_in_the_inbox(tmp_path, inbox) -> None:
 
     [outcome] = folder.scan_once()
 
+    ref = files.file_ref(tmp_path / "drop" / "done" / "admissions.hl7")
     assert outcome == FileOutcome(
         "admissions.hl7",
         FileStatus.DONE,
         messages=500,
         committed=500,
         moved_to=tmp_path / "drop" / "done" / "admissions.hl7",
+        ref=ref,
     )
     assert count(db, InboxEntry) == 500
     assert count(db, QuarantineEntry) == 0
@@ -178,7 +190,9 @@ def test_batch_file_of_500_messages_lands_in_the_inbox(tmp_path, inbox) -> None:
         last = session.execute(select(InboxEntry).where(InboxEntry.control_id == "A01-00499")).scalar_one()
     # Stored as the message itself: \r segment ends, no BOM, no batch envelope.
     assert first.raw == messages[0]
-    assert (first.source, first.peer, last.peer) == ("file", "admissions.hl7#1", "admissions.hl7#500")
+    # Known by the file's ref, never by its name (which may name a patient).
+    assert ref.startswith("drop-") and "admissions" not in ref
+    assert (first.source, first.peer, last.peer) == ("file", f"{ref}#1", f"{ref}#500")
     assert (first.charset, first.repaired) == ("utf-8", False)
 
 
@@ -200,11 +214,12 @@ def test_bad_message_is_quarantined_and_the_good_ones_are_stored(tmp_path, inbox
     assert "message 2: MSH-10 (control id) is empty (bad-header)" in reason
     assert "message 1" not in reason and "message 3" not in reason
     assert "DOE" not in reason and "BROKEN" not in reason
+    assert f"file: mixed.hl7\nref: {outcome.ref}\n" in reason
     with db.sessions() as session:
         stored = session.execute(select(InboxEntry.control_id).order_by(InboxEntry.id)).scalars().all()
         [row] = session.execute(select(QuarantineEntry)).scalars().all()
     assert stored == ["M1", "M3", "M4"]
-    assert (row.source, row.peer, row.code) == ("file", "mixed.hl7#2", "bad-header")
+    assert (row.source, row.peer, row.code) == ("file", f"{outcome.ref}#2", "bad-header")
     assert row.reason == "MSH-10 (control id) is empty"
     assert row.raw == broken
 
@@ -233,7 +248,7 @@ def test_unreadable_file_is_quarantined_whole(tmp_path, inbox, data, reason) -> 
     assert count(db, InboxEntry) == 0
     with db.sessions() as session:
         [row] = session.execute(select(QuarantineEntry)).scalars().all()
-    assert (row.peer, row.code, row.reason, row.raw) == ("garbage.txt", "ingest", reason, data)
+    assert (row.peer, row.code, row.reason, row.raw) == (outcome.ref, "ingest", reason, data)
 
 
 def test_oversized_file_is_failed_without_being_read(tmp_path, inbox, monkeypatch) -> None:
@@ -246,7 +261,7 @@ def test_oversized_file_is_failed_without_being_read(tmp_path, inbox, monkeypatc
     def no_reading(*args: object) -> bytes:
         raise AssertionError("an oversized file must not be read")
 
-    monkeypatch.setattr(files, "_read_settled", no_reading)
+    monkeypatch.setattr(files, "_read", no_reading)
     [outcome] = folder.scan_once()
 
     assert outcome.status is FileStatus.FAILED and "over the limit" in outcome.reason
@@ -332,7 +347,7 @@ def test_quarantine_failure_leaves_the_file_and_the_retry_is_safe(tmp_path) -> N
         2,
         1,
     )
-    assert [r.peer for r in sink.rejected] == ["mixed.hl7#2"]
+    assert [r.peer for r in sink.rejected] == [f"{outcome.ref}#2"]
 
 
 def test_large_file_is_committed_in_chunks_and_a_failed_chunk_retries_safely(tmp_path, monkeypatch) -> None:
@@ -390,7 +405,7 @@ def test_a_file_is_taken_only_once_it_has_settled(tmp_path, monkeypatch) -> None
     clock = Clock()
     monkeypatch.setattr(files, "time", clock)
     sink = MemorySink()
-    folder = DropFolder(config(tmp_path, settle_s=5.0), sink)
+    folder = DropFolder(config(tmp_path, settle_s=5.0, renamed_only=False), sink)
     path = drop(folder, "slow.hl7", adt("S1"))
 
     assert folder.scan_once() == []  # first sight
@@ -408,14 +423,83 @@ def test_a_file_is_taken_only_once_it_has_settled(tmp_path, monkeypatch) -> None
     assert sink.committed[0].raw.endswith(b"NK1|1|DOE^JOHN\r")
 
 
-def test_a_file_that_changes_after_settling_is_not_read_half_written(tmp_path) -> None:
+def test_a_file_that_changes_while_read_is_not_taken_half_written(tmp_path) -> None:
     path = tmp_path / "f.hl7"
     path.write_bytes(adt("C1"))
-    st = path.stat()
-    assert files._read_settled(path, (st.st_size, st.st_mtime_ns), 1024) == adt("C1")
-    assert files._read_settled(path, (st.st_size - 1, st.st_mtime_ns), 1024) is None
-    path.unlink()
-    assert files._read_settled(path, (st.st_size, st.st_mtime_ns), 1024) is None
+    stamp = files._Stamp.of(path.lstat())
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        splitter = files._read(fd, stamp, 1024)
+        assert splitter is not None and splitter.close() == [adt("C1")]
+        os.lseek(fd, 0, os.SEEK_SET)
+        assert files._read(fd, stamp._replace(size=stamp.size - 1), 1024) is None  # grew
+        os.lseek(fd, 0, os.SEEK_SET)
+        assert files._read(fd, stamp._replace(mtime_ns=stamp.mtime_ns - 1), 1024) is None  # rewritten
+    finally:
+        os.close(fd)
+
+
+def test_a_symlink_or_fifo_dropped_goes_to_failed_unread(tmp_path, records) -> None:
+    sink = MemorySink()
+    folder = DropFolder(config(tmp_path), sink)
+    target = tmp_path / "elsewhere.hl7"
+    target.write_bytes(adt("E1"))
+    incoming = tmp_path / "drop" / "incoming"
+    incoming.mkdir(parents=True)
+    (incoming / "link.hl7").symlink_to(target)
+    os.mkfifo(incoming / "pipe.hl7")
+
+    outcomes = folder.scan_once()
+
+    assert [(o.name, o.status) for o in outcomes] == [
+        ("link.hl7", FileStatus.FAILED),
+        ("pipe.hl7", FileStatus.FAILED),
+    ]
+    assert [(r.code, r.raw) for r in sink.rejected] == [("not-regular", b""), ("not-regular", b"")]
+    assert "symbolic link" in sink.rejected[0].reason and "not a regular file" in sink.rejected[1].reason
+    assert sink.committed == []
+    failed = tmp_path / "drop" / "failed"
+    assert (failed / "link.hl7").is_symlink() and (failed / "link.hl7").resolve() == target
+    assert target.read_bytes() == adt("E1")
+    assert names(incoming) == []
+
+
+def test_a_reason_file_is_never_written_through_a_planted_symlink(tmp_path) -> None:
+    folder = DropFolder(config(tmp_path), MemorySink())
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"keep me")
+    failed = tmp_path / "drop" / "failed"
+    failed.mkdir(parents=True)
+    (failed / ("bad.hl7" + REASON_SUFFIX)).symlink_to(victim)  # taken name: a new one is chosen
+    (failed / ".reason-being-written.tmp").symlink_to(victim)  # the old fixed scratch name
+    drop(folder, "bad.hl7", b"not hl7\r")
+
+    [outcome] = folder.scan_once()
+
+    assert outcome.status is FileStatus.FAILED and outcome.moved_to is not None
+    assert outcome.moved_to.name != "bad.hl7"
+    assert victim.read_bytes() == b"keep me"
+    assert (failed / (outcome.moved_to.name + REASON_SUFFIX)).read_text("utf-8").startswith("file: bad.hl7\n")
+
+
+def test_file_names_reach_no_log_line(tmp_path, records) -> None:
+    sink = MemorySink()
+    sink.fail_commit = True
+    folder = DropFolder(config(tmp_path), sink)
+    name = "DOE_JANE_MRN998877.hl7"
+    drop(folder, name, as_file([adt("Z1"), b"MSH|^~\\&|bad\r"]))
+    assert folder.scan_once()[0].status is FileStatus.RETRY
+    sink.fail_commit = False
+    assert folder.scan_once()[0].status is FileStatus.FAILED
+    drop(folder, "MRN998877.hl7", b"")
+    (tmp_path / "drop" / "incoming" / "MRN998877-link.hl7").symlink_to(tmp_path)
+
+    folder.scan_once()
+
+    assert {"files.retry", "files.failed", "files.rejected"} <= {
+        getattr(r, "event", "") for r in records.records
+    }
+    assert "MRN998877" not in records.text() and "JANE" not in records.text()
 
 
 def test_files_are_taken_in_name_order_one_commit_each(tmp_path) -> None:
@@ -428,7 +512,7 @@ def test_files_are_taken_in_name_order_one_commit_each(tmp_path) -> None:
 
     assert [o.name for o in outcomes] == ["a.hl7", "b.hl7", "c.hl7"]
     assert sink.batches == 3
-    assert [m.peer for m in sink.committed[:2]] == ["a.hl7#1", "a.hl7#2"]
+    assert [m.peer for m in sink.committed[:2]] == [f"{outcomes[0].ref}#1", f"{outcomes[0].ref}#2"]
 
 
 def test_on_committed_failure_is_swallowed(tmp_path, records) -> None:
@@ -461,6 +545,10 @@ def test_config_is_validated(tmp_path) -> None:
         DropFolderConfig(root=tmp_path, poll_interval_s=0)
     with pytest.raises(ValueError):
         DropFolderConfig(root=tmp_path, settle_s=-1)
+    with pytest.raises(ValueError):
+        DropFolderConfig(root=tmp_path, max_message_bytes=0)
+    with pytest.raises(ValueError):
+        DropFolderConfig(root=tmp_path, incomplete_after_s=0)
 
 
 # -- background thread -------------------------------------------------------------------
@@ -498,3 +586,70 @@ def test_background_thread_takes_dropped_files(tmp_path, records) -> None:
             folder.start()
     finally:
         assert folder.stop(timeout=10)
+
+
+# -- splitting as it reads -----------------------------------------------------------------
+
+_LINES = st.sampled_from(
+    [
+        b"MSH|^~\\&|A|B|C|D|20240101||ADT^A01|X|P|2.5",
+        b"PID|1||1^^^H^MR||DOE^JANE",
+        b"OBX|1|ST|X||" + b"v" * 40,
+        b"OBX|2|ED|X||" + b"z" * 300,  # longer than any cap drawn: held in part only
+        b" " * 300,
+        b"MSH|^~\\&|LONG|" + b"m" * 300,
+        b"FHS|^~\\&",
+        b"BTS|1",
+        b"MSHX|not a header",
+        b"  \tNTE|1",
+        BOM + b"MSH|^~\\&|BOM",
+        b"",
+        b"   ",
+        BOM,
+    ]
+)
+_BREAKS = st.sampled_from([b"\r", b"\n", b"\r\n", b"\x0b", b"\x1c", b"\x1a"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    lines=st.lists(st.tuples(_LINES, _BREAKS), max_size=12),
+    tail=_LINES,
+    chunk=st.integers(1, 64),
+    cap=st.integers(1, 200),
+)
+def test_the_splitter_splits_as_split_messages_does(lines, tail, chunk, cap) -> None:
+    data = b"".join(line + brk for line, brk in lines) + tail
+    try:
+        expected: list[bytes] | str = split_messages(data)
+    except IngestError as exc:
+        expected = str(exc)
+    splitter = files._Splitter(cap)
+    for start in range(0, len(data), chunk):
+        splitter.feed(data[start : start + chunk])
+    try:
+        got: list[bytes | files._Oversized] | str = splitter.close()
+    except IngestError as exc:
+        got = str(exc)
+
+    assert bytes(splitter.prefix) == data[:cap]
+    if isinstance(expected, str) or isinstance(got, str):
+        assert got == expected
+        return
+    assert len(got) == len(expected)
+    for message, item in zip(expected, got, strict=True):
+        if len(message) <= cap:
+            assert item == message
+        else:  # over the cap: its size and its first cap bytes, never more
+            assert item == files._Oversized(message[:cap], len(message))
+
+
+def test_a_message_of_exactly_the_cap_is_kept_and_one_byte_more_is_not() -> None:
+    message = adt("CAP1")
+    for cap, expected in (
+        (len(message), message),
+        (len(message) - 1, files._Oversized(message[:-1], len(message))),
+    ):
+        splitter = files._Splitter(cap)
+        splitter.feed(message)
+        assert splitter.close() == [expected]
