@@ -39,7 +39,8 @@ CANNOT_UNDERSTAND: Final = 0xC000  # the data set cannot be parsed
 
 _PIXEL_TAGS: Final = frozenset({0x7FE00010, 0x7FE00008, 0x7FE00009})  # Pixel, Float, Double Float
 _ROWS, _COLUMNS, _SAMPLES, _BITS, _FRAMES = 0x00280010, 0x00280011, 0x00280002, 0x00280100, 0x00280008
-_IMAGE_TAGS: Final = frozenset({_ROWS, _COLUMNS, _SAMPLES, _BITS, _FRAMES})
+_PHOTOMETRIC = 0x00280004
+_IMAGE_TAGS: Final = frozenset({_ROWS, _COLUMNS, _SAMPLES, _BITS, _FRAMES, _PHOTOMETRIC})
 _ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 _UNDEFINED: Final = 0xFFFFFFFF
 _LONG_VRS: Final = frozenset(
@@ -305,6 +306,10 @@ class _Walker:
         return int(struct.unpack(f"{self.order}H", value)[0])
 
 
+def _photometric(walker: _Walker) -> str:
+    return walker.image.get(_PHOTOMETRIC, b"").decode("ascii", "replace").strip(" \x00")
+
+
 def _pixels_complete(walker: _Walker, syntax: UID) -> Problem | None:
     rows, columns = walker.number(_ROWS, None), walker.number(_COLUMNS, None)
     bits = walker.number(_BITS, None)
@@ -326,6 +331,8 @@ def _pixels_complete(walker: _Walker, syntax: UID) -> Problem | None:
         return Problem(
             CANNOT_UNDERSTAND, "bad-dicom", "native pixel data under an encapsulated transfer syntax"
         )
+    if _photometric(walker) == "YBR_FULL_422":
+        samples = 2  # two luminance samples share one Cb and one Cr (PS3.3 C.7.6.3.1.2)
     needed = (rows * columns * samples * frames * bits + 7) // 8
     if walker.pixel_bytes < needed:
         return Problem(

@@ -36,6 +36,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 from sqlalchemy import select
 
 from connectors.dicom import CANNOT_UNDERSTAND, SUCCESS, DicomConfig, DicomServer
+from connectors.dicom_check import Limits, check_object
 from connectors.inbox import DatabaseInbox
 from core.db import Database
 from core.settings import Settings
@@ -220,6 +221,31 @@ def test_encapsulated_frames_missing_are_refused(inbox: DatabaseInbox, db: Datab
         assert store(scp.port, RLE_2FRAME, transfer_syntax=RLELossless) == SUCCESS
     [q] = quarantined(db)
     assert q.code == "incomplete-pixels" and "2 frames" in q.reason
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "CT_small.dcm",  # explicit VR little endian
+        "rtplan.dcm",  # implicit VR, nested sequences, no pixels
+        "MR_small_bigendian.dcm",
+        "image_dfl.dcm",  # deflated
+        "SC_ybr_full_422_uncompressed.dcm",  # subsampled chroma: 2/3 of the samples
+        "SC_rgb_rle_2frame.dcm",
+        "JPEG2000.dcm",
+        "examples_ybr_color.dcm",  # 30 frames, JPEG baseline
+    ],
+)
+def test_whole_objects_pass_the_check(name: str) -> None:
+    # No false refusal: pydicom's own files, each transfer syntax and pixel layout.
+    path = Path(str(get_testdata_file(name)))
+    assert check_object(path, Limits(1 << 30, 1 << 30)) is None
+
+
+@pytest.mark.parametrize("name", ["MR_truncated.dcm", "rtplan_truncated.dcm"])
+def test_pydicoms_truncated_files_fail_the_check(name: str) -> None:
+    problem = check_object(Path(str(get_testdata_file(name))), Limits(1 << 30, 1 << 30))
+    assert problem is not None and problem.status == CANNOT_UNDERSTAND
 
 
 # -- the listener under abuse -----------------------------------------------------------
