@@ -34,6 +34,7 @@ from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -46,7 +47,7 @@ from core.settings import Settings
 from core.tables import AuditEntry, DeadLetter, Resource, ResourceHistory
 from deid import Vault
 from sidecar.api_audit import AuthGuard, ErrorAudit, Redactor
-from sidecar.api_guard import ConnectionGate, ConnectionLimits, guarded_protocol, soft_fd_limit
+from sidecar.api_guard import ConnectionGate, ConnectionLimits, GateCollector, guarded_protocol, soft_fd_limit
 from sidecar.loops import Loop
 from sidecar.stats import collect
 from worker.leakguard import LeakGuard
@@ -448,6 +449,10 @@ class ApiServer:
     @property
     def port(self) -> int:
         return int(self._server.servers[0].sockets[0].getsockname()[1])
+
+    def count_in(self, registry: CollectorRegistry) -> None:
+        """Connections refused, timed out and open, in the metrics endpoint's registry."""
+        registry.register(GateCollector(self.gate))
 
     def stop(self, timeout_s: float = 10.0) -> None:
         self._server.should_exit = True

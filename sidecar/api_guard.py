@@ -18,16 +18,25 @@ import logging
 import resource
 import ssl
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import h11
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from core.errors import ConfigError
 
-__all__ = ["ConnectionGate", "ConnectionLimits", "guarded_protocol", "raise_fd_limit", "soft_fd_limit"]
+__all__ = [
+    "ConnectionGate",
+    "ConnectionLimits",
+    "GateCollector",
+    "guarded_protocol",
+    "raise_fd_limit",
+    "soft_fd_limit",
+]
 
 log = logging.getLogger("sidecar.api.connections")
 
@@ -91,7 +100,7 @@ class ConnectionGate:
         self.limits, self.tls, self._peer_ref = limits, tls, peer_ref
         self._by_peer: Counter[str] = Counter()
         self.open = 0
-        self.refused = 0
+        self.refused_by_cap: Counter[str] = Counter()
         self.timed_out = 0
 
     def admit(self, peer: str) -> str | None:
@@ -104,11 +113,11 @@ class ConnectionGate:
             self.open += 1
             self._by_peer[peer] += 1
             return None
-        self.refused += 1
+        self.refused_by_cap[reason] += 1
         log.warning(
             "HTTP connection refused: over the cap",
             extra={"event": "api.connection_refused", "cap": reason, "peer": self._peer_ref(peer),
-                   "refused_total": self.refused},
+                   "refused_total": self.refused_by_cap.total()},
         )  # fmt: skip
         return reason
 
@@ -130,6 +139,29 @@ class ConnectionGate:
         )
 
 
+class GateCollector(Collector):
+    """The gate's counts as Prometheus metrics, read when scraped (labels are our words)."""
+
+    def __init__(self, gate: ConnectionGate) -> None:
+        self._gate = gate
+
+    def collect(self) -> Iterator[Metric]:
+        refused = CounterMetricFamily(
+            "sidecar_api_connections_refused", "HTTP API connections refused over a cap", labels=["cap"]
+        )
+        for cap in ("total", "per-peer"):
+            refused.add_metric([cap], self._gate.refused_by_cap[cap])
+        yield refused
+        yield CounterMetricFamily(
+            "sidecar_api_connections_timed_out",
+            "HTTP API connections closed without a complete request in time",
+            value=self._gate.timed_out,
+        )
+        yield GaugeMetricFamily(
+            "sidecar_api_connections_open", "HTTP API connections open", value=self._gate.open
+        )
+
+
 class _GuardedH11(H11Protocol):
     gate: ClassVar[ConnectionGate]
 
@@ -139,6 +171,7 @@ class _GuardedH11(H11Protocol):
         self._deadline: asyncio.TimerHandle | None = None
         self._raw: asyncio.Transport | None = None  # the TCP transport while TLS is negotiated
         self._made = False  # uvicorn's connection_made ran: its connection_lost may run
+        self._early: list[bytes] = []  # decrypted before start_tls returned to us
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:  # type: ignore[override]
         assert isinstance(transport, asyncio.Transport)
@@ -186,8 +219,16 @@ class _GuardedH11(H11Protocol):
             return
         self._made = True
         super().connection_made(secured)
+        early, self._early = self._early, []
+        for data in early:
+            self.data_received(data)
 
     def data_received(self, data: bytes) -> None:
+        if not self._made:
+            # The TLS layer hands over what arrived with the end of the handshake before
+            # our start_tls call has resumed: keep it for uvicorn's connection.
+            self._early.append(data)
+            return
         super().data_received(data)
         if self._peer is None or self.transport.is_closing():
             return

@@ -184,6 +184,8 @@ class SidecarApp:
             journal_file = settings.intake_journal_file if settings.effective_mllp_journal else None
             self.api = api_server(settings, self.db, self.ctx.vault, journal_file)
         self.metrics = IntakeMetrics(max_senders=settings.metrics_max_senders)
+        if self.api is not None:
+            self.api.count_in(self.metrics.registry)
         self.inbox = DatabaseInbox(self.db)
         self.journal: JournaledInbox | None = None
         if settings.effective_mllp_journal:

@@ -104,6 +104,9 @@ def test_tls_handshakes_count_against_the_caps_and_must_finish_in_time(
         for sock in silent:
             sock.settimeout(0.2)
         wait_for(lambda: all(closed(s) for s in silent), timeout=15, interval=0.2)
+        registry = dep.app.metrics.registry
+        assert registry.get_sample_value("sidecar_api_connections_refused_total", {"cap": "per-peer"}) == 1
+        assert registry.get_sample_value("sidecar_api_connections_timed_out_total") == 2
     finally:
         for sock in silent:
             sock.close()

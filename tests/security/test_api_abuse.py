@@ -14,6 +14,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -134,6 +135,7 @@ def test_half_sent_requests_from_one_peer_leave_the_api_and_mllp_to_others(tmp_p
     attackers: list[_HalfSent] = []
     try:
         before = len(log_path.read_text().splitlines())
+        began = time.monotonic()
         attackers = [_HalfSent(ports["api_port"]) for _ in range(HALF_SENT)]
         # A second peer is still served, on the API and on MLLP (same process, same descriptors).
         second = httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.2"), timeout=20)
@@ -157,7 +159,8 @@ def test_half_sent_requests_from_one_peer_leave_the_api_and_mllp_to_others(tmp_p
         # The log stays a few lines, not one per refused connection or failed accept; the
         # refusals are in it (a 503 may not reach a client that sent bytes nobody read).
         written = log_path.read_text().splitlines()[before:]
-        assert len(written) <= 40, written[:20]
+        # A rate, not a latency: a few lines a second however long a slow machine takes.
+        assert len(written) <= 20 + 3 * (time.monotonic() - began), written[:20]
         events = [json.loads(line).get("event") for line in written]
         assert "api.connection_refused" in events and "api.header_timeout" in events
     finally:
@@ -177,7 +180,7 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Embedded, st
         api_auditors=["auditor"],
         api_auth_max_failures=20,
         api_auth_window_s=600,
-        api_auth_audit_interval_s=0.5,
+        api_auth_audit_interval_s=3,
     )
     dep.start()
     try:
@@ -218,9 +221,9 @@ def test_a_flood_of_wrong_tokens_is_audited_in_aggregate_and_throttled_per_sourc
         )
 
     # Every attempt is counted (the 201st is the right token, refused unchecked).
-    wait_for(lambda: counted() == 201, timeout=20)
+    wait_for(lambda: counted() == 201, timeout=30)
     entries = _entries(dep, "api.auth")
-    assert len(entries) <= 10
+    assert len(entries) <= 10  # one at once, then one per 3 s interval (the flood takes ~2 s)
     assert {e.outcome for e in entries} == {"failure"}
     assert all("127.0.0.3" not in e.entity + e.detail for e in entries)  # the source is hashed
     assert statuses[:20] == [401] * 20 and set(statuses[20:]) == {429}
