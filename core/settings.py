@@ -372,6 +372,20 @@ class Settings(BaseSettings):
         "listener and the pipeline want the same core, the listener gets it (its ACK latency "
         "holds while a backlog is worked off).",
     )
+    deid_max_text_chars: int = Field(
+        262_144,
+        ge=0,
+        description="Most free text (characters, over a message's distinct texts) de-identified per "
+        "message; a message with more is dead-lettered with the reason, never truncated (raise this and "
+        "`sidecar dead-letters retry` it). Scrubbing is linear: ~2-5 µs per character. 0: no cap.",
+    )
+    deid_budget_ms: int = Field(
+        10_000,
+        ge=0,
+        description="CPU time (the pipeline thread's own, in ms) de-identifying one message may take; "
+        "over it, the message is dead-lettered with the reason. A backstop: the text cap keeps messages "
+        "far below it. 0: no budget.",
+    )
     pipeline_validate: bool = Field(
         False,
         description="Validate every de-identified resource against the FHIR R4 models before storing "
