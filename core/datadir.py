@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
+from collections.abc import Collection
 from pathlib import Path
 
 from core.errors import ConfigError
@@ -29,6 +30,8 @@ __all__ = ["PRIVATE_UMASK", "private_umask", "secure_data_dir"]
 
 PRIVATE_UMASK = 0o077
 _OPEN_BITS = stat.S_IRWXG | stat.S_IRWXO
+# As deid.secret refuses them: other users able to read the key or swap in one they know.
+_SECRET_FORBIDDEN_BITS = stat.S_IROTH | stat.S_IWOTH
 
 log = logging.getLogger(__name__)
 
@@ -38,12 +41,14 @@ def private_umask() -> None:
     os.umask(PRIVATE_UMASK)
 
 
-def secure_data_dir(root: Path, *, create: bool = True) -> None:
+def secure_data_dir(root: Path, *, create: bool = True, secrets: Collection[Path] = ()) -> None:
     """Set the private umask, create ``root`` 0700 if missing (when ``create``), and remove
     group and other permissions from it and every entry below it, logging one warning per
     top-level entry that needed it.
 
-    Raises ConfigError when ``root`` is not a directory or an entry cannot be tightened.
+    Raises ConfigError when ``root`` is not a directory, an entry cannot be tightened, or
+    one of ``secrets`` (the pseudonym secret file) is open to other users: that one is
+    refused, not tightened, as deid.secret refuses it.
     """
     private_umask()
     root = Path(root)
@@ -55,17 +60,30 @@ def secure_data_dir(root: Path, *, create: bool = True) -> None:
     root = root.resolve()
     if not root.is_dir():
         raise ConfigError(f"data directory {root} is not a directory")
+    secret_files = {Path(p).resolve() for p in secrets}
     tightened: dict[str, int] = {}
     _tighten(root, root, tightened)
     # Top-down: each directory is tightened before what lies in it is listed.
     for folder, dirs, files in os.walk(root):
         for name in dirs + files:
-            _tighten(root, Path(folder) / name, tightened)
+            path = Path(folder) / name
+            if path in secret_files:
+                _refuse_open_secret(root, path)
+            _tighten(root, path, tightened)
     for top, entries in tightened.items():
         # Only the top-level name: a name further down may be a patient's (a drop file).
         log.warning(
             "data directory entry was open to other users; group and other permissions removed",
             extra={"path": top, "entries": entries},
+        )
+
+
+def _refuse_open_secret(root: Path, path: Path) -> None:
+    if path.lstat().st_mode & _SECRET_FORBIDDEN_BITS:
+        raise ConfigError(
+            f"de-identification secret {path.relative_to(root)} in the data directory {root} is "
+            "accessible to other users: if it may have been copied, pseudonyms can be reversed; "
+            "chmod 600 it only if you know nobody read it"
         )
 
 

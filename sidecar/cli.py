@@ -58,7 +58,7 @@ def _settings(config: Path | None = None, **overrides: object) -> Settings:
 def _private_data_dir(settings: Settings, *, create: bool = True) -> None:
     """Check (and create, 0700) the data directory before the command opens it; ``create``
     False: only if it exists (a command that needs it only for an embedded database)."""
-    secure_data_dir(settings.data_dir, create=create)
+    secure_data_dir(settings.data_dir, create=create, secrets=[settings.effective_secret_file])
 
 
 @app.command()
@@ -141,7 +141,7 @@ def sandbox(
     concurrency: Annotated[int, typer.Option(help="Summary jobs run at once.")] = 1,
 ) -> None:
     """Run summary jobs in the model zone (needs SIDECAR_BROKER_URL)."""
-    from sandbox.tasks import build_sandbox_app
+    from sidecar.sandbox_process import build_sandbox_app
 
     # No data directory: the model zone runs (in production, as an account of its own) with
     # no access to what the identified zone keeps there.

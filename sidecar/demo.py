@@ -51,11 +51,11 @@ class DemoReport:
 
 def run_demo(data_dir: Path | None, patients: int, console: Console) -> DemoReport:
     data_dir = data_dir or Path(tempfile.mkdtemp(prefix="sidecar-demo-"))
-    # The demo's patients are synthetic, but its directory is laid out as a real one is.
-    secure_data_dir(data_dir)
     settings = Settings(
         data_dir=data_dir, mllp_port=0, dicom_port=0, summary_coalesce_s=0.3, relay_interval_s=0.1
     )
+    # The demo's patients are synthetic, but its directory is kept as a real one is.
+    secure_data_dir(data_dir, secrets=[settings.effective_secret_file])
     report = DemoReport(data_dir=data_dir)
     bus = LocalBus()
     lock = threading.Lock()

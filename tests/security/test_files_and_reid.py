@@ -120,6 +120,23 @@ def test_a_data_dir_left_open_by_an_older_version_is_tightened_with_a_warning(tm
     assert "DOE_JOHN" not in again.stderr and "7734021" not in again.stderr
 
 
+def test_a_secret_others_could_read_is_refused_not_tightened(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    first = _sidecar("stats", "--json", "--data-dir", str(data))
+    assert first.returncode == 0, first.stderr
+    secret = data / "secret.key"
+    secret.write_text("ab" * 32 + "\n")
+    secret.chmod(0o644)
+    # A key that may have been copied makes pseudonyms reversible: no chmod undoes that, so
+    # every command stops (not only those that read the key), and the mode stays as found.
+    refused = _sidecar("stats", "--json", "--data-dir", str(data))
+    assert refused.returncode == 2
+    said = " ".join(refused.stderr.split())  # rich wraps lines at the terminal width
+    assert "secret secret.key" in said and "accessible to other users" in said
+    assert "Traceback" not in refused.stderr
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o644
+
+
 # --- sidecar reid: the operator is the process's real account -------------------------
 
 
