@@ -21,6 +21,7 @@ from typing import Any
 from core.errors import DeidError
 from core.fhir import FhirValidationError, validate_resource
 
+from .budget import Budget
 from .dates import shift_fhir_date
 from .dicom.values import uid_hash
 from .leak import check_no_leak
@@ -191,10 +192,17 @@ class _Walk:
     Texts, dates and references recur within a message (units, times, the subject), so
     their results are kept for the message: the same input gives the same output."""
 
-    __slots__ = ("_dates", "_refs", "_texts", "days", "scrubber", "targets", "vault")
+    __slots__ = ("_dates", "_refs", "_texts", "budget", "days", "scrubber", "targets", "vault")
 
-    def __init__(self, scrubber: Scrubber, targets: Mapping[tuple[str, str], str], vault: Vault) -> None:
+    def __init__(
+        self,
+        scrubber: Scrubber,
+        targets: Mapping[tuple[str, str], str],
+        vault: Vault,
+        budget: Budget | None = None,
+    ) -> None:
         self.scrubber = scrubber
+        self.budget = budget  # the message's cost bound: each new text is admitted to it
         self.targets = targets  # (resource type, source id) -> new id
         self.vault = vault  # keys DICOM UIDs exactly as deid.dicom does
         self.days: int | None = None
@@ -288,7 +296,7 @@ class _Walk:
             return self._texts[key]
         except KeyError:
             pass
-        scrubbed = self.scrubber.scrub(value, self.days)
+        scrubbed = self.scrubber.scrub(value, self.days, self.budget)
         kept = self._texts[key] = scrubbed if scrubbed.strip() else None
         return kept
 
@@ -394,11 +402,14 @@ def deidentify(
     *,
     today: date | None = None,
     validate: bool = False,
+    budget: Budget | None = None,
 ) -> DeidResult:
     """De-identify the resources of one message; raises DeidError if it cannot do so safely.
 
     ``today``: the day ages are counted to (tests pin it; default: the current date).
-    ``validate``: also validate every output resource against the FHIR models."""
+    ``validate``: also validate every output resource against the FHIR models.
+    ``budget``: the message's cost bound (deid.budget); over it, ``OverBudget`` is raised
+    (a DeidError) before the message's text has been scrubbed for longer than that."""
     if not isinstance(phi_values, Mapping) or (
         # All plain strings, told at C speed; anything else is checked item by item.
         not {*map(type, phi_values), *map(type, phi_values.values())} <= {str}
@@ -439,7 +450,7 @@ def deidentify(
         if resource_type != "Patient":
             targets[(resource_type, source_id)] = vault.resource_id(owner, resource_type, source_id)
 
-    walk = _Walk(Scrubber(phi_values), targets, vault)
+    walk = _Walk(Scrubber(phi_values), targets, vault, budget)
     shifts: dict[str, int] = {}
     out: list[DeidentifiedResource] = []
     for i, ((resource_type, source_id), owner, resource) in enumerate(
@@ -470,7 +481,7 @@ def deidentify(
                 new["birthDate"] = pooled
         out.append(DeidentifiedResource(new, owner))
 
-    check_no_leak([r.resource for r in out], phi_values)
+    check_no_leak([r.resource for r in out], phi_values, budget=budget)
     for i, item in enumerate(out if validate else ()):
         try:
             validate_resource(item.resource)

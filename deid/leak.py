@@ -17,6 +17,7 @@ from typing import Any
 from core.errors import IdentifierLeak
 
 from . import phi, prefilter
+from .budget import Budget
 from .dates import is_fhir_date, parse_loose_date
 from .policy import COMPLEX, PSEUDONYM_SYSTEM, RESOURCES
 
@@ -37,6 +38,7 @@ _TOKEN_KEYS = frozenset({"id", "reference"})
 # "PATIENT" or "LOINC", which matched them and dead-lettered clean messages.
 _STRUCTURAL_KEYS = frozenset({"resourceType", "system", "url", "profile", "status", "gender", "use"})
 _MAX_REPORTED = 20
+_NEEDLES_PER_SPEND = 64
 _POLICY_ELEMENT_NAMES: frozenset[str] = frozenset(
     {
         "resourceType",
@@ -132,14 +134,18 @@ class _Search:
         self.casefolds = {needle.casefolded for needle in needles}
         self.digits = {needle.digits for needle in needles if needle.digits}
 
-    def any_hit(self, texts: Iterable[str], tokens: Iterable[str]) -> bool:
-        """Whether any needle is in any of ``texts`` (compared as text) or ``tokens``."""
+    def any_hit(self, texts: Iterable[str], tokens: Iterable[str], budget: Budget | None = None) -> bool:
+        """Whether any needle is in any of ``texts`` (compared as text) or ``tokens``.
+
+        Each needle costs a search of the whole message: spent from ``budget`` in chunks."""
         leaves = [_leaf(text) for text in texts]
         # No literal holds a line break (values are split at whitespace, and digits are
         # digits), so none can occur across two leaves joined by one.
         folded = "\n".join(leaf[1] for leaf in leaves)
         digits = "\n".join(leaf[2] for leaf in leaves)
-        for needle in self.needles:
+        for i, needle in enumerate(self.needles):
+            if budget is not None and i % _NEEDLES_PER_SPEND == 0:
+                budget.spend(_NEEDLES_PER_SPEND * (len(folded) + len(digits)))
             if not (_holds(folded, needle.literals) or (needle.digits and needle.digits in digits)):
                 continue
             for norm, leaf_folded, leaf_digits in leaves:
@@ -288,12 +294,15 @@ def _leaves(
         yield path, str(node), "text"
 
 
-def check_no_leak(resources: list[dict[str, Any]], phi_values: dict[str, str]) -> None:
+def check_no_leak(
+    resources: list[dict[str, Any]], phi_values: dict[str, str], *, budget: Budget | None = None
+) -> None:
     """Raise IdentifierLeak if any phi value occurs in ``resources``.
 
     Values are compared after NFKC and case folding; values of kind ID or PHONE with
     seven or more digits are also compared digits-only against digit runs, so
-    "555 123 4567" still matches "(555) 123-4567".
+    "555 123 4567" still matches "(555) 123-4567". ``budget``: the message's (deid.budget),
+    which the searches are spent from.
     """
     needles = _needles(phi_values)
     if not needles:
@@ -305,7 +314,7 @@ def check_no_leak(resources: list[dict[str, Any]], phi_values: dict[str, str]) -
     tokens: set[str] = set()
     for resource in resources:
         _collect(resource, None, "", texts, tokens)
-    if not _Search(needles).any_hit(texts, tokens):
+    if not _Search(needles).any_hit(texts, tokens, budget):
         return
     # Something was found: leaf by leaf, to say where.
     findings: set[tuple[str, str]] = set()
@@ -313,6 +322,8 @@ def check_no_leak(resources: list[dict[str, Any]], phi_values: dict[str, str]) -
         resource_type = resource.get("resourceType") if isinstance(resource, Mapping) else None
         root = resource_type if isinstance(resource_type, str) else "Resource"
         for path, text, mode in _leaves(resource, root, None, ""):
+            if budget is not None:
+                budget.spend(len(text) * len(needles))
             runs = _digit_runs(text) if mode != "token" and any(n.digits for n in needles) else []
             for needle in needles:
                 hit = _hits_token(needle, text) if mode == "token" else _hits_text(needle, text, runs)

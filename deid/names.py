@@ -25,6 +25,7 @@ each candidate looks at a bounded window.
 
 from __future__ import annotations
 
+import bisect
 import re
 from collections.abc import Iterator
 from functools import cache
@@ -89,9 +90,11 @@ _EN_WEAK_CUES = (
 )
 _EN_CUE = re.compile(
     # (?=[A-Za-z]) first: a position that cannot start a cue fails before the alternation.
-    rf"(?<![A-Za-z])(?=[A-Za-z])(?:(?i:(?P<label>{_EN_LABELS}))[ \t]*:"
-    rf"|(?i:(?P<strong>{_EN_STRONG_CUES})|(?P<weak>{_EN_WEAK_CUES}))[ \t]*(?:[:,]|\(s\)|is|was)?)"
-    rf"[ \t]*(?P<name>{_CAP_RUN})"
+    # The blanks are possessive: a name cannot start with one, and giving some back made a
+    # cue followed by a long run of blanks cost the square of the run.
+    rf"(?<![A-Za-z])(?=[A-Za-z])(?:(?i:(?P<label>{_EN_LABELS}))[ \t]*+:"
+    rf"|(?i:(?P<strong>{_EN_STRONG_CUES})|(?P<weak>{_EN_WEAK_CUES}))[ \t]*+(?:[:,]|\(s\)|is|was)?)"
+    rf"[ \t]*+(?P<name>{_CAP_RUN})"
 )
 _EN_CREDENTIAL = re.compile(
     rf"(?<![A-Za-z])(?=[A-Z])(?P<name>{_CAP_RUN}),?[ \t]+"
@@ -550,8 +553,23 @@ def _given_length(text: str, i: int, *, strict: bool, limit: int = 2) -> int:
     return n
 
 
-def _protected_spans(text: str) -> list[tuple[int, int]]:
-    return [(m.start(), m.end()) for m in _ZH_PROTECTED_RE.finditer(text)]
+class _Protected:
+    """The protected terms of a text, in order and not overlapping (as ``finditer`` finds
+    them), so whether a span overlaps one is a binary search, not a scan of them all."""
+
+    __slots__ = ("ends", "starts")
+
+    def __init__(self, text: str) -> None:
+        self.starts: list[int] = []
+        self.ends: list[int] = []
+        for m in _ZH_PROTECTED_RE.finditer(text):
+            self.starts.append(m.start())
+            self.ends.append(m.end())
+
+    def overlaps(self, span: tuple[int, int]) -> bool:
+        # The first term ending after the span starts is the only one that can overlap it.
+        i = bisect.bisect_right(self.ends, span[0])
+        return i < len(self.starts) and self.starts[i] < span[1]
 
 
 def _before_title(text: str, end: int, known: frozenset[str], *, bare: bool) -> tuple[int, int] | None:
@@ -636,20 +654,19 @@ def known_surname_names(
     cue_ends = {m.end() for m in _ZH_WEAK_CUE.finditer(text)} | {
         m.end() for m in _ZH_STRONG_CUE.finditer(text)
     }
-    protected = _protected_spans(text)
+    protected = _Protected(text)
+    # A full name is looked up by the text at each of their lengths, not each compared.
+    lengths = sorted({len(name) for name in full_names})
     spans = []
     for m in pattern.finditer(text):
-        if any(len(name) > len(m.group()) and text.startswith(name, m.start()) for name in full_names):
+        start, end = m.span()
+        if any(n > end - start and text[start : start + n] in full_names for n in lengths):
             continue  # a reported full name: the known-value pass takes exactly it
-        given = _given_length(text, m.end(), strict=m.start() not in cue_ends)
-        span = (m.start(), m.end() + given)
-        if given and not _overlaps(span, protected):
+        given = _given_length(text, end, strict=start not in cue_ends)
+        span = (start, end + given)
+        if given and not protected.overlaps(span):
             spans.append(span)
     return spans
-
-
-def _overlaps(span: tuple[int, int], protected: list[tuple[int, int]]) -> bool:
-    return any(span[0] < end and start < span[1] for start, end in protected)
 
 
 def find_names(text: str, known_surnames: frozenset[str] = frozenset()) -> list[tuple[int, int]]:
@@ -661,8 +678,8 @@ def find_names(text: str, known_surnames: frozenset[str] = frozenset()) -> list[
     spans = list(_english(text))
     zh = list(_chinese(text, known_surnames))
     if zh:
-        protected = _protected_spans(text)
-        spans += [s for s in zh if not _overlaps(s, protected)]
+        protected = _Protected(text)
+        spans += [s for s in zh if not protected.overlaps(s)]
     merged: list[tuple[int, int]] = []
     for start, end in sorted(s for s in spans if s[1] > s[0]):
         if merged and start < merged[-1][1]:

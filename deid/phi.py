@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator, Mapping
 
 from core.errors import DeidError
 
+from .budget import MAX_VALUE_CHARS, OverBudget
 from .policy import PHI_KINDS
 
 # Letters and digits of alphabetic scripts: a value that starts or ends with one of these
@@ -107,6 +108,10 @@ def _remember_variants(entry: tuple[tuple[tuple[str, str], ...], tuple[tuple[str
 def _candidates(raw: str, kind: str) -> tuple[tuple[str, str], ...]:
     # (candidate, casefolded) of one value; cached because every message restates them.
     value = " ".join(normalise_text(raw).split())
+    if len(value) > MAX_VALUE_CHARS:
+        # Its pattern would cost its length at every place a text may hold it; no HL7
+        # component the mapping reports is this long. The reason holds no value.
+        raise OverBudget(f"a reported {kind} value is longer than {MAX_VALUE_CHARS:,} characters")
     candidates = [value]
     if kind == "NAME":
         parts = [part for part in _NAME_SPLIT.split(value) if part]

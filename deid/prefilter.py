@@ -16,9 +16,14 @@ sides to one representative per sre equivalence class, character by character, k
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from collections.abc import Set as AbstractSet
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from .budget import Budget
+
+_T = TypeVar("_T")
 
 # sre's own tables: the simple lowercase mapping it matches with and its extra cases.
 _SRE: Any = importlib.import_module("_sre")
@@ -114,23 +119,68 @@ class LiteralIndex:
     def __bool__(self) -> bool:
         return bool(self._always or self._all)
 
-    def live(self, folded: str) -> AbstractSet[int]:
-        """The targets with a trigger whose literals all occur in ``folded`` (a fold())."""
+    def live(self, folded: str, budget: Budget | None = None) -> AbstractSet[int]:
+        """The targets with a trigger whose literals all occur in ``folded`` (a fold()).
+
+        Each search is linear in the text, so a message reporting thousands of values
+        costs their number times its text: spent from ``budget`` (deid.budget) in chunks."""
         found = set(self._always)
-        if len(self._all) <= _SEARCHED_TRIGGERS or len(folded) > MAX_CACHED_TEXT:
-            for target, first, rest in self._scan:
-                if first in folded and target not in found and all(map(folded.__contains__, rest)):
-                    found.add(target)
+        count = len(self._all)
+        if count <= _SEARCHED_TRIGGERS or (len(folded) > MAX_CACHED_TEXT and count <= _SEARCHED_IN_LONG):
+            _in_chunks(_scan_into, found, self._scan, folded, budget)
             return found
         by_key = self._by_key
-        keys = {folded[i : i + 3] for i in range(len(folded) - 2)}
-        keys.update(folded[i : i + 2] for i in range(len(folded) - 1))
-        candidates = [*self._short, *(entry for key in keys & by_key.keys() for entry in by_key[key])]
-        contains = folded.__contains__
-        for target, trigger in candidates:
-            if target not in found and all(map(contains, trigger)):
-                found.add(target)
+        present: set[str] = set()
+        # A long text's pieces a window at a time (windows overlapping by two characters),
+        # so the set of pieces stays small; a search per trigger would cost their number
+        # times the text (a message reporting 10,000 values, a 256 KiB note: seconds).
+        for start in range(0, max(len(folded) - 2, 1), _WINDOW):
+            window = folded[start : start + _WINDOW + 2]
+            keys = {window[i : i + 3] for i in range(len(window) - 2)}
+            keys.update(window[i : i + 2] for i in range(len(window) - 1))
+            present |= keys & by_key.keys()
+            if budget is not None:
+                budget.spend(len(window))
+        candidates = [*self._short, *(entry for key in present for entry in by_key[key])]
+        _in_chunks(_check_into, found, candidates, folded, budget)
         return found
 
 
+_CHUNK = 256  # searches between two spends from a budget
+
+
+def _scan_into(found: set[int], scan: Sequence[tuple[int, str, Trigger]], folded: str) -> None:
+    for target, first, rest in scan:
+        if first in folded and target not in found and all(map(folded.__contains__, rest)):
+            found.add(target)
+
+
+def _check_into(found: set[int], candidates: Sequence[tuple[int, Trigger]], folded: str) -> None:
+    contains = folded.__contains__
+    for target, trigger in candidates:
+        if target not in found and all(map(contains, trigger)):
+            found.add(target)
+
+
+def _in_chunks(
+    run: Callable[[set[int], Sequence[_T], str], None],
+    found: set[int],
+    items: Sequence[_T],
+    folded: str,
+    budget: Budget | None,
+) -> None:
+    """``run`` over ``items`` at once when few or unbudgeted (the usual case: no copy), else
+    chunk by chunk, each spent from ``budget`` as that many searches of ``folded``."""
+    if budget is None or len(items) <= _CHUNK:
+        run(found, items, folded)
+        return
+    for start in range(0, len(items), _CHUNK):
+        budget.spend(_CHUNK * len(folded))
+        run(found, items[start : start + _CHUNK], folded)
+
+
 _SEARCHED_TRIGGERS = 96
+# Beyond this many triggers a long text's pieces are looked up rather than every trigger
+# searched for (measured: even at ~500 triggers, docs/deid-performance.md).
+_SEARCHED_IN_LONG = 512
+_WINDOW = 1 << 16

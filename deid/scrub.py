@@ -22,6 +22,7 @@ from datetime import date
 from core.errors import DeidError
 
 from . import names, phi, prefilter
+from .budget import Budget
 from .dates import TEXT_DATE_PATTERNS, LooseDate, parse_loose_date, text_date, written_forms
 from .policy import PLACEHOLDERS
 
@@ -59,7 +60,9 @@ _ID_LABEL = re.compile(
     r"ID|case(?:\s+(?:number|no)))(?![A-Za-z])\.?"
     r"|病历号|病案号|住院号|门诊号|登记号|就诊号|就诊卡号|卡号|医保号|医保卡号|社保号|身份证号码|身份证号|身份证|"
     r"证件号码|证件号|检查号|影像号|标本号|条码号|申请单号|流水号|档案号|护照号|ID号)"
-    r"[ \t]*(?:[:：#=]|(?i:number|no\.?))?[ \t]*"
+    # Possessive blanks: an id cannot start with one, and giving some back made a label
+    # followed by a long run of blanks cost the square of the run.
+    r"[ \t]*+(?:[:：#=]|(?i:number|no\.?))?[ \t]*+"
     r"(?P<id>(?=[A-Za-z\-]{0,6}\d)[A-Za-z\d][A-Za-z\d\-/]{2,30}[A-Za-z\d])"
 )
 _MIN_LABELLED_ID_DIGITS = 3
@@ -185,11 +188,13 @@ def _replace_spans(text: str, spans: list[tuple[int, int]], parked: _Parked) -> 
 
 def _url_repl(match: re.Match[str], parked: _Parked) -> str:
     url = match.group()
-    trimmed = url.rstrip(_URL_TRAILING)
-    # A closing bracket that the URL opened is part of it ("...wiki/X_(y)").
-    while url[len(trimmed) : len(trimmed) + 1] == ")" and trimmed.count("(") > trimmed.count(")"):
-        trimmed += ")"
-    return parked.park(_URL_PLACEHOLDER) + url[len(trimmed) :]
+    end = len(url.rstrip(_URL_TRAILING))
+    # A closing bracket that the URL opened is part of it ("...wiki/X_(y)"); counted once,
+    # not again per bracket (a URL of 100,000 brackets took seconds).
+    opened, closed = url.count("(", 0, end), url.count(")", 0, end)
+    while url[end : end + 1] == ")" and opened > closed:
+        end, closed = end + 1, closed + 1
+    return parked.park(_URL_PLACEHOLDER) + url[end:]
 
 
 def _is_ipv6(candidate: str) -> bool:
@@ -210,11 +215,11 @@ _ADDRESS_PATTERNS: tuple[re.Pattern[str], ...] = (
     # "Address: 1 Main St, Town"; not when a known address was already replaced there.
     re.compile(
         r"(?:住址|地址|家庭住址|现住址|户籍地址|家住|现住|现居|住在|居住于|居住在|居住地|籍贯)"
-        r"[ \t]*[:：]?[ \t]*"
+        r"[ \t]*+[:：]?+[ \t]*+"  # possessive, as in _ID_LABEL: an address starts with neither
         r"(?P<addr>[^\s,;，。；:：\n\r\U000f0000-\U0010ffff][^,;，。；\n\r]{1,60}?)(?=[,;，。；\n\r]|$)"
     ),
     re.compile(
-        r"(?<![A-Za-z])(?i:address|addr|lives at|lived at|resides at|residing at|residence)[ \t]*:?[ \t]*"
+        r"(?<![A-Za-z])(?i:address|addr|lives at|lived at|resides at|residing at|residence)[ \t]*+:?+[ \t]*+"
         r"(?P<addr>[^\s,;:\n\r\U000f0000-\U0010ffff][^;\n\r]{1,80}?)"
         r"(?=[;\n\r]|\.(?:\s|$)|,[ \t]*(?i:tel|phone|mobile|email|dob|mrn)|$)"
     ),
@@ -465,14 +470,24 @@ class Scrubber:
             entries.append((_SURNAMES, names.index))
         self._index = prefilter.LiteralIndex(entries)
 
-    def scrub(self, text: str, days: int | None) -> str:
-        """``text`` without identifiers; dates shifted by ``days`` (or "[DATE]" if None)."""
+    def scrub(self, text: str, days: int | None, budget: Budget | None = None) -> str:
+        """``text`` without identifiers; dates shifted by ``days`` (or "[DATE]" if None).
+
+        ``budget``: the message's (deid.budget); the text is admitted to it before it is
+        normalised (a text over the cap is refused unread), and again for what NFKC adds
+        (one character can become 18), and each pass over it is spent from it."""
+        if budget is not None:
+            budget.admit(len(text))
         norm, folded = _prepared(text)
-        live = self._index.live(folded) if self._index else None
+        if budget is not None and len(norm) > len(text):
+            budget.admit(len(norm) - len(text))
+        live = self._index.live(folded, budget) if self._index else None
         if not live:
-            return _generic(norm, days) if len(norm) <= prefilter.MAX_CACHED_TEXT else _scrub(norm, days)
+            if len(norm) <= prefilter.MAX_CACHED_TEXT:
+                return _generic(norm, days)
+            return _scrub(norm, days, budget=budget)
         found = sorted((self._rules[i] for i in sorted(live) if i >= 0), key=_rule_order)
-        return _scrub(norm, days, tuple(dict.fromkeys(found)), self._surnames, self._cjk_names)
+        return _scrub(norm, days, tuple(dict.fromkeys(found)), self._surnames, self._cjk_names, budget)
 
 
 def _prepare(text: str) -> tuple[str, str]:
@@ -501,10 +516,16 @@ def _scrub(
     rules: tuple[_Rule, ...] = (),
     surnames: frozenset[str] = _NO_NAMES,
     cjk_names: frozenset[str] = _NO_NAMES,
+    budget: Budget | None = None,
 ) -> str:
     """The scrub of normalised ``text`` (without sentinels) with the ``rules`` that may match
-    it and the message's known Chinese surnames and full names."""
+    it and the message's known Chinese surnames and full names; ``passes`` are spent from
+    ``budget`` before they run (each pass is linear in the text)."""
     parked = _Parked()
+
+    def passes(count: int) -> None:
+        if budget is not None:
+            budget.spend(count * len(text))
 
     def fixed(replacement: str) -> Callable[[re.Match[str]], str]:
         return lambda _match: parked.park(replacement)
@@ -520,6 +541,7 @@ def _scrub(
 
     # The unambiguous shapes go first, so a reported MRN found inside a mobile number
     # or resident id does not leave the rest of that number behind.
+    passes(8)
     text = _URL.sub(lambda m: _url_repl(m, parked), text)
     text = _EMAIL.sub(fixed(PLACEHOLDERS["EMAIL"]), text)
     text = _IPV6_CANDIDATE.sub(
@@ -531,6 +553,7 @@ def _scrub(
     text = _CN_MOBILE.sub(fixed(PLACEHOLDERS["PHONE"]), text)
     text = _replace_spans(text, names.known_surname_names(text, surnames, cjk_names), parked)
     for rule in rules:
+        passes(1)
         replacement = shifted(rule.date) if rule.kind == "DATE" else PLACEHOLDERS[rule.kind]
         repl = in_group if rule.in_group else fixed
         text = rule.pattern.get().sub(repl(replacement), text)
@@ -540,6 +563,7 @@ def _scrub(
             return match.group()
         return _replace_group(match, "id", parked.park(PLACEHOLDERS["ID"]))
 
+    passes(1 + len(TEXT_DATE_PATTERNS))
     text = _ID_LABEL.sub(labelled_id, text)
 
     def text_date_repl(match: re.Match[str]) -> str:
@@ -549,6 +573,7 @@ def _scrub(
     for pattern in TEXT_DATE_PATTERNS:
         text = pattern.sub(text_date_repl, text)
 
+    passes(len(_ADDRESS_PATTERNS) + 1)
     for pattern in _ADDRESS_PATTERNS:
         text = pattern.sub(lambda m: _replace_group(m, "addr", parked.park(PLACEHOLDERS["ADDRESS"])), text)
 
@@ -564,7 +589,9 @@ def _scrub(
 
     text = _GIVEN_BEFORE_NAME.sub(given_before, text)
 
+    passes(12)  # the name patterns, English and Chinese
     text = _replace_spans(text, names.find_names(text, surnames), parked)
+    passes(2)
 
     def number_repl(match: re.Match[str]) -> str:
         if _DECIMAL.fullmatch(match.group()):

@@ -28,6 +28,8 @@ def build_context(settings: Settings, db: Database | None = None) -> PipelineCon
         # Validated once after de-identification if at all (pipeline_validate), never twice.
         mapping_options=MappingOptions(default_timezone=settings.site_timezone, validate=False),
         validate=settings.pipeline_validate,
+        deid_max_text_chars=settings.deid_max_text_chars,
+        deid_budget_ms=settings.deid_budget_ms,
         coalesce_s=settings.summary_coalesce_s,
         dicom=DicomPipelineOptions(
             object_dir=settings.effective_deid_dicom_dir,

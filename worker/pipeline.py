@@ -38,6 +38,7 @@ from core.errors import SidecarError, UnsupportedMessage
 from core.store import StoredChange, known_phi
 from core.tables import DeadLetter, InboxEntry, InboxStatus
 from deid import DeidentifiedResource, DeidResult, DicomOptions, Vault, deidentify, deidentify_dataset
+from deid.budget import Budget
 from deid.tokens import identifier_tokens
 from mapping import MappedMessage, MappingOptions, map_message
 from mapping.dicom import map_dataset
@@ -72,6 +73,14 @@ class PipelineContext:
     # Off by default: ~0.15 ms per resource, and property tests prove the mapping's output
     # valid (docs/architecture.md, "Validation").
     validate: bool = False
+    # The cost bound of de-identifying one message (deid.budget; settings deid_max_text_chars
+    # and deid_budget_ms, 0: none): over it, the message is dead-lettered, not scrubbed on.
+    deid_max_text_chars: int = 262_144
+    deid_budget_ms: int = 10_000
+
+    def deid_budget(self) -> Budget:
+        """A fresh budget for one message."""
+        return Budget(max_text_chars=self.deid_max_text_chars or None, max_cpu_ms=self.deid_budget_ms or None)
 
 
 @dataclass(frozen=True)
@@ -161,7 +170,12 @@ def deidentify_mapped(ctx: PipelineContext, entry: Mapped, known: dict[str, str]
     mapped = entry.message
     try:
         result = deidentify(
-            mapped.resources, entry.keys, known | mapped.phi_values, ctx.vault, validate=ctx.validate
+            mapped.resources,
+            entry.keys,
+            known | mapped.phi_values,
+            ctx.vault,
+            validate=ctx.validate,
+            budget=ctx.deid_budget(),
         )
     except Exception as exc:
         raise _permanent("deid", exc) from exc
@@ -221,6 +235,7 @@ def deidentify_instance(
     options: DicomPipelineOptions,
     timezone: str,
     known_of: KnownValues | None = None,
+    budget: Budget | None = None,
 ) -> DeidInstance:
     """One DICOM instance -> its de-identified .dcm and ImagingStudy, under one pseudonym.
 
@@ -254,7 +269,7 @@ def deidentify_instance(
         )
         if dicom.quarantined is not None:
             raise PermanentFailure(stage, "burned-in", f"image withheld: {dicom.quarantined}")
-        result = deidentify(mapped.resources, keys, known | mapped.phi_values, vault)
+        result = deidentify(mapped.resources, keys, known | mapped.phi_values, vault, budget=budget)
         if result.patients != (dicom.patient,):
             # Both sides key the same (issuer, PatientID); if they ever disagree, the
             # study and its images would belong to different pseudonyms.
@@ -303,6 +318,7 @@ def transform_dicom(ctx: PipelineContext, raw: bytes, known_of: KnownValues | No
         ctx.dicom,
         ctx.mapping_options.default_timezone,
         known_of=known_of or (lambda p: _known(ctx, p)),
+        budget=ctx.deid_budget(),
     )
     resources = done.result.resources
     stubs = frozenset(
