@@ -13,6 +13,7 @@ import io
 import logging
 import socket
 import struct
+import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -303,6 +304,30 @@ def test_idle_socket_is_closed_by_the_association_request_timer(inbox: DatabaseI
         [idle] = _bare_connects(scp.port, 1)
         with idle:
             assert _closed_by_server(idle)  # ARTIM: no A-ASSOCIATE-RQ, closed (timeout 10 s)
+
+
+def test_a_transfer_cut_off_leaves_no_spooled_data_set(
+    inbox: DatabaseInbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # pynetdicom spools a data set to a temporary file as it arrives and removes it after
+    # the handler; an association aborted in the middle would leave it (identified data,
+    # on disk, outside the data directory).
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(spool))
+    ds = pydicom.dcmread(CT)
+    ds.Rows = ds.Columns = 2048
+    ds.PixelData = b"\x01\x02" * (2048 * 2048)  # 8 MiB: long enough to be cut off
+    with listening(inbox, max_object_bytes=1 << 30) as scp:
+        ae = AE(ae_title="STORESCU")
+        ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+        assoc = ae.associate("127.0.0.1", scp.port, ae_title="SIDECAR")
+        assert assoc.is_established
+        sending = threading.Thread(target=assoc.send_c_store, args=(ds,), daemon=True)
+        sending.start()
+        wait_for(lambda: any(spool.iterdir()), timeout=30, interval=0.01)
+        assoc.abort()  # the sending thread may stay blocked in a write: a daemon, left
+        wait_for(lambda: not any(spool.iterdir()), timeout=30)
 
 
 # -- retained values against their VR --------------------------------------------------
