@@ -3,13 +3,16 @@
 The listener keeps its core: the pipeline and the sandbox run in processes of their own
 (multiprocessing's spawn: the listener's process has threads and open databases), each
 linked to `serve` by a pipe. Over it the parent wakes a child (new work), tells it to
-stop (it drains first), and hears its reports (a batch stored: wake the relay). The
+stop (it drains first), and hears its reports (a batch stored: wake the relay). A child
+may also ask and wait for an answer (``ChildLink.request``): the sandbox's screening
+requests, answered by `serve` so that the model zone's process holds no vault. The
 parent starts a child again when it dies; a child exits when its parent is gone, so a
 crash of either leaves no orphan and loses nothing (the work is in the database).
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -26,6 +29,7 @@ __all__ = ["ChildLink", "Children"]
 log = logging.getLogger("sidecar.children")
 
 STOP, WAKE = "stop", "wake"
+REQUEST, ANSWER = "request", "answer"  # keys of a request (child -> parent) and its answer
 SUPERVISE_EVERY_S = 0.5
 _PARENT_CHECK_S = 0.5
 
@@ -38,6 +42,8 @@ class ChildLink:
         self._parent = parent
         self._send_lock = threading.Lock()
         self.stop, self.wake = threading.Event(), threading.Event()
+        self._ids = itertools.count(1)
+        self._waiting: dict[int, tuple[threading.Event, list[dict[str, Any]]]] = {}
         if nice:
             os.nice(nice)  # the listener first when both want a core
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop (a drain)
@@ -52,7 +58,11 @@ class ChildLink:
         while not self.stop.is_set():
             try:
                 if self._conn.poll(_PARENT_CHECK_S):
-                    if self._conn.recv() == STOP:
+                    message = self._conn.recv()
+                    if isinstance(message, dict) and ANSWER in message:
+                        self._answered(message)
+                        continue
+                    if message == STOP:
                         self.stop.set()
                     self.wake.set()
                 elif os.getppid() != self._parent:
@@ -63,6 +73,29 @@ class ChildLink:
     def report(self, message: dict[str, Any]) -> None:
         with suppress(OSError, ValueError), self._send_lock:
             self._conn.send(message)
+
+    def request(self, payload: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+        """Ask the parent and wait for its answer; TimeoutError without one in time
+        (the parent busy, stopping or gone)."""
+        ident = next(self._ids)
+        done, box = threading.Event(), list[dict[str, Any]]()
+        self._waiting[ident] = (done, box)
+        try:
+            with self._send_lock:
+                self._conn.send({REQUEST: ident, **payload})
+            if not done.wait(timeout_s) or not box:
+                raise TimeoutError(f"no answer from the parent within {timeout_s}s")
+            return box[0]
+        except (OSError, ValueError) as exc:
+            raise TimeoutError(f"link to the parent lost ({type(exc).__name__})") from exc
+        finally:
+            self._waiting.pop(ident, None)
+
+    def _answered(self, message: dict[str, Any]) -> None:
+        waiting = self._waiting.get(message[ANSWER])
+        if waiting is not None:  # else: it came after the requester gave up
+            waiting[1].append(message)
+            waiting[0].set()
 
     def ready(self) -> None:
         self.report({"ready": True})
@@ -86,10 +119,14 @@ class Children:
         count: int = 1,
         args_for: Callable[[int], tuple[Any, ...]] = lambda _index: (),
         on_report: Callable[[dict[str, Any]], None] | None = None,
+        on_request: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
         wake_every_s: float = 0.0,
     ) -> None:
+        """``on_request``: answers a child's ``ChildLink.request`` (on the thread that reads
+        that child's link, so one child's requests are answered in order)."""
         self._target, self._name, self._count = target, name, max(1, count)
         self._args_for, self._on_report = args_for, on_report
+        self._on_request = on_request
         self._wake_every_s = wake_every_s
         self._children: list[tuple[multiprocessing.process.BaseProcess, Any]] = []
         self._threads: list[threading.Thread] = []
@@ -160,11 +197,28 @@ class Children:
                 return
             if report.get("stopped"):
                 return
+            if REQUEST in report:
+                self._answer(conn, report)
+                continue
             if self._on_report is not None:
                 try:
                     self._on_report(report)
                 except Exception:
                     log.exception("child report callback failed")
+
+    def _answer(self, conn: Any, request: dict[str, Any]) -> None:
+        ident = request.pop(REQUEST)
+        answer: dict[str, Any]
+        if self._on_request is None:
+            answer = {"error": "no-handler"}
+        else:
+            try:
+                answer = self._on_request(request)
+            except Exception as exc:
+                log.exception("child request failed")
+                answer = {"error": type(exc).__name__}
+        with suppress(OSError, ValueError), self._lock:
+            conn.send({**answer, ANSWER: ident})
 
     def wake(self) -> None:
         """New work for the children (at most one wake per ``wake_every_s``)."""

@@ -1,25 +1,36 @@
-"""Engine and session factory: SQLite (WAL) embedded, PostgreSQL in production."""
+"""Engine and session factory: SQLite (WAL) embedded, PostgreSQL in production.
+
+The model zone gets its engine from a URL alone (``Database(url=..., model_zone=True)``):
+it holds no settings object (core.settings is imported here for type checking only).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from core.settings import Settings
+from core.zones import sqlite_authorizer
+
+if TYPE_CHECKING:
+    from core.settings import Settings
+
+__all__ = ["MIGRATIONS", "READ_ONLY", "Database", "make_engine", "migrate"]
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 MIGRATION_LOCK_KEY = 0x51DECA7  # arbitrary, fixed: the advisory lock for schema upgrades
 READ_ONLY = "sidecar_read_only"  # execution option of Database.reads sessions
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, *, model_zone: bool = False) -> Engine:
+    """``model_zone``: every connection limited to core.zones.MODEL_ZONE (on SQLite by an
+    authorizer; on PostgreSQL the URL's role carries the same rule as grants)."""
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
@@ -31,6 +42,8 @@ def make_engine(url: str) -> Engine:
             max_overflow=8,
         )
         _configure_sqlite(engine)
+        if model_zone:
+            _limit_to_model_zone(engine)
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=8, max_overflow=8)
 
@@ -56,6 +69,21 @@ def _configure_sqlite(engine: Engine) -> None:
         conn.exec_driver_sql("BEGIN" if deferred else "BEGIN IMMEDIATE")
 
 
+def _limit_to_model_zone(engine: Engine) -> None:
+    """The model zone's connections to the one SQLite file may do only what the allow-list
+    allows (the same table and column rule as the PostgreSQL grants): SQLite consults the
+    authorizer while preparing every statement, and it refuses identified tables and columns,
+    ATTACH, PRAGMA, DELETE and schema changes. Not a second database file for the identified
+    zone: the pipeline writes identified and de-identified rows in one transaction, and a
+    transaction across ATTACHed files is not atomic in WAL mode
+    (https://www.sqlite.org/lang_attach.html, https://www.sqlite.org/wal.html)."""
+
+    # Registered after _configure_sqlite's listener, so its PRAGMAs run first.
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.set_authorizer(sqlite_authorizer())
+
+
 def migrate(engine: Engine) -> None:
     """Bring the schema to the newest Alembic revision (idempotent)."""
     config = Config()
@@ -70,12 +98,19 @@ def migrate(engine: Engine) -> None:
 
 
 class Database:
-    """Engine + session factory for one settings object."""
+    """Engine + session factory for one settings object, or for one URL."""
 
-    def __init__(self, settings: Settings, *, url: str | None = None) -> None:
-        """``url``: connect as someone else than settings.database_url (the model zone's role)."""
-        self.url = url or settings.effective_database_url
-        self.engine = make_engine(self.url)
+    def __init__(
+        self, settings: Settings | None = None, *, url: str | None = None, model_zone: bool = False
+    ) -> None:
+        """``url``: connect as someone else than settings.database_url (the model zone's role).
+        ``model_zone``: limited to what core.zones allows the model zone (see make_engine)."""
+        if url is None:
+            if settings is None:
+                raise ValueError("Database needs settings or a URL")
+            url = settings.effective_database_url
+        self.url = url
+        self.engine = make_engine(self.url, model_zone=model_zone)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         # For sessions that only read: on SQLite a plain (deferred) BEGIN, which reads a
         # snapshot beside the writer instead of waiting for the write lock. A write in one

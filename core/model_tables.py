@@ -33,6 +33,8 @@ __all__ = [
     "Base",
     "BigId",
     "Job",
+    "JobOutput",
+    "JobOutputKind",
     "JobStatus",
     "OutboxEvent",
     "PipelineStat",
@@ -139,6 +141,33 @@ class Job(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     result: Mapped[str | None] = mapped_column(String(200))  # DocumentReference/<id>
     error_code: Mapped[str | None] = mapped_column(String(64))
+    # Written by the identified zone's screen only (the model zone may not update them):
+    # screenings answered for this job, and whether one found an identifier (then the job
+    # failed and every later screening of it is refused; worker.screen).
+    screenings: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    screen_leak: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
+
+
+class JobOutputKind(StrEnum):
+    SUMMARY = "summary"  # body: the document, its inputs, the model and prompt version
+    FAILED = "failed"  # code and reason
+
+
+class JobOutput(Base):
+    """What the model zone hands back for a job: its summary, or why it failed. The model
+    zone may only insert here; the identified zone checks each row again (it belongs to a
+    running job, the document to that job's patient, no known identifier in it), stores it
+    (resources, outbox, or a dead letter) and deletes the row (sidecar.outputs)."""
+
+    __tablename__ = "job_outputs"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    job_id: Mapped[int] = mapped_column(BigInteger, index=True)
+    outcome: Mapped[str] = mapped_column(String(16))
+    body: Mapped[str | None] = mapped_column(Text)  # JSON
+    code: Mapped[str | None] = mapped_column(String(64))
+    reason: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 class AuditEntry(Base):

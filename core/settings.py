@@ -398,8 +398,20 @@ class Settings(BaseSettings):
     screen_timeout_s: float = Field(
         10.0,
         gt=0,
-        description="Production: how long the sandbox waits for the identified zone's verdict on a "
-        "prompt (known-identifier screening) before deferring the job.",
+        description="How long the sandbox waits for the identified zone's verdict on a prompt or an "
+        "answer (known-identifier screening) before deferring the job.",
+    )
+    screen_max_per_job: int = Field(
+        4,
+        ge=2,
+        description="Screenings the identified zone answers for one summary job (a run needs two: its "
+        "prompt and the model's answer); beyond it, and after a verdict of leak, it refuses (audited) "
+        "and the job fails. Bounds what the model zone can learn from the verdicts.",
+    )
+    sandbox_model: str | None = Field(
+        None,
+        description='The summary model the sandbox runs, as "package.module:factory" (called with no '
+        "arguments, returning a sandbox.models.SummaryModel). Unset: the offline extractive summariser.",
     )
     log_level: str = Field("INFO", description="Python log level of the JSON-lines logs.")
 

@@ -6,10 +6,13 @@ importing the sandbox, and the sandbox never imports the worker.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from celery import Celery
 from kombu import Queue  # type: ignore[attr-defined]
 
-from core.settings import Settings
+if TYPE_CHECKING:  # the model zone imports the task names, never the settings object
+    from core.settings import Settings
 
 PIPELINE_TASK = "sidecar.pipeline.process"  # one inbox entry (kept for queued tasks of 0.1)
 LANE_TASK = "sidecar.pipeline.lane"  # a lane's backlog, batch by batch (worker.runner)

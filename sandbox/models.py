@@ -4,9 +4,12 @@ An OpenAI-compatible HTTP client slots in behind the same protocol."""
 
 from __future__ import annotations
 
+import importlib
 from typing import Protocol
 
 from sandbox.prompt import Prompt
+
+__all__ = ["ExtractiveSummarizer", "SummaryModel", "load_model"]
 
 
 class SummaryModel(Protocol):
@@ -29,3 +32,16 @@ class ExtractiveSummarizer:
         if len(prompt.facts) > len(lines):
             lines.append("(further facts are in the record)")
         return "\n".join(lines)
+
+
+def load_model(spec: str | None) -> SummaryModel:
+    """The model named by the ``sandbox_model`` setting, "package.module:factory" (a class
+    or function called with no arguments); None: the extractive default."""
+    if not spec:
+        return ExtractiveSummarizer()
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise ValueError(f"sandbox_model must be 'module:factory', not {spec!r}")
+    factory = getattr(importlib.import_module(module_name), attribute)
+    model: SummaryModel = factory()
+    return model

@@ -1,11 +1,13 @@
 """Runs one summary job: claim → read de-identified context → prompt → PHI guard →
-known-identifier screen → model → guard + screen + grounding → DocumentReference +
-Provenance + event, all audited.
+known-identifier screen → model → guard + screen + grounding → the output handed back
+(``job_outputs``), all audited.
 
-The sandbox touches only the de-identified store and the jobs table; it imports
-nothing of the identified zone (an import-linter contract enforces it). The
-known-identifier screen is the identified zone's, reached through ``PromptScreen``
-(sandbox.screen): in-process when embedded, a Celery request in production.
+The sandbox reads only the de-identified store and its job, and writes only its job's
+status and timing, its output and its audit entries (core.zones: PostgreSQL grants, the
+SQLite authorizer); it imports nothing of the identified zone (import-linter contracts).
+The identified zone checks the output again and stores it: the DocumentReference, its
+Provenance and the event, or a dead letter (sidecar.outputs). The known-identifier
+screen is the identified zone's, reached through ``PromptScreen`` (sandbox.screen).
 """
 
 from __future__ import annotations
@@ -16,20 +18,35 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
-from sqlalchemy import select, update
+from sqlalchemy import insert, select, update
+from sqlalchemy.orm import Session
 
 import audit
 from core.db import Database
-from core.events import summary_event, summary_routing_key
 from core.fhir import FhirValidationError, validate_resource
-from core.store import add_outbox, put_resource
-from core.tables import DeadLetter, Job, JobStatus, Resource
+from core.model_tables import Job, JobOutput, JobOutputKind, JobStatus
 from sandbox import grounding, guard
 from sandbox.context import patient_context, version_reference
-from sandbox.documents import document_reference, provenance
+from sandbox.documents import document_reference
 from sandbox.models import SummaryModel
 from sandbox.prompt import build_prompt
-from sandbox.screen import KnownIdentifierLeak, PromptScreen, ScreenUnavailable, Stage, require_clean
+from sandbox.screen import (
+    KnownIdentifierLeak,
+    PromptScreen,
+    ScreenRefused,
+    ScreenUnavailable,
+    Stage,
+    require_clean,
+)
+
+__all__ = [
+    "SCREEN_ATTEMPTS",
+    "JobOutcome",
+    "JobResult",
+    "due_job_ids",
+    "requeue_stalled",
+    "run_job",
+]
 
 log = logging.getLogger("sidecar.sandbox")
 
@@ -38,10 +55,11 @@ log = logging.getLogger("sidecar.sandbox")
 SCREEN_ATTEMPTS = 5
 SCREEN_RETRY_BASE_S = 10.0
 SCREEN_RETRY_MAX_S = 300.0
+MAX_REASON_CHARS = 500
 
 
 class JobOutcome(StrEnum):
-    DONE = "done"
+    DONE = "done"  # the summary handed back; the identified zone stores it
     NOT_DUE = "not-due"  # pushed back by a newer trigger, or already taken
     DEFERRED = "deferred"  # no screening verdict: pending again, due later
     FAILED = "failed"
@@ -90,8 +108,7 @@ def run_job(
         ).rowcount
         if not claimed:
             return JobResult(job_id, JobOutcome.NOT_DUE)
-        job = session.get_one(Job, job_id)
-        kind, patient = job.kind, job.patient
+        kind, patient = session.execute(select(Job.kind, Job.patient).where(Job.id == job_id)).one()
         context = patient_context(session, patient)
         inputs = [version_reference(r) for r in context]
         audit.append(
@@ -108,53 +125,57 @@ def run_job(
             raise _JobFailure("empty-context", "no de-identified resources for this patient")
         prompt = build_prompt(context)
         guard.check(prompt.text)
-        require_clean(screen, job_id, patient, prompt.text, Stage.PROMPT)
+        require_clean(screen, job_id, prompt.text, Stage.PROMPT)
         text = model.summarize(prompt)
         guard.check(text)
-        require_clean(screen, job_id, patient, text, Stage.ANSWER)
+        require_clean(screen, job_id, text, Stage.ANSWER)
         grounding.check(text, prompt.text)
         document = document_reference(patient, kind, text, now=now)
         validate_resource(document)
     except ScreenUnavailable as exc:
         return _defer(db, job_id, str(exc))
-    except KnownIdentifierLeak as exc:
-        return _fail(db, job_id, exc.code, str(exc), kinds=exc.kinds)
+    except (KnownIdentifierLeak, ScreenRefused) as exc:
+        return _fail(db, job_id, exc.code, str(exc))
     except (guard.PromptLeak, grounding.UngroundedSummary, _JobFailure) as exc:
         return _fail(db, job_id, getattr(exc, "code", "sandbox"), str(exc))
     except FhirValidationError as exc:
         return _fail(db, job_id, "invalid-output", str(exc))
 
+    body = {
+        "document": document,
+        "inputs": inputs,
+        "model": f"{model.name} {model.version}",
+        "prompt_version": prompt.version,
+    }
     with db.transaction() as session:
-        change = put_resource(session, document, patient=patient, origin=f"job:{job_id}", now=now)
-        stored = json.loads(
-            session.execute(
-                select(Resource.body).where(
-                    Resource.resource_type == "DocumentReference", Resource.resource_id == document["id"]
-                )
-            ).scalar_one()
-        )
-        prov = provenance(
-            stored, inputs, model=f"{model.name} {model.version}", prompt_version=prompt.version, now=now
-        )
-        validate_resource(prov)
-        put_resource(session, prov, patient=patient, origin=f"job:{job_id}", now=now)
-        add_outbox(
-            session,
-            summary_event(kind, stored, job_id=job_id, patient=patient, time=now),
-            summary_routing_key(kind),
-            now=now,
-        )
-        job = session.get_one(Job, job_id)
-        job.status, job.result, job.updated_at = JobStatus.DONE, change.reference, now
+        _hand_back(session, job_id, JobOutputKind.SUMMARY, now=now, body=json.dumps(body))
         audit.append(
             session,
             actor="sandbox",
-            action="summary.completed",
+            action="summary.submitted",
             entity=f"job/{job_id}",
-            detail={"document": change.reference, "version": change.version, "model": model.name},
+            detail={"document": f"DocumentReference/{document['id']}", "model": model.name},
             now=now,
         )
-    return JobResult(job_id, JobOutcome.DONE, change.reference)
+    return JobResult(job_id, JobOutcome.DONE, f"DocumentReference/{document['id']}")
+
+
+def _hand_back(
+    session: Session,
+    job_id: int,
+    outcome: JobOutputKind,
+    *,
+    now: datetime,
+    body: str | None = None,
+    code: str | None = None,
+    reason: str | None = None,
+) -> None:
+    # Core insert of the allowed columns only (an ORM add would read back more than them).
+    session.execute(
+        insert(JobOutput).values(
+            job_id=job_id, outcome=str(outcome), body=body, code=code, reason=reason, created_at=now
+        )
+    )
 
 
 class _JobFailure(Exception):
@@ -168,23 +189,27 @@ def _defer(db: Database, job_id: int, reason: str) -> JobResult:
     the attempts are spent or a newer pending job of the patient covers this one."""
     now = datetime.now(UTC)
     with db.transaction() as session:
-        job = session.get_one(Job, job_id)
+        kind, patient, attempts = session.execute(
+            select(Job.kind, Job.patient, Job.attempts).where(Job.id == job_id)
+        ).one()
         newer = session.execute(
-            select(Job.id).where(
-                Job.kind == job.kind, Job.patient == job.patient, Job.status == JobStatus.PENDING
-            )
+            select(Job.id).where(Job.kind == kind, Job.patient == patient, Job.status == JobStatus.PENDING)
         ).first()
-        give_up = job.attempts >= SCREEN_ATTEMPTS or newer is not None
+        give_up = attempts >= SCREEN_ATTEMPTS or newer is not None
         if not give_up:
-            wait = min(SCREEN_RETRY_MAX_S, SCREEN_RETRY_BASE_S * 2 ** max(0, job.attempts - 1))
-            job.status, job.due_at, job.updated_at = JobStatus.PENDING, now + timedelta(seconds=wait), now
+            wait = min(SCREEN_RETRY_MAX_S, SCREEN_RETRY_BASE_S * 2 ** max(0, attempts - 1))
+            session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.status == JobStatus.RUNNING)
+                .values(status=JobStatus.PENDING, due_at=now + timedelta(seconds=wait), updated_at=now)
+            )
             audit.append(
                 session,
                 actor="sandbox",
                 action="summary.deferred",
                 entity=f"job/{job_id}",
                 outcome=audit.Outcome.FAILURE,
-                detail={"code": ScreenUnavailable.code, "attempt": job.attempts, "retry_in_s": wait},
+                detail={"code": ScreenUnavailable.code, "attempt": attempts, "retry_in_s": wait},
                 now=now,
             )
     if give_up:
@@ -194,15 +219,13 @@ def _defer(db: Database, job_id: int, reason: str) -> JobResult:
     return JobResult(job_id, JobOutcome.DEFERRED)
 
 
-def _fail(db: Database, job_id: int, code: str, reason: str, *, kinds: list[str] | None = None) -> JobResult:
+def _fail(db: Database, job_id: int, code: str, reason: str) -> JobResult:
+    """Handed back as a failure: the identified zone fails the job and files the dead
+    letter with the reason (the model zone may write neither)."""
     now = datetime.now(UTC)
     with db.transaction() as session:
-        job = session.get_one(Job, job_id)
-        job.status, job.error_code, job.updated_at = JobStatus.FAILED, code, now
-        session.add(
-            DeadLetter(
-                inbox_id=None, job_id=job_id, stage="sandbox", code=code, reason=reason, created_at=now
-            )
+        _hand_back(
+            session, job_id, JobOutputKind.FAILED, now=now, code=code, reason=reason[:MAX_REASON_CHARS]
         )
         audit.append(
             session,
@@ -210,7 +233,7 @@ def _fail(db: Database, job_id: int, code: str, reason: str, *, kinds: list[str]
             action="summary.failed",
             entity=f"job/{job_id}",
             outcome=audit.Outcome.FAILURE,
-            detail={"code": code, **({"kinds": kinds} if kinds else {})},
+            detail={"code": code},
             now=now,
         )
     log.warning("summary job failed", extra={"job_id": job_id, "code": code})

@@ -38,6 +38,7 @@ from sandbox.runner import due_job_ids, requeue_stalled
 from sidecar.api import ApiServer, api_server
 from sidecar.api_guard import raise_fd_limit
 from sidecar.loops import Loop
+from sidecar.outputs import OutputIntake
 from sidecar.sandbox_process import sandbox_process
 from worker.appacks import AppAckSender
 from worker.context import build_context
@@ -47,6 +48,7 @@ from worker.pipeline import pending_inbox_ids
 from worker.publishers import LocalBus, Publisher, RabbitPublisher
 from worker.relay import Relay
 from worker.runner import pipeline_processes
+from worker.screen import ScreenService
 
 log = logging.getLogger("sidecar.app")
 
@@ -144,7 +146,10 @@ class SidecarApp:
             batch_size=settings.relay_batch_size,
             guard=LeakGuard(self.ctx.vault),
         )
-        self.relay_loop = Loop("relay", self.relay.run_once, settings.relay_interval_s)
+        # What the model zone hands back is checked and stored here, before the relay
+        # publishes (sidecar.outputs): the sandbox writes neither resources nor outbox.
+        self.outputs = OutputIntake(self.db, LeakGuard(self.ctx.vault))
+        self.relay_loop = Loop("relay", self._relay_round, settings.relay_interval_s)
         # Application ACKs go out from here, the process that faces the senders, whichever
         # process decided them (worker.appacks).
         self.app_ack_loop: Loop | None = None
@@ -167,8 +172,10 @@ class SidecarApp:
         if settings.embedded:
             # Processes of their own: the listener keeps its core (worker.runner).
             self.pipeline = pipeline_processes(settings, on_batch=self._after_pipeline)
-            # The model zone in a process of its own too (sidecar/sandbox_process.py).
-            self.sandbox = sandbox_process(settings, on_report=self._after_pipeline)
+            # The model zone in a process of its own too (sidecar/sandbox_process.py); its
+            # screening requests are answered here, where the vault is.
+            screen = ScreenService(self.db, self.ctx.vault, max_per_job=settings.screen_max_per_job)
+            self.sandbox = sandbox_process(settings, screen, on_report=self._after_pipeline)
         else:
             self._celery = make_celery(settings, "sidecar-serve")
             self.dispatcher = InboxDispatcher(
@@ -304,6 +311,7 @@ class SidecarApp:
                 continue
             if self.sandbox is not None:
                 self.sandbox.wake()
+            self.outputs.drain()
             self.relay.drain()
             if not self._pending_jobs() and not pending_inbox_ids(self.db, limit=1) and not self._unsent():
                 return True
@@ -333,6 +341,9 @@ class SidecarApp:
             self.app_ack_loop.wake()
         if report.get("jobs") and self.sandbox is not None:
             self.sandbox.wake()
+
+    def _relay_round(self) -> int:
+        return self.outputs.run_once() + self.relay.run_once()
 
     def _unsent(self) -> int:
         with self.db.reads() as session:

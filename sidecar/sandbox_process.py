@@ -1,68 +1,80 @@
-"""The embedded default's model zone: summary jobs in a process of their own under `sidecar serve`.
+"""The model zone's processes, built from the settings here, in the identified zone:
+the embedded default's sandbox child of `sidecar serve`, and production's `sidecar sandbox`
+Celery worker. The model zone itself gets only what it needs (sandbox.process.SandboxConfig,
+or a database, a model and a screen): no settings object, no secret, no vault.
 
-The listener keeps its core (a summary reads a patient's whole record and runs a model).
-The identified zone's known-identifier screen is still an object of this process
-(``worker.screen.ScreenService``, as the in-process loop had), so this process opens the
-identified tables through it; the hardening issue (17) puts the screen behind the link
-to `serve`, so the model zone's process holds neither the vault nor those tables.
+Embedded, the child's screening requests come back over its link and are answered here
+with the identified zone's ``ScreenService`` (verdict only, a few per job).
 """
 
 from __future__ import annotations
 
-import multiprocessing.connection
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 
-from core.children import ChildLink, Children
+from celery import Celery
+
+from core.children import Children
 from core.db import Database
 from core.settings import Settings
-from sandbox.models import ExtractiveSummarizer
-from sandbox.runner import due_job_ids, run_job
-from worker.context import load_secret
+from core.tasks import make_celery
+from sandbox.models import load_model
+from sandbox.process import SandboxConfig, run_sandbox_child
+from sandbox.screen import CeleryScreen
+from sandbox.tasks import register_summary_task
 from worker.screen import ScreenService
 
-__all__ = ["sandbox_process"]
+__all__ = ["build_sandbox_app", "sandbox_config", "sandbox_process"]
 
 
-def run_sandbox_child(conn: multiprocessing.connection.Connection, parent: int, settings: Settings) -> None:
-    """Due jobs until told to stop; then every pending one (coalescing is only a delay)."""
-    from core.logs import configure_logging
-    from deid import Vault
-
-    configure_logging(settings.log_level)
-    link = ChildLink(conn, parent, nice=settings.pipeline_nice)
-    db = Database(settings)
-    screen = ScreenService(db, Vault(load_secret(settings), date_shift_max_days=settings.date_shift_max_days))
-    model = ExtractiveSummarizer()
-
-    def run_due(*, drain: bool = False) -> int:
-        horizon = datetime.max.replace(tzinfo=UTC) if drain else None
-        done = 0
-        for job_id in due_job_ids(db, now=horizon):
-            run_job(db, job_id, model, screen=screen, ignore_due=drain)
-            done += 1
-        if done:
-            link.report({"changed": True})
-        return done
-
-    link.ready()
-    try:
-        while not link.stop.is_set():
-            if run_due():
-                continue
-            link.wake.wait(settings.relay_interval_s)
-            link.wake.clear()
-        while run_due(drain=True):
-            pass
-    finally:
-        db.dispose()
-        link.stopped()
+def sandbox_config(settings: Settings) -> SandboxConfig:
+    return SandboxConfig(
+        database_url=settings.effective_sandbox_database_url,
+        model=settings.sandbox_model,
+        screen_timeout_s=settings.screen_timeout_s,
+        poll_interval_s=settings.relay_interval_s,
+        log_level=settings.log_level,
+        nice=settings.pipeline_nice,
+    )
 
 
 def sandbox_process(
-    settings: Settings, on_report: Callable[[dict[str, Any]], None] | None = None
+    settings: Settings,
+    screen: ScreenService,
+    on_report: Callable[[dict[str, Any]], None] | None = None,
 ) -> Children:
+    """``screen``: serve's own, over its database and vault; it answers the child."""
+
+    def answer(request: dict[str, Any]) -> dict[str, Any]:
+        asked = request.get("screen")
+        if not isinstance(asked, dict):
+            return {"error": "unknown-request"}
+        verdict = screen(int(asked["job_id"]), str(asked["text"]), str(asked["stage"]))
+        return {"verdict": str(verdict)}
+
+    config = sandbox_config(settings)
     return Children(
-        run_sandbox_child, name="sidecar-sandbox", args_for=lambda _index: (settings,), on_report=on_report
+        run_sandbox_child,
+        name="sidecar-sandbox",
+        args_for=lambda _index: (config,),
+        on_report=on_report,
+        on_request=answer,
     )
+
+
+def build_sandbox_app(settings: Settings) -> Celery:
+    """Production's `sidecar sandbox`: the model zone's login (sandbox_database_url), whose
+    grants are core.zones' allow-list; screening by the ``sidecar.screen`` task."""
+    app = make_celery(settings, "sidecar-sandbox", results=True)
+    state: dict[str, Database] = {}
+    url = settings.effective_sandbox_database_url
+
+    def db() -> Database:
+        if "db" not in state:
+            state["db"] = Database(url=url, model_zone=True)
+        return state["db"]
+
+    register_summary_task(
+        app, db, load_model(settings.sandbox_model), CeleryScreen(app, settings.screen_timeout_s)
+    )
+    return app

@@ -28,12 +28,14 @@ from core.tables import AuditEntry, DeadLetter, Job, JobStatus, Resource
 from core.tasks import make_celery
 from sandbox.prompt import Prompt
 from sandbox.runner import SCREEN_ATTEMPTS, JobOutcome, run_job
-from sandbox.screen import CeleryScreen, ScreenUnavailable
+from sandbox.screen import CeleryScreen
 from sidecar.app import SidecarApp
+from sidecar.outputs import OutputIntake
 from tests.deployments import REPO, Embedded, msa, wait_for
 from tests.fixtures.messages import ADT_A01, ORU_R01, encoded, inbound
 from worker.batch import process
 from worker.context import build_context
+from worker.leakguard import LeakGuard
 from worker.pipeline import PipelineContext
 from worker.screen import ScreenService
 
@@ -99,6 +101,11 @@ def new_job(db: Database, patient: str) -> int:
         return job.id
 
 
+def take_outputs(ctx: PipelineContext) -> int:
+    """The identified zone stores what the sandbox handed back (serve's relay loop does)."""
+    return OutputIntake(ctx.db, LeakGuard(ctx.vault)).drain()
+
+
 def audits(db: Database, action: str) -> list[AuditEntry]:
     with db.sessions() as s:
         return list(s.execute(select(AuditEntry).where(AuditEntry.action == action)).scalars())
@@ -114,6 +121,7 @@ def test_a_prompt_with_a_known_name_never_reaches_the_model(tmp_path: Path) -> N
     # Control: the de-identified record passes the screen and is summarised.
     clean_model = RecordingModel()
     assert run_job(db, job_id, clean_model, screen=screen).outcome == JobOutcome.DONE
+    assert take_outputs(ctx) == 1
     assert len(clean_model.calls) == 1
     verdicts = [json.loads(a.detail) for a in audits(db, "text.screened")]
     assert [(v["stage"], v["verdict"]) for v in verdicts] == [("prompt", "clean"), ("answer", "clean")]
@@ -122,6 +130,7 @@ def test_a_prompt_with_a_known_name_never_reaches_the_model(tmp_path: Path) -> N
     leaky_job = new_job(db, patient)
     model = RecordingModel()
     result = run_job(db, leaky_job, model, screen=screen)
+    take_outputs(ctx)  # the sandbox's failure: the screen already failed the job
 
     assert result.outcome == JobOutcome.FAILED
     assert model.calls == []  # blocked before the model
@@ -133,7 +142,11 @@ def test_a_prompt_with_a_known_name_never_reaches_the_model(tmp_path: Path) -> N
     assert "NAME" in letter.reason and "not sent to the model" in letter.reason
     assert "Quimby" not in letter.reason.title()
     failed = [a for a in audits(db, "summary.failed") if a.entity == f"job/{leaky_job}"]
-    assert len(failed) == 1 and json.loads(failed[0].detail) == {"code": "prompt-leak", "kinds": ["NAME"]}
+    # The screen failed the job (with the kinds); the sandbox knew only "leak".
+    assert [(a.actor, json.loads(a.detail)) for a in failed] == [
+        ("worker:screen", {"code": "prompt-leak", "kinds": ["NAME"], "dead_letter": letter.id}),
+        ("sandbox", {"code": "prompt-leak"}),
+    ]
     screened = audits(db, "text.screened")[-1]
     assert screened.actor == "worker:screen" and screened.outcome == "failure"
     assert json.loads(screened.detail)["kinds"] == ["NAME"]
@@ -147,6 +160,7 @@ def test_a_model_answer_carrying_a_known_identifier_is_not_stored(tmp_path: Path
     # A name only: the pattern guard would already catch a phone number.
     model = RecordingModel(answer_suffix="\nAsk Harriet Quimby about her potassium.")
     result = run_job(ctx.db, job_id, model, screen=ScreenService(ctx.db, ctx.vault))
+    take_outputs(ctx)
     assert result.outcome == JobOutcome.FAILED and len(model.calls) == 1
     with ctx.db.sessions() as s:
         assert s.get_one(Job, job_id).error_code == "answer-leak"
@@ -158,19 +172,35 @@ def test_a_model_answer_carrying_a_known_identifier_is_not_stored(tmp_path: Path
 def test_without_a_verdict_the_job_waits_then_fails_and_nothing_reaches_the_model(tmp_path: Path) -> None:
     ctx = build_context(Settings(data_dir=tmp_path / "a", summary_coalesce_s=0))
     [job_id] = ingest(ctx, ADT_A01, ORU_R01)
-    # Miswired: a screen over another database knows no such running job, so it refuses.
-    elsewhere = build_context(Settings(data_dir=tmp_path / "b"))
-    screen = ScreenService(elsewhere.db, elsewhere.vault)
+
+    def down(job_id: int, text: str, stage: str) -> str:
+        raise ConnectionError("the screen's side is restarting")
+
     model = RecordingModel()
-    outcomes = [run_job(ctx.db, job_id, model, screen=screen, ignore_due=True).outcome for _ in range(6)]
+    outcomes = [run_job(ctx.db, job_id, model, screen=down, ignore_due=True).outcome for _ in range(6)]
     assert outcomes == [JobOutcome.DEFERRED] * (SCREEN_ATTEMPTS - 1) + [JobOutcome.FAILED, JobOutcome.NOT_DUE]
+    assert take_outputs(ctx) == 1
     assert model.calls == []
     with ctx.db.sessions() as s:
         job = s.get_one(Job, job_id)
         assert (job.status, job.error_code) == (JobStatus.FAILED, "screen-unavailable")
         letter = s.execute(select(DeadLetter).where(DeadLetter.job_id == job_id)).scalar_one()
-        assert "ScreenRefused" in letter.reason and "nothing was sent" in letter.reason
+        assert "ConnectionError" in letter.reason and "nothing was sent" in letter.reason
     assert len(audits(ctx.db, "summary.deferred")) == SCREEN_ATTEMPTS - 1
+    ctx.db.dispose()
+
+
+def test_a_screen_that_refuses_fails_the_job_at_once(tmp_path: Path) -> None:
+    ctx = build_context(Settings(data_dir=tmp_path / "a", summary_coalesce_s=0))
+    [job_id] = ingest(ctx, ADT_A01, ORU_R01)
+    # Miswired: a screen over another database knows no such running job, so it refuses.
+    elsewhere = build_context(Settings(data_dir=tmp_path / "b"))
+    model = RecordingModel()
+    result = run_job(ctx.db, job_id, model, screen=ScreenService(elsewhere.db, elsewhere.vault))
+    assert result.outcome == JobOutcome.FAILED and model.calls == []
+    assert take_outputs(ctx) == 1
+    with ctx.db.sessions() as s:
+        assert s.get_one(Job, job_id).error_code == "screen-refused"
     ctx.db.dispose()
     elsewhere.db.dispose()
 
@@ -295,9 +325,8 @@ def test_production_screening_over_rabbitmq(tmp_path: Path, rabbit_vhost: str) -
     )
     try:
         screen = CeleryScreen(celery, timeout_s=60.0)
-        # A request for a job that is not running (or another patient) gets no verdict.
-        with pytest.raises(ScreenUnavailable):
-            screen(job_id, patient, "anything", "prompt")
+        # A request for a job that is not running is refused.
+        assert screen(job_id, "anything", "prompt") == "refused"
         result = run_job(db, job_id, model, screen=screen, ignore_due=True)
         worker_log = (tmp_path / "worker.log").read_text()
         assert result.outcome == JobOutcome.FAILED and model.calls == [], worker_log

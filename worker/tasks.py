@@ -101,9 +101,11 @@ def build_worker_app(settings: Settings) -> Celery:
 
     # Acknowledged on receipt and never retried: the sandbox waits screen_timeout_s for
     # the answer and defers the job without one, so a late verdict would help no one.
+    # The answer is a verdict only ("clean", "leak", "refused"; worker.screen), a few per job.
     @app.task(name=SCREEN_TASK, ignore_result=False, acks_late=False)  # type: ignore[untyped-decorator]
-    def screen_task(job_id: int, patient: str, text: str, stage: str) -> list[str]:
+    def screen_task(job_id: int, text: str, stage: str, patient: str | None = None) -> str:
+        # ``patient``: what earlier sandboxes sent; ignored, the job row names the patient.
         ctx = context()
-        return ScreenService(ctx.db, ctx.vault)(job_id, patient, text, stage)
+        return ScreenService(ctx.db, ctx.vault, max_per_job=settings.screen_max_per_job)(job_id, text, stage)
 
     return app

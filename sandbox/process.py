@@ -1,0 +1,68 @@
+"""The embedded default's model zone: summary jobs in a process of their own under
+`sidecar serve` (started by sidecar.sandbox_process).
+
+What this process holds is what ``SandboxConfig`` carries: a database URL, opened as the
+model zone (core.zones: on SQLite an authorizer refuses every identified table; on
+PostgreSQL the URL's role has only the model zone's grants), the model to load and a few
+timings. No settings object, no secret, no vault: its texts are screened by `serve`, over
+the link (sandbox.screen.LinkScreen).
+"""
+
+from __future__ import annotations
+
+import multiprocessing.connection
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from core.children import ChildLink
+from core.db import Database
+from core.logs import configure_logging
+from sandbox.models import load_model
+from sandbox.runner import due_job_ids, run_job
+from sandbox.screen import LinkScreen
+
+__all__ = ["SandboxConfig", "run_sandbox_child"]
+
+
+@dataclass(frozen=True)
+class SandboxConfig:
+    database_url: str  # the model zone's (sandbox_database_url, else database_url)
+    model: str | None  # sandbox_model: "module:factory"; None: the extractive default
+    screen_timeout_s: float
+    poll_interval_s: float
+    log_level: str = "INFO"
+    nice: int = 0
+
+
+def run_sandbox_child(
+    conn: multiprocessing.connection.Connection, parent: int, config: SandboxConfig
+) -> None:
+    """Due jobs until told to stop; then every pending one (coalescing is only a delay)."""
+    configure_logging(config.log_level)
+    link = ChildLink(conn, parent, nice=config.nice)
+    db = Database(url=config.database_url, model_zone=True)
+    screen = LinkScreen(link, config.screen_timeout_s)
+    model = load_model(config.model)
+
+    def run_due(*, drain: bool = False) -> int:
+        horizon = datetime.max.replace(tzinfo=UTC) if drain else None
+        done = 0
+        for job_id in due_job_ids(db, now=horizon):
+            run_job(db, job_id, model, screen=screen, ignore_due=drain)
+            done += 1
+        if done:
+            link.report({"changed": True})
+        return done
+
+    link.ready()
+    try:
+        while not link.stop.is_set():
+            if run_due():
+                continue
+            link.wake.wait(config.poll_interval_s)
+            link.wake.clear()
+        while run_due(drain=True):
+            pass
+    finally:
+        db.dispose()
+        link.stopped()

@@ -1,0 +1,159 @@
+"""A hostile model inside the model zone reaches no identified data (issue 17).
+
+The probe's findings: on the embedded default the sandbox had the identified zone's own
+``Database`` and a screen object carrying the vault, so a model read ``inbox`` and
+``reid_map``; the screen's answers (kinds, unlimited) named a surname by bisection; on
+PostgreSQL the model zone's role could rewrite ``jobs.patient`` and ``resources`` and
+publish through ``outbox``. Here a ``SummaryModel`` (tests/security/hostile_model.py) run
+by the real sandbox process of `sidecar serve` tries each of those paths, and more, on
+SQLite and on PostgreSQL (the sandbox logged in as a member of ``sidecar_model_zone``):
+every attempt fails, and nothing identifying reaches a stored resource or an event.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from sqlalchemy import select
+from sqlalchemy.engine import make_url
+
+from core.settings import Settings
+from core.tables import AuditEntry, DeadLetter, Job, JobStatus, Resource
+from tests.conftest import PG_ADMIN
+from tests.deployments import Embedded
+from tests.fixtures.messages import ADT_A01, ORU_R01, encoded
+from tests.security.hostile_model import STATEMENTS
+from tests.test_leak_outgoing import ingest, new_job
+from worker.context import build_context
+from worker.pipeline import PipelineContext
+from worker.screen import ScreenService
+
+MODEL = "tests.security.hostile_model:HostileModel"
+# The patient's identifiers in the fixture messages (PID-3, PID-5): none may get out.
+IDENTIFIERS = ["quimby", "harriet", "mrn7734021", "7734021", "110105197604121234"]
+
+
+@pytest.fixture
+def sandbox_role(pg_url: str) -> Iterator[str]:
+    role = f"sandbox_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {role} LOGIN IN ROLE sidecar_model_zone")
+    yield make_url(pg_url).set(username=role, password=None).render_as_string(hide_password=False)
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f"DROP ROLE IF EXISTS {role}")
+
+
+def _run_hostile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **overrides: Any
+) -> tuple[list[dict[str, Any]], Embedded]:
+    log = tmp_path / "hostile.jsonl"
+    # The sandbox process inherits the environment: where the model writes its attempts.
+    monkeypatch.setenv("SIDECAR_TEST_HOSTILE_LOG", str(log))
+    dep = Embedded(tmp_path / "data", sandbox_model=MODEL, **overrides)
+    dep.start()
+    try:
+        dep.deliver(encoded(ADT_A01), encoded(ORU_R01))
+    finally:
+        dep.stop()
+    return [json.loads(line) for line in log.read_text().splitlines()], dep
+
+
+def _assert_nothing_got_through(attempts: list[dict[str, Any]], dep: Embedded) -> None:
+    assert attempts, "the hostile model never ran"
+    handles = [a for a in attempts if a["path"] == "handles"]
+    assert handles and all(h["detail"] for h in handles), "it found no database handle to try"
+    tried = {a["attempt"] for a in attempts}
+    assert set(STATEMENTS) <= tried
+    assert {
+        "vault, settings or secret object in the process",
+        "vault, secret or database on the screen object",
+        "bisect the screen for the surname",
+    } <= tried
+    succeeded = [a for a in attempts if a["succeeded"]]
+    assert succeeded == [], succeeded
+
+    db = dep.db
+    with db.sessions() as session:
+        bodies = [b.lower() for b in session.execute(select(Resource.body)).scalars()]
+        jobs = list(session.execute(select(Job)).scalars())
+        letters = list(session.execute(select(DeadLetter).where(DeadLetter.stage == "sandbox")).scalars())
+    stored = "\n".join(bodies) + "\n".join(e.decode().lower() for e in dep.events)
+    assert not [i for i in IDENTIFIERS if i in stored]
+    assert "hostile" not in stored
+    # Every job ran and ended, each failure filed with its reason; no job changed patient.
+    assert jobs and all(j.status in (JobStatus.DONE, JobStatus.FAILED) for j in jobs)
+    assert len({j.patient for j in jobs}) == 1
+    failed = {j.id for j in jobs if j.status == JobStatus.FAILED}
+    assert failed == {letter.job_id for letter in letters}
+
+
+def test_a_hostile_model_reaches_nothing_identified_on_sqlite(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    attempts, dep = _run_hostile(tmp_path, monkeypatch)
+    _assert_nothing_got_through(attempts, dep)
+    # The attempts met the authorizer (not, say, a missing table).
+    reads = [a for a in attempts if a["attempt"] == "read reid_map"]
+    assert reads and all("prohibited" in a["detail"] for a in reads)
+
+
+def test_a_hostile_model_reaches_nothing_identified_on_postgresql(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pg_url: str, sandbox_role: str
+) -> None:
+    attempts, dep = _run_hostile(
+        tmp_path, monkeypatch, database_url=pg_url, sandbox_database_url=sandbox_role
+    )
+    _assert_nothing_got_through(attempts, dep)
+    reads = [a for a in attempts if a["attempt"] == "read reid_map"]
+    assert reads and all("permission denied" in a["detail"] for a in reads)
+
+
+def _running_job(ctx: PipelineContext, patient: str | None = None) -> int:
+    job_id = new_job(ctx.db, patient) if patient else ingest(ctx, ADT_A01, ORU_R01)[0]
+    with ctx.db.transaction() as session:
+        session.get_one(Job, job_id).status = JobStatus.RUNNING  # as the sandbox's claim does
+    return job_id
+
+
+def test_the_screen_answers_a_verdict_only_a_few_times_per_job(tmp_path: Path) -> None:
+    """The oracle finding: kinds on every call, without limit, let a model bisect a surname
+    out of 4,096 candidates in 12 calls. Now: "clean", "leak" or "refused", at most
+    screen_max_per_job screenings (3 here; what is tested is the cap), none after a leak."""
+    ctx = build_context(Settings(data_dir=tmp_path, summary_coalesce_s=0))
+    screen = ScreenService(ctx.db, ctx.vault, max_per_job=3)
+    spent = _running_job(ctx)
+    answers = [screen(spent, "Potassium 6.1 mmol/L", "prompt") for _ in range(4)]
+    assert answers == ["clean", "clean", "clean", "refused"]
+
+    with ctx.db.sessions() as session:
+        patient = session.get_one(Job, spent).patient
+    leaked = _running_job(ctx, patient)
+    answers = [screen(leaked, text, "answer") for text in ("Harriet", "Quimby")]
+    assert answers == ["leak", "refused"]  # the first leak ends the job's screenings
+    with ctx.db.transaction() as session:
+        job = session.get_one(Job, leaked)
+        assert (job.status, job.error_code, job.screen_leak) == (JobStatus.FAILED, "answer-leak", True)
+        letter = session.execute(select(DeadLetter).where(DeadLetter.job_id == leaked)).scalar_one()
+        assert "NAME" in letter.reason and "quimby" not in letter.reason.lower()
+        job.status = JobStatus.RUNNING  # the model zone may set its job's status
+    assert screen(leaked, "Potassium", "answer") == "refused"
+    with ctx.db.sessions() as session:
+        audited = [
+            json.loads(a.detail)
+            for a in session.execute(select(AuditEntry).where(AuditEntry.action == "text.screened")).scalars()
+        ]
+    # Every screening audited, the kinds only there (the model zone cannot read the log).
+    assert [a["verdict"] for a in audited] == ["clean"] * 3 + ["refused", "leak", "refused", "refused"]
+    assert audited[4]["kinds"] == ["NAME"]
+    assert [a.get("why") for a in audited if a["verdict"] == "refused"] == [
+        "screenings-spent",
+        "leak-found-before",
+        "leak-found-before",
+    ]
+    ctx.db.dispose()
