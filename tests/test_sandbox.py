@@ -1,9 +1,16 @@
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import select, text, update
+from sqlalchemy.exc import DatabaseError
 
+from core.db import Database
+from core.settings import Settings
+from core.tables import Job, JobStatus
 from sandbox import grounding, guard
 from sandbox.models import ExtractiveSummarizer
 from sandbox.prompt import build_prompt
@@ -84,3 +91,45 @@ def test_normal_results_follow_abnormal_ones_newest_first() -> None:
 
     prompt = build_prompt([obs("1", "2026-01-01"), obs("2", "2026-03-01"), obs("3", "2026-02-01", "H")])
     assert [f.split(":")[0] for f in prompt.facts] == ["T3", "T2", "T1"]
+
+
+def test_the_model_zone_connection_on_sqlite_does_only_what_the_allow_list_allows(tmp_path: Path) -> None:
+    identified = Database(Settings(data_dir=tmp_path))
+    identified.migrate()
+    now = datetime.now(UTC)
+    with identified.transaction() as session:
+        job = Job(
+            kind="report", patient="p1", status=JobStatus.PENDING, due_at=now, created_at=now, updated_at=now
+        )
+        session.add(job)
+        session.flush()
+        job_id = job.id
+    zone = Database(url=identified.url, model_zone=True)
+    try:
+        with zone.transaction() as session:  # the claim: allowed columns only
+            session.execute(
+                update(Job)
+                .where(Job.id == job_id)
+                .values(status=JobStatus.RUNNING, attempts=Job.attempts + 1)
+            )
+        refused = []
+        for statement in (
+            "UPDATE jobs SET patient = 'p2'",
+            "SELECT created_at FROM jobs",  # a column not on the list
+            "SELECT count(*) FROM inbox",
+            "PRAGMA foreign_keys = OFF",
+            f"ATTACH DATABASE '{tmp_path / 'other.db'}' AS other",
+            "DELETE FROM job_outputs",
+        ):
+            with (
+                pytest.raises(DatabaseError, match=r"prohibited|not authorized"),
+                zone.transaction() as session,
+            ):
+                session.execute(text(statement))
+            refused.append(statement)
+        assert len(refused) == 6
+    finally:
+        zone.dispose()
+    with identified.sessions() as session:
+        assert session.execute(select(Job.status, Job.patient)).one() == (JobStatus.RUNNING, "p1")
+    identified.dispose()

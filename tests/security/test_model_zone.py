@@ -15,22 +15,27 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.engine import make_url
 
+from core.db import Database
 from core.settings import Settings
-from core.tables import AuditEntry, DeadLetter, Job, JobStatus, Resource
+from core.tables import AuditEntry, DeadLetter, Job, JobOutput, JobStatus, Resource
+from sandbox.documents import document_reference
+from sidecar.outputs import OutputIntake
 from tests.conftest import PG_ADMIN
 from tests.deployments import Embedded
 from tests.fixtures.messages import ADT_A01, ORU_R01, encoded
 from tests.security.hostile_model import STATEMENTS
 from tests.test_leak_outgoing import ingest, new_job
 from worker.context import build_context
+from worker.leakguard import LeakGuard
 from worker.pipeline import PipelineContext
 from worker.screen import ScreenService
 
@@ -156,4 +161,38 @@ def test_the_screen_answers_a_verdict_only_a_few_times_per_job(tmp_path: Path) -
         "leak-found-before",
         "leak-found-before",
     ]
+    ctx.db.dispose()
+
+
+def test_an_output_that_is_not_the_jobs_own_is_rejected_and_filed(tmp_path: Path) -> None:
+    """A model zone that skips its own checks and hands back another patient's document,
+    or text carrying the patient's name, gets nothing stored: the identified zone checks
+    the output again (sidecar.outputs) and files a dead letter with the reason."""
+    ctx = build_context(Settings(data_dir=tmp_path, summary_coalesce_s=0))
+    foreign = _running_job(ctx)
+    with ctx.db.sessions() as session:
+        patient = session.get_one(Job, foreign).patient
+    named = _running_job(ctx, patient)
+    now = datetime.now(UTC)
+    sandbox_db = Database(url=ctx.db.url, model_zone=True)
+    for job_id, subject, text in ((foreign, "someone-else", "Potassium 6.1"), (named, patient, "Harriet Q.")):
+        document = document_reference(subject, "report", text, now=now)
+        body = {"document": document, "inputs": [], "model": "m 1", "prompt_version": "p/1"}
+        with sandbox_db.transaction() as session:
+            session.execute(
+                insert(JobOutput).values(
+                    job_id=job_id, outcome="summary", body=json.dumps(body), created_at=now
+                )
+            )
+    sandbox_db.dispose()
+    assert OutputIntake(ctx.db, LeakGuard(ctx.vault)).drain() == 2
+    with ctx.db.sessions() as session:
+        jobs = {j.id: j.error_code for j in session.execute(select(Job)).scalars()}
+        letters = {d.job_id: d.reason for d in session.execute(select(DeadLetter)).scalars()}
+        documents = session.execute(
+            select(Resource).where(Resource.resource_type == "DocumentReference")
+        ).all()
+    assert (jobs[foreign], jobs[named]) == ("output-rejected", "answer-leak")
+    assert "not this job's summary" in letters[foreign] and "NAME" in letters[named]
+    assert documents == []
     ctx.db.dispose()
