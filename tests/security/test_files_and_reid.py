@@ -140,10 +140,12 @@ def test_a_secret_others_could_read_is_refused_not_tightened(tmp_path: Path) -> 
 # --- sidecar reid: the operator is the process's real account -------------------------
 
 
-@pytest.fixture
-def patient(tmp_path: Path) -> tuple[Path, str]:
-    """A data directory holding one admitted patient; returns it and the Patient id."""
-    dep = Embedded(tmp_path / "data")
+@pytest.fixture(scope="module")
+def patient(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """A data directory holding one admitted patient; returns it and the Patient id (shared:
+    each test reads only the audit entry its own request appended)."""
+    data_dir = tmp_path_factory.mktemp("reid") / "data"
+    dep = Embedded(data_dir)
     dep.start()
     try:
         dep.deliver(encoded(ADT_A01))
@@ -153,7 +155,7 @@ def patient(tmp_path: Path) -> tuple[Path, str]:
             ).scalars()
     finally:
         dep.stop()
-    return tmp_path / "data", patient_id
+    return data_dir, patient_id
 
 
 def _reid_as_alice(data_dir: Path, patient_id: str, operators: list[str]) -> subprocess.CompletedProcess[str]:
