@@ -18,7 +18,7 @@ import time
 
 from core.errors import DeidError
 
-__all__ = ["CHECK_EVERY", "MAX_VALUE_CHARS", "Budget", "OverBudget"]
+__all__ = ["CHECK_EVERY", "MAX_KNOWN_SURNAMES", "MAX_VALUE_CHARS", "Budget", "OverBudget"]
 
 # Characters of pattern passes between two readings of the clock: a pass over 64 Ki
 # characters takes a few milliseconds, so a message overruns its budget by about that.
@@ -27,6 +27,9 @@ CHECK_EVERY = 1 << 16
 # length at every place in a text where it can start; HL7 components are at most a few
 # hundred characters (a street line 120, a name 194), so a longer "value" is refused.
 MAX_VALUE_CHARS = 1024
+# The most distinct Chinese surnames the people of one message (and its patients' known
+# values) may have: a few dozen in practice, even over a long stay's staff.
+MAX_KNOWN_SURNAMES = 1024
 
 
 class OverBudget(DeidError):

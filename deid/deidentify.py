@@ -364,6 +364,7 @@ def _index(resources: list[dict[str, Any]]) -> list[tuple[str, str]]:
     if not isinstance(resources, list):
         raise DeidError("resources must be a list")
     keys: list[tuple[str, str]] = []
+    seen: set[tuple[str, str]] = set()  # a list scan per resource was quadratic in their number
     for i, resource in enumerate(resources):
         if not isinstance(resource, Mapping):
             raise DeidError(f"resources[{i}] is not an object")
@@ -372,8 +373,9 @@ def _index(resources: list[dict[str, Any]]) -> list[tuple[str, str]]:
             raise DeidError(f"resources[{i}]: no de-identification policy for {_safe_type(resource_type)}")
         if not isinstance(source_id, str) or not source_id:
             raise DeidError(f"resources[{i}] {resource_type} has no id")
-        if (resource_type, source_id) in keys:
+        if (resource_type, source_id) in seen:
             raise DeidError(f"resources[{i}] {resource_type}: duplicate id in one message")
+        seen.add((resource_type, source_id))
         keys.append((resource_type, source_id))
     return keys
 
@@ -426,7 +428,8 @@ def deidentify(
     if len({pseudonyms[source_id] for source_id in patient_order}) != len(patient_order):
         raise DeidError("two Patient resources of one message have the same identifier")
     # Patients emitted in this message first, then patients only referred to by it.
-    patient_order += [source_id for source_id in pseudonyms if source_id not in patient_order]
+    emitted = set(patient_order)
+    patient_order += [source_id for source_id in pseudonyms if source_id not in emitted]
     patients = tuple(dict.fromkeys(pseudonyms[source_id] for source_id in patient_order))
     first_patient = patients[0] if patients else None
 

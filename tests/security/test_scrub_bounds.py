@@ -55,6 +55,12 @@ _CASES = {
     ),
     # scrub._url_repl: the brackets of a URL counted again for every closing one.
     "url-brackets": ("{}", '"see http://x" + "(" * 150_000 + ")" * 150_000 + " "'),
+    # scrub._latin_name_parts: every "family, given" name compared with every name reported.
+    "latin-names-reported": (
+        '{f"Fam{w}, Giv{w}": "NAME" for w in ("".join(chr(97 + i // 26**k % 26) for k in range(4))'
+        " for i in range(15_000))}",
+        '"Seen in clinic today. " * 3_000',
+    ),
 }
 
 
@@ -118,6 +124,63 @@ def test_a_reported_value_too_long_to_be_an_identifier_is_refused_not_searched_f
     result = json.loads(done.stdout)
     assert result["code"] == OverBudget.code
     assert "characters" in result["reason"] and "a a" not in result["reason"]
+
+
+def _run_child(code: str) -> dict[str, object]:
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", textwrap.dedent(code)],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=HANG_S,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"not done within {HANG_S} s")
+    assert done.returncode == 0, done.stderr[-2000:]
+    result: dict[str, object] = json.loads(done.stdout)
+    return result
+
+
+def test_a_message_naming_thousands_of_chinese_surnames_is_refused_not_matched_at_every_character() -> None:
+    """Known Chinese surnames are one alternation, which sre tries alternative by alternative
+    at every character: 20,000 surnames against 200 KB took minutes per pass. No message
+    names more than a few dozen; over 1,024 distinct ones it is refused, at once."""
+    result = _run_child(
+        """
+        import json
+        from core.errors import DeidError
+        from deid.scrub import Scrubber
+        phi = {chr(0x4E00 + i // 150) + chr(0x4E96 + i % 150) + ", 明": "NAME" for i in range(20_000)}
+        text = "".join(chr(0x4E00 + i % 133) for i in range(200_000))
+        try:
+            Scrubber(phi).scrub(text, 5)
+        except DeidError as exc:
+            print(json.dumps({"code": exc.code, "reason": str(exc)}))
+        else:
+            print(json.dumps({"code": None}))
+        """
+    )
+    assert result["code"] == OverBudget.code and "surnames" in str(result["reason"])
+
+
+def test_a_message_of_50000_resources_is_de_identified_in_bounded_work() -> None:
+    """The check that no two resources share an id compared each with all before it."""
+    result = _run_child(
+        """
+        import json
+        from deid import Vault, deidentify
+        resources = [{"resourceType": "Patient", "id": "p"}] + [
+            {"resourceType": "Observation", "id": f"o{i}", "status": "final", "code": {"text": "Potassium"},
+             "subject": {"reference": "Patient/p"}}
+            for i in range(50_000)
+        ]
+        out = deidentify(resources, {"p": ("HOSP", "MRN1")}, {"MRN1": "ID"}, Vault(b"k" * 32))
+        print(json.dumps({"resources": len(out.resources)}))
+        """
+    )
+    assert result["resources"] == 50_001
 
 
 # ---------------------------------------------------------------- the budget per message
