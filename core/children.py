@@ -55,7 +55,9 @@ class ChildLink:
         self.wake.set()
 
     def _listen(self) -> None:
-        while not self.stop.is_set():
+        # Reads on after a stop: a draining child still asks (the sandbox's screenings) and
+        # must hear the answers; it ends when the link or the parent is gone.
+        while True:
             try:
                 if self._conn.poll(_PARENT_CHECK_S):
                     message = self._conn.recv()
@@ -67,8 +69,10 @@ class ChildLink:
                     self.wake.set()
                 elif os.getppid() != self._parent:
                     self._stop()
+                    return
             except (EOFError, OSError):
                 self._stop()
+                return
 
     def report(self, message: dict[str, Any]) -> None:
         with suppress(OSError, ValueError), self._send_lock:
@@ -193,7 +197,9 @@ class Children:
         while True:
             try:
                 report = conn.recv()
-            except (EOFError, OSError):
+            except (EOFError, OSError, TypeError):
+                # TypeError: stop() closed the connection under a blocked recv (CPython's
+                # multiprocessing then reads from a handle of None).
                 return
             if report.get("stopped"):
                 return
