@@ -143,9 +143,10 @@ class _Search:
         # digits), so none can occur across two leaves joined by one.
         folded = "\n".join(leaf[1] for leaf in leaves)
         digits = "\n".join(leaf[2] for leaf in leaves)
-        for i, needle in enumerate(self.needles):
+        needles = self.needles
+        for i, needle in enumerate(needles):
             if budget is not None and i % _NEEDLES_PER_SPEND == 0:
-                budget.spend(_NEEDLES_PER_SPEND * (len(folded) + len(digits)))
+                budget.spend(min(_NEEDLES_PER_SPEND, len(needles) - i) * (len(folded) + len(digits)))
             if not (_holds(folded, needle.literals) or (needle.digits and needle.digits in digits)):
                 continue
             for norm, leaf_folded, leaf_digits in leaves:

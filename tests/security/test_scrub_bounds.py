@@ -146,7 +146,7 @@ def _run_child(code: str) -> dict[str, object]:
 def test_a_message_naming_thousands_of_chinese_surnames_is_refused_not_matched_at_every_character() -> None:
     """Known Chinese surnames are one alternation, which sre tries alternative by alternative
     at every character: 20,000 surnames against 200 KB took minutes per pass. No message
-    names more than a few dozen; over 1,024 distinct ones it is refused, at once."""
+    names more than a few dozen; over 512 distinct ones it is refused, at once."""
     result = _run_child(
         """
         import json
@@ -271,6 +271,29 @@ def test_a_message_over_the_text_cap_is_dead_lettered_and_its_batch_mates_stored
         stored = sorted(int(i) for i in json.loads(processed)["entries"])
         assert len(stored) == 8 and stored[0] < entry.id < stored[-1]  # the same batch
         assert s.execute(select(DeadLetter.id)).scalars().all() == [letter.id]
+    ctx.db.dispose()
+
+
+def test_a_message_over_the_cpu_budget_is_dead_lettered_with_its_reason(tmp_path: Path) -> None:
+    """deid_budget_ms reaches the pipeline: 1 ms for a 200,000-character note (under the
+    text cap) is over it whatever the machine; the result after it is stored."""
+    from connectors.inbox import DatabaseInbox
+    from tests.fixtures.messages import inbound
+    from worker.batch import process_entries
+    from worker.context import build_context
+
+    ctx = build_context(Settings(data_dir=tmp_path, deid_budget_ms=1))
+    inbox = DatabaseInbox(ctx.db)
+    receipts = inbox.commit_many(
+        [inbound(_long_note("SLOW-1", 200_000)), inbound(sequenced_result(2, 1, tag="S"))]
+    )
+    result = process_entries(ctx, [r.inbox_id for r in receipts if r.inbox_id is not None])
+    inbox.close()
+    assert [str(r.outcome) for r in result.results] == ["dead-lettered", "processed"]
+    with ctx.db.sessions() as s:
+        (letter,) = s.execute(select(DeadLetter)).scalars().all()
+        assert (letter.stage, letter.code) == ("deid", OverBudget.code)
+        assert "deid_budget_ms (1 ms)" in letter.reason
     ctx.db.dispose()
 
 
