@@ -83,11 +83,12 @@ class Settings(BaseSettings):
     mllp_journal: bool | None = Field(
         None,
         description="Acknowledge an MLLP message once it is fsync'd to the intake journal "
-        "(<data_dir>/intake-journal.db, a file of the listener's own); a mover stores it in the inbox "
-        "moments later, exactly once, audited as before. false: acknowledge only after the inbox commit. "
-        "Unset: on with SQLite (the journal shares the database's disk), off with PostgreSQL (set true "
-        "where the data directory is on persistent storage: the ACK then waits for a local fsync instead "
-        "of a commit on the server, and a database outage is bridged up to mllp_journal_max_backlog).",
+        "(`<data_dir>/intake-journal.db`, a file of the listener's own); a mover stores it in the inbox "
+        "moments later, exactly once, audited as before. `false`: acknowledge only after the inbox "
+        "commit. Unset: on with SQLite (the journal shares the database's disk), off with PostgreSQL "
+        "(set `true` where the data directory is on persistent storage: the ACK then waits for a local "
+        "fsync instead of a commit on the server, and a database outage is bridged up to "
+        "`mllp_journal_max_backlog`). See [intake.md](intake.md#the-intake-journal).",
     )
     mllp_journal_max_backlog: int = Field(
         100_000,
