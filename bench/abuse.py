@@ -8,7 +8,8 @@ service gets by default), default settings otherwise. One waiting MLLP sender (i
 process, bench/e2e_client.py: the next message only after the previous ACK) measures ACK
 round trips in each phase:
 
-1. **alone**: nothing else happens (the baseline of this run);
+1. **alone**: the baseline of this run: the waiting sender and the second peer's traffic
+   (below) from 127.0.0.2, nothing else;
 2. **big drop**: a file holding one `--drop-mb` MB HL7 message is renamed into the drop folder;
 3. **big DICOM**: a `--dicom-mb` MB object (its bulk one ImageComments element) is C-STOREd;
 4. **floods**, from 127.0.0.1: `--idle-mllp` MLLP connections kept alive with a stray `\\n`
@@ -157,10 +158,64 @@ def _quarantine_growth(serve: Serve, before: int | None, wait_s: float) -> int |
     return now - before
 
 
+class SecondPeer:
+    """From 127.0.0.2 while a phase runs: `GET /status` every 0.1 s (2 s timeout) and a small
+    CT C-STOREd every second; outcomes counted, the API's answer times kept."""
+
+    def __init__(self, serve: Serve) -> None:
+        import pydicom
+        from pydicom.data import get_testdata_file
+
+        self.serve, self.stop = serve, threading.Event()
+        self.small = pydicom.dcmread(str(get_testdata_file("CT_small.dcm")))
+        self.api: dict[str, int] = {}
+        self.api_s: list[float] = []
+        self.timeline: list[tuple[float, str, float]] = []  # (s into the phase, outcome, s taken)
+        self.began = time.monotonic()
+        self.stores: dict[str, int] = {}
+        self.threads = [threading.Thread(target=f, daemon=True) for f in (self._ask_api, self._store_ct)]
+
+    def _ask_api(self) -> None:
+        while not self.stop.wait(0.1):
+            asked = time.monotonic()
+            try:
+                self.serve.status(SECOND_PEER, timeout=2.0)
+                key = "ok"
+                self.api_s.append(time.monotonic() - asked)
+            except Exception as exc:
+                key = type(exc).__name__
+            self.api[key] = self.api.get(key, 0) + 1
+            self.timeline.append((round(asked - self.began, 1), key, round(time.monotonic() - asked, 3)))
+
+    def _store_ct(self) -> None:
+        import pydicom
+
+        while not self.stop.wait(1.0):
+            self.small.SOPInstanceUID = pydicom.uid.generate_uid()
+            key = c_store(self.serve.dicom, self.small, source=SECOND_PEER, timeout=10.0)
+            self.stores[key] = self.stores.get(key, 0) + 1
+
+    def __enter__(self) -> SecondPeer:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(30)
+
+    def result(self) -> dict[str, Any]:
+        ordered = sorted(self.api_s)
+        worst = {"api_ok_max_ms": round(ordered[-1] * 1000)} if ordered else {}
+        return {"api": self.api, "c_store": self.stores, "api_timeline": self.timeline} | worst
+
+
 def phase_alone(serve: Serve, seconds: float) -> dict[str, Any]:
     lines0, bytes0 = serve.log_size()
-    result = waiting(serve, seconds).result(seconds + 60)
-    return result | _log_growth(serve, lines0, bytes0, seconds)
+    with SecondPeer(serve) as peer:
+        result = waiting(serve, seconds, source=SECOND_PEER).result(seconds + 60)
+    return result | peer.result() | _log_growth(serve, lines0, bytes0, seconds)
 
 
 def phase_big_drop(serve: Serve, megabytes: int, seconds: float) -> dict[str, Any]:
@@ -169,7 +224,7 @@ def phase_big_drop(serve: Serve, megabytes: int, seconds: float) -> dict[str, An
     before, (lines0, bytes0) = _quarantined(serve), serve.log_size()
     client = waiting(serve, seconds)
     time.sleep(1.0)
-    os.rename(staged, serve.drop / "big.hl7")  # renamed into place: complete when it appears
+    os.rename(staged, serve.drop / "incoming" / "big.hl7")  # renamed into place: complete when seen
     result = client.result(seconds + 300)
     quarantined = _quarantine_growth(serve, before, 60)
     return result | {"quarantined": quarantined} | _log_growth(serve, lines0, bytes0, seconds)
@@ -204,18 +259,13 @@ class Flood:
             "dicom": (serve.dicom, bare_dicom),
         }
         self.open: dict[str, list[socket.socket]] = {kind: [] for kind in self.plan}
-        self.refused: dict[str, int] = dict.fromkeys(self.plan, 0)
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _connect(self, kind: str, port: int) -> None:
         sock = socket.socket()
         sock.setblocking(False)
-        try:
-            sock.connect_ex(("127.0.0.1", port))
-            self.open[kind].append(sock)
-        except OSError:
-            self.refused[kind] += 1
-            sock.close()
+        sock.connect_ex(("127.0.0.1", port))  # a refusal shows as a failed send later
+        self.open[kind].append(sock)
 
     def _run(self) -> None:
         for kind, (port, count) in self.plan.items():
@@ -251,43 +301,16 @@ class Flood:
 
 
 def phase_floods(serve: Serve, args: argparse.Namespace) -> dict[str, Any]:
-    import pydicom
-    from pydicom.data import get_testdata_file
-
-    small = pydicom.dcmread(str(get_testdata_file("CT_small.dcm")))
-    api: dict[str, int] = {}
-    stores: dict[str, int] = {}
-    stop = threading.Event()
-
-    def ask_api() -> None:
-        while not stop.wait(0.1):
-            try:
-                serve.status(SECOND_PEER, timeout=2.0)
-                key = "ok"
-            except Exception as exc:
-                key = type(exc).__name__
-            api[key] = api.get(key, 0) + 1
-
-    def store_ct() -> None:
-        while not stop.wait(1.0):
-            small.SOPInstanceUID = pydicom.uid.generate_uid()
-            key = c_store(serve.dicom, small, source=SECOND_PEER, timeout=10.0)
-            stores[key] = stores.get(key, 0) + 1
-
     lines0, bytes0 = serve.log_size()
     with Flood(serve, args.idle_mllp, args.slow_http, args.bare_dicom) as flood:
         time.sleep(3.0)  # the flood is in place before the second peer starts
-        helpers = [threading.Thread(target=f, daemon=True) for f in (ask_api, store_ct)]
-        for helper in helpers:
-            helper.start()
-        result = waiting(serve, args.seconds, source=SECOND_PEER).result(args.seconds + 120)
-        stop.set()
-        for helper in helpers:
-            helper.join(30)
+        with SecondPeer(serve) as peer:
+            result = waiting(serve, args.seconds, source=SECOND_PEER).result(args.seconds + 120)
         held = {kind: len(socks) for kind, socks in flood.open.items()}
     return (
         result
-        | {"api": api, "c_store": stores, "flood_sockets_open_at_end": held, "flood_refused": flood.refused}
+        | peer.result()
+        | {"flood_sockets_open_at_end": held}
         | _log_growth(serve, lines0, bytes0, args.seconds + 3.0)
     )
 
@@ -303,7 +326,7 @@ def _row(name: str, r: dict[str, Any]) -> str:
         return f"{value:9.1f}" if isinstance(value, int | float) else f"{'-':>9}"
 
     extra = {
-        k: r[k] for k in ("quarantined", "c_store", "api", "flood_refused", "error") if r.get(k) is not None
+        k: r[k] for k in ("quarantined", "c_store", "api", "api_ok_max_ms", "error") if r.get(k) is not None
     }
     return (
         f"  {name:<12} {r.get('timed', 0):7,} {ms('rtt_p50_ms')} {ms('rtt_p99_ms')} {ms('rtt_max_ms')}"
@@ -321,6 +344,7 @@ def main() -> None:
     parser.add_argument("--slow-http", type=int, default=1100)
     parser.add_argument("--bare-dicom", type=int, default=500)
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each phase's waiting sender")
+    parser.add_argument("--phases", default="alone,big drop,big DICOM,floods", help="comma-separated")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args()
@@ -341,6 +365,8 @@ def main() -> None:
             ("floods", lambda: phase_floods(serve, args)),
         )
         for name, run in phases:
+            if name not in args.phases.split(","):
+                continue
             print(f"[{name}] ...", file=sys.stderr, flush=True)
             try:
                 results[name] = run()

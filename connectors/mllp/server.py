@@ -82,8 +82,8 @@ class MllpConfig:
     # MSH-18 empty: the charset to assume, per header (a per-sender policy); None = UTF-8.
     default_charset: Callable[[MessageHeader], str] | None = None
     # Lines per connection or refusal (opened, closed, refused...): a burst, then a rate.
-    log_rate_per_s: float = 5.0
-    log_burst: int = 50
+    log_rate_per_s: float = 2.0
+    log_burst: int = 20
     _networks: tuple[Network, ...] = field(default=(), repr=False)
 
     def __post_init__(self) -> None:
