@@ -35,6 +35,7 @@ from tests.deployments import REPO, Embedded, msa, wait_for
 from tests.fixtures.messages import ADT_A01, ORU_R01, encoded, inbound
 from worker.batch import process
 from worker.context import build_context
+from worker.deadletters import reopen
 from worker.leakguard import LeakGuard
 from worker.pipeline import PipelineContext
 from worker.screen import ScreenService
@@ -187,6 +188,26 @@ def test_without_a_verdict_the_job_waits_then_fails_and_nothing_reaches_the_mode
         letter = s.execute(select(DeadLetter).where(DeadLetter.job_id == job_id)).scalar_one()
         assert "ConnectionError" in letter.reason and "nothing was sent" in letter.reason
     assert len(audits(ctx.db, "summary.deferred")) == SCREEN_ATTEMPTS - 1
+    ctx.db.dispose()
+
+
+def test_an_operator_retry_of_a_leaked_job_gets_a_fresh_screening_budget(tmp_path: Path) -> None:
+    ctx = build_context(Settings(data_dir=tmp_path, summary_coalesce_s=0))
+    [job_id] = ingest(ctx, ADT_A01, ORU_R01)
+    screen = ScreenService(ctx.db, ctx.vault)
+    leaky = RecordingModel(answer_suffix="\nAsk Harriet Quimby about her potassium.")
+    assert run_job(ctx.db, job_id, leaky, screen=screen).outcome == JobOutcome.FAILED
+    take_outputs(ctx)
+    with ctx.db.sessions() as s:
+        letter = s.execute(select(DeadLetter).where(DeadLetter.job_id == job_id)).scalar_one()
+        assert s.get_one(Job, job_id).screen_leak
+
+    reopen(ctx.db, letter.id)  # the operator, after fixing the model
+    assert run_job(ctx.db, job_id, RecordingModel(), screen=screen).outcome == JobOutcome.DONE
+    assert take_outputs(ctx) == 1
+    with ctx.db.sessions() as s:
+        assert s.get_one(Job, job_id).status == JobStatus.DONE
+        assert s.execute(select(Resource).where(Resource.resource_type == "DocumentReference")).all()
     ctx.db.dispose()
 
 

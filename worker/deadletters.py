@@ -43,6 +43,9 @@ def reopen(db: Database, letter_id: int) -> DeadLetter:
         elif letter.job_id is not None:
             job = session.get_one(Job, letter.job_id, with_for_update=True)
             job.status, job.error_code, job.due_at, job.updated_at = JobStatus.PENDING, None, now, now
+            # An operator's retry is a new attempt: a fresh screening budget (the cap stops a
+            # model bisecting the screen within one run, not a person deciding to run again).
+            job.screenings, job.screen_leak = 0, False
             entity = f"job/{letter.job_id}"
         else:
             raise RetryError(f"dead letter {letter_id} names nothing to retry")
