@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import os
 import signal
 import sys
 from datetime import UTC, datetime
@@ -61,6 +62,24 @@ def _private_data_dir(settings: Settings, *, create: bool = True) -> None:
     secure_data_dir(settings.data_dir, create=create, secrets=[settings.effective_secret_file])
 
 
+# Credentials an operator may give in the environment. `serve` reads them into its settings
+# and then drops them, so that no child it starts later inherits them: above all the model
+# zone's process (sandbox.process), which gets only its own database URL as an argument.
+CREDENTIAL_VARIABLES = (
+    "SIDECAR_SECRET",
+    "SIDECAR_API_TOKENS",
+    "SIDECAR_DATABASE_URL",
+    "SIDECAR_SANDBOX_DATABASE_URL",
+    "SIDECAR_BROKER_URL",
+    "SIDECAR_EVENTS_URL",
+)
+
+
+def _forget_credentials_in_environment() -> None:
+    for name in CREDENTIAL_VARIABLES:
+        os.environ.pop(name, None)
+
+
 @app.command()
 def serve(
     data_dir: DataDir = None,
@@ -72,6 +91,7 @@ def serve(
     from sidecar.app import SidecarApp
 
     settings = _settings(config, data_dir=data_dir, mllp_port=mllp_port, mllp_host=host)
+    _forget_credentials_in_environment()
     _private_data_dir(settings)
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
 

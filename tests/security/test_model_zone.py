@@ -13,6 +13,11 @@ every attempt fails, and nothing identifying reaches a stored resource or an eve
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -30,7 +35,7 @@ from core.tables import AuditEntry, DeadLetter, Job, JobOutput, JobStatus, Resou
 from sandbox.documents import document_reference
 from sidecar.outputs import OutputIntake
 from tests.conftest import PG_ADMIN
-from tests.deployments import Embedded
+from tests.deployments import REPO, Embedded
 from tests.fixtures.messages import ADT_A01, ORU_R01, encoded
 from tests.security.hostile_model import STATEMENTS
 from tests.test_leak_outgoing import ingest, new_job
@@ -196,3 +201,46 @@ def test_an_output_that_is_not_the_jobs_own_is_rejected_and_filed(tmp_path: Path
     assert "not this job's summary" in letters[foreign] and "NAME" in letters[named]
     assert documents == []
     ctx.db.dispose()
+
+
+def _children_of(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def test_no_child_of_serve_inherits_a_credential_from_the_environment(tmp_path: Path) -> None:
+    """The embedded sandbox is a child of `serve`: a secret, API token or database URL the
+    operator passed in serve's environment must not be in the model zone's process."""
+    secret, token = uuid.uuid4().hex * 2, uuid.uuid4().hex
+    env = {**os.environ, "SIDECAR_SECRET": secret, "SIDECAR_API_TOKENS": json.dumps({"ops": token})}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sidecar", "serve", "--data-dir", str(tmp_path / "data"), "--mllp-port", "0"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        json.loads(proc.stdout.readline())  # listening: the pipeline and sandbox children run
+        deadline = time.monotonic() + 30
+        while len(children := _children_of(proc.pid)) < 3 and time.monotonic() < deadline:
+            time.sleep(0.2)  # two pipeline processes and the sandbox (and spawn's tracker)
+        assert len(children) >= 3, children
+        # The test can see a credential where there is one: serve's own starting environment.
+        assert secret.encode() in Path(f"/proc/{proc.pid}/environ").read_bytes()
+        for child in children:
+            environ = Path(f"/proc/{child}/environ").read_bytes()
+            assert secret.encode() not in environ and token.encode() not in environ, child
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
