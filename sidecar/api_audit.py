@@ -184,17 +184,34 @@ class ErrorAudit:
             await self.app(scope, receive, send)
             return
         started: list[int] = []
+        recorded: list[bool] = []
+
+        async def record(status: int, error: str | None) -> None:
+            # Before the answer's last byte leaves: a client that saw the 500 finds it audited.
+            if recorded:
+                return
+            recorded.append(True)
+            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            client = scope.get("state", {}).get("client")
+            actor = f"api:{client}" if client else UNAUTHENTICATED
+            await run_in_threadpool(self._record, actor, str(route), status, error)
 
         async def watch(message: Message) -> None:
             if message["type"] == "http.response.start":
                 started.append(int(message["status"]))
+            elif (
+                message["type"] == "http.response.body"
+                and not message.get("more_body")
+                and started
+                and started[0] >= 500
+            ):
+                await record(started[0], None)
             await send(message)
 
-        error: str | None = None
         try:
             await self.app(scope, receive, watch)
         except Exception as exc:
-            error = type(exc).__name__
+            await record(500, type(exc).__name__)
             if not started:
                 body = json.dumps(self._body()).encode()
                 headers = [
@@ -203,12 +220,6 @@ class ErrorAudit:
                 ]
                 await send({"type": "http.response.start", "status": 500, "headers": headers})
                 await send({"type": "http.response.body", "body": body})
-        status = 500 if error is not None else (started[0] if started else 0)
-        if status >= 500:
-            route = getattr(scope.get("route"), "path", None) or "unmatched"
-            client = scope.get("state", {}).get("client")
-            actor = f"api:{client}" if client else UNAUTHENTICATED
-            await run_in_threadpool(self._record, actor, str(route), status, error)
 
     def _record(self, actor: str, route: str, status: int, error: str | None) -> None:
         detail: dict[str, Any] = {"status": status} | ({"error_type": error} if error else {})
