@@ -15,6 +15,7 @@ from pathlib import Path
 import pika
 import psycopg
 import pytest
+from sqlalchemy.engine import make_url
 
 from core.db import Database
 from core.settings import Settings
@@ -57,6 +58,18 @@ def pg_url() -> Iterator[str]:
     yield f"{base}/{name}"
     with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def sandbox_url(pg_url: str) -> Iterator[str]:
+    """A login role in ``sidecar_model_zone`` (the migrations' group role) on the test's
+    fresh database: what `sidecar sandbox` logs in as in production."""
+    role = f"sandbox_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {role} LOGIN IN ROLE sidecar_model_zone")
+    yield make_url(pg_url).set(username=role, password=None).render_as_string(hide_password=False)
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f"DROP ROLE IF EXISTS {role}")
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

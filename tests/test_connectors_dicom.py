@@ -22,6 +22,7 @@ from pynetdicom import AE
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     CTImageStorage,
     MRImageStorage,
+    SecondaryCaptureImageStorage,
     Verification,
 )
 from sqlalchemy import select, text
@@ -83,12 +84,20 @@ def scp(sink: GatedInbox) -> Iterator[DicomServer]:
     server.stop()
 
 
-def send(port: int, dataset: Path | pydicom.Dataset, *, ae_title: str = "STORESCU") -> int | None:
-    """C-STORE one object; the response status, or None when no association was made."""
+def send(
+    port: int,
+    dataset: Path | pydicom.Dataset,
+    *,
+    ae_title: str = "STORESCU",
+    source: str = "127.0.0.1",
+    transfer_syntax: str = ExplicitVRLittleEndian,
+) -> int | None:
+    """C-STORE one object (from ``source``: 127.0.0.2 plays a second peer); the response
+    status, or None when no association was made."""
     ae = AE(ae_title=ae_title)
-    for context in (CTImageStorage, MRImageStorage):
-        ae.add_requested_context(context, ExplicitVRLittleEndian)
-    assoc = ae.associate("127.0.0.1", port, ae_title="SIDECAR")
+    for context in (CTImageStorage, MRImageStorage, SecondaryCaptureImageStorage):
+        ae.add_requested_context(context, transfer_syntax)
+    assoc = ae.associate("127.0.0.1", port, ae_title="SIDECAR", bind_address=(source, 0))
     if not assoc.is_established:
         return None
     try:

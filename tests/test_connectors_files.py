@@ -6,7 +6,6 @@ background thread; settling is driven by a fake clock, never by sleeping.
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 import time
@@ -27,6 +26,7 @@ from core.db import Database
 from core.errors import IngestError
 from core.settings import Settings
 from core.tables import InboxEntry, QuarantineEntry
+from tests.fixtures.logs import Records, captured
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -100,28 +100,10 @@ class Clock:
         return self.now
 
 
-class Records(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-    def text(self) -> str:
-        return "\n".join(f"{r.getMessage()} {r.__dict__}" for r in self.records)
-
-
 @pytest.fixture
 def records() -> Iterator[Records]:
-    handler = Records()
-    logger = logging.getLogger("sidecar.connectors.files")
-    level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
-    yield handler
-    logger.removeHandler(handler)
-    logger.setLevel(level)
+    with captured("sidecar.connectors.files") as handler:
+        yield handler
 
 
 @pytest.fixture

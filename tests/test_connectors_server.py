@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import logging
 import socket
 import threading
 import time
@@ -26,6 +25,7 @@ from connectors.hl7.header import peek_header
 from connectors.mllp.client import MllpClient
 from connectors.mllp.framing import encode_frame
 from connectors.mllp.server import NOT_STORED, AckMode, MllpConfig, MllpServer
+from tests.fixtures.logs import Records, captured
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -105,28 +105,10 @@ class ServerThread:
         self.loop.close()
 
 
-class Records(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-    def events(self) -> list[str]:
-        return [getattr(r, "event", "") for r in self.records]
-
-
 @pytest.fixture
 def records() -> Iterator[Records]:
-    handler = Records()
-    logger = logging.getLogger("sidecar.connectors.mllp")
-    logger.addHandler(handler)
-    old_level = logger.level
-    logger.setLevel(logging.DEBUG)
-    yield handler
-    logger.removeHandler(handler)
-    logger.setLevel(old_level)
+    with captured("sidecar.connectors.mllp") as handler:
+        yield handler
 
 
 @contextmanager

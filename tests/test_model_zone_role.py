@@ -7,8 +7,6 @@ exactly core.zones' allow-list, column by column."""
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -25,7 +23,6 @@ from deid import Vault
 from sandbox.models import ExtractiveSummarizer
 from sandbox.runner import JobOutcome, run_job
 from sidecar.outputs import OutputIntake
-from tests.conftest import PG_ADMIN
 from tests.deployments import Embedded
 from tests.fixtures.messages import ADT_A01, ORU_R01, encoded
 from worker.context import load_secret
@@ -65,17 +62,6 @@ REFUSED_WRITES = {
     "audit_log delete": "DELETE FROM audit_log",
     "jobs.screenings": "UPDATE jobs SET screenings = 0, screen_leak = false",
 }
-
-
-@pytest.fixture
-def sandbox_url(pg_url: str) -> Iterator[str]:
-    """A login role in sidecar_model_zone, for the test's fresh database."""
-    role = f"sandbox_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f"CREATE ROLE {role} LOGIN IN ROLE sidecar_model_zone")
-    yield make_url(pg_url).set(username=role, password=None).render_as_string(hide_password=False)
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f"DROP ROLE IF EXISTS {role}")
 
 
 @pytest.fixture

@@ -32,7 +32,6 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, RLELossless
 from pynetdicom import AE
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     CTImageStorage,
-    SecondaryCaptureImageStorage,
 )
 from sqlalchemy import select
 
@@ -45,6 +44,7 @@ from core.tables import InboxEntry, QuarantineEntry
 from deid.dicom import deidentify_dataset
 from deid.vault import Vault
 from tests.deployments import Embedded, wait_for
+from tests.test_connectors_dicom import send as store
 
 CT = Path(str(get_testdata_file("CT_small.dcm")))
 RLE_2FRAME = Path(str(get_testdata_file("SC_rgb_rle_2frame.dcm")))
@@ -78,28 +78,6 @@ def listening(inbox: DatabaseInbox, **config: object) -> Iterator[DicomServer]:
         yield server
     finally:
         server.stop()
-
-
-def store(
-    port: int,
-    dataset: Path | Dataset,
-    *,
-    ae_title: str = "STORESCU",
-    source: str = "127.0.0.1",
-    transfer_syntax: str = ExplicitVRLittleEndian,
-) -> int | None:
-    """C-STORE one object; the response status, or None when no association was made."""
-    ae = AE(ae_title=ae_title)
-    for context in (CTImageStorage, SecondaryCaptureImageStorage):
-        ae.add_requested_context(context, transfer_syntax)
-    assoc = ae.associate("127.0.0.1", port, ae_title="SIDECAR", bind_address=(source, 0))
-    if not assoc.is_established:
-        return None
-    try:
-        status = assoc.send_c_store(dataset)
-        return int(status.Status) if "Status" in status else None
-    finally:
-        assoc.release()
 
 
 def inbox_rows(db: Database) -> list[InboxEntry]:

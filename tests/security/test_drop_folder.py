@@ -9,7 +9,6 @@ the attacker every time instead of by luck.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import tracemalloc
 from collections.abc import Iterator
@@ -27,6 +26,7 @@ from core.db import Database
 from core.settings import Settings
 from core.tables import InboxEntry, QuarantineEntry
 from tests.deployments import Embedded, wait_for
+from tests.fixtures.logs import Records, captured
 from tests.fixtures.messages import ORU_R01, with_control_id
 
 pytestmark = pytest.mark.timeout(120)
@@ -45,29 +45,10 @@ def huge_oru(control_id: str, size: int, tail: bytes) -> bytes:
     return oru(control_id) + b"OBX|4|ED|PDF^Report||^AP^PDF^Base64^" + value + b"||||||F\r"
 
 
-class Records(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        # The message, its extras and any traceback: everything a JSON line would carry.
-        text = f"{record.getMessage()} {record.__dict__}"
-        if record.exc_info:
-            text += logging.Formatter().formatException(record.exc_info)
-        self.lines.append(text)
-
-
 @pytest.fixture
 def records() -> Iterator[Records]:
-    handler = Records()
-    logger = logging.getLogger("sidecar")
-    level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
-    yield handler
-    logger.removeHandler(handler)
-    logger.setLevel(level)
+    with captured("sidecar") as handler:
+        yield handler
 
 
 @pytest.fixture
@@ -433,8 +414,8 @@ def test_a_file_named_after_a_patient_reaches_no_log_line_and_no_audit_entry(
         actions = {e["action"] for e in entries}
         assert {"messages.received", "message.quarantined"} <= actions
         served = json.dumps(entries)
-        logged = "\n".join(records.lines)
-        assert any("files." in line for line in records.lines)  # the connector did log
+        logged = records.text()
+        assert any("files." in line for line in records.lines())  # the connector did log
         for part in parts:
             assert part not in served, f"{part} served by /audit"
             assert part not in logged, f"{part} in a log line"

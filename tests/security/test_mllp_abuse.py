@@ -21,7 +21,8 @@ from connectors.mllp.client import MllpClient
 from connectors.mllp.framing import encode_frame
 from connectors.mllp.server import MllpConfig, MllpServer
 from core.logs import LogBudget
-from tests.test_connectors_server import MemorySink, Records, ServerThread, hl7, msa
+from tests.fixtures.logs import Records, captured
+from tests.test_connectors_server import MemorySink, ServerThread, hl7, msa
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -38,14 +39,8 @@ def sink() -> MemorySink:
 
 @pytest.fixture
 def records() -> Iterator[Records]:
-    handler = Records()
-    logger = logging.getLogger("sidecar.connectors.mllp")
-    logger.addHandler(handler)
-    old_level = logger.level
-    logger.setLevel(logging.DEBUG)
-    yield handler
-    logger.removeHandler(handler)
-    logger.setLevel(old_level)
+    with captured("sidecar.connectors.mllp") as handler:
+        yield handler
 
 
 @contextmanager

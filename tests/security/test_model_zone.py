@@ -19,22 +19,18 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 from sqlalchemy import insert, select
-from sqlalchemy.engine import make_url
 
 from core.db import Database
 from core.settings import Settings
 from core.tables import AuditEntry, DeadLetter, Job, JobOutput, JobStatus, Resource
 from sandbox.documents import document_reference
 from sidecar.outputs import OutputIntake
-from tests.conftest import PG_ADMIN
 from tests.deployments import REPO, Embedded
 from tests.fixtures.messages import ADT_A01, ORU_R01, encoded
 from tests.security.hostile_model import STATEMENTS
@@ -47,16 +43,6 @@ from worker.screen import ScreenService
 MODEL = "tests.security.hostile_model:HostileModel"
 # The patient's identifiers in the fixture messages (PID-3, PID-5): none may get out.
 IDENTIFIERS = ["quimby", "harriet", "mrn7734021", "7734021", "110105197604121234"]
-
-
-@pytest.fixture
-def sandbox_role(pg_url: str) -> Iterator[str]:
-    role = f"sandbox_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f"CREATE ROLE {role} LOGIN IN ROLE sidecar_model_zone")
-    yield make_url(pg_url).set(username=role, password=None).render_as_string(hide_password=False)
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f"DROP ROLE IF EXISTS {role}")
 
 
 def _run_hostile(
@@ -114,11 +100,9 @@ def test_a_hostile_model_reaches_nothing_identified_on_sqlite(
 
 
 def test_a_hostile_model_reaches_nothing_identified_on_postgresql(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pg_url: str, sandbox_role: str
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pg_url: str, sandbox_url: str
 ) -> None:
-    attempts, dep = _run_hostile(
-        tmp_path, monkeypatch, database_url=pg_url, sandbox_database_url=sandbox_role
-    )
+    attempts, dep = _run_hostile(tmp_path, monkeypatch, database_url=pg_url, sandbox_database_url=sandbox_url)
     _assert_nothing_got_through(attempts, dep)
     reads = [a for a in attempts if a["attempt"] == "read reid_map"]
     assert reads and all("permission denied" in a["detail"] for a in reads)
