@@ -27,8 +27,9 @@ from core.db import Database
 from core.events import summary_event, summary_routing_key
 from core.fhir import FhirValidationError, validate_resource
 from core.store import add_outbox, put_resource
-from core.tables import DeadLetter, Job, JobOutput, JobOutputKind, JobStatus, Resource
+from core.tables import Job, JobOutput, JobOutputKind, JobStatus, Resource
 from sandbox.documents import provenance, summary_document_id
+from worker.deadletters import fail_job
 from worker.leakguard import LeakGuard
 
 __all__ = ["OutputIntake"]
@@ -205,19 +206,5 @@ def _store(session: Session, job: Job, body: dict[str, Any], *, now: datetime) -
 
 
 def _fail(session: Session, job: Job, code: str, reason: str, *, now: datetime) -> None:
-    job.status, job.error_code, job.updated_at = JobStatus.FAILED, code, now
-    letter = DeadLetter(
-        inbox_id=None, job_id=job.id, stage="sandbox", code=code, reason=reason, created_at=now
-    )
-    session.add(letter)
-    session.flush()
-    audit.append(
-        session,
-        actor=ACTOR,
-        action="summary.failed",
-        entity=f"job/{job.id}",
-        outcome=audit.Outcome.FAILURE,
-        detail={"code": code, "dead_letter": letter.id},
-        now=now,
-    )
+    fail_job(session, job, code, reason, actor=ACTOR, now=now)
     log.warning("summary job failed", extra={"job_id": job.id, "code": code})

@@ -3,13 +3,43 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 import audit
 from core.db import Database
 from core.errors import SidecarError
 from core.tables import AppAck, AppAckStatus, DeadLetter, InboxEntry, InboxStatus, Job, JobStatus
+
+
+def fail_job(
+    session: Session,
+    job: Job,
+    code: str,
+    reason: str,
+    *,
+    actor: str,
+    now: datetime,
+    detail: dict[str, Any] | None = None,
+) -> DeadLetter:
+    """A summary job failed for good, in the caller's transaction: its status, a dead letter
+    with the reason (stage ``sandbox``) and a ``summary.failed`` audit entry."""
+    job.status, job.error_code, job.updated_at = JobStatus.FAILED, code, now
+    letter = DeadLetter(job_id=job.id, stage="sandbox", code=code, reason=reason, created_at=now)
+    session.add(letter)
+    session.flush()
+    audit.append(
+        session,
+        actor=actor,
+        action="summary.failed",
+        entity=f"job/{job.id}",
+        outcome=audit.Outcome.FAILURE,
+        detail={"code": code, **(detail or {}), "dead_letter": letter.id},
+        now=now,
+    )
+    return letter
 
 
 class RetryError(SidecarError):

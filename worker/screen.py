@@ -21,8 +21,9 @@ from sqlalchemy.orm import Session
 
 import audit
 from core.db import Database
-from core.tables import DeadLetter, Job, JobStatus
+from core.tables import Job, JobStatus
 from deid import Vault
+from worker.deadletters import fail_job
 from worker.leakguard import LeakGuard
 
 __all__ = ["DEFAULT_MAX_PER_JOB", "ScreenService"]
@@ -102,22 +103,5 @@ def _fail_job(session: Session, job: Job, stage: str, kinds: list[str], *, now: 
     code = "prompt-leak" if stage == "prompt" else "answer-leak"
     where = "prompt; not sent to the model" if stage == "prompt" else "model's answer; not stored"
     job.screen_leak = True
-    job.status, job.error_code, job.updated_at = JobStatus.FAILED, code, now
-    letter = DeadLetter(
-        job_id=job.id,
-        stage="sandbox",
-        code=code,
-        reason=f"known identifier(s) of the patient in the {where}: {', '.join(kinds)}",
-        created_at=now,
-    )
-    session.add(letter)
-    session.flush()
-    audit.append(
-        session,
-        actor="worker:screen",
-        action="summary.failed",
-        entity=f"job/{job.id}",
-        outcome=audit.Outcome.FAILURE,
-        detail={"code": code, "kinds": kinds, "dead_letter": letter.id},
-        now=now,
-    )
+    reason = f"known identifier(s) of the patient in the {where}: {', '.join(kinds)}"
+    fail_job(session, job, code, reason, actor="worker:screen", now=now, detail={"kinds": kinds})
