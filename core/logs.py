@@ -18,6 +18,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
+from core.ratelimit import TokenBucket
+
 __all__ = ["JsonLinesFormatter", "LogBudget", "configure_logging"]
 
 _STANDARD = set(logging.LogRecord("x", 0, "x", 0, "x", None, None).__dict__) | {"message", "asctime"}
@@ -67,16 +69,11 @@ class LogBudget:
         report_every_s: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if rate_per_s <= 0 or burst <= 0:
-            raise ValueError("rate_per_s and burst must be positive")
         self._logger = logger
-        self._rate = rate_per_s
-        self._burst = float(burst)
+        self._bucket = TokenBucket(rate_per_s, burst, clock)
         self._report_every_s = report_every_s
         self._clock = clock
-        self._tokens = float(burst)
-        self._last = clock()
-        self._last_report = self._last
+        self._last_report = clock()
         self._suppressed: Counter[str] = Counter()
         self._lock = threading.Lock()
 
@@ -90,15 +87,10 @@ class LogBudget:
         if not self._logger.isEnabledFor(level):
             return  # a line nobody would see costs no token
         with self._lock:
-            now = self._clock()
-            self._tokens = min(self._burst, self._tokens + (now - self._last) * self._rate)
-            self._last = now
-            allowed = self._tokens >= 1.0
-            if allowed:
-                self._tokens -= 1.0
-            else:
+            allowed = self._bucket.take()
+            if not allowed:
                 self._suppressed[event] += 1
-            due = self._take_due(now)
+            due = self._take_due(self._clock())
         if due:
             self._tell(due)
         if allowed:

@@ -3,7 +3,8 @@ errors, uvicorn's protocol warnings): an outsider can make them write one line p
 connection, so a flood would fill the disk (the probe of issue 17: 267,393 lines in 25 s).
 
 Our own multiplied lines go through ``core.logs.LogBudget``; this is the same idea as a
-``logging.Filter``, which is the only hook a library's logger offers.
+``logging.Filter``, which is the only hook a library's logger offers. Both draw on
+``TokenBucket``.
 """
 
 from __future__ import annotations
@@ -13,9 +14,29 @@ import threading
 import time
 from collections.abc import Callable
 
-__all__ = ["RateLimitFilter", "rate_limit"]
+__all__ = ["RateLimitFilter", "TokenBucket", "rate_limit"]
 
 _MAX_KEYS = 256  # distinct message templates tracked; a flood has one or two
+
+
+class TokenBucket:
+    """At most ``burst`` at once, then ``rate_per_s``: ``take()`` says whether one more may
+    go now. Not locked: its owner holds its own lock."""
+
+    def __init__(self, rate_per_s: float, burst: int, clock: Callable[[], float] = time.monotonic) -> None:
+        if rate_per_s <= 0 or burst <= 0:
+            raise ValueError("rate_per_s and burst must be positive")
+        self._rate, self._burst, self._clock = rate_per_s, float(burst), clock
+        self._tokens, self._at = float(burst), clock()
+
+    def take(self) -> bool:
+        now = self._clock()
+        self._tokens = min(self._burst, self._tokens + (now - self._at) * self._rate)
+        self._at = now
+        if self._tokens < 1.0:
+            return False
+        self._tokens -= 1.0
+        return True
 
 
 class RateLimitFilter(logging.Filter):
@@ -29,23 +50,26 @@ class RateLimitFilter(logging.Filter):
         super().__init__()
         if rate_per_s <= 0 or burst <= 0:
             raise ValueError("rate_per_s and burst must be positive")
-        self._rate, self._burst, self._clock = rate_per_s, float(burst), clock
-        self._buckets: dict[tuple[str, str], tuple[float, float, int]] = {}  # tokens, at, dropped
+        self._rate, self._burst, self._clock = rate_per_s, burst, clock
+        self._buckets: dict[tuple[str, str], TokenBucket] = {}
+        self._dropped: dict[tuple[str, str], int] = {}
         self._lock = threading.Lock()
 
     def filter(self, record: logging.LogRecord) -> bool:
         # The first words only: asyncio's lines carry handles and addresses that vary.
         key = (record.name, str(record.msg).split("\n", 1)[0][:40])
         with self._lock:
-            now = self._clock()
-            tokens, at, dropped = self._buckets.get(key, (self._burst, now, 0))
-            tokens = min(self._burst, tokens + (now - at) * self._rate)
-            if tokens < 1.0:
-                self._buckets[key] = (tokens, now, dropped + 1)
+            bucket = self._buckets.get(key)
+            if bucket is None:
+                if len(self._buckets) >= _MAX_KEYS:
+                    # Many templates at once: start over rather than grow.
+                    self._buckets.clear()
+                    self._dropped.clear()
+                bucket = self._buckets[key] = TokenBucket(self._rate, self._burst, self._clock)
+            if not bucket.take():
+                self._dropped[key] = self._dropped.get(key, 0) + 1
                 return False
-            if len(self._buckets) >= _MAX_KEYS and key not in self._buckets:
-                self._buckets.clear()  # many templates at once: start over rather than grow
-            self._buckets[key] = (tokens - 1.0, now, 0)
+            dropped = self._dropped.pop(key, 0)
         if dropped:
             record.suppressed = dropped
         return True
@@ -53,10 +77,8 @@ class RateLimitFilter(logging.Filter):
     def report(self, logger: logging.Logger) -> int:
         """Log one line with what was dropped since it was last told; returns that count."""
         with self._lock:
-            dropped = {f"{name}: {msg}"[:120]: n for (name, msg), (_t, _a, n) in self._buckets.items() if n}
-            for key, (tokens, at, n) in list(self._buckets.items()):
-                if n:
-                    self._buckets[key] = (tokens, at, 0)
+            dropped = {f"{name}: {msg}"[:120]: n for (name, msg), n in self._dropped.items() if n}
+            self._dropped.clear()
         if dropped:
             logger.warning(
                 "log lines suppressed", extra={"suppressed": dropped, "lines": sum(dropped.values())}
