@@ -3,7 +3,8 @@
 
 What this process holds is what ``SandboxConfig`` carries: a database URL, opened as the
 model zone (core.zones: on SQLite an authorizer refuses every identified table; on
-PostgreSQL the URL's role has only the model zone's grants), the model to load and a few
+PostgreSQL the URL's role has only the model zone's grants), the model to load (with the
+model server's API key, if any: given here, never in the process's environment) and a few
 timings. No settings object, no secret, no vault: its texts are screened by `serve`, over
 the link (sandbox.screen.LinkScreen).
 """
@@ -17,7 +18,7 @@ from datetime import UTC, datetime
 from core.children import ChildLink
 from core.db import Database
 from core.logs import configure_logging
-from sandbox.models import load_model
+from sandbox.llm import ModelConfig, load_model
 from sandbox.runner import due_job_ids, run_job
 from sandbox.screen import LinkScreen
 
@@ -28,6 +29,7 @@ __all__ = ["SandboxConfig", "run_sandbox_child"]
 class SandboxConfig:
     database_url: str  # the model zone's (sandbox_database_url, else database_url)
     model: str | None  # sandbox_model: "module:factory"; None: the extractive default
+    model_config: ModelConfig | None  # model_base_url's server; when set, used instead of ``model``
     screen_timeout_s: float
     poll_interval_s: float
     log_level: str = "INFO"
@@ -42,7 +44,7 @@ def run_sandbox_child(
     link = ChildLink(conn, parent, nice=config.nice)
     db = Database(url=config.database_url, model_zone=True)
     screen = LinkScreen(link, config.screen_timeout_s)
-    model = load_model(config.model)
+    model = load_model(config.model_config, config.model)
 
     def run_due(*, drain: bool = False) -> int:
         horizon = datetime.max.replace(tzinfo=UTC) if drain else None

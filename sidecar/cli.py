@@ -64,7 +64,8 @@ def _private_data_dir(settings: Settings, *, create: bool = True) -> None:
 
 # Credentials an operator may give in the environment. `serve` reads them into its settings
 # and then drops them, so that no child it starts later inherits them: above all the model
-# zone's process (sandbox.process), which gets only its own database URL as an argument.
+# zone's process (sandbox.process), which gets only its own database URL (and the model
+# server's key) as arguments.
 CREDENTIAL_VARIABLES = (
     "SIDECAR_SECRET",
     "SIDECAR_API_TOKENS",
@@ -72,6 +73,7 @@ CREDENTIAL_VARIABLES = (
     "SIDECAR_SANDBOX_DATABASE_URL",
     "SIDECAR_BROKER_URL",
     "SIDECAR_EVENTS_URL",
+    "SIDECAR_MODEL_API_KEY",  # reaches the sandbox child in its config (sandbox.llm.ModelConfig)
 )
 
 

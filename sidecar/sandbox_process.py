@@ -18,19 +18,38 @@ from core.children import Children
 from core.db import Database
 from core.settings import Settings
 from core.tasks import make_celery
-from sandbox.models import load_model
+from sandbox.llm import ModelConfig, load_model
 from sandbox.process import SandboxConfig, run_sandbox_child
 from sandbox.screen import CeleryScreen
 from sandbox.tasks import register_summary_task
 from worker.screen import ScreenService
 
-__all__ = ["build_sandbox_app", "sandbox_config", "sandbox_process"]
+__all__ = ["build_sandbox_app", "model_config", "sandbox_config", "sandbox_process"]
+
+
+def model_config(settings: Settings) -> ModelConfig | None:
+    """The model server's settings, None when ``model_base_url`` is unset."""
+    if not settings.model_base_url:
+        return None
+    key = settings.model_api_key
+    return ModelConfig(
+        base_url=settings.model_base_url,
+        name=settings.model_name,
+        api_key=key.get_secret_value() if key is not None else None,
+        timeout_s=settings.model_timeout_s,
+        max_tokens=settings.model_max_tokens,
+        max_retries=settings.model_max_retries,
+        seed=settings.model_seed,
+        version=settings.model_version,
+        weights_digest=settings.model_weights_digest,
+    )
 
 
 def sandbox_config(settings: Settings) -> SandboxConfig:
     return SandboxConfig(
         database_url=settings.effective_sandbox_database_url,
         model=settings.sandbox_model,
+        model_config=model_config(settings),
         screen_timeout_s=settings.screen_timeout_s,
         poll_interval_s=settings.relay_interval_s,
         log_level=settings.log_level,
@@ -74,7 +93,6 @@ def build_sandbox_app(settings: Settings) -> Celery:
             state["db"] = Database(url=url, model_zone=True)
         return state["db"]
 
-    register_summary_task(
-        app, db, load_model(settings.sandbox_model), CeleryScreen(app, settings.screen_timeout_s)
-    )
+    model = load_model(model_config(settings), settings.sandbox_model)
+    register_summary_task(app, db, model, CeleryScreen(app, settings.screen_timeout_s))
     return app
