@@ -336,6 +336,13 @@ class Settings(BaseSettings):
     summary_coalesce_s: float = Field(
         2.0, ge=0, description="Summary triggers for one patient within this window become one job."
     )
+    summary_digest_hour: int | None = Field(
+        None,
+        ge=0,
+        le=23,
+        description="Hour of the day (UTC) at which every patient whose record changed since gets a daily "
+        "digest summary. Unset: no digests (discharge, lab and imaging report summaries still run).",
+    )
     relay_batch_size: int = Field(
         2000,
         gt=0,
@@ -414,6 +421,40 @@ class Settings(BaseSettings):
         description='The summary model the sandbox runs, as "package.module:factory" (called with no '
         "arguments, returning a sandbox.models.SummaryModel). Unset: the offline extractive summariser.",
     )
+    model_base_url: str | None = Field(
+        None,
+        description="Base URL of an OpenAI-compatible chat-completions server (vLLM, Ollama, Xinference, "
+        "llama.cpp), e.g. http://10.0.8.5:8000/v1. The sandbox's HTTP client reaches this host and port "
+        "only. Unset: the offline extractive summariser (or sandbox_model).",
+    )
+    model_name: str = Field(
+        "default", description="The model asked for in each request (the server's model id)."
+    )
+    model_api_key: SecretStr | None = Field(
+        None, description="Bearer token for the model server, if it wants one (given to the sandbox only)."
+    )
+    model_timeout_s: float = Field(
+        120.0, gt=0, description="How long one request to the model may take before it is retried."
+    )
+    model_max_tokens: int = Field(
+        1024, gt=0, description="Largest answer asked for; an answer cut at this limit is refused."
+    )
+    model_max_retries: int = Field(
+        2, ge=0, description="Retries of one request on 429, 5xx, timeouts and refused connections."
+    )
+    model_seed: int = Field(0, description="Seed sent with every request (temperature is always 0).")
+    model_version: str | None = Field(
+        None, description="Version of the model's weights, for the Device resource of every summary."
+    )
+    model_weights_digest: str | None = Field(
+        None,
+        description="Digest of the served weights (e.g. sha256:...), recorded on the model's Device so a "
+        "summary names exactly what wrote it.",
+    )
+    summary_language: Literal["en", "zh"] = Field(
+        "en", description="Language summaries are written in (and verified in): en or zh."
+    )
+    summary_max_sentences: int = Field(12, ge=1, le=60, description="Most sentences a summary may have.")
     log_level: str = Field("INFO", description="Python log level of the JSON-lines logs.")
 
     @classmethod

@@ -1,44 +1,97 @@
-"""Model clients. The embedded default is an offline, deterministic, extractive
-summariser: it picks facts from the prompt, so it needs no network and never invents.
-An OpenAI-compatible HTTP client slots in behind the same protocol."""
+"""Model clients behind one protocol: a prompt in, the model's reply out.
+
+The embedded default is an offline, deterministic, extractive summariser: it writes one
+sentence per fact it picks, citing that fact, so it needs no network and never invents.
+Any OpenAI-compatible server (vLLM, Ollama, Xinference, llama.cpp) is reached through
+``sandbox.llm.OpenAIChatModel`` when ``model_base_url`` is set. Either way the reply is
+only text until ``sandbox.answer`` parses it and ``sandbox.verifier`` checks it.
+"""
 
 from __future__ import annotations
 
 import importlib
-from typing import Protocol
+import json
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
 
-from sandbox.prompt import Prompt
+if TYPE_CHECKING:
+    from sandbox.prompt import Prompt
 
-__all__ = ["ExtractiveSummarizer", "SummaryModel", "load_model"]
+__all__ = [
+    "ExtractiveSummarizer",
+    "ModelError",
+    "ModelReply",
+    "ModelUnavailable",
+    "ReplyRefused",
+    "SummaryModel",
+    "load_factory",
+]
+
+
+@dataclass(frozen=True)
+class ModelReply:
+    """What a model answered, with what the Provenance and the audit log record of it."""
+
+    content: str  # the answer's text, reasoning (<think> blocks) already stripped
+    model: str  # the model id the server says served the request
+    response_id: str | None = None
+    usage: dict[str, int] = field(default_factory=dict)  # prompt_tokens, completion_tokens, ...
+    finish_reason: str | None = None
 
 
 class SummaryModel(Protocol):
-    name: str
+    name: str  # what the operator configured (model_name), or the built-in's name
     version: str
 
-    def summarize(self, prompt: Prompt) -> str: ...
+    def answer(self, prompt: Prompt) -> ModelReply: ...
+
+
+class ModelError(Exception):
+    """The model gave no usable reply; ``code`` goes to the dead letter and the audit log."""
+
+    code = "model-error"
+
+
+class ModelUnavailable(ModelError):
+    """No reply after the bounded retries (timeouts, 429, 5xx, connection refused)."""
+
+    code = "model-unavailable"
+
+
+class ReplyRefused(ModelError):
+    """A reply that must not be used: cut at the token limit, empty, refused by the server."""
+
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
 
 
 class ExtractiveSummarizer:
+    """One sentence per fact, in the prompt's order (abnormal first), each citing its fact.
+
+    The sentence is the fact's own text, so it passes the verifier by construction: this is
+    the embedded default's floor, not a model."""
+
     name = "sidecar-extractive"
-    version = "1.0"
+    version = "2.0"
 
-    def __init__(self, max_lines: int = 8) -> None:
-        self.max_lines = max_lines
+    def __init__(self, max_sentences: int = 12) -> None:
+        self.max_sentences = max_sentences
 
-    def summarize(self, prompt: Prompt) -> str:
-        # The prompt is already ordered by relevance (abnormal first); extraction is a cut.
-        lines = list(prompt.facts[: self.max_lines])
-        if len(prompt.facts) > len(lines):
-            lines.append("(further facts are in the record)")
-        return "\n".join(lines)
+    def answer(self, prompt: Prompt) -> ModelReply:
+        chosen = [f for f in prompt.facts if f.abnormal]
+        chosen += [f for f in prompt.facts if not f.abnormal][: max(0, self.max_sentences - len(chosen))]
+        sentences = [{"text": fact.text, "facts": [fact.id]} for fact in chosen]
+        return ModelReply(
+            content=json.dumps({"sentences": sentences}, ensure_ascii=False),
+            model=f"{self.name}-{self.version}",
+            finish_reason="stop",
+        )
 
 
-def load_model(spec: str | None) -> SummaryModel:
-    """The model named by the ``sandbox_model`` setting, "package.module:factory" (a class
-    or function called with no arguments); None: the extractive default."""
-    if not spec:
-        return ExtractiveSummarizer()
+def load_factory(spec: str) -> SummaryModel:
+    """A model named "package.module:factory" (a class or function called with no
+    arguments): the ``sandbox_model`` setting, for models that speak no HTTP."""
     module_name, _, attribute = spec.partition(":")
     if not module_name or not attribute:
         raise ValueError(f"sandbox_model must be 'module:factory', not {spec!r}")

@@ -1,12 +1,14 @@
-"""Runs one summary job: claim → read de-identified context → prompt → PHI guard →
-known-identifier screen → model → guard + screen + grounding → the output handed back
-(``job_outputs``), all audited.
+"""Runs one summary job: claim → read de-identified context → the kind's template picks
+the facts → prompt → PHI guard → known-identifier screen → model → guard + screen → parse →
+verifier (a failing answer is asked for once more, naming what failed) → the verified
+sentences and their citations handed back (``job_outputs``), all audited.
 
 The sandbox reads only the de-identified store and its job, and writes only its job's
 status and timing, its output and its audit entries (core.zones: PostgreSQL grants, the
 SQLite authorizer); it imports nothing of the identified zone (import-linter contracts).
-The identified zone checks the output again and stores it: the DocumentReference, its
-Provenance and the event, or a dead letter (sidecar.outputs). The known-identifier
+The identified zone checks the output again (the verifier too, on the versions it reads
+itself) and stores it: the AI-labelled DocumentReference, the model's Device, the prompt,
+the Provenance and the event, or a dead letter (sidecar.outputs). The known-identifier
 screen is the identified zone's, reached through ``PromptScreen`` (sandbox.screen).
 """
 
@@ -23,13 +25,13 @@ from sqlalchemy.orm import Session
 
 import audit
 from core.db import Database
-from core.fhir import FhirValidationError, validate_resource
 from core.model_tables import Job, JobOutput, JobOutputKind, JobStatus
-from sandbox import grounding, guard
-from sandbox.context import patient_context, version_reference
-from sandbox.documents import document_reference
-from sandbox.models import SummaryModel
-from sandbox.prompt import build_prompt
+from sandbox import guard
+from sandbox.answer import AnswerInvalid, Sentence, parse_answer
+from sandbox.context import patient_context
+from sandbox.documents import summary_document_id
+from sandbox.models import ModelError, ModelReply, SummaryModel
+from sandbox.prompt import Prompt, build_prompt
 from sandbox.screen import (
     KnownIdentifierLeak,
     PromptScreen,
@@ -38,6 +40,8 @@ from sandbox.screen import (
     Stage,
     require_clean,
 )
+from sandbox.templates import template_for
+from sandbox.verifier import VERIFIER, verify
 
 __all__ = [
     "SCREEN_ATTEMPTS",
@@ -56,6 +60,7 @@ SCREEN_ATTEMPTS = 5
 SCREEN_RETRY_BASE_S = 10.0
 SCREEN_RETRY_MAX_S = 300.0
 MAX_REASON_CHARS = 500
+MAX_FEEDBACK_LINES = 20
 
 
 class JobOutcome(StrEnum):
@@ -93,10 +98,18 @@ def due_job_ids(db: Database, *, now: datetime | None = None, limit: int = 100) 
 
 
 def run_job(
-    db: Database, job_id: int, model: SummaryModel, *, screen: PromptScreen, ignore_due: bool = False
+    db: Database,
+    job_id: int,
+    model: SummaryModel,
+    *,
+    screen: PromptScreen,
+    ignore_due: bool = False,
+    language: str = "en",
+    max_sentences: int = 12,
 ) -> JobResult:
     """``screen``: the identified zone's known-identifier check (required: fail closed).
-    ``ignore_due``: run a pending job before its coalescing window ends (shutdown drain)."""
+    ``ignore_due``: run a pending job before its coalescing window ends (shutdown drain).
+    ``language``: the summary's (en, zh): the facts' labels, the instructions, the checks."""
     now = datetime.now(UTC)
     due_by = datetime.max.replace(tzinfo=UTC) if ignore_due else now
     with db.transaction() as session:
@@ -110,54 +123,118 @@ def run_job(
             return JobResult(job_id, JobOutcome.NOT_DUE)
         kind, patient = session.execute(select(Job.kind, Job.patient).where(Job.id == job_id)).one()
         context = patient_context(session, patient)
-        inputs = [version_reference(r) for r in context]
         audit.append(
             session,
             actor="sandbox",
             action="context.read",
             entity=f"job/{job_id}",
-            detail={"inputs": len(inputs), "types": sorted({r["resourceType"] for r in context})},
+            detail={"resources": len(context), "types": sorted({r["resourceType"] for r in context})},
             now=now,
         )
 
     try:
-        if not context:
-            raise _JobFailure("empty-context", "no de-identified resources for this patient")
-        prompt = build_prompt(context)
+        template = template_for(kind)
+        if template is None:
+            raise _JobFailure("unknown-kind", f"no summary template for kind {kind!r}")
+        facts = template.facts(context, language)
+        if not facts:
+            raise _JobFailure("empty-context", f"no de-identified facts for a {template.kind} summary")
+        prompt = build_prompt(template.name, template.kind, language, facts, max_sentences=max_sentences)
         guard.check(prompt.text)
         require_clean(screen, job_id, prompt.text, Stage.PROMPT)
-        text = model.summarize(prompt)
-        guard.check(text)
-        require_clean(screen, job_id, text, Stage.ANSWER)
-        grounding.check(text, prompt.text)
-        document = document_reference(patient, kind, text, now=now)
-        validate_resource(document)
+        sentences, reply, attempts = _answer(db, job_id, model, prompt, screen)
     except ScreenUnavailable as exc:
         return _defer(db, job_id, str(exc))
-    except (KnownIdentifierLeak, ScreenRefused) as exc:
+    except (KnownIdentifierLeak, ScreenRefused, ModelError) as exc:
         return _fail(db, job_id, exc.code, str(exc))
-    except (guard.PromptLeak, grounding.UngroundedSummary, _JobFailure) as exc:
-        return _fail(db, job_id, getattr(exc, "code", "sandbox"), str(exc))
-    except FhirValidationError as exc:
-        return _fail(db, job_id, "invalid-output", str(exc))
+    except (guard.PromptLeak, _JobFailure) as exc:
+        return _fail(db, job_id, exc.code, str(exc))
 
+    by_id = {fact.id: fact for fact in prompt.facts}
     body = {
-        "document": document,
-        "inputs": inputs,
-        "model": f"{model.name} {model.version}",
-        "prompt_version": prompt.version,
+        "kind": template.kind,
+        "template": template.name,
+        "language": language,
+        "sentences": [
+            {"text": s.text, "facts": [by_id[i].reference for i in dict.fromkeys(s.facts)]} for s in sentences
+        ],
+        "inputs": list(dict.fromkeys(fact.reference for fact in prompt.facts)),
+        "prompt": prompt.text,
+        "model": {
+            "name": model.name,
+            "version": model.version,
+            "served": reply.model,
+            "response_id": reply.response_id,
+            "usage": reply.usage,
+        },
+        "attempts": attempts,
+        "verifier": VERIFIER,
     }
     with db.transaction() as session:
-        _hand_back(session, job_id, JobOutputKind.SUMMARY, now=now, body=json.dumps(body))
+        _hand_back(session, job_id, JobOutputKind.SUMMARY, now=now, body=json.dumps(body, ensure_ascii=False))
         audit.append(
             session,
             actor="sandbox",
             action="summary.submitted",
             entity=f"job/{job_id}",
-            detail={"document": f"DocumentReference/{document['id']}", "model": model.name},
+            detail={"template": template.name, "sentences": len(sentences), "model": model.name},
             now=now,
         )
-    return JobResult(job_id, JobOutcome.DONE, f"DocumentReference/{document['id']}")
+    return JobResult(
+        job_id, JobOutcome.DONE, f"DocumentReference/{summary_document_id(patient, template.kind)}"
+    )
+
+
+def _answer(
+    db: Database, job_id: int, model: SummaryModel, prompt: Prompt, screen: PromptScreen
+) -> tuple[list[Sentence], ModelReply, int]:
+    """Ask, screen, parse, verify; a failing answer is asked for once more, naming what
+    failed. Each call is audited with what the model says it was and how it fared."""
+    for attempt in (1, 2):
+        reply = model.answer(prompt)
+        guard.check(reply.content)
+        require_clean(screen, job_id, reply.content, Stage.ANSWER)
+        try:
+            sentences = parse_answer(reply.content)
+            report = verify(sentences, prompt.facts)
+            problems, code = report.messages, report.code
+        except AnswerInvalid as exc:
+            sentences, problems, code = [], [str(exc)], exc.code
+        _audit_call(db, job_id, attempt, model, reply, code if problems else None, len(problems))
+        if not problems:
+            return sentences, reply, attempt
+        if attempt == 1:
+            prompt = prompt.with_feedback(reply.content, problems[:MAX_FEEDBACK_LINES])
+    raise _JobFailure(code, "; ".join(problems))
+
+
+def _audit_call(
+    db: Database,
+    job_id: int,
+    attempt: int,
+    model: SummaryModel,
+    reply: ModelReply,
+    failed: str | None,
+    problems: int,
+) -> None:
+    with db.transaction() as session:
+        audit.append(
+            session,
+            actor="sandbox",
+            action="model.answered",
+            entity=f"job/{job_id}",
+            outcome=audit.Outcome.FAILURE if failed else audit.Outcome.SUCCESS,
+            detail={
+                "attempt": attempt,
+                "model": model.name,
+                "served": reply.model[:200],
+                "response_id": (reply.response_id or "")[:200],
+                "usage": reply.usage,
+                "finish_reason": reply.finish_reason,
+                "verdict": failed or "verified",
+                "problems": problems,
+            },
+        )
 
 
 def _hand_back(

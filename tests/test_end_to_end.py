@@ -70,7 +70,7 @@ def test_message_travels_every_zone(deployment) -> None:
     events = deployment.event_bodies()
     keys = {e["type"].rsplit(".fhir.", 1)[-1] for e in events}
     assert {"Patient.created", "Observation.created", "DocumentReference.created"} <= keys, keys
-    assert any(e["type"].endswith("summary.report.completed") for e in events)
+    assert any(e["type"].endswith("summary.lab-report.completed") for e in events)
     assert all(e["subject"] == f"Patient/{patient['id']}" for e in events if "subject" in e)
     assert_no_identifiers(json.dumps(events, ensure_ascii=False), "published events")
 

@@ -26,6 +26,7 @@ from core.settings import Settings
 from core.store import put_resource
 from core.tables import AuditEntry, DeadLetter, Job, JobStatus, Resource
 from core.tasks import make_celery
+from sandbox.models import ModelReply
 from sandbox.prompt import Prompt
 from sandbox.runner import SCREEN_ATTEMPTS, JobOutcome, run_job
 from sandbox.screen import CeleryScreen
@@ -53,9 +54,11 @@ class RecordingModel:
         self.calls: list[Prompt] = []
         self._suffix = answer_suffix
 
-    def summarize(self, prompt: Prompt) -> str:
+    def answer(self, prompt: Prompt) -> ModelReply:
         self.calls.append(prompt)
-        return "\n".join(prompt.facts[:3]) + self._suffix
+        sentences = [{"text": f.text, "facts": [f.id]} for f in prompt.facts[:3]]
+        sentences[0]["text"] += self._suffix
+        return ModelReply(json.dumps({"sentences": sentences}), model=self.name)
 
 
 def leaky_observation(patient: str, rid: str = "leaky1", text: str = LEAK) -> dict[str, Any]:

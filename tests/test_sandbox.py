@@ -11,9 +11,12 @@ from sqlalchemy.exc import DatabaseError
 from core.db import Database
 from core.settings import Settings
 from core.tables import Job, JobStatus
-from sandbox import grounding, guard
+from sandbox import guard
+from sandbox.answer import Sentence, parse_answer
+from sandbox.facts import facts_for
 from sandbox.models import ExtractiveSummarizer
 from sandbox.prompt import build_prompt
+from sandbox.verifier import verify
 
 CONTEXT: list[dict[str, Any]] = [
     {"resourceType": "Patient", "id": "p", "gender": "female", "birthDate": "1976-05-02"},
@@ -38,13 +41,18 @@ CONTEXT: list[dict[str, Any]] = [
 ]
 
 
-def test_prompt_puts_abnormal_results_first_and_passes_the_guard() -> None:
-    prompt = build_prompt(CONTEXT)
-    assert prompt.facts[0].startswith("Patient: female")
-    assert prompt.facts[1].startswith("Potassium: 6.1 mmol/L (flag H)")
+def _versioned(resources: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{**r, "meta": {"versionId": "1"}} for r in resources]
+
+
+def test_prompt_puts_abnormal_results_first_and_the_offline_model_passes_the_verifier() -> None:
+    prompt = build_prompt("lab-report/1", "lab-report", "en", facts_for(_versioned(CONTEXT), "en"))
+    assert prompt.facts[0].line.startswith("[F1] Potassium: 6.1 mmol/L (high; reference 3.5-5.1)")
+    assert prompt.facts[0].abnormal and not prompt.facts[1].abnormal
+    assert "[F2] Patient: female, born 1976" in prompt.record
     guard.check(prompt.text)
-    summary = ExtractiveSummarizer().summarize(prompt)
-    grounding.check(summary, prompt.text)
+    sentences = parse_answer(ExtractiveSummarizer().answer(prompt).content)
+    assert verify(sentences, prompt.facts).ok
 
 
 @pytest.mark.parametrize(
@@ -71,9 +79,10 @@ def test_guard_leaves_clinical_text_alone(text: str) -> None:
     guard.check(text)
 
 
-def test_grounding_rejects_invented_numbers() -> None:
-    with pytest.raises(grounding.UngroundedSummary):
-        grounding.check("Potassium 7.4 mmol/L", "Potassium: 6.1 mmol/L")
+def test_the_verifier_rejects_an_invented_number() -> None:
+    facts = facts_for(_versioned(CONTEXT), "en")
+    report = verify([Sentence("Potassium 7.4 mmol/L, high.", ("F1",))], facts)
+    assert report.codes == {"value"} and report.code == "ungrounded"
 
 
 def test_normal_results_follow_abnormal_ones_newest_first() -> None:
@@ -89,8 +98,8 @@ def test_normal_results_follow_abnormal_ones_newest_first() -> None:
             o["interpretation"] = [{"coding": [{"code": flag}]}]
         return o
 
-    prompt = build_prompt([obs("1", "2026-01-01"), obs("2", "2026-03-01"), obs("3", "2026-02-01", "H")])
-    assert [f.split(":")[0] for f in prompt.facts] == ["T3", "T2", "T1"]
+    resources = _versioned([obs("1", "2026-01-01"), obs("2", "2026-03-01"), obs("3", "2026-02-01", "H")])
+    assert [f.text.split(":")[0] for f in facts_for(resources, "en")] == ["T3", "T2", "T1"]
 
 
 def test_the_model_zone_connection_on_sqlite_does_only_what_the_allow_list_allows(tmp_path: Path) -> None:

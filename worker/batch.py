@@ -199,7 +199,8 @@ def store(
     changes, kept = _stage_resources(writer, inbox_id, transformed)
     writer.flush()
     _remember_identifiers(session, [transformed], now=now)
-    return changes, enqueue_jobs(session, summary_triggers(kept, changes), now=now, coalesce_s=ctx.coalesce_s)
+    requests = summary_triggers(kept, changes, now=now, digest_hour=ctx.digest_hour)
+    return changes, enqueue_jobs(session, requests, now=now, coalesce_s=ctx.coalesce_s)
 
 
 def process_entries(
@@ -365,7 +366,14 @@ def _store_batch(
             mark = writer.mark()
             try:
                 changes, kept = _stage_resources(writer, entry.inbox_id, outcome)
-                stored.append((entry, outcome, changes, summary_triggers(kept, changes)))
+                stored.append(
+                    (
+                        entry,
+                        outcome,
+                        changes,
+                        summary_triggers(kept, changes, now=now, digest_hour=ctx.digest_hour),
+                    )
+                )
                 continue
             except DBAPIError:
                 raise

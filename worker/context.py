@@ -31,6 +31,7 @@ def build_context(settings: Settings, db: Database | None = None) -> PipelineCon
         deid_max_text_chars=settings.deid_max_text_chars,
         deid_budget_ms=settings.deid_budget_ms,
         coalesce_s=settings.summary_coalesce_s,
+        digest_hour=settings.summary_digest_hour,
         dicom=DicomPipelineOptions(
             object_dir=settings.effective_deid_dicom_dir,
             authority=settings.dicom_issuer_default,

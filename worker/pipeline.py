@@ -68,6 +68,7 @@ class PipelineContext:
     mapping_options: MappingOptions
     coalesce_s: float
     dicom: DicomPipelineOptions = DicomPipelineOptions()
+    digest_hour: int | None = None  # daily digest summaries due at this UTC hour; None: none
     app_acks: AppAckPolicy | None = None  # application ACKs owed to senders (worker.appacks)
     # Validate every de-identified resource against the FHIR models before storing it.
     # Off by default: ~0.15 ms per resource, and property tests prove the mapping's output

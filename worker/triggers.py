@@ -2,7 +2,13 @@
 
 Triggers are read from the de-identified resources a message produced (not from HL7),
 so the same rules hold for every feed. Only a change (created/updated) triggers: a
-resend or replay that changes nothing must not summarise again.
+resend or replay that changes nothing must not summarise again. The kinds, and what each
+shows the model, are the sandbox's templates (sandbox.templates):
+
+- ``discharge``: an Encounter that is finished;
+- ``lab-report`` / ``imaging-report``: a DiagnosticReport that is final (or amended,
+  corrected, appended), imaging or not by core.reports;
+- ``digest``: any change for a patient, due at the next ``summary_digest_hour`` (if set).
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from sqlalchemy import Table, bindparam
 from sqlalchemy.orm import Session
 
 from core.bulk import fetch_in
+from core.reports import is_imaging_report
 from core.store import StoredChange
 from core.tables import Job, JobStatus
 from deid import DeidentifiedResource
@@ -34,23 +41,36 @@ FINAL_REPORT_STATUSES = frozenset({"final", "amended", "corrected", "appended"})
 class JobRequest:
     kind: str
     patient: str
+    due: datetime | None = None  # None: after the coalescing window
+
+
+def next_digest(now: datetime, hour: int) -> datetime:
+    today = now.replace(hour=hour, minute=0, second=0, microsecond=0)
+    return today if today > now else today + timedelta(days=1)
 
 
 def summary_triggers(
-    resources: Sequence[DeidentifiedResource], changes: Sequence[StoredChange]
+    resources: Sequence[DeidentifiedResource],
+    changes: Sequence[StoredChange],
+    *,
+    now: datetime | None = None,
+    digest_hour: int | None = None,
 ) -> list[JobRequest]:
     requests: dict[tuple[str, str], JobRequest] = {}
+    digest_due = next_digest(now, digest_hour) if now is not None and digest_hour is not None else None
     for item, change in zip(resources, changes, strict=True):
         if change.change is None or item.patient is None:
             continue
         r = item.resource
         kind: str | None = None
         if r["resourceType"] == "DiagnosticReport" and r.get("status") in FINAL_REPORT_STATUSES:
-            kind = "report"
+            kind = "imaging-report" if is_imaging_report(r) else "lab-report"
         elif r["resourceType"] == "Encounter" and r.get("status") == "finished":
             kind = "discharge"
         if kind:
             requests[(kind, item.patient)] = JobRequest(kind, item.patient)
+        if digest_due is not None:
+            requests[("digest", item.patient)] = JobRequest("digest", item.patient, digest_due)
     return list(requests.values())
 
 
@@ -63,10 +83,12 @@ def enqueue_jobs(
     at most two multi-row writes for a whole batch of requests."""
     if not requests:
         return []
-    due = now + timedelta(seconds=coalesce_s)
+    coalesced = now + timedelta(seconds=coalesce_s)
     triggers: dict[tuple[str, str], int] = {}
+    due_of: dict[tuple[str, str], datetime] = {}
     for req in requests:
         triggers[(req.kind, req.patient)] = triggers.get((req.kind, req.patient), 0) + 1
+        due_of[(req.kind, req.patient)] = req.due or coalesced
     pairs = sorted(triggers)
     ids: dict[tuple[str, str], int] = {}
     rows = fetch_in(
@@ -81,7 +103,9 @@ def enqueue_jobs(
             ids[(kind, patient)] = job_id
     connection = session.connection()
     pushed = [
-        {"k_id": ids[pair], "n": triggers[pair], "due": due, "now": now} for pair in pairs if pair in ids
+        {"k_id": ids[pair], "n": triggers[pair], "due": due_of[pair], "now": now}
+        for pair in pairs
+        if pair in ids
     ]
     if pushed:
         connection.execute(_PUSH_JOB, pushed)
@@ -92,7 +116,7 @@ def enqueue_jobs(
                 "kind": kind,
                 "patient": patient,
                 "status": JobStatus.PENDING,
-                "due_at": due,
+                "due_at": due_of[(kind, patient)],
                 "created_at": now,
                 "updated_at": now,
                 "triggers": triggers[(kind, patient)],

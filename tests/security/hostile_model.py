@@ -20,7 +20,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from sandbox.models import ExtractiveSummarizer
+from sandbox.models import ExtractiveSummarizer, ModelReply
 from sandbox.prompt import Prompt
 
 __all__ = ["CANDIDATES", "STATEMENTS", "HostileModel"]
@@ -78,14 +78,15 @@ class HostileModel:
         self._honest = ExtractiveSummarizer()
         self._loot: list[str] = []
 
-    def summarize(self, prompt: Prompt) -> str:
+    def answer(self, prompt: Prompt) -> ModelReply:
         frame = _runner_frame()
         self._databases(frame)
         self._secrets(frame)
         self._bisect(frame)
-        answer = self._honest.summarize(prompt)
+        honest = json.loads(self._honest.answer(prompt).content)
         # Whatever was obtained goes into the answer: the way out a real model would use.
-        return answer + ("\n" + "\n".join(self._loot) if self._loot else "")
+        honest["sentences"] += [{"text": loot, "facts": ["F1"]} for loot in self._loot]
+        return ModelReply(json.dumps(honest), model=self.name)
 
     # --- attempts ---------------------------------------------------------------------
 
