@@ -1,5 +1,7 @@
 """The HTTP API: FHIR read and search over the de-identified store for subscribers, audit
-search for auditors (``api_auditors``), and a status page.
+search for auditors (``api_auditors``), and a status page. Search is by patient (``patient=``
+or ``subject=``), and a Provenance also by ``target=`` (Type/id: of any version of it;
+Type/id/_history/n: of that version), which is how a summary's Provenance is found.
 
 Every response that carries patient data passes the outgoing leak guard first, like
 every event (worker.relay) and every sandbox prompt (worker.screen): a resource in
@@ -21,10 +23,12 @@ times out slow requests (sidecar.api_guard).
 import hmac
 import json
 import logging
+import re
 import ssl
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path as FilePath
 from typing import Annotated, Any
@@ -86,6 +90,42 @@ class _Problem(Exception):
     def __init__(self, status: int, code: str, diagnostics: str) -> None:
         super().__init__(diagnostics)
         self.status, self.code, self.diagnostics = status, code, diagnostics
+
+
+_TARGET = re.compile(r"^([A-Z][A-Za-z]{1,63})/([A-Za-z0-9\-.]{1,64})(?:/_history/([1-9][0-9]{0,9}))?$")
+
+
+@dataclass(frozen=True)
+class _Target:
+    """A ``target=`` search value: Type/id, or Type/id/_history/n for that version only."""
+
+    rtype: str
+    rid: str
+    version: str | None
+
+    @property
+    def text(self) -> str:
+        return f"{self.rtype}/{self.rid}" + (f"/_history/{self.version}" if self.version else "")
+
+    def matches(self, reference: object) -> bool:
+        if not isinstance(reference, str):
+            return False
+        if self.version is not None:
+            return reference == self.text
+        return reference == self.text or reference.startswith(f"{self.text}/_history/")
+
+
+def _aimed_at(rtype: str, target: str | None, patient: str) -> _Target | None:
+    if target is None:
+        return None
+    if rtype != "Provenance":
+        raise _Problem(400, "not-supported", "target= is searchable on Provenance only")
+    if patient:
+        raise _Problem(400, "not-supported", "search by target= or by patient=, not both")
+    match = _TARGET.match(target)
+    if match is None:
+        raise _Problem(400, "value", "target must be Type/id or Type/id/_history/n")
+    return _Target(match.group(1), match.group(2), match.group(3))
 
 
 def create_api(
@@ -233,6 +273,31 @@ def create_api(
     ) -> JSONResponse:
         return read_one(f"api:{who}", "fhir.vread", rtype, rid, vid)
 
+    def provenances_of(session: Session, aimed: _Target) -> tuple[bool, str | None, list[str]]:
+        """Whether the target is held, its patient, and the bodies (by id) of the Provenances
+        whose target is ``aimed`` (any version of it when it names none). A Provenance is
+        stored under its target's patient: only those rows are read, and a match of the
+        JSON text is confirmed on the parsed target."""
+        head = session.execute(
+            select(Resource.patient).where(
+                Resource.resource_type == aimed.rtype, Resource.resource_id == aimed.rid
+            )
+        ).first()
+        if head is None:
+            return False, None, []
+        owner: str | None = head[0]
+        query = select(Resource.body).where(
+            Resource.resource_type == "Provenance",
+            Resource.patient == owner if owner is not None else Resource.patient.is_(None),
+            Resource.body.contains(f'"reference":"{aimed.rtype}/{aimed.rid}', autoescape=True),
+        )
+        bodies = []
+        for body in session.execute(query.order_by(Resource.resource_id)).scalars():
+            targets = json.loads(body).get("target") or []
+            if any(aimed.matches(t.get("reference")) for t in targets if isinstance(t, dict)):
+                bodies.append(body)
+        return True, owner, bodies
+
     @api.get("/fhir/{rtype}")
     def search(
         request: Request,
@@ -242,22 +307,34 @@ def create_api(
         subject: Annotated[str | None, Query(max_length=80)] = None,
         count: Annotated[int, Query(alias="_count", ge=1, le=SEARCH_PAGE_MAX)] = SEARCH_PAGE,
         offset: Annotated[int, Query(alias="_offset", ge=0, le=MAX_OFFSET)] = 0,
+        target: Annotated[str | None, Query(max_length=200)] = None,
     ) -> JSONResponse:
         actor, now = f"api:{who}", datetime.now(UTC)
         wanted = (patient or subject or "").removeprefix("Patient/")
-        if not wanted:
-            raise _Problem(400, "not-supported", "search needs patient=Patient/<id> (or subject=)")
+        aimed = _aimed_at(rtype, target, wanted)
+        if not wanted and aimed is None:
+            raise _Problem(
+                400,
+                "not-supported",
+                "search needs patient=Patient/<id> (or subject=), or target= on Provenance",
+            )
         base = str(request.base_url).rstrip("/") + "/fhir"
         with db.transaction() as session:
-            rows = list(
-                session.execute(
-                    select(Resource.body)
-                    .where(Resource.resource_type == rtype, Resource.patient == wanted)
-                    .order_by(Resource.resource_id)
-                    .offset(offset)
-                    .limit(count + 1)  # one more tells whether a next page exists
-                ).scalars()
-            )
+            # Whose tokens the leak guard compares with: the patient searched, or the target's.
+            held, owner = False, wanted or None
+            if aimed is None:
+                rows = list(
+                    session.execute(
+                        select(Resource.body)
+                        .where(Resource.resource_type == rtype, Resource.patient == wanted)
+                        .order_by(Resource.resource_id)
+                        .offset(offset)
+                        .limit(count + 1)  # one more tells whether a next page exists
+                    ).scalars()
+                )
+            else:
+                held, owner, rows = provenances_of(session, aimed)
+                rows = rows[offset : offset + count + 1]
             more = len(rows) > count
             guard = LeakGuard(vault)
             entries: list[dict[str, Any]] = []
@@ -265,7 +342,7 @@ def create_api(
             for body in rows[:count]:
                 resource = json.loads(body)
                 ref = f"{rtype}/{resource['id']}"
-                kinds = guard.kinds_in(session, wanted, resource)
+                kinds = guard.kinds_in(session, owner, resource) if owner else []
                 if kinds:
                     served = f"{ref}/_history/{resource.get('meta', {}).get('versionId', '?')}"
                     withhold(session, actor, served, kinds, now)
@@ -278,19 +355,23 @@ def create_api(
                     "security", "withheld, carrying identifier(s) of kind: " + "; ".join(withheld), "warning"
                 )
                 entries.append({"resource": note, "search": {"mode": "outcome"}})
-            # A value that is none of our pseudonyms is what the client typed: maybe an MRN.
-            known = (
-                bool(rows)
-                or session.execute(
-                    select(Resource.resource_id).where(Resource.patient == wanted).limit(1)
-                ).first()
-                is not None
-            )
+            # A value that is none of our pseudonyms (or ids) is what the client typed: maybe an MRN.
+            if aimed is not None:
+                searched = f"{rtype}?target={aimed.text if held else redactor.ref(aimed.text)}"
+            else:
+                known = (
+                    bool(rows)
+                    or session.execute(
+                        select(Resource.resource_id).where(Resource.patient == wanted).limit(1)
+                    ).first()
+                    is not None
+                )
+                searched = f"{rtype}?patient=Patient/{wanted if known else redactor.ref(wanted)}"
             audit.append(
                 session,
                 actor=actor,
                 action="fhir.search",
-                entity=f"{rtype}?patient=Patient/{wanted if known else redactor.ref(wanted)}",
+                entity=searched,
                 outcome=audit.Outcome.FAILURE if withheld else audit.Outcome.SUCCESS,
                 detail={"status": 200, "matches": len(entries) - bool(withheld), "withheld": len(withheld)},
                 now=now,

@@ -1,24 +1,34 @@
 """The identified zone takes in what the model zone handed back (``job_outputs``).
 
 The sandbox may only insert its output; this side, in `sidecar serve`'s relay loop, checks
-each row again before anything of it is stored or published: the job is running, the
-document is the job's own (its id, its patient), its inputs are that patient's resources,
-and no known identifier of the patient is in it (``LeakGuard``, on the decoded text too).
-Then it stores the DocumentReference, its Provenance and the summary event, and marks the
-job done; or fails the job with a dead letter (the sandbox's reason, or why the output was
-rejected). Either way the row is deleted, in the same transaction, and audited.
+each row again before anything of it is stored or published: the job is running; the body
+follows the output contract (docs/model-contract.md: kind, template, language, sentences
+with their cited versioned references, inputs, the prompt as sent, the model); every input
+is a stored version of a clinical resource of the job's patient; every sentence cites at
+least one input and nothing else; no known identifier of the patient is in the sentences,
+the prompt or the model's fields (``LeakGuard``); and the verifier, run again here over the
+cited versions as stored (``sandbox.verifier.verify_stored``), passes every sentence.
+
+Then, in one transaction, it builds and stores (sandbox.documents, per HL7's AI
+Transparency on FHIR IG): the model's Device, the prompt as a DocumentReference, the
+summary's DocumentReference (AIAST, preliminary, its sentence -> fact map) and its
+Provenance; the summary event; the job done; the audit entry (which also keeps the
+model's response id and token usage). Or it fails the job with a dead letter (the
+sandbox's reason, or why the output was rejected). Either way the row is deleted, in the
+same transaction, and audited.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import logging
 import re
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any, Literal, TypeVar
 
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 from sqlalchemy import select, tuple_
 from sqlalchemy.orm import Session
 
@@ -27,17 +37,75 @@ from core.db import Database
 from core.events import summary_event, summary_routing_key
 from core.fhir import FhirValidationError, validate_resource
 from core.store import add_outbox, put_resource
-from core.tables import Job, JobOutput, JobOutputKind, JobStatus, Resource
-from sandbox.documents import provenance, summary_document_id
+from core.tables import Job, JobOutput, JobOutputKind, JobStatus, Resource, ResourceHistory
+from deid.policy import DEID_SECURITY_LABEL
+from sandbox.context import CLINICAL_TYPES
+from sandbox.documents import (
+    SUMMARY_TYPES,
+    model_device,
+    prompt_document,
+    prompt_document_id,
+    provenance,
+    summary_document,
+)
+from sandbox.models import ExtractiveSummarizer
+from sandbox.templates import LEGACY_KINDS
+from sandbox.verifier import VERIFIER, verify_stored
 from worker.deadletters import fail_job
 from worker.leakguard import LeakGuard
 
-__all__ = ["OutputIntake"]
+__all__ = ["OutputIntake", "SummaryOutput"]
 
 log = logging.getLogger("sidecar.outputs")
 
 ACTOR = "sidecar:outputs"
-_REFERENCE = re.compile(r"^([A-Za-z]+)/([A-Za-z0-9\-.]{1,64})/_history/([0-9]+)$")
+# Bounds of the contract (docs/model-contract.md); sandbox.answer holds the model's to them.
+MAX_SENTENCES = 60
+MAX_SENTENCE_CHARS = 2000
+MAX_CITATIONS = 50  # per sentence
+MAX_INPUTS = 2000
+MAX_PROMPT_CHARS = 500_000
+MAX_REASON_CHARS = 2000
+_CHUNK = 300  # keys per SELECT: x3 parameters, under SQLite's oldest limit of 999
+_REFERENCE = re.compile(r"^([A-Z][A-Za-z]{1,63})/([A-Za-z0-9\-.]{1,64})/_history/([1-9][0-9]{0,9})$")
+
+_T = TypeVar("_T")
+Reference = Annotated[str, StringConstraints(pattern=_REFERENCE.pattern)]
+Name = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+
+
+class _Contract(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class SentenceOut(_Contract):
+    text: Annotated[str, StringConstraints(min_length=1, max_length=MAX_SENTENCE_CHARS)]
+    facts: Annotated[list[Reference], Field(max_length=MAX_CITATIONS)]
+
+
+class ModelOut(_Contract):
+    name: Name
+    version: Name
+    served: Name
+    response_id: Name | None = None
+    usage: Annotated[
+        dict[Annotated[str, StringConstraints(max_length=64)], Annotated[int, Field(ge=0)]],
+        Field(max_length=16),
+    ] = {}
+
+
+class SummaryOutput(_Contract):
+    """``job_outputs.body`` of a summary: the output contract, checked for shape and size."""
+
+    kind: Annotated[str, StringConstraints(max_length=32)]
+    template: Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]{0,31}/[0-9A-Za-z.-]{1,16}$")]
+    language: Literal["en", "zh"]
+    sentences: Annotated[list[SentenceOut], Field(min_length=1, max_length=MAX_SENTENCES)]
+    inputs: Annotated[list[Reference], Field(min_length=1, max_length=MAX_INPUTS)]
+    prompt: Annotated[str, StringConstraints(min_length=1, max_length=MAX_PROMPT_CHARS)]
+    model: ModelOut
+    attempts: Annotated[int, Field(ge=1, le=10)]
+    verifier: Name | None = None  # the sandbox's; serve's own verdict is the one recorded
 
 
 class OutputRejected(Exception):
@@ -46,11 +114,32 @@ class OutputRejected(Exception):
         self.code = code
 
 
+@dataclass(frozen=True)
+class _Checked:
+    """An output that passed every check, with the resources to store built and valid."""
+
+    body: SummaryOutput
+    device: dict[str, Any]
+    prompt: dict[str, Any]
+    summary: dict[str, Any]
+
+
 class OutputIntake:
-    def __init__(self, db: Database, guard: LeakGuard, *, batch_size: int = 50) -> None:
+    def __init__(
+        self,
+        db: Database,
+        guard: LeakGuard,
+        *,
+        batch_size: int = 50,
+        model_version: str | None = None,
+        model_weights_digest: str | None = None,
+    ) -> None:
+        """``model_version``, ``model_weights_digest``: the settings', for the model's Device."""
         self._db = db
         self._guard = guard
         self._batch_size = batch_size
+        self._model_version = model_version
+        self._weights_digest = model_weights_digest
 
     def run_once(self) -> int:
         """Take in one batch; returns how many outputs were handled (0: none waiting)."""
@@ -94,113 +183,198 @@ class OutputIntake:
                 _fail(session, job, code, output.reason or "the sandbox gave no reason", now=now)
                 return
             try:
-                body = _parse(output.body)
-                self._check(session, job, body)
+                checked = self._check(session, job, _parse(output.body), now=now)
             except OutputRejected as exc:
-                _fail(session, job, exc.code, str(exc), now=now)
+                _fail(session, job, exc.code, str(exc)[:MAX_REASON_CHARS], now=now)
                 return
-            _store(session, job, body, now=now)
+            _store(session, job, checked, now=now)
 
-    def _check(self, session: Session, job: Job, body: dict[str, Any]) -> None:
-        document = body["document"]
-        if document.get("resourceType") != "DocumentReference":
-            raise OutputRejected("output-rejected", "the output is not a DocumentReference")
-        if document.get("id") != summary_document_id(job.patient, job.kind):
-            raise OutputRejected("output-rejected", "the document is not this job's summary")
-        if document.get("subject") != {"reference": f"Patient/{job.patient}"}:
-            raise OutputRejected("output-rejected", "the document's subject is not the job's patient")
-        if "meta" in document:
-            raise OutputRejected("output-rejected", "the document carries meta (versions are ours)")
-        try:
-            validate_resource(document)
-        except FhirValidationError as exc:
-            raise OutputRejected("invalid-output", str(exc)) from exc
-        _check_inputs(session, job.patient, body["inputs"])
-        texts = [_text(a) for a in document.get("content", [])]
-        kinds = self._guard.kinds_in(session, job.patient, [document, texts, body["model"]])
+    def _check(self, session: Session, job: Job, body: SummaryOutput, *, now: datetime) -> _Checked:
+        # First: a leak is filed as one, whatever else is wrong with the output.
+        model = body.model
+        texts = [s.text for s in body.sentences]
+        fields = [model.name, model.version, model.served, model.response_id or ""]
+        kinds = self._guard.kinds_in(session, job.patient, [texts, body.prompt, fields])
         if kinds:
             raise OutputRejected(
                 "answer-leak",
                 f"known identifier(s) of the patient in the sandbox's output; not stored: {', '.join(kinds)}",
             )
 
+        if body.kind != LEGACY_KINDS.get(job.kind, job.kind):
+            raise OutputRejected("output-rejected", "the output is not of this job's summary kind")
+        if body.kind not in SUMMARY_TYPES:
+            raise OutputRejected(
+                "output-rejected", f"unknown summary kind; known: {', '.join(SUMMARY_TYPES)}"
+            )
+        inputs = set(body.inputs)
+        if len(inputs) != len(body.inputs):
+            raise OutputRejected("output-rejected", "an input is listed twice")
+        for i, sentence in enumerate(body.sentences, start=1):
+            if not sentence.facts:
+                raise OutputRejected("output-rejected", f"sentence {i} cites no fact")
+            if not set(sentence.facts) <= inputs:
+                raise OutputRejected(
+                    "output-rejected", f"sentence {i} cites a reference that is not an input"
+                )
+        resources = _input_versions(session, job.patient, body.inputs)
 
-def _parse(raw: str | None) -> dict[str, Any]:
-    try:
-        body = json.loads(raw or "")
-    except ValueError as exc:
-        raise OutputRejected("output-rejected", "the output is not JSON") from exc
-    if not (
-        isinstance(body, dict)
-        and isinstance(body.get("document"), dict)
-        and isinstance(body.get("inputs"), list)
-        and all(isinstance(i, str) for i in body["inputs"])
-        and isinstance(body.get("model"), str)
-        and isinstance(body.get("prompt_version"), str)
-    ):
-        raise OutputRejected("output-rejected", "the output lacks document, inputs, model or prompt version")
-    body["model"], body["prompt_version"] = body["model"][:200], body["prompt_version"][:200]
-    return body
+        sentences = [s.model_dump() for s in body.sentences]
+        try:
+            report = verify_stored(sentences, resources, body.language)
+        except Exception as exc:  # a verifier bug must fail the job, not store unverified text
+            # The type only: its message may quote the sentence.
+            log.error("the verifier failed", extra={"job_id": job.id, "error": type(exc).__name__})
+            raise OutputRejected("verifier-error", f"the verifier failed: {type(exc).__name__}") from None
+        if not report.ok:
+            raise OutputRejected(
+                str(report.code)[:64], "; ".join(str(f) for f in report.failures) or "the verifier refused"
+            )
 
-
-def _check_inputs(session: Session, patient: str, inputs: list[str]) -> None:
-    """Every input a version of a resource of this patient (the Provenance names them)."""
-    keys: set[tuple[str, str]] = set()
-    for ref in inputs:
-        match = _REFERENCE.match(ref)
-        if match is None:
-            raise OutputRejected("output-rejected", "an input is not a versioned resource reference")
-        keys.add((match.group(1), match.group(2)))
-    if not keys:
-        return
-    owners = session.execute(
-        select(Resource.resource_type, Resource.resource_id, Resource.patient).where(
-            tuple_(Resource.resource_type, Resource.resource_id).in_(sorted(keys))
+        labels = [DEID_SECURITY_LABEL]
+        device = model_device(
+            name=model.name,
+            served=model.served,
+            version=model.version,
+            model_version=self._model_version,
+            weights_digest=self._weights_digest,
+            # The built-in summariser copies facts: it is AI by the IG's type, not an LLM.
+            large_language_model=model.name != ExtractiveSummarizer.name,
+            labels=labels,
         )
-    ).all()
-    if len(owners) != len(keys) or any(owner != patient for _, _, owner in owners):
-        raise OutputRejected("output-rejected", "an input is not a resource of the job's patient")
+        prompt = prompt_document(
+            job.patient, prompt_document_id(job.id, job.attempts), body.prompt, labels=labels, now=now
+        )
+        summary = summary_document(
+            job.patient,
+            body.kind,
+            sentences,
+            language=body.language,
+            template=body.template,
+            verifier=VERIFIER,
+            author=f"Device/{device['id']}",
+            labels=labels,
+            now=now,
+        )
+        try:
+            for resource in (device, prompt, summary):
+                validate_resource(resource)
+        except FhirValidationError as exc:
+            raise OutputRejected("invalid-output", str(exc)) from exc
+        return _Checked(body, device, prompt, summary)
 
 
-def _text(content: Any) -> str:
-    """The attachment's text: the leak check must read it decoded, not as base64."""
-    data = content.get("attachment", {}).get("data") if isinstance(content, dict) else None
-    if not isinstance(data, str):
-        return ""
+def _parse(raw: str | None) -> SummaryOutput:
     try:
-        return base64.b64decode(data, validate=True).decode("utf-8", errors="replace")
-    except (binascii.Error, ValueError) as exc:
-        raise OutputRejected("output-rejected", "the attachment is not base64") from exc
+        return SummaryOutput.model_validate_json(raw or "")
+    except ValidationError as exc:
+        # Element paths and error kinds only: the values may carry anything.
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['type']}" for err in exc.errors()[:5]
+        )
+        raise OutputRejected(
+            "output-rejected", f"the output does not follow the contract: {problems}"
+        ) from None
 
 
-def _store(session: Session, job: Job, body: dict[str, Any], *, now: datetime) -> None:
-    document = body["document"]
-    change = put_resource(session, document, patient=job.patient, origin=f"job:{job.id}", now=now)
+def _chunks(items: Sequence[_T]) -> list[Sequence[_T]]:
+    return [items[i : i + _CHUNK] for i in range(0, len(items), _CHUNK)]
+
+
+def _input_versions(session: Session, patient: str, inputs: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Every input a stored version of a clinical resource of this patient: each reference
+    -> that version's resource, as the store's history keeps it (the verifier reads these,
+    not what the sandbox says they were)."""
+    parsed = [m.groups() for ref in inputs if (m := _REFERENCE.match(ref)) is not None]
+    if any(rtype not in CLINICAL_TYPES for rtype, _, _ in parsed):
+        raise OutputRejected(
+            "output-rejected", "an input is not a clinical resource (summaries feed on none)"
+        )
+    keys = sorted({(rtype, rid) for rtype, rid, _ in parsed})
+    owners: dict[tuple[str, str], str | None] = {}
+    for heads in _chunks(keys):
+        owned = select(Resource.resource_type, Resource.resource_id, Resource.patient).where(
+            tuple_(Resource.resource_type, Resource.resource_id).in_(heads)
+        )
+        owners.update({(t, i): p for t, i, p in session.execute(owned)})
+    if len(owners) != len(keys) or any(owner != patient for owner in owners.values()):
+        raise OutputRejected("output-rejected", "an input is not a resource of the job's patient")
+    versions = [(rtype, rid, int(v)) for rtype, rid, v in parsed]
+    found: dict[str, dict[str, Any]] = {}
+    for chunk in _chunks(versions):
+        query = select(
+            ResourceHistory.resource_type,
+            ResourceHistory.resource_id,
+            ResourceHistory.version,
+            ResourceHistory.body,
+        ).where(
+            tuple_(ResourceHistory.resource_type, ResourceHistory.resource_id, ResourceHistory.version).in_(
+                chunk
+            )
+        )
+        found.update({f"{t}/{i}/_history/{v}": json.loads(b) for t, i, v, b in session.execute(query)})
+    if len(found) != len(inputs):
+        raise OutputRejected("output-rejected", "an input names a version that is not stored")
+    return found
+
+
+def _store(session: Session, job: Job, checked: _Checked, *, now: datetime) -> None:
+    body, origin = checked.body, f"job:{job.id}"
+    device_ref = f"Device/{checked.device['id']}"
+    put_resource(session, checked.device, patient=None, origin=origin, now=now)
+    prompt = put_resource(session, checked.prompt, patient=job.patient, origin=origin, now=now)
+    change = put_resource(session, checked.summary, patient=job.patient, origin=origin, now=now)
+    target = f"{change.reference}/_history/{change.version}"
+    prov = provenance(
+        target,
+        body.inputs,
+        prompt=f"{prompt.reference}/_history/{prompt.version}",
+        device=device_ref,
+        template=body.template,
+        verifier=VERIFIER,
+        labels=[DEID_SECURITY_LABEL],
+        now=now,
+    )
+    validate_resource(prov)  # built from checked values only: a failure is a bug, and rolls back
+    stored_prov = put_resource(session, prov, patient=job.patient, origin=origin, now=now)
     stored = json.loads(
         session.execute(
             select(Resource.body).where(
-                Resource.resource_type == "DocumentReference", Resource.resource_id == document["id"]
+                Resource.resource_type == "DocumentReference", Resource.resource_id == change.resource_id
             )
         ).scalar_one()
     )
-    prov = provenance(
-        stored, body["inputs"], model=body["model"], prompt_version=body["prompt_version"], now=now
-    )
-    validate_resource(prov)
-    put_resource(session, prov, patient=job.patient, origin=f"job:{job.id}", now=now)
     add_outbox(
         session,
-        summary_event(job.kind, stored, job_id=job.id, patient=job.patient, time=now),
-        summary_routing_key(job.kind),
+        summary_event(body.kind, stored, job_id=job.id, patient=job.patient, time=now),
+        summary_routing_key(body.kind),
         now=now,
     )
     job.status, job.result, job.updated_at = JobStatus.DONE, change.reference, now
+    model = body.model
+    # The response id and token usage are the model server's bookkeeping, not the
+    # record's: kept in the hash-chained audit log, where an auditor can match them with
+    # the server's logs, rather than in an extension no FHIR consumer knows.
     audit.append(
         session,
         actor=ACTOR,
         action="summary.completed",
         entity=f"job/{job.id}",
-        detail={"document": change.reference, "version": change.version, "model": body["model"]},
+        detail={
+            "document": change.reference,
+            "version": change.version,
+            "provenance": f"{stored_prov.reference}/_history/{stored_prov.version}",
+            "prompt": f"{prompt.reference}/_history/{prompt.version}",
+            "device": device_ref,
+            "model": model.name,
+            "served": model.served,
+            "response_id": model.response_id,
+            "usage": model.usage,
+            "attempts": body.attempts,
+            "sandbox_verifier": body.verifier,
+            "sentences": len(body.sentences),
+            "inputs": len(body.inputs),
+        },
         now=now,
     )
 

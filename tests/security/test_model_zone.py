@@ -28,8 +28,8 @@ from sqlalchemy import insert, select
 
 from core.db import Database
 from core.settings import Settings
+from core.store import put_resource
 from core.tables import AuditEntry, DeadLetter, Job, JobOutput, JobStatus, Resource
-from sandbox.documents import document_reference
 from sidecar.outputs import OutputIntake
 from tests.deployments import REPO, Embedded
 from tests.fixtures.messages import ADT_A01, ORU_R01, encoded
@@ -154,7 +154,7 @@ def test_the_screen_answers_a_verdict_only_a_few_times_per_job(tmp_path: Path) -
 
 
 def test_an_output_that_is_not_the_jobs_own_is_rejected_and_filed(tmp_path: Path) -> None:
-    """A model zone that skips its own checks and hands back another patient's document,
+    """A model zone that skips its own checks and hands back another patient's records,
     or text carrying the patient's name, gets nothing stored: the identified zone checks
     the output again (sidecar.outputs) and files a dead letter with the reason."""
     ctx = build_context(Settings(data_dir=tmp_path, summary_coalesce_s=0))
@@ -163,10 +163,28 @@ def test_an_output_that_is_not_the_jobs_own_is_rejected_and_filed(tmp_path: Path
         patient = session.get_one(Job, foreign).patient
     named = _running_job(ctx, patient)
     now = datetime.now(UTC)
+    elsewhere = {"resourceType": "Observation", "id": "elsewhere", "status": "final",
+                 "code": {"text": "Potassium"}, "subject": {"reference": "Patient/someone-else"}}  # fmt: skip
+    with ctx.db.transaction() as session:
+        put_resource(session, elsewhere, patient="someone-else", origin="test", now=now)
+        [own] = session.execute(
+            select(Resource.resource_type, Resource.resource_id, Resource.version).where(
+                Resource.patient == patient, Resource.resource_type == "Patient"
+            )
+        ).all()
     sandbox_db = Database(url=ctx.db.url, model_zone=True)
-    for job_id, subject, text in ((foreign, "someone-else", "Potassium 6.1"), (named, patient, "Harriet Q.")):
-        document = document_reference(subject, "report", text, now=now)
-        body = {"document": document, "inputs": [], "model": "m 1", "prompt_version": "p/1"}
+    others, mine = "Observation/elsewhere/_history/1", f"{own[0]}/{own[1]}/_history/{own[2]}"
+    for job_id, cited, text in ((foreign, others, "Potassium 6.1"), (named, mine, "Harriet Q.")):
+        body = {
+            "kind": "lab-report",
+            "template": "lab-report/1",
+            "language": "en",
+            "sentences": [{"text": text, "facts": [cited]}],
+            "inputs": [cited],
+            "prompt": f"[F1] {text}",
+            "model": {"name": "m", "version": "1", "served": "m"},
+            "attempts": 1,
+        }
         with sandbox_db.transaction() as session:
             session.execute(
                 insert(JobOutput).values(
@@ -182,7 +200,7 @@ def test_an_output_that_is_not_the_jobs_own_is_rejected_and_filed(tmp_path: Path
             select(Resource).where(Resource.resource_type == "DocumentReference")
         ).all()
     assert (jobs[foreign], jobs[named]) == ("output-rejected", "answer-leak")
-    assert "not this job's summary" in letters[foreign] and "NAME" in letters[named]
+    assert "not a resource of the job's patient" in letters[foreign] and "NAME" in letters[named]
     assert documents == []
     ctx.db.dispose()
 
