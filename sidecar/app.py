@@ -148,7 +148,12 @@ class SidecarApp:
         )
         # What the model zone hands back is checked and stored here, before the relay
         # publishes (sidecar.outputs): the sandbox writes neither resources nor outbox.
-        self.outputs = OutputIntake(self.db, LeakGuard(self.ctx.vault))
+        self.outputs = OutputIntake(
+            self.db,
+            LeakGuard(self.ctx.vault),
+            model_version=settings.model_version,
+            model_weights_digest=settings.model_weights_digest,
+        )
         self.relay_loop = Loop("relay", self._relay_round, settings.relay_interval_s)
         # Application ACKs go out from here, the process that faces the senders, whichever
         # process decided them (worker.appacks).
