@@ -49,7 +49,8 @@ class Claims:
     flag_words: set[str] = field(default_factory=set)  # directions said, not negated
     denied_flags: set[str] = field(default_factory=set)  # directions negated ("no abnormality")
     terms: list[str] = field(default_factory=list)  # in order, unique
-    polarities: dict[str, set[str]] = field(default_factory=dict)  # term -> affirmed/negated/uncertain
+    # term -> affirmed / negated / uncertain / instruction (said in text that orders the model)
+    polarities: dict[str, set[str]] = field(default_factory=dict)
 
     @property
     def polar_terms(self) -> dict[str, set[str]]:
@@ -147,6 +148,14 @@ _UNCERTAIN = _word_rx(
     r"possibl[ey]|probabl[ey]|likely|unlikely|suspect\w*|suspicious|suggest\w*|may|might|could"
     r"|cannot be (?:excluded|ruled out)|questionable|query|equivocal|indeterminate|versus|vs"
     r"|可能|考虑|疑似|待排|不除外|不能排除|倾向|待查|可疑|\?"
+)
+# Text in the record that reads as an order to the model (a prompt injection, or a note
+# written to a person): what it says is nobody's finding, so nothing may rest on it.
+_INSTRUCTION = _word_rx(
+    r"ignore (?:all |any )?(?:the )?(?:previous|prior|above|earlier|preceding)"
+    r" (?:instructions?|prompts?|rules?)"
+    r"|disregard|you must|you are now|act as|pretend|system prompt|(?:state|say|write|answer|respond) that"
+    r"|new instructions?|忽略(?:之前|以上|上述)?的?(?:指令|提示|规则)|你必须|请输出|请回答|系统提示"
 )
 _NEGATE_WHOLE = _word_rx(
     r"absent|negative|ruled out|not (?:detected|seen|identified|present)|undetectable|阴性|未检出"
@@ -276,6 +285,8 @@ def _clauses(text: str) -> list[tuple[int, int]]:
 def _scope(clause: str) -> list[tuple[int, str]]:
     """Where in the clause the polarity changes: (offset, polarity) in order. Uncertainty
     covers the whole clause; "no X" negates what follows; "X negative" the whole clause."""
+    if _INSTRUCTION.search(clause):
+        return [(0, "instruction")]
     if _UNCERTAIN.search(clause):
         return [(0, "uncertain")]
     if _NEGATE_WHOLE.search(clause):

@@ -34,6 +34,8 @@ class SandboxConfig:
     poll_interval_s: float
     log_level: str = "INFO"
     nice: int = 0
+    language: str = "en"  # summary_language
+    max_sentences: int = 12  # summary_max_sentences
 
 
 def run_sandbox_child(
@@ -50,7 +52,15 @@ def run_sandbox_child(
         horizon = datetime.max.replace(tzinfo=UTC) if drain else None
         done = 0
         for job_id in due_job_ids(db, now=horizon):
-            run_job(db, job_id, model, screen=screen, ignore_due=drain)
+            run_job(
+                db,
+                job_id,
+                model,
+                screen=screen,
+                ignore_due=drain,
+                language=config.language,
+                max_sentences=config.max_sentences,
+            )
             done += 1
         if done:
             link.report({"changed": True})

@@ -25,13 +25,19 @@ __all__ = ["register_summary_task"]
 
 
 def register_summary_task(
-    app: Celery, db: Callable[[], Database], model: SummaryModel, screen: PromptScreen
+    app: Celery,
+    db: Callable[[], Database],
+    model: SummaryModel,
+    screen: PromptScreen,
+    *,
+    language: str = "en",
+    max_sentences: int = 12,
 ) -> None:
     """``db``: the model zone's database, made on first use inside the worker process."""
 
     @app.task(name=SUMMARY_TASK, bind=True, max_retries=None)  # type: ignore[untyped-decorator]
     def summarize_task(self: Any, job_id: int) -> str:
-        result = run_job(db(), job_id, model, screen=screen)
+        result = run_job(db(), job_id, model, screen=screen, language=language, max_sentences=max_sentences)
         if result.outcome in (JobOutcome.NOT_DUE, JobOutcome.DEFERRED):
             with db().sessions() as session:
                 row = session.execute(select(Job.status, Job.due_at).where(Job.id == job_id)).first()

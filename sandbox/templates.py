@@ -39,8 +39,20 @@ def _latest(resources: Resources, count: int) -> Resources:
 
 
 def _with_results(reports: Resources, resources: Resources) -> Resources:
-    wanted = {ref["reference"] for rep in reports for ref in rep.get("result", []) if "reference" in ref}
-    results = [r for r in _by_type(resources, "Observation") if f"Observation/{r['id']}" in wanted]
+    """The reports and their results; a text report's lines are left out, since its
+    conclusion already says them (one fact, cited once, instead of the same words twice)."""
+    wanted: set[str] = set()
+    for rep in reports:
+        texts = bool(rep.get("conclusion"))
+        wanted.update(ref["reference"] for ref in rep.get("result", []) if "reference" in ref)
+        if texts:
+            wanted.update(f"text:{ref['reference']}" for ref in rep.get("result", []) if "reference" in ref)
+    results = [
+        r
+        for r in _by_type(resources, "Observation")
+        if f"Observation/{r['id']}" in wanted
+        and not (f"text:Observation/{r['id']}" in wanted and "valueString" in r)
+    ]
     return reports + results
 
 

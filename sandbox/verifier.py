@@ -244,6 +244,9 @@ def _check_terms(number: int, said: Claims, known: list[Claims]) -> list[Failure
         seen = {p for c in known for p in c.polarities.get(term, ())}
         if not seen:
             continue  # not in the cited facts: the term check above has said so
+        if seen == {"instruction"}:
+            flipped.setdefault("rests on record text that reads as an instruction", []).append(term)
+            continue
         for polarity in polarities - seen:
             if polarity == "affirmed" and seen == {"negated"}:
                 flipped.setdefault("affirms what the cited facts deny", []).append(term)
@@ -252,6 +255,12 @@ def _check_terms(number: int, said: Claims, known: list[Claims]) -> list[Failure
             elif polarity == "affirmed" and seen == {"uncertain"}:
                 flipped.setdefault("states as certain what the cited facts only suspect", []).append(term)
     for what, terms in flipped.items():
-        code = "certainty" if what.startswith("states") else "negation"
+        code = (
+            "certainty"
+            if what.startswith("states")
+            else "instruction"
+            if what.startswith("rests")
+            else "negation"
+        )
         failures.append(Failure(number, code, f"{what}: {', '.join(terms[:5])}"))
     return failures

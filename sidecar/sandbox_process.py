@@ -54,6 +54,8 @@ def sandbox_config(settings: Settings) -> SandboxConfig:
         poll_interval_s=settings.relay_interval_s,
         log_level=settings.log_level,
         nice=settings.pipeline_nice,
+        language=settings.summary_language,
+        max_sentences=settings.summary_max_sentences,
     )
 
 
@@ -94,5 +96,12 @@ def build_sandbox_app(settings: Settings) -> Celery:
         return state["db"]
 
     model = load_model(model_config(settings), settings.sandbox_model)
-    register_summary_task(app, db, model, CeleryScreen(app, settings.screen_timeout_s))
+    register_summary_task(
+        app,
+        db,
+        model,
+        CeleryScreen(app, settings.screen_timeout_s),
+        language=settings.summary_language,
+        max_sentences=settings.summary_max_sentences,
+    )
     return app

@@ -98,7 +98,8 @@ def ingest(ctx: PipelineContext, *messages: str) -> list[int]:
 def new_job(db: Database, patient: str) -> int:
     now = datetime.now(UTC)
     with db.transaction() as s:
-        job = Job(kind="report", patient=patient, status=JobStatus.PENDING, due_at=now,
+        # A discharge summary: its context has every observation of the patient.
+        job = Job(kind="discharge", patient=patient, status=JobStatus.PENDING, due_at=now,
                   created_at=now, updated_at=now, triggers=1, attempts=0)  # fmt: skip
         s.add(job)
         s.flush()
@@ -331,6 +332,8 @@ def test_production_screening_over_rabbitmq(tmp_path: Path, rabbit_vhost: str) -
     [job_id] = ingest(ctx, ADT_A01, ORU_R01)
     patient = patient_of(db)
     plant(db, leaky_observation(patient), patient)
+    with db.transaction() as s:  # a discharge summary's context has every observation
+        s.get_one(Job, job_id).kind = "discharge"
     celery = make_celery(settings, "test-sandbox", results=True)
     model = RecordingModel()
 
