@@ -68,7 +68,7 @@ _LABELS = {
         "to": "to",
         "report": "Report",
         "condition": "Condition",
-        "study": "Imaging study",
+        "study": "Study",
         "status": "status",
     },
     "zh": {

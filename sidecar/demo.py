@@ -15,6 +15,7 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 from rich.console import Console
+from rich.markup import escape
 from rich.panel import Panel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -41,7 +42,10 @@ class DemoReport:
     acks: dict[str, int] = field(default_factory=dict)
     events: dict[str, int] = field(default_factory=dict)
     stats: dict[str, Any] = field(default_factory=dict)
-    summary: str | None = None
+    summary: dict[str, Any] | None = None  # the sentence -> fact map of one stored summary
+    summary_document: str | None = None
+    summary_provenance: dict[str, Any] | None = None
+    summary_device: str | None = None
     audit_ok: bool = False
     audit_entries: int = 0
     dicom_status: dict[str, int] = field(default_factory=dict)
@@ -93,16 +97,13 @@ def run_demo(data_dir: Path | None, patients: int, console: Console) -> DemoRepo
     db = Database(settings)
     report.stats = collect(db)
     with db.sessions() as s:
-        body = s.execute(
-            select(Resource.body).where(Resource.resource_type == "DocumentReference").limit(1)
-        ).scalar_one_or_none()
+        documents = [json.loads(b) for b in _bodies(s, "DocumentReference")]
+        provenances = [json.loads(b) for b in _bodies(s, "Provenance")]
         studies = [json.loads(b) for b in _bodies(s, "ImagingStudy")]
         patients_from_hl7 = {
             json.loads(b)["id"] for b in _bodies(s, "Patient") if "name" in b or "gender" in b
         }
-    if body:
-        doc = json.loads(body)
-        report.summary = base64.b64decode(doc["content"][0]["attachment"]["data"]).decode()
+    _pick_summary(report, documents, provenances)
     report.studies_linked = sum(
         1 for st in studies if st["subject"]["reference"].removeprefix("Patient/") in patients_from_hl7
     )
@@ -112,6 +113,29 @@ def run_demo(data_dir: Path | None, patients: int, console: Console) -> DemoRepo
     db.dispose()
     _print(report, console)
     return report
+
+
+def _pick_summary(
+    report: DemoReport, documents: list[dict[str, Any]], provenances: list[dict[str, Any]]
+) -> None:
+    """The AI-labelled summary with the most sentences, its sentence map and its Provenance."""
+    labelled = [
+        d
+        for d in documents
+        if any(c.get("code") == "AIAST" for c in d.get("meta", {}).get("security", []))
+        and len(d["content"]) > 1
+    ]
+    if not labelled:
+        return
+    maps = [(d, json.loads(base64.b64decode(d["content"][1]["attachment"]["data"]))) for d in labelled]
+    document, sentence_map = max(maps, key=lambda pair: len(pair[1]["sentences"]))
+    target = f"DocumentReference/{document['id']}/_history/{document['meta']['versionId']}"
+    report.summary = sentence_map
+    report.summary_document = target
+    report.summary_device = (document.get("author") or [{}])[0].get("reference")
+    report.summary_provenance = next(
+        (p for p in provenances if any(t.get("reference") == target for t in p.get("target", []))), None
+    )
 
 
 def _bodies(session: Any, resource_type: str) -> list[str]:
@@ -181,10 +205,31 @@ def _print(report: DemoReport, console: Console) -> None:
     )
     console.print(f"Summary jobs: {stats['jobs']}")
     if report.summary:
-        console.print(
-            Panel(report.summary, title="One summary, written in the sandbox from de-identified data")
-        )
+        _print_summary(report, console)
     if report.audit_ok:
         console.print(f"[green]audit chain verified[/] ({report.audit_entries} entries)")
     else:
         console.print("[red]audit chain BROKEN[/]")
+
+
+def _print_summary(report: DemoReport, console: Console) -> None:
+    """Each sentence with the record versions it cites (what the verifier checked it against)."""
+    assert report.summary is not None
+    lines = []
+    for number, sentence in enumerate(report.summary["sentences"], start=1):
+        lines.append(f"[bold]{number}.[/] {escape(sentence['text'])}")
+        lines.extend(f"    [dim]cites {ref}[/]" for ref in sentence["facts"])
+    title = (
+        f"One summary ({report.summary.get('template')}), written in the model zone from de-identified "
+        f"facts; every sentence verified against what it cites"
+    )
+    console.print(Panel("\n".join(lines), title=title))
+    provenance = report.summary_provenance
+    if provenance:
+        entities = provenance.get("entity", [])
+        console.print(
+            f"{report.summary_document}: labelled AIAST, docStatus preliminary, "
+            f"written by {report.summary_device}. "
+            f"Its Provenance/{provenance['id']} names {len(entities)} inputs (every record version shown to "
+            f"the model, and the prompt). Read them at GET /fhir/Provenance?target={report.summary_document}"
+        )
