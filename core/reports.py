@@ -19,7 +19,8 @@ IMAGING_SECTIONS = frozenset(
     {"RAD", "RX", "CT", "CUS", "MR", "NMR", "NMS", "US", "VUS", "XRC", "OUS", "IMG", "RUS"}
 )
 _IMAGING_NAME = re.compile(
-    r"(?<![A-Za-z])(?:CTA?|MRI?|MRA|PET|SPECT|DR|CR|DX|XR|X-?ray|radiolog\w*|radiograph\w*|ultrasound|sonograph\w*|echocardiogra\w*"
+    r"(?<![A-Za-z])(?:CTA?|MRI?|MRA|PET|SPECT|DR|CR|DX|XR|X-?ray|radiolog\w*|radiograph\w*"
+    r"|ultrasound|sonograph\w*|echocardiogra\w*"
     r"|mammogra\w*|angiogra\w*|fluoroscop\w*|imaging|scan)(?![A-Za-z])"
     r"|影像|超声|彩超|平扫|增强|磁共振|核磁|造影|胸片|钼靶|放射|X线",
     re.IGNORECASE,
