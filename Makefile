@@ -43,6 +43,13 @@ bench-e2e: $(STAMP)
 bench-abuse: $(STAMP)
 	$(BIN)/python -m bench.abuse $(ABUSE_ARGS)
 
+# The summary verifier under injected errors (issue 18): faithful paraphrases and answers with one
+# planted error, English and Chinese; e.g. make bench-model-eval MODEL_EVAL_ARGS="--json eval.json"
+# (--real-model N also asks SmolLM2, served by llama-cpp-python, for N summaries).
+.PHONY: bench-model-eval
+bench-model-eval: $(STAMP)
+	$(BIN)/python -m bench.model_eval $(MODEL_EVAL_ARGS)
+
 # DICOM de-identification beside dicognito, which comes with the [bench] extra.
 bench-dicom: $(STAMP)
 	$(BIN)/pip install --quiet -e '.[bench]'
