@@ -1113,7 +1113,13 @@ def _plant_wrong_citation(pl: Planting) -> Answer | None:
     for d, fid in options:
         draft = pl.answer.drafts[d]
         old = pl.fact(fid)
-        others = [f for f in pl.context.facts if f.id not in draft.facts and f.text != old.text]
+        # A fact that says every word of the sentence too would make the "wrong" citation a
+        # right one (two results worded alike): not an error, so never planted as one.
+        others = [
+            f
+            for f in pl.context.facts
+            if f.id not in draft.facts and f.text != old.text and not lexically_supported(draft.text, f)
+        ]
         same_type = [f for f in others if f.resource_type == old.resource_type]
         if not others:
             continue

@@ -15,7 +15,7 @@ import unicodedata
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 
-__all__ = ["Claims", "FlagClaim", "Quantity", "read_claims"]
+__all__ = ["Claims", "FlagClaim", "Quantity", "read_claims", "uncovered"]
 
 Day = tuple[str, str, str]
 PartialDay = tuple[str | None, str | None, str | None]
@@ -49,12 +49,10 @@ class Claims:
     flag_words: set[str] = field(default_factory=set)  # directions said, not negated
     denied_flags: set[str] = field(default_factory=set)  # directions negated ("no abnormality")
     terms: list[str] = field(default_factory=list)  # in order, unique
+    cjk_runs: list[str] = field(default_factory=list)  # Chinese stretches left after filler words
+    normal: str = ""  # the text as read (NFKC, citations removed)
     # term -> affirmed / negated / uncertain / instruction (said in text that orders the model)
     polarities: dict[str, set[str]] = field(default_factory=dict)
-
-    @property
-    def polar_terms(self) -> dict[str, set[str]]:
-        return self.polarities
 
 
 _MONTHS = {
@@ -108,7 +106,8 @@ _CMP_RX = "|".join(sorted((re.escape(k) for k in _CMP), key=len, reverse=True))
 _QUANTITY = re.compile(
     rf"(?:(?P<cmp>{_CMP_RX})\s*)?(?<![A-Za-z0-9_.])(?P<num>\d+(?:\.\d+)?)(?![\d])"
     r"(?:\s*(?:-|–|~|to|至|到)\s*(?P<num2>\d+(?:\.\d+)?)(?![\d]))?"
-    r"(?P<unit>\s*[A-Za-zμµ%°℃‰/*^×\[][A-Za-z0-9μµ%°℃‰/*^×.\[\]{}]*)?",
+    r"(?P<unit>\s*(?:(?:[x×*]\s*)?10\s*[\^*]\s*\d+(?:\s*/\s*[A-Za-zμµ]+)?"
+    r"|[A-Za-zμµ%°℃‰/\[\ufffd][A-Za-z0-9μµ%°℃‰/*^×.\[\]{}_\ufffd]*))?",
     re.I,
 )
 
@@ -124,30 +123,41 @@ _UNITS = frozenset(
     )
 )
 _NUMBER_WORD = re.compile(r"^(?:x|\*)?10\^?\d+")
+# Units spelled out, or in IEEE 11073 MDC_DIM_* form, as some feeds send them.
+_UNIT_WORDS = {
+    "kilogram": "kg", "kilograms": "kg", "gram": "g", "grams": "g", "milligram": "mg", "milligrams": "mg",
+    "microgram": "ug", "micrograms": "ug", "liter": "l", "litre": "l", "liters": "l", "litres": "l",
+    "milliliter": "ml", "millilitre": "ml", "milliliters": "ml", "percent": "%", "mm[hg]": "mmhg",
+    "centimeter": "cm", "centimetre": "cm", "centimeters": "cm", "millimeter": "mm", "millimetre": "mm",
+    "kilo_g": "kg", "beat_per_min": "/min", "beats/min": "/min", "bpm": "/min", "degc": "cel", "cel": "cel",
+    "breath_per_min": "/min", "/min": "/min", "min-1": "/min", "deg_c": "cel", "centi_m": "cm",
+}  # fmt: skip
 
 _FLAG_PATTERNS = [
-    ("critical", r"critical(?:ly)?|panic|危急值?"),
-    ("high", r"high(?:er)?|elevat\w*|raised|increas\w*|above (?:the )?(?:normal|reference)(?: range)?"
-     r"|偏高|升高|增高|高于|过高|上升|增加"),
-    ("low", r"low(?:er)?|decreas\w*|reduc\w*|below (?:the )?(?:normal|reference)(?: range)?"
-     r"|偏低|降低|减低|低于|过低|下降|减少"),
-    ("abnormal", r"abnormal\w*|out of range|outside (?:the )?(?:normal|reference) range"
-     r"|异常|超出(?:参考|正常)?范围"),
-    ("normal", r"normal(?:ly)?|within (?:the )?(?:normal|reference) (?:range|limits)|unremarkable|正常"),
+    ("critical", r"critical(?:ly)?|panic", r"危急值?"),
+    ("high", r"high(?:er)?|elevat\w*|raised|increas\w*|above (?:the )?(?:normal|reference)(?: range)?",
+     r"偏高|升高|增高|高于|过高|上升|增加"),
+    ("low", r"low(?:er)?|decreas\w*|reduc\w*|below (?:the )?(?:normal|reference)(?: range)?",
+     r"偏低|降低|减低|低于|过低|下降|减少"),
+    ("abnormal", r"abnormal\w*|out of range|outside (?:the )?(?:normal|reference) range",
+     r"异常|超出(?:参考|正常)?范围"),
+    ("normal", r"normal(?:ly)?|within (?:the )?(?:normal|reference) (?:range|limits)|unremarkable", r"正常"),
 ]  # fmt: skip
 _CJK = r"\u4e00-\u9fff"
 
 
-def _word_rx(alternatives: str) -> re.Pattern[str]:
-    # Latin alternatives need word boundaries, Chinese ones cannot have them.
-    return re.compile(rf"(?:(?<![A-Za-z])(?:{alternatives})(?![A-Za-z]))", re.I)
+def _word_rx(latin: str, chinese: str = "") -> re.Pattern[str]:
+    # Latin words need word boundaries; Chinese ones have none (and often follow a Latin
+    # letter: "CT未见", "ALT偏高").
+    rx = rf"(?<![A-Za-z])(?:{latin})(?![A-Za-z])"
+    return re.compile(rx + (f"|(?:{chinese})" if chinese else ""), re.I)
 
 
-_FLAGS = [(direction, _word_rx(rx)) for direction, rx in _FLAG_PATTERNS]
+_FLAGS = [(direction, _word_rx(latin, chinese)) for direction, latin, chinese in _FLAG_PATTERNS]
 _UNCERTAIN = _word_rx(
     r"possibl[ey]|probabl[ey]|likely|unlikely|suspect\w*|suspicious|suggest\w*|may|might|could"
-    r"|cannot be (?:excluded|ruled out)|questionable|query|equivocal|indeterminate|versus|vs"
-    r"|可能|考虑|疑似|待排|不除外|不能排除|倾向|待查|可疑|\?"
+    r"|cannot be (?:excluded|ruled out)|questionable|query|equivocal|indeterminate|versus|vs",
+    r"可能|考虑|疑似|待排|不除外|不能排除|倾向|待查|可疑|\?",
 )
 # Text in the record that reads as an order to the model (a prompt injection, or a note
 # written to a person): what it says is nobody's finding, so nothing may rest on it.
@@ -155,22 +165,24 @@ _INSTRUCTION = _word_rx(
     r"ignore (?:all |any )?(?:the )?(?:previous|prior|above|earlier|preceding)"
     r" (?:instructions?|prompts?|rules?)"
     r"|disregard|you must|you are now|act as|pretend|system prompt|(?:state|say|write|answer|respond) that"
-    r"|new instructions?|忽略(?:之前|以上|上述)?的?(?:指令|提示|规则)|你必须|请输出|请回答|系统提示"
+    r"|new instructions?",
+    r"忽略(?:之前|以上|上述)?的?(?:指令|提示|规则)|你必须|请输出|请回答|系统提示",
 )
 _NEGATE_WHOLE = _word_rx(
-    r"absent|negative|ruled out|not (?:detected|seen|identified|present)|undetectable|阴性|未检出"
+    r"absent|negative(?! for)|ruled out|not (?:detected|seen|identified|present)|undetectable", r"阴性|未检出"
 )
 _NEGATE_FORWARD = _word_rx(
-    r"no evidence of|negative for|free of|no|not|without|denies|denied|deny|neither|nor|never|non"
-    r"|未见|未发现|未触及|未闻及|未|无|否认|没有|排除|非"
+    r"no evidence of|negative for|free of|no|not|without|denies|denied|deny|neither|nor|never|non",
+    r"未见|未发现|未触及|未闻及|未|无|否认|没有|排除|非",
 )
 _CLAUSE = re.compile(
-    r"(?<!\d)[.:]|[.:](?!\d)|[;!?\n。；！？，、()\[\]]|,(?!\d)|\b(?:but|however|whereas|while|although|except)\b|但|而",
+    rf"(?<!\d)\.|\.(?!\d)|[;!?\n。；！？，]|(?<=[{_CJK}]),|,(?=[{_CJK}])"
+    r"|\b(?:but|however|whereas|while|although|except)\b|但|而",
     re.I,
 )
 _CITATION = re.compile(r"\[?\bF\d+\b\]?")
 _LATIN_WORD = re.compile(r"[a-z][a-z0-9]*")
-_CJK_RUN = re.compile(rf"[{_CJK}]{{2,}}")
+_CJK_RUN = re.compile(rf"[{_CJK}]+")
 _ZH_FILLER = re.compile(
     "|".join(
         sorted(
@@ -226,17 +238,21 @@ def _number(text: str) -> str | None:
     return format(value.normalize(), "f")
 
 
-def _unit(raw: str | None) -> str | None:
+def _unit(raw: str | None, *, fact: bool) -> str | None:
+    """The unit after a number, normalised; a fact's unrecognised word is kept as ``~word``
+    (a sentence must then say the same), a sentence's is ignored (it is seldom a unit)."""
     if not raw:
         return None
-    unit = raw.strip().rstrip(".").lower().replace("µ", "u").replace("μ", "u").replace("×", "x")
+    unit = raw.strip().rstrip(".,").lower().replace("µ", "u").replace("μ", "u").replace("×", "x")
     unit = unit.replace(" ", "").replace("10*", "10^")
     unit = re.sub(r"^x(?=10)", "", unit).replace("mcg", "ug").replace("℃", "cel").replace("°c", "cel")
+    unit = unit.removeprefix("mdc_dim_")
+    unit = _UNIT_WORDS.get(unit, unit)
     if not unit:
         return None
     if unit in _UNITS or "/" in unit or "%" in unit or "^" in unit or _NUMBER_WORD.match(unit):
         return unit
-    return None
+    return f"~{unit}" if fact else None
 
 
 def _blank(text: str, start: int, end: int) -> str:
@@ -283,18 +299,31 @@ def _clauses(text: str) -> list[tuple[int, int]]:
 
 
 def _scope(clause: str) -> list[tuple[int, str]]:
-    """Where in the clause the polarity changes: (offset, polarity) in order. Uncertainty
-    covers the whole clause; "no X" negates what follows; "X negative" the whole clause."""
+    """Where in the clause the polarity changes: (offset, polarity) in order. An order to
+    the model or uncertainty covers the whole clause; "X negative" too; "no X" (and "no
+    X, Y or Z") negates what follows it, up to a colon ("CT without contrast: nodule")."""
     if _INSTRUCTION.search(clause):
         return [(0, "instruction")]
     if _UNCERTAIN.search(clause):
         return [(0, "uncertain")]
     if _NEGATE_WHOLE.search(clause):
         return [(0, "negated")]
-    first = _NEGATE_FORWARD.search(clause)
-    if first:
-        return [(0, "affirmed"), (first.end(), "negated")]
-    return [(0, "affirmed")]
+    return _forward_scope(clause)
+
+
+def _forward_scope(clause: str) -> list[tuple[int, str]]:
+    intervals: list[tuple[int, int]] = []
+    for cue in _NEGATE_FORWARD.finditer(clause):
+        colon = clause.find(":", cue.end())
+        end = colon if colon != -1 else len(clause)
+        if intervals and cue.end() <= intervals[-1][1]:
+            intervals[-1] = (intervals[-1][0], max(end, intervals[-1][1]))
+        else:
+            intervals.append((cue.end(), end))
+    scope = [(0, "affirmed")]
+    for start, end in intervals:
+        scope += [(start, "negated"), (end, "affirmed")]
+    return scope
 
 
 def _polarity_at(scope: list[tuple[int, str]], offset: int) -> str:
@@ -312,27 +341,55 @@ def _add_term(claims: Claims, term: str, polarity: str) -> None:
     claims.polarities[term].add(polarity)
 
 
-def _read_clause(clause: str, claims: Claims) -> None:
-    quantities: list[Quantity] = []
+@dataclass(frozen=True)
+class _Placed:
+    start: int  # in the whole text
+    end: int
+    clause: int
+    quantity: Quantity
+
+
+def _nearest(placed: list[_Placed], start: int, end: int, clause: int) -> tuple[Quantity, ...]:
+    """The value a flag word speaks of: the nearest in its clause, else the nearest before
+    it in the sentence ("血钾6.1 mmol/L，偏高"), else none (then every cited fact counts)."""
+    own = [p for p in placed if p.clause == clause]
+    if own:
+        best = min(own, key=lambda p: start - p.end if p.end <= start else p.start - end)
+        return (best.quantity,)
+    before = [p for p in placed if p.end <= start]
+    return (max(before, key=lambda p: p.end).quantity,) if before else ()
+
+
+def _read_clause(
+    clause: str, offset: int, index: int, claims: Claims, placed: list[_Placed], fact: bool
+) -> None:
     for match in _QUANTITY.finditer(clause):
-        unit = _unit(match.group("unit"))
+        unit = _unit(match.group("unit"), fact=fact)
         cmp_word = (match.group("cmp") or "").lower()
         comparator = _CMP.get(cmp_word) if cmp_word else None
+        # A unit word nobody knows stays a word: both sides then check it as a term.
+        known_unit = unit is not None and not unit.startswith("~")
+        end = match.end() if known_unit else match.end("num2") if match.group("num2") else match.end("num")
         for raw in (match.group("num"), match.group("num2")):
             value = _number(raw) if raw else None
             if value is not None:
-                quantities.append(Quantity(value, unit, comparator if raw == match.group("num") else None))
-        end = match.end() if unit else match.end("num2") if match.group("num2") else match.end("num")
+                first = raw == match.group("num")
+                q = Quantity(value, unit, comparator if first else None)
+                claims.quantities.append(q)
+                placed.append(_Placed(offset + match.start(), offset + end, index, q))
         clause = _blank(clause, match.start(), end)
-    claims.quantities.extend(quantities)
     scope = _scope(clause)
+    # "Negative (abnormal)": a whole-clause negation says the result is negative, not that
+    # the flag is; only "not elevated", "未见异常" deny a flag.
+    flag_scope = _forward_scope(clause)
     for direction, pattern in _FLAGS:
         for match in pattern.finditer(clause):
-            negated = _polarity_at(scope, match.start()) == "negated"
-            claims.flags.append(FlagClaim(direction, negated, tuple(quantities)))
+            negated = _polarity_at(flag_scope, match.start()) == "negated"
+            near = _nearest(placed, offset + match.start(), offset + match.end(), index)
+            claims.flags.append(FlagClaim(direction, negated, near))
             (claims.denied_flags if negated else claims.flag_words).add(direction)
             clause = _blank(clause, match.start(), match.end())
-    for pattern in (_UNCERTAIN, _NEGATE_WHOLE, _NEGATE_FORWARD):
+    for pattern in (_INSTRUCTION, _UNCERTAIN, _NEGATE_WHOLE, _NEGATE_FORWARD):
         for match in pattern.finditer(clause):
             clause = _blank(clause, match.start(), match.end())
     lowered = clause.lower()
@@ -341,6 +398,7 @@ def _read_clause(clause: str, claims: Claims) -> None:
         if len(word) < 2 or word in _EN_FILLER:
             continue
         _add_term(claims, _stem(word), _polarity_at(scope, match.start()))
+    claims.cjk_runs.extend(run.group(0) for run in _CJK_RUN.finditer(clause))
     cjk = _ZH_FILLER.sub(lambda m: " " * len(m.group(0)), clause)
     for run in _CJK_RUN.finditer(cjk):
         text = run.group(0)
@@ -348,12 +406,41 @@ def _read_clause(clause: str, claims: Claims) -> None:
             _add_term(claims, text[i : i + 2], _polarity_at(scope, run.start() + i))
 
 
-def read_claims(text: str) -> Claims:
+def read_claims(text: str, *, fact: bool = False) -> Claims:
+    """``fact``: the text is a fact's line (its unrecognised units are kept, see _unit)."""
     claims = Claims(text)
-    normal = unicodedata.normalize("NFKC", text).replace("µ", "u")
+    # A Chinese comma ends a clause whatever it stands between; NFKC would make it ",".
+    normal = unicodedata.normalize("NFKC", text.replace("，", "；")).replace("µ", "u")
     normal = _CITATION.sub(" ", normal)
     normal = re.sub(r"(?<=\d),(?=\d{3}(?!\d))", "", normal)  # 1,000 -> 1000
+    claims.normal = normal
     normal = _read_dates(normal, claims)
-    for start, end in _clauses(normal):
-        _read_clause(normal[start:end], claims)
+    placed: list[_Placed] = []
+    for index, (start, end) in enumerate(_clauses(normal)):
+        _read_clause(normal[start:end], start, index, claims, placed, fact)
     return claims
+
+
+def uncovered(run: str, known: str) -> list[str]:
+    """The stretches of a Chinese run that no character pair of ``known`` covers, less the
+    words that need no fact (患者, 的, 为 ...): what the sentence says that the facts do not
+    (肺炎 in 考虑肺炎 against a fact without it). A lone character the facts have passes
+    (女 of 女性 against "患者：女")."""
+    covered = [False] * len(run)
+    for i in range(len(run) - 1):
+        if run[i : i + 2] in known:
+            covered[i] = covered[i + 1] = True
+    stretches, current = [], ""
+    for char, ok in zip(run, covered, strict=True):
+        if ok:
+            stretches.append(current)
+            current = ""
+        else:
+            current += char
+    stretches.append(current)
+    said = []
+    for stretch in stretches:
+        rest = _ZH_FILLER.sub("", stretch)
+        if rest and not (len(rest) == 1 and rest in known):
+            said.append(rest)
+    return said

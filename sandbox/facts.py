@@ -66,6 +66,8 @@ _LABELS = {
         "encounter": "Encounter ({cls}) {status}",
         "from": "from",
         "to": "to",
+        "admitted": "admitted",
+        "discharged": "discharged",
         "report": "Report",
         "condition": "Condition",
         "study": "Study",
@@ -77,6 +79,8 @@ _LABELS = {
         "encounter": "就诊（{cls}）{status}",
         "from": "自",
         "to": "至",
+        "admitted": "入院",
+        "discharged": "出院",
         "report": "报告",
         "condition": "诊断",
         "study": "影像检查",
@@ -228,17 +232,22 @@ def _patient(pat: dict[str, Any], language: str) -> Fact:
     return Fact("", version_reference(pat), "demographics", "Patient", text)
 
 
+# v3 ActCode inpatient classes, and the v2 patient class (PV1-2 "I") as some maps pass it on.
+_INPATIENT = frozenset({"IMP", "ACUTE", "NONAC", "IP", "I", "inpatient", "inpatient encounter"})
+
+
 def _encounter(enc: dict[str, Any], language: str) -> Fact:
+    """An inpatient stay reads "admitted ... discharged ...", the words a summary uses."""
     labels = _LABELS[language]
     cls = enc.get("class", {})
-    text = labels["encounter"].format(
-        cls=cls.get("display") or cls.get("code", "?"), status=enc.get("status")
-    )
+    name = cls.get("display") or cls.get("code", "?")
+    text = labels["encounter"].format(cls=name, status=enc.get("status"))
+    stay = cls.get("code") in _INPATIENT or name in _INPATIENT
     period = enc.get("period", {})
     if period.get("start"):
-        text += f" {labels['from']} {_day(period['start'])}"
+        text += f" {labels['admitted' if stay else 'from']} {_day(period['start'])}"
     if period.get("end"):
-        text += f" {labels['to']} {_day(period['end'])}"
+        text += f" {labels['discharged' if stay else 'to']} {_day(period['end'])}"
     return Fact("", version_reference(enc), "period", "Encounter", text, when=str(period.get("start", "")))
 
 

@@ -21,7 +21,12 @@ _PATTERNS: dict[str, re.Pattern[str]] = {
     "phone": re.compile(r"(?<![\d.])\(?\d{3}\)?[ .-]\d{3}[ .-]\d{4}(?![\d.])"),
     "url": re.compile(r"https?://\S+", re.IGNORECASE),
     "ip-address": re.compile(r"(?<![\d.])(?:\d{1,3}\.){3}\d{1,3}(?![\d.])"),
-    "mrn-label": re.compile(r"\b(?:MRN|medical record (?:no|number))\b\s*[:#]?\s*\w+", re.IGNORECASE),
+    # Latin letters around, not \b: after a Chinese character "MRN" starts no \w boundary.
+    "mrn-label": re.compile(
+        r"(?<![A-Za-z])(?:MRN|medical record (?:no|number)|(?:住院|门诊|病案|病历|就诊卡|医保|身份证)号?码?)"
+        r"(?![A-Za-z])\s*[:#：]?\s*[A-Za-z]*\d[\w-]*",
+        re.IGNORECASE,
+    ),
     "long-number": re.compile(r"(?<![\d.])\d{9,}(?![\d.])"),
 }
 

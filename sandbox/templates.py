@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from core.reports import is_imaging_report
@@ -85,22 +85,22 @@ def _digest(resources: Resources) -> Resources:
     dated = [(r, _when(r)) for r in resources if r["resourceType"] != "Patient" and _when(r)]
     if not dated:
         return _by_type(resources, "Patient")
-    try:
-        newest = max(datetime.fromisoformat(w) for _, w in dated if len(w) >= 10)
-    except ValueError:
+    moments = [(r, _moment(w)) for r, w in dated]
+    known = [m for _, m in moments if m is not None]
+    if not known:
         return _by_type(resources, "Patient") + [r for r, _ in dated]
-    since = newest - timedelta(days=1)
+    since = max(known) - timedelta(days=1)
+    return _by_type(resources, "Patient") + [r for r, m in moments if m is not None and m >= since]
 
-    def recent(when: str) -> bool:
-        try:
-            moment = datetime.fromisoformat(when)
-        except ValueError:
-            return False
-        if (moment.tzinfo is None) != (since.tzinfo is None):
-            moment = moment.replace(tzinfo=since.tzinfo)
-        return moment >= since
 
-    return _by_type(resources, "Patient") + [r for r, w in dated if recent(w)]
+def _moment(when: str) -> datetime | None:
+    """A FHIR date or dateTime as an aware time (a date or a time without offset: UTC), so
+    that "2026-03-05" and "2026-03-05T10:00:00+08:00" compare."""
+    try:
+        moment = datetime.fromisoformat(when)
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True)

@@ -20,18 +20,20 @@ And per summary, the omission rule: every abnormal fact is cited by some sentenc
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from sandbox import guard
 from sandbox.answer import Sentence
-from sandbox.claims import Claims, read_claims
+from sandbox.claims import Claims, Quantity, read_claims, uncovered
 from sandbox.facts import Fact, number_facts, resource_facts
 
 __all__ = ["VERIFIER", "Failure", "Report", "verify", "verify_stored"]
 
 VERIFIER = "sidecar-verifier/1"
+_CJK = re.compile(r"[\u4e00-\u9fff]")
 _HIGH_FLAGS = frozenset({"H", "HH", "HU", ">"})
 _LOW_FLAGS = frozenset({"L", "LL", "LU", "<"})
 _CRITICAL_FLAGS = frozenset({"HH", "LL", "AA"})
@@ -79,7 +81,7 @@ def verify(sentences: Sequence[Sentence], facts: Sequence[Fact]) -> Report:
 
     def claims(fact: Fact) -> Claims:
         if fact.id not in claims_of:
-            claims_of[fact.id] = read_claims(fact.text)
+            claims_of[fact.id] = read_claims(fact.text, fact=True)
         return claims_of[fact.id]
 
     failures: list[Failure] = []
@@ -145,8 +147,13 @@ def _check_sentence(
     return failures
 
 
-def _same_unit(a: str | None, b: str | None) -> bool:
-    return a is None or b is None or a == b
+def _unit_matches(q: Quantity, same_value: list[Quantity]) -> bool:
+    """A unit said must be the cited value's unit. Where the facts give that value no unit
+    at all (a bare reference range, a count), any unit passes: there is nothing to check."""
+    if q.unit is None:
+        return True
+    with_unit = [k for k in same_value if k.unit is not None]
+    return not with_unit or any(k.unit == q.unit for k in with_unit)
 
 
 def _check_quantities(
@@ -165,9 +172,9 @@ def _check_quantities(
             else:
                 failures.append(Failure(number, "value", f"{q} is in none of the facts it cites"))
             continue
-        if not any(_same_unit(q.unit, k.unit) for k in same_value):
+        if not _unit_matches(q, same_value):
             failures.append(Failure(number, "unit", f"{q}: the cited fact has another unit"))
-        elif not any(q.comparator == k.comparator for k in same_value if _same_unit(q.unit, k.unit)):
+        elif not any(q.comparator == k.comparator for k in same_value if _unit_matches(q, [k])):
             failures.append(Failure(number, "comparator", f"{q}: the cited fact has another comparator"))
     for t in said.times:
         if not any(t in c.times for c in known):
@@ -236,7 +243,9 @@ def _check_flags(number: int, said: Claims, cited: list[Fact], known: list[Claim
 def _check_terms(number: int, said: Claims, known: list[Claims]) -> list[Failure]:
     failures = []
     every = set().union(*(c.terms for c in known)) if known else set()
-    missing = [t for t in said.terms if t not in every]
+    missing = [t for t in said.terms if not _CJK.search(t) and t not in every]
+    written = "\n".join(c.normal for c in known)
+    missing += [stretch for run in said.cjk_runs for stretch in uncovered(run, written)]
     if missing:
         failures.append(Failure(number, "term", f"says {', '.join(missing[:5])}, which no cited fact says"))
     flipped: dict[str, list[str]] = {}
