@@ -154,6 +154,23 @@ class _ServerRefused(ReplyRefused):
         self.status = status
 
 
+_SCHEMA_WORDS = re.compile(rb"json_schema|response_format", re.IGNORECASE)
+
+
+def _schema_request(body: dict[str, Any]) -> bool:
+    return bool(body.get("response_format", {}).get("type") == "json_schema")
+
+
+def _names_the_schema(response: httpx.Response) -> bool:
+    """Does a server error's body blame the response format? Read at most 8 KiB of it."""
+    seen = b""
+    for chunk in response.iter_bytes():
+        seen += chunk
+        if len(seen) >= 8192:
+            break
+    return bool(_SCHEMA_WORDS.search(seen[:8192]))
+
+
 def _retry_after(value: str | None) -> float | None:
     """Retry-After as seconds: a number of seconds or an HTTP date; None if unreadable."""
     if not value:
@@ -307,6 +324,9 @@ class OpenAIChatModel:
         try:
             with self.http.stream("POST", self._endpoint, json=body, headers=self._headers()) as response:
                 status = response.status_code
+                if status >= 500 and _schema_request(body) and _names_the_schema(response):
+                    # llama-cpp-python's server answers json_schema with a 500 that says so.
+                    raise _ServerRefused(status)
                 if status == 429 or status >= 500:
                     raise _Retryable(f"HTTP {status}", _retry_after(response.headers.get("Retry-After")))
                 if 300 <= status < 400:

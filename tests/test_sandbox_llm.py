@@ -194,6 +194,16 @@ def test_json_schema_refused_falls_back_to_json_object_with_the_schema_and_remem
     assert len(stub.requests) == 3
 
 
+def test_a_server_error_that_blames_json_schema_falls_back_at_once(stub, prompt):
+    # llama-cpp-python's server answers json_schema with a 500 naming it: not a transient
+    # failure to retry, a format to give up.
+    stub.reply(status=500, body={"error": {"message": "Unsupported response_format type: json_schema"}})
+    stub.reply(ANSWER)
+    with client(stub.base_url) as model:
+        assert model.answer(prompt).content == ANSWER
+    assert [r.json["response_format"]["type"] for r in stub.requests] == ["json_schema", "json_object"]
+
+
 def test_fallback_not_remembered_when_json_object_is_refused_too(stub, prompt):
     # A request-specific 400 (a prompt too long) must not downgrade later requests.
     stub.reply(status=400)
