@@ -16,7 +16,7 @@ from typing import Any
 
 from sandbox.facts import Fact
 
-__all__ = ["Prompt", "answer_schema", "build_prompt"]
+__all__ = ["MAX_CITATIONS", "Prompt", "answer_schema", "build_prompt"]
 
 _FENCE = re.compile(r"</?\s*record\s*>", re.IGNORECASE)
 
@@ -62,14 +62,20 @@ FEEDBACK = {
 }
 
 
-def answer_schema(fact_ids: list[str]) -> dict[str, Any]:
-    """JSON Schema of the answer; a citation can only be one of the prompt's fact ids."""
+MAX_CITATIONS = 4  # facts one sentence may cite: a sentence resting on more says too much at once
+
+
+def answer_schema(fact_ids: list[str], max_sentences: int = 12) -> dict[str, Any]:
+    """JSON Schema of the answer; a citation can only be one of the prompt's fact ids. The
+    bounds matter to constrained decoding: without them a small model repeats ids until it
+    is cut at the token limit."""
     return {
         "type": "object",
         "properties": {
             "sentences": {
                 "type": "array",
                 "minItems": 1,
+                "maxItems": max_sentences,
                 "items": {
                     "type": "object",
                     "properties": {
@@ -77,6 +83,7 @@ def answer_schema(fact_ids: list[str]) -> dict[str, Any]:
                         "facts": {
                             "type": "array",
                             "minItems": 1,
+                            "maxItems": MAX_CITATIONS,
                             "items": {"type": "string", "enum": fact_ids},
                         },
                     },
@@ -117,7 +124,7 @@ class Prompt:
 
     @property
     def schema(self) -> dict[str, Any]:
-        return answer_schema([fact.id for fact in self.facts])
+        return answer_schema([fact.id for fact in self.facts], self.max_sentences)
 
     @property
     def text(self) -> str:

@@ -138,6 +138,9 @@ def _check_sentence(
     claims_of: Callable[[Fact], Claims],
 ) -> list[Failure]:
     failures: list[Failure] = []
+    if not (said.terms or said.quantities or said.date_claims or said.flags or said.cjk_runs or said.times):
+        # "F1", "[F2]", "." cite facts and say nothing: nothing to store.
+        return [Failure(number, "empty", "says nothing (no words, values or dates)")]
     if guard.scan(said.text):
         failures.append(Failure(number, "identifier", "has identifier-shaped text"))
     failures.extend(_check_quantities(number, said, known, others, claims_of))
@@ -167,8 +170,13 @@ def _check_quantities(
         if not same_value:
             if q.unit is None and q.comparator is None and q.value.isdigit() and q.value in years:
                 continue  # a year of a cited date ("in 2026")
-            if any(k.value == q.value for o in others for k in claims_of(o).quantities):
-                failures.append(Failure(number, "citation", f"{q} is in a fact the sentence does not cite"))
+            holders = [o.id for o in others if any(k.value == q.value for k in claims_of(o).quantities)]
+            if holders:
+                # Named, so that the model (asked once more) can cite the right fact.
+                where = ", ".join(holders[:3])
+                failures.append(
+                    Failure(number, "citation", f"{q} is in {where}, which the sentence does not cite")
+                )
             else:
                 failures.append(Failure(number, "value", f"{q} is in none of the facts it cites"))
             continue
