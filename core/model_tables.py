@@ -149,7 +149,7 @@ class Job(Base):
 
 
 class JobOutputKind(StrEnum):
-    SUMMARY = "summary"  # body: the document, its inputs, the model and prompt version
+    SUMMARY = "summary"  # body: verified sentences, citations, inputs, prompt, model (docs/model-contract.md)
     FAILED = "failed"  # code and reason
 
 
