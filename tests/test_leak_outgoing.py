@@ -56,7 +56,7 @@ class RecordingModel:
 
     def answer(self, prompt: Prompt) -> ModelReply:
         self.calls.append(prompt)
-        sentences = [{"text": f.text, "facts": [f.id]} for f in prompt.facts[:3]]
+        sentences: list[dict[str, Any]] = [{"text": f.text, "facts": [f.id]} for f in prompt.facts[:3]]
         sentences[0]["text"] += self._suffix
         return ModelReply(json.dumps({"sentences": sentences}), model=self.name)
 

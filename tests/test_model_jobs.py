@@ -215,7 +215,7 @@ def test_reasoning_is_stripped_before_anything_reads_the_answer(ctx: PipelineCon
     job_id = lab_job(ctx)
 
     def thinker(request: Recorded) -> Scripted:
-        json_answer = faithful(request).body["choices"][0]["message"]["content"]  # type: ignore[index]
+        json_answer = answer(*((line, [fid]) for fid, line in facts_in(request).items()))
         content = "<think>Potassium might be 9.9 mmol/L; the name was Quimby.</think>\n" + json_answer
         return Scripted(body=completion(content, reasoning_content="MRN7734021 maybe"))
 

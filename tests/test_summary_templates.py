@@ -5,8 +5,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from core.events import ChangeKind
 from core.reports import is_imaging_report
-from core.store import ChangeKind, StoredChange
+from core.store import StoredChange
 from deid import DeidentifiedResource
 from sandbox.templates import TEMPLATES, template_for
 from worker.triggers import next_digest, summary_triggers
