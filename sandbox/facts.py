@@ -63,6 +63,7 @@ _LABELS = {
     "en": {
         "reference": "reference",
         "patient": "Patient: {gender}, born {year}",
+        "patient-no-year": "Patient: sex {gender}, year of birth not recorded",
         "encounter": "Encounter ({cls}) {status}",
         "from": "from",
         "to": "to",
@@ -76,6 +77,7 @@ _LABELS = {
     "zh": {
         "reference": "参考范围",
         "patient": "患者：{gender}，{year}年出生",
+        "patient-no-year": "患者：性别{gender}，出生年份未记录",
         "encounter": "就诊（{cls}）{status}",
         "from": "自",
         "to": "至",
@@ -227,8 +229,8 @@ def _report(rep: dict[str, Any], language: str) -> Fact:
 def _patient(pat: dict[str, Any], language: str) -> Fact:
     gender = str(pat.get("gender", "unknown"))
     gender = _GENDER.get(language, {}).get(gender, gender)
-    year = str(pat.get("birthDate", "?"))[:4]
-    text = _LABELS[language]["patient"].format(gender=gender, year=year)
+    year = str(pat.get("birthDate", ""))[:4]
+    text = _LABELS[language]["patient" if year else "patient-no-year"].format(gender=gender, year=year)
     return Fact("", version_reference(pat), "demographics", "Patient", text)
 
 

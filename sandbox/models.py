@@ -14,6 +14,9 @@ import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
+from sandbox.answer import Sentence
+from sandbox.verifier import verify
+
 if TYPE_CHECKING:
     from sandbox.prompt import Prompt
 
@@ -79,8 +82,10 @@ class ExtractiveSummarizer:
         self.max_sentences = max_sentences
 
     def answer(self, prompt: Prompt) -> ModelReply:
-        chosen = [f for f in prompt.facts if f.abnormal]
-        chosen += [f for f in prompt.facts if not f.abnormal][: max(0, self.max_sentences - len(chosen))]
+        # A fact whose line says nothing checkable ("Patient: other") makes no sentence.
+        usable = [f for f in prompt.facts if verify([Sentence(f.text, (f.id,))], [f]).ok or f.abnormal]
+        chosen = [f for f in usable if f.abnormal]
+        chosen += [f for f in usable if not f.abnormal][: max(0, self.max_sentences - len(chosen))]
         sentences = [{"text": fact.text, "facts": [fact.id]} for fact in chosen]
         return ModelReply(
             content=json.dumps({"sentences": sentences}, ensure_ascii=False),

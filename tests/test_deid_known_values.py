@@ -59,7 +59,7 @@ def test_a_name_reported_by_the_admission_is_scrubbed_from_a_later_lab_note(tmp_
         events = [e.decode() for e in dep.events]
     finally:
         dep.stop()
-    assert not dead, [(d.stage, d.code) for d in dead]
+    assert not dead, [(d.stage, d.code, d.reason) for d in dead]
     comments = [
         json.loads(b) for b in bodies if json.loads(b).get("resourceType") == "Observation" and "8251-1" in b
     ]
@@ -123,7 +123,7 @@ def test_values_cross_between_hl7_and_dicom_in_both_directions(tmp_path: Path) -
         objects = [p.read_bytes() for p in (tmp_path / "data" / "deid-dicom").rglob("*.dcm")]
     finally:
         dep.stop()
-    assert not dead, [(d.stage, d.code) for d in dead]
+    assert not dead, [(d.stage, d.code, d.reason) for d in dead]
     assert len(objects) == 2
     studies = [json.loads(b) for b in bodies if json.loads(b)["resourceType"] == "ImagingStudy"]
     described = [s["description"] for s in studies if "head" in s.get("description", "")]
