@@ -240,6 +240,9 @@ COMPLEX: Final = MappingProxyType(
 
 RESOURCES: Final = MappingProxyType(
     {
+        # No extension: the religion (PID-17) is a special category of data (GDPR art. 9) and, for
+        # a small faith in a hospital's catchment, a quasi-identifier; a care consequence of it
+        # (refusing blood products) is for clinical data to state, not for a faith to imply.
         "Patient": {
             "meta": one("Meta"),
             "gender": one("code"),
@@ -498,6 +501,18 @@ RESOURCES: Final = MappingProxyType(
             "reasonCode": many("CodeableConcept"),
             "description": one("string"),
             "series": many("ImagingStudy.series"),
+        },
+        # A relative or contact person (NK1): what they are to the patient survives; who they
+        # are does not. Name, telecom, address, birthDate and identifier are HIPAA identifiers of
+        # relatives; period and photo are left out with them (no clinical use, a date of a person).
+        "RelatedPerson": {
+            "meta": one("Meta"),
+            "active": one("boolean"),
+            "patient": one(REFERENCE),
+            "relationship": many("CodeableConcept"),
+            "gender": one("code"),
+            # The same shape as Patient.communication (of which only the language is kept).
+            "communication": many("Patient.communication"),
         },
         # recorder/asserter are people.
         "AllergyIntolerance": {

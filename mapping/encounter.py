@@ -1,8 +1,9 @@
-"""PV1 -> Encounter (IG PV1[Encounter]): class, status, visit number, period, subject."""
+"""PV1 -> Encounter (IG PV1[Encounter]): class, status, admission type, hospital service, visit
+number, period, subject."""
 
 from __future__ import annotations
 
-from mapping import ids, vocab
+from mapping import ids, people_vocab, vocab
 from mapping.context import Context, PatientRef
 from mapping.hl7.datatypes import Json, authority, clean_code, cx_identifier, resource
 from mapping.hl7.dtm import to_date_time
@@ -57,6 +58,14 @@ def _encounter_id(pv1: Segment, patient: PatientRef, ctx: Context) -> str:
     return ids.resource_id("Encounter", ctx.basis, *key)
 
 
+# Top-level elements and their PV1 fields, for deletion by an explicit null (mapping.updates).
+_SOURCES = {"period": (44, 45), "type": (4,), "serviceType": (10,)}
+
+
+def _listed(concept: Json | None) -> list[Json]:
+    return [concept] if concept is not None else []
+
+
 def map_pv1(pv1: Segment, patient: PatientRef, ctx: Context) -> None:
     """Add the Encounter for ``pv1`` and remember it on ``patient``; a bare ``PV1|1`` maps nothing."""
     if not pv1.has_content():
@@ -77,11 +86,19 @@ def map_pv1(pv1: Segment, patient: PatientRef, ctx: Context) -> None:
             "identifier": _identifiers(pv1, ctx),
             "status": encounter_status(pv1, ctx.trigger),
             "class": _class(pv1),
+            # PV1-4 admission type -> type, PV1-10 hospital service -> serviceType (IG PV1[Encounter]).
+            "type": _listed(
+                people_vocab.translated_concept(pv1.first(4), people_vocab.ADMISSION_TYPE, "HL70007")
+            ),
+            "serviceType": people_vocab.translated_concept(
+                pv1.first(10), people_vocab.HOSPITAL_SERVICE, "HL70069"
+            ),
             "subject": patient.subject,
             "period": {k: v for k, v in period.items() if v},
         },
     )
     ctx.add(encounter)
-    # PV1-44 and -45 both null (or one null, one empty): the visit's dates are deleted.
-    ctx.clear_nulled(encounter, pv1, {"period": (44, 45)})
+    # A source field sent as the explicit null deletes the stored element (PV1-44 and -45 both
+    # null, or one null and one empty: the visit's dates).
+    ctx.clear_nulled(encounter, pv1, _SOURCES)
     patient.encounter_id = encounter_id

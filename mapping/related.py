@@ -1,0 +1,129 @@
+"""NK1 -> RelatedPerson (IG NK1[RelatedPerson]): next of kin and contact persons of a patient.
+
+The message maps (ADT_A01 and friends) make an NK1 a RelatedPerson unless NK1-3.1 names an
+organisation (employer, agency, insurer); those NK1s are reported as unmapped instead, since
+the IG's other target for them (Patient.contact) is not mapped here.
+"""
+
+from __future__ import annotations
+
+from mapping import ids, people_vocab, vocab
+from mapping.context import Context, PatientRef
+from mapping.hl7.datatypes import (
+    Json,
+    cx_identifier,
+    prune,
+    resource,
+    xad_address,
+    xpn_name,
+    xtn_contact,
+)
+from mapping.hl7.dtm import to_date
+from mapping.hl7.parse import Segment
+
+__all__ = ["NOT_A_PERSON", "US_SSN", "map_nk1"]
+
+# IG ADT_A01: "IF NK1-3.1 NOT IN ("EMR", "E", "F", "I", "S")" -> RelatedPerson.
+NOT_A_PERSON = frozenset({"EMR", "E", "F", "I", "S"})
+US_SSN = "http://hl7.org/fhir/sid/us-ssn"
+
+
+def _relationship(nk1: Segment) -> list[Json]:
+    found = []
+    for field_no, table, name in (
+        (3, people_vocab.RELATIONSHIP, "HL70063"),  # IG relationship[1]
+        (7, people_vocab.CONTACT_ROLE, "HL70131"),  # IG relationship[2]
+    ):
+        concept = people_vocab.translated_concept(nk1.first(field_no), table, name)
+        if concept is not None and concept not in found:
+            found.append(concept)
+    return found
+
+
+def _names(nk1: Segment, ctx: Context) -> list[Json]:
+    names = []
+    for field_no in (2, 30):  # IG name[1] (the relative), name[2] (the contact person)
+        for xpn in nk1.repetitions(field_no):
+            name = xpn_name(xpn, ctx.zone)
+            if name is not None and name not in names:
+                names.append(name)
+    return names
+
+
+def _addresses(nk1: Segment, ctx: Context) -> list[Json]:
+    addresses = []
+    for field_no in (4, 32):  # IG address[1], address[2]
+        for xad in nk1.repetitions(field_no):
+            address = xad_address(xad, ctx.zone)
+            if address is not None and address not in addresses:
+                addresses.append(address)
+    return addresses
+
+
+def _telecoms(nk1: Segment) -> list[Json]:
+    telecoms = []
+    # IG telecom[1..5]; only NK1-6 (business number) has an assigned use, "work".
+    for field_no, default_use in ((5, None), (6, "work"), (31, None), (40, None), (41, None)):
+        for xtn in nk1.repetitions(field_no):
+            contact = xtn_contact(xtn, default_use)
+            if contact is not None and field_no == 6:
+                contact["use"] = "work"
+            if contact is not None and contact not in telecoms:
+                telecoms.append(contact)
+    return telecoms
+
+
+def _identifiers(nk1: Segment, ctx: Context) -> list[Json]:
+    found = []
+    for field_no in (12, 33):  # IG identifier[1] (employee number), identifier[2]
+        for cx in nk1.repetitions(field_no):
+            identifier = cx_identifier(cx, ctx.zone)
+            if identifier is not None and identifier not in found:
+                found.append(identifier)
+    ssn = nk1.value(37)
+    if ssn:  # IG identifier[3]: the US rows (system us-ssn, type SS)
+        found.append(
+            {
+                "type": {"coding": [{"system": vocab.V2_0203, "code": "SS"}]},
+                "system": US_SSN,
+                "value": ssn,
+            }
+        )
+    return found
+
+
+def _communication(nk1: Segment) -> list[Json]:
+    language = people_vocab.language_concept(nk1.first(20))  # IG communication.language
+    return [{"language": language}] if language is not None else []
+
+
+def map_nk1(nk1: Segment, patient: PatientRef, position: int, ctx: Context) -> bool:
+    """Add the RelatedPerson of ``nk1`` (at ``position`` in the message) for ``patient``; False
+    when the IG maps this NK1 to no RelatedPerson (an organisation, or nothing but a set ID)."""
+    if not nk1.has_content() or nk1.value(3).strip().upper() in NOT_A_PERSON:
+        return False
+    # The set ID names the NK1 within the patient's list; the position stands in when a sender
+    # leaves it empty or repeats it.
+    set_id = nk1.value(1) or f"at{position}"
+    preferred = ids.resource_id("RelatedPerson", patient.key.authority, patient.key.value, "nk1", set_id)
+    related_id = ctx.unique_id("RelatedPerson", preferred, "nk1", patient.resource_id, str(position))
+    ctx.mapped(nk1, "NK1")
+    ctx.add(
+        resource(
+            "RelatedPerson",
+            related_id,
+            {
+                "identifier": _identifiers(nk1, ctx),
+                "patient": patient.subject,
+                "relationship": _relationship(nk1),
+                "name": _names(nk1, ctx),
+                "telecom": _telecoms(nk1),
+                "gender": vocab.ADMINISTRATIVE_SEX.get(nk1.value(15).strip().upper()),
+                "birthDate": to_date(nk1.value(16)),
+                "address": _addresses(nk1, ctx),
+                "period": prune({"start": to_date(nk1.value(8)), "end": to_date(nk1.value(9))}),
+                "communication": _communication(nk1),
+            },
+        )
+    )
+    return True
