@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 
+from mapping.model import PatientKey
+
 _SEPARATOR = "\x1f"  # ASCII unit separator: cannot occur in an HL7 value, so parts never run together
 
 
@@ -27,6 +29,27 @@ def message_basis(sender: str, control_id: str, text: str) -> str:
     if control_id:
         return _SEPARATOR.join(("msh", sender, control_id))
     return "text:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+MESSAGE_SCOPE_AUTHORITY = "urn:sidecar:message-scope"
+"""The authority of a patient key made from a message's own identity (``scoped_key``): never
+a real assigning authority, so ``sidecar stats`` counts these patients as ``unlinked``."""
+
+NO_PID = "no-PID"
+"""The ``part`` of ``scoped_key`` for a message without any PID."""
+
+_MAX_SCOPE_CHARS = 300  # reid_map.identifier holds 400: a longer MSH-3/4 is digested instead
+
+
+def scoped_key(basis: str, part: str) -> PatientKey:
+    """The key of a patient the message does not identify (a PID without identifier, or no PID):
+    the message's ``basis`` (``message_basis``) and the ``part`` of it the patient comes from.
+    A resend maps to the same patient, no other message does; the vault keys it like any
+    identifier, and it is printable so that ``sidecar reid`` names the message it came from."""
+    scope = basis.replace(_SEPARATOR, "|")
+    if len(scope) > _MAX_SCOPE_CHARS:
+        scope = "sha256:" + hashlib.sha256(basis.encode("utf-8")).hexdigest()
+    return PatientKey(authority=MESSAGE_SCOPE_AUTHORITY, value=f"{scope}|{part}")
 
 
 def reference(resource_type: str, resource_id_: str) -> dict[str, str]:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from core.errors import MappingError
 from mapping import ids, vocab
 from mapping.context import Context, PatientRef
 from mapping.encounter import map_pv1
@@ -32,6 +31,7 @@ from mapping.hl7.dtm import to_date_time, to_instant
 from mapping.hl7.parse import Segment
 from mapping.observation import attach_note, build_observation
 from mapping.patient import map_pid
+from mapping.subject import detach, unlinked_subject
 from mapping.text_report import TextReport
 
 RESULT_TRIGGERS = frozenset({"R01", "R30", "R31", "R32", "R33", ""})
@@ -122,8 +122,6 @@ def _observation_id(obx: Segment, report: _Report | None, obx_index: int, ctx: C
 def map_oru(ctx: Context) -> None:
     segments = ctx.message.segments[1:]
     first_pid = next((s for s in segments if s.name == "PID"), None)
-    if first_pid is None:
-        raise MappingError("no PID segment in a result message")
 
     patient: PatientRef | None = None
     report: _Report | None = None
@@ -131,8 +129,11 @@ def map_oru(ctx: Context) -> None:
     obr_count = obx_count = 0
 
     def current_patient() -> PatientRef:
-        # Results before the first PID (out-of-order senders) belong to the message's patient.
-        return patient if patient is not None else map_pid(first_pid, ctx)
+        # Results before the first PID (out-of-order senders) belong to the message's patient;
+        # without any PID (reference-lab and public-health feeds) they go without subject.
+        if patient is not None:
+            return patient
+        return map_pid(first_pid, ctx) if first_pid is not None else unlinked_subject(ctx)
 
     for seg in segments:
         name = seg.name
@@ -179,3 +180,5 @@ def map_oru(ctx: Context) -> None:
             last_observation = None
     if report is not None:
         _close_report(report, ctx)
+    if first_pid is None:
+        detach(unlinked_subject(ctx), ctx)

@@ -26,6 +26,10 @@ from core.tables import (
     QuarantineEntry,
     Resource,
 )
+from mapping.ids import MESSAGE_SCOPE_AUTHORITY
+
+# A literal, not a bound parameter: SQLite uses a partial index only for a WHERE it can see.
+UNLINKED_WHERE = f"authority = '{MESSAGE_SCOPE_AUTHORITY}'"
 
 
 def collect(db: Database, journal_file: Path | None = None) -> dict[str, Any]:
@@ -62,6 +66,9 @@ def collect(db: Database, journal_file: Path | None = None) -> dict[str, Any]:
                 PipelineStat.stage
             )
         ).all()
+        # Patients scoped to one message (no identifier, or no PID: issue 19), as stored; the
+        # WHERE clause matches the partial index of migration 0015 word for word.
+        unlinked = s.execute(text(f"SELECT count(*) FROM reid_map WHERE {UNLINKED_WHERE}")).scalar_one()
         return {
             "inbox": {
                 "received": sum(by_status.values()),
@@ -72,6 +79,7 @@ def collect(db: Database, journal_file: Path | None = None) -> dict[str, Any]:
                 "repaired": repaired,
                 "journal": _journaled(s, journal_file),
             },
+            "unlinked": unlinked,
             "quarantined": s.execute(select(func.count()).select_from(QuarantineEntry)).scalar_one(),
             "dead_letters": s.execute(
                 select(func.count()).select_from(DeadLetter).where(DeadLetter.resolved_at.is_(None))
