@@ -160,6 +160,15 @@ class ReidEntry(Base):
     Identified zone; never readable by the sandbox."""
 
     __tablename__ = "reid_map"
+    # Patients scoped to one message (mapping.ids.scoped_key), counted as `unlinked` (0015).
+    __table_args__ = (
+        Index(
+            "ix_reid_map_unlinked",
+            "pseudonym",
+            sqlite_where=text("authority = 'urn:sidecar:message-scope'"),
+            postgresql_where=text("authority = 'urn:sidecar:message-scope'"),
+        ),
+    )
 
     pseudonym: Mapped[str] = mapped_column(String(64), primary_key=True)
     authority: Mapped[str] = mapped_column(String(400))  # CX-4 / Issuer of Patient ID, as sent

@@ -2,43 +2,55 @@
 
 A17 (swap) carries two PID/PV1 pairs; A40 and friends pair each PID with an MRG, which becomes
 the merged-away Patient with ``replaces`` / ``replaced-by`` links (see ``mapping.merge``).
-OBX -> Observation of the current patient (IG ADT_A01 OBX[Observation]). Other segments (NK1,
-AL1, DG1, IN1, ...) are listed in ``unmapped_segments``.
+OBX -> Observation and NK1 -> RelatedPerson of the current patient (IG ADT_A01 OBX[Observation],
+NK1[RelatedPerson]). Other segments (AL1, DG1, IN1, ...) are listed in ``unmapped_segments``.
 """
 
 from __future__ import annotations
 
-from core.errors import MappingError
 from mapping.context import Context, PatientRef
 from mapping.encounter import map_pv1
 from mapping.merge import map_mrg
 from mapping.observation import build_observation
 from mapping.patient import map_pid
+from mapping.related import map_nk1
+from mapping.subject import detach, unlinked_subject
 
 
 def map_adt(ctx: Context) -> None:
     patient: PatientRef | None = None
-    saw_pid = False
+    # No PID at all (a bed-status A20, a test feed): its visit and observations map without
+    # subject, under a patient scoped to the message (issue 19); MRG and NK1 need a Patient.
+    has_pid = any(s.name == "PID" for s in ctx.message.segments[1:])
+    unlinked = None if has_pid else unlinked_subject(ctx)
     obx_count = 0
     for seg in ctx.message.segments[1:]:
         if seg.name == "PID":
-            saw_pid = True
             # A bare "PID|1" (seen in real A17 swaps) names nobody: there is no patient to
             # map and nothing to pseudonymise, so it and its PV1 go to the report instead of
             # failing the whole message.
             patient = map_pid(seg, ctx) if seg.has_content() else None
             if patient is None:
                 ctx.skip_always(seg)
-        elif seg.name == "OBX" and patient is not None and (seg.value(3) or seg.raw(5)):
+        elif (
+            seg.name == "OBX" and (owner := patient or unlinked) is not None and (seg.value(3) or seg.raw(5))
+        ):
             obx_count += 1
             observation_id = ctx.unique_id("Observation", None, "adt-obx", str(obx_count))
-            ctx.add(build_observation(seg, observation_id, patient, ctx))
+            ctx.add(build_observation(seg, observation_id, owner, ctx))
             ctx.mapped(seg, "OBX:Observation")
         elif seg.name == "MRG" and patient is not None and map_mrg(seg, patient, ctx):
             pass
-        elif seg.name == "PV1" and patient is not None and patient.encounter_id is None and seg.has_content():
-            map_pv1(seg, patient, ctx)
+        elif (
+            seg.name == "PV1"
+            and (owner := patient or unlinked) is not None
+            and owner.encounter_id is None
+            and seg.has_content()
+        ):
+            map_pv1(seg, owner, ctx)
+        elif seg.name == "NK1" and patient is not None and map_nk1(seg, patient, ctx.position(seg), ctx):
+            pass  # IG ADT_A01 NEXT_OF_KIN: NK1[RelatedPerson]
         else:
             ctx.skip(seg)
-    if not saw_pid:
-        raise MappingError("no PID segment in an ADT message")
+    if unlinked is not None:
+        detach(unlinked, ctx)

@@ -11,11 +11,13 @@ from typing import Final
 
 from mapping.context import Context
 from mapping.model import MappedMessage, UnmappedItem
+from mapping.subject import unlinked_reasons
 
 # Field 1 of most segments is a set ID: plumbing, never reported.
 MAPPED_FIELDS: Final[dict[str, frozenset[int]]] = {
-    "PID": frozenset({1, 2, 3, 4, 5, 7, 8, 9, 11, 13, 14, 29, 30}),
-    "PV1": frozenset({1, 2, 19, 44, 45, 50}),
+    "PID": frozenset({1, 2, 3, 4, 5, 7, 8, 9, 11, 13, 14, 15, 16, 17, 29, 30}),
+    "PV1": frozenset({1, 2, 4, 10, 19, 44, 45, 50}),
+    "NK1": frozenset({1, 2, 3, 4, 5, 6, 7, 8, 9, 12, 15, 16, 20, 30, 31, 32, 33, 37, 40, 41}),
     "OBR:DiagnosticReport": frozenset({1, 2, 3, 4, 7, 8, 22, 25}),
     "OBR:ServiceRequest": frozenset({1, 2, 3, 4, 5, 6, 11, 31}),
     "OBX:Observation": frozenset({1, 2, 3, 4, 5, 6, 7, 8, 11, 14}),
@@ -76,7 +78,8 @@ def build_report(ctx: Context) -> tuple[UnmappedItem, ...]:
 def report_lines(mapped: MappedMessage) -> list[str]:
     """The report as one line per item, e.g. ``"ZPI (segment 5): not mapped"`` or
     ``"PID (segment 2): fields 6, 10 not mapped"``. Names and numbers only, never values."""
-    lines = []
+    # Why a patient is scoped to its message (issue 19) comes first: it says what the rest hangs off.
+    lines = unlinked_reasons(mapped)
     for item in mapped.report:
         where = f"{item.segment} (segment {item.index})"
         if item.whole_segment:

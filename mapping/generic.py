@@ -173,7 +173,7 @@ class _Walker:
         try:
             self.patient = map_pid(pid, self.ctx)
         except MappingError:
-            self.ctx.skip(pid)  # no usable identifier: reported, and nothing hangs off it
+            self.ctx.skip(pid)  # unreadable PID: reported, and nothing hangs off it
 
     def current(self) -> PatientRef | None:
         if self.patient is None and self.first_pid is not None:

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from core.errors import MappingError
-from mapping import ids, vocab
+from mapping import ids, people_vocab, vocab
 from mapping.context import Context, PatientRef
 from mapping.hl7.datatypes import (
     Json,
@@ -19,9 +18,10 @@ from mapping.hl7.parse import Composite, Segment
 from mapping.model import PatientKey
 
 
-def primary_key(pid: Segment) -> PatientKey:
+def primary_key(pid: Segment) -> PatientKey | None:
     """The identifier a Patient id derives from: the PID-3 repetition typed MR, else the first
-    PID-3 with a value; failing that PID-2, then PID-4 (both pre-v2.5 habits)."""
+    PID-3 with a value; failing that PID-2, then PID-4 (both pre-v2.5 habits). None when the
+    PID identifies nobody (see ``ids.scoped_key``)."""
     candidates = [cx for cx in pid.repetitions(3) if cx.get(1)]
     chosen: Composite | None = next((cx for cx in candidates if cx.get(5).upper() == "MR"), None)
     if chosen is None and candidates:
@@ -33,7 +33,7 @@ def primary_key(pid: Segment) -> PatientKey:
                 chosen = cx
                 break
     if chosen is None:
-        raise MappingError("PID-3 has no identifier")
+        return None
     return PatientKey(authority=authority(chosen), value=chosen.get(1))
 
 
@@ -85,12 +85,32 @@ _SOURCES = {
     "address": (11,),
     "telecom": (13, 14),
     "deceased": (29, 30),
+    "communication": (15,),
+    "maritalStatus": (16,),
 }
+
+
+RELIGION_EXTENSION = "http://hl7.org/fhir/StructureDefinition/patient-religion"
+
+
+def _language_marital_religion(pid: Segment) -> Json:
+    """PID-15 -> communication.language, PID-16 -> maritalStatus, PID-17 -> the patient-religion
+    extension (IG PID[Patient] with its PrimaryLanguage, MaritalStatus and Religion maps)."""
+    language = people_vocab.language_concept(pid.first(15))
+    religion = people_vocab.translated_concept(pid.first(17), people_vocab.RELIGION, "HL70006")
+    return {
+        "communication": [{"language": language}] if language is not None else [],
+        "maritalStatus": people_vocab.translated_concept(
+            pid.first(16), people_vocab.MARITAL_STATUS, "HL70002"
+        ),
+        "extension": [{"url": RELIGION_EXTENSION, "valueCodeableConcept": religion}] if religion else [],
+    }
 
 
 def map_pid(pid: Segment, ctx: Context) -> PatientRef:
     """Add the Patient for ``pid`` (once per message) and return what later segments refer to."""
-    key = primary_key(pid)
+    # No identifier: a patient scoped to this message, never a refusal (issue 19).
+    key = primary_key(pid) or ids.scoped_key(ctx.basis, f"PID@{ctx.position(pid)}")
     ctx.mapped(pid, "PID")
     patient_id = ids.resource_id("Patient", key.authority, key.value)
     if ctx.taken("Patient", patient_id):
@@ -108,6 +128,7 @@ def map_pid(pid: Segment, ctx: Context) -> PatientRef:
             "birthDate": to_date(pid.value(7)),
             "address": addresses,
             **_deceased(pid, ctx),
+            **_language_marital_religion(pid),
         },
     )
     ctx.add(patient)

@@ -93,9 +93,9 @@ def test_junk_outside_frames_does_not_break_the_connection(sidecar: Embedded) ->
 
 
 def test_an_unmappable_message_lands_in_dead_letters_with_its_reason(sidecar: Embedded) -> None:
-    # A patient with a name but no identifier at all cannot be pseudonymised.
+    # A shifted header puts a name where the message type belongs: nothing to dispatch on.
     message = (
-        "MSH|^~\\&|HIS|GENHOSP|SIDECAR|GENHOSP|20260301081500||ADT^A01|CTRL-NOID-1|P|2.5.1\r"
+        "MSH|^~\\&|HIS|GENHOSP|SIDECAR|GENHOSP|20260301081500||Quimby Harriet^1976|CTRL-NOID-1|P|2.5.1\r"
         "PID|1||||Quimby^Harriet||19760412|F\r"
     )
     with MllpClient().connect("127.0.0.1", sidecar.port, timeout=30) as client:
@@ -104,7 +104,7 @@ def test_an_unmappable_message_lands_in_dead_letters_with_its_reason(sidecar: Em
     with sidecar.db.sessions() as s:
         letter = s.execute(select(DeadLetter)).scalar_one()
         assert letter.stage == "map" and letter.code == "mapping"
-        assert "PID-3" in letter.reason and "Quimby" not in letter.reason
+        assert "MSH-9" in letter.reason and "Quimby" not in letter.reason
         assert s.execute(select(InboxEntry.status)).scalar_one() == "failed"
     assert collect(sidecar.db)["inbox"]["failed"] == 1
 

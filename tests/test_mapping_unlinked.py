@@ -18,6 +18,7 @@ from core.tables import ReidEntry, Resource
 from deid import Vault, deidentify
 from deid.policy import PSEUDONYM_SYSTEM
 from mapping import MappedMessage, map_message
+from mapping.coverage import report_lines
 from mapping.ids import MESSAGE_SCOPE_AUTHORITY
 from mapping.subject import NO_IDENTIFIER_REASON, NO_PID_REASON, unlinked_reasons
 from sidecar.stats import collect
@@ -121,6 +122,7 @@ def test_a_result_message_without_pid_maps_its_results_without_subject() -> None
     for resource in mapped.resources:
         validate_resource(resource)
     assert unlinked_reasons(mapped) == [NO_PID_REASON]
+    assert report_lines(mapped)[0] == NO_PID_REASON  # what `sidecar convert --report` prints
 
     # De-identification keys dates and ids with the message's scope: shifted, not refused.
     out = deidentified(mapped)
