@@ -11,6 +11,7 @@ from mapping import ids, people_vocab, vocab
 from mapping.context import Context, PatientRef
 from mapping.hl7.datatypes import (
     Json,
+    clean_code,
     cx_identifier,
     prune,
     resource,
@@ -34,7 +35,12 @@ def _relationship(nk1: Segment) -> list[Json]:
         (3, people_vocab.RELATIONSHIP, "HL70063"),  # IG relationship[1]
         (7, people_vocab.CONTACT_ROLE, "HL70131"),  # IG relationship[2]
     ):
-        concept = people_vocab.translated_concept(nk1.first(field_no), table, name)
+        cwe = nk1.first(field_no)
+        if not cwe.get(3).strip() and clean_code(cwe.get(1)).upper() not in table:
+            # Neither a code of the HL7 table nor one of a named code system: free text about a
+            # relative (it may be their name), which would be kept verbatim as a code.
+            continue
+        concept = people_vocab.translated_concept(cwe, table, name)
         if concept is not None and concept not in found:
             found.append(concept)
     return found

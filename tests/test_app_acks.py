@@ -82,13 +82,13 @@ class AckListener:
 
 
 def _message(
-    control_id: str, accept: str, application: str, *, sender: str = "LIS", pid3: bool = True
+    control_id: str, accept: str, application: str, *, sender: str = "LIS", mappable: bool = True
 ) -> bytes:
     text = with_control_id(ORU_R01, control_id).replace("|LIS|", f"|{sender}|", 1)
     # MSH-15 and MSH-16 sit before MSH-18 (UNICODE UTF-8), which the fixture fills.
     text = text.replace("|2.5.1||||||UNICODE", f"|2.5.1|||{accept}|{application}||UNICODE", 1)
-    if not pid3:
-        text = text.replace("MRN7734021^^^GENHOSP^MR", "", 1)
+    if not mappable:  # a shifted header: a name where the message type belongs
+        text = text.replace("ORU^R01^ORU_R01", "Quimby Harriet^1976", 1)
     return text.encode()
 
 
@@ -145,7 +145,7 @@ def test_application_acks_follow_the_outcome_over_the_return_path(
                 msa(client.send(m))[1]
                 for m in (
                     _message("APP-OK", "AL", "AL"),
-                    _message("APP-BAD", "AL", "ER", pid3=False),  # mapping fails: AE
+                    _message("APP-BAD", "AL", "ER", mappable=False),  # mapping fails: AE
                     _message("APP-NE", "AL", "NE"),
                     _message("APP-ER-OK", "AL", "ER"),  # processed, and only errors asked for
                     _message("APP-NOROUTE", "AL", "AL", sender="OTHERLAB"),
@@ -171,7 +171,7 @@ def test_application_acks_follow_the_outcome_over_the_return_path(
     assert sorted(by_control) == ["APP-BAD", "APP-OK"]
     ok, bad = by_control["APP-OK"], by_control["APP-BAD"]
     assert _field(ok, "MSA", 1) == "AA"
-    assert _field(bad, "MSA", 1) == "AE" and "PID-3" in _field(bad, "ERR", 3)
+    assert _field(bad, "MSA", 1) == "AE" and "MSH-9" in _field(bad, "ERR", 3)
     # Addressed back to the sender, asking for a commit ACK and no application ACK.
     assert (_field(ok, "MSH", 5), _field(ok, "MSH", 15), _field(ok, "MSH", 16)) == ("LIS", "AL", "NE")
     assert sorted(rows) == [(AppAckStatus.SENT, "AA"), (AppAckStatus.SENT, "AE")]
