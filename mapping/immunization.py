@@ -1,7 +1,8 @@
 """VXU^V04: RXA (+ RXR, ORC) -> Immunization (IG RXA[Immunization], RXR[Immunization]); OBX after
-an RXA -> Observation partOf that Immunization; OBX before any RXA -> Observation of the patient.
+an RXA -> Observation partOf that Immunization; OBX before any RXA -> Observation of the patient;
+NK1 after a PID -> RelatedPerson of that patient (IG NK1[RelatedPerson]; one before any PID is reported).
 
-Not mapped (reported): PD1, NK1, GT1, IN1, PRT, TQ1 and the people in ORC/RXA-10.
+Not mapped (reported): PD1, GT1, IN1, PRT, TQ1 and the people in ORC/RXA-10.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from mapping.hl7.dtm import to_date, to_date_time
 from mapping.hl7.numeric import parse_number, quantity
 from mapping.hl7.parse import Segment
 from mapping.observation import add_note, build_observation
+from mapping.related import map_nk1
 from mapping.subject import Subjects
 
 _UNKNOWN_AMOUNT = "999"  # CDC IIS guide: amount not recorded
@@ -137,6 +139,12 @@ def map_vxu(ctx: Context) -> None:
             last_observation = observation
         elif name == "NTE" and last_observation is not None and add_note(last_observation, seg):
             ctx.mapped(seg, "NTE")
+        elif (
+            name == "NK1"
+            and subjects.patient is not None
+            and map_nk1(seg, subjects.patient, ctx.position(seg), ctx)
+        ):
+            last_observation = None  # IG VXU_V04 NK1[RelatedPerson] of the PID before it
         else:
             ctx.skip(seg)
             last_observation = None

@@ -1,5 +1,7 @@
 """ORC + OBR -> ServiceRequest (IG ORC[ServiceRequest], OBR[ServiceRequest]), and the ORM^O01 /
-OML^O21 message maps (Patient, Encounter, ServiceRequest per order, Observation per OBX).
+OML^O21 message maps (Patient, Encounter, ServiceRequest per order, Observation per OBX,
+RelatedPerson per NK1 after a PID: IG OML_O21 PATIENT.NK1[RelatedPerson]; ORM^O01 is read the same
+way; an NK1 before any PID has no patient of its own and is reported).
 
 Pairing follows the message structure: an ORC opens an order, the OBR that follows it is that
 order's detail; a second OBR without its own ORC opens an order of its own (OML/ORM allow one
@@ -16,6 +18,7 @@ from mapping.hl7.datatypes import Json, code_key, cwe_concept, ei_identifier, hd
 from mapping.hl7.dtm import to_date_time
 from mapping.hl7.parse import EMPTY, Composite, Segment
 from mapping.observation import attach_note, build_observation, note_text
+from mapping.related import map_nk1
 from mapping.subject import Subjects
 
 
@@ -179,6 +182,12 @@ def map_orders(ctx: Context) -> None:
             attach_note(last_observation, seg, ctx)
         elif name == "NTE" and order is not None:
             order_note(order, seg, ctx)
+        elif (
+            name == "NK1"
+            and subjects.patient is not None
+            and map_nk1(seg, subjects.patient, ctx.position(seg), ctx)
+        ):
+            last_observation = None  # IG OML_O21 PATIENT.NK1: NK1[RelatedPerson] of the PID before it
         else:
             ctx.skip(seg)
             last_observation = None

@@ -5,6 +5,9 @@ Text reports (radiology, pathology): when every OBX under an OBR is a text line 
 number), the DiagnosticReport also gets the joined text as ``presentedForm`` (text/plain) and
 ``conclusion`` (see ``mapping.text_report``); the per-line Observations stay, as the IG maps them.
 
+NK1 -> RelatedPerson of the PID before it (IG ORU_R01 PATIENT.NK1[RelatedPerson]); an NK1 before
+any PID has no patient of its own and is reported.
+
 NTE placement: an NTE right after an OBX (or after that OBX's earlier NTEs) becomes a note on
 that Observation, as the IG's NTE[Observation] says. An NTE after an OBR describes the whole
 order, and R4's DiagnosticReport has no ``note`` (the IG does not map it; ``conclusion`` would
@@ -31,6 +34,7 @@ from mapping.hl7.dtm import to_date_time, to_instant
 from mapping.hl7.parse import Segment
 from mapping.observation import attach_note, build_observation
 from mapping.patient import map_pid
+from mapping.related import map_nk1
 from mapping.subject import detach, unlinked_subject
 from mapping.text_report import TextReport
 
@@ -175,6 +179,8 @@ def map_oru(ctx: Context) -> None:
             last_observation = observation
         elif name == "NTE" and last_observation is not None:
             attach_note(last_observation, seg, ctx)
+        elif name == "NK1" and patient is not None and map_nk1(seg, patient, ctx.position(seg), ctx):
+            last_observation = None  # IG ORU_R01 PATIENT.NK1: NK1[RelatedPerson] of the PID before it
         else:
             ctx.skip(seg)
             last_observation = None

@@ -111,7 +111,15 @@ FIELDS: Final[dict[str, dict[Extractor, tuple[int, ...]]]] = {
         _xtn: (13, 14),
     },
     "PD1": {_xcn: (4,)},
-    "NK1": {_xpn: (2, 30), _xad: (4, 32), _xtn: (5, 6, 31), _date: (16,), _cx: (33,), _st_id: (37,)},
+    # All that tells who the relative is, since notes quote them (NK1-26 is their mother's maiden name).
+    "NK1": {
+        _xpn: (2, 26, 30),
+        _xad: (4, 32),
+        _xtn: (5, 6, 31, 40, 41),
+        _date: (16,),
+        _cx: (12, 33),
+        _st_id: (37,),
+    },
     "PV1": {_cx: (5, 19, 50), _xcn: (7, 8, 9, 17, 52), _date: (44, 45)},
     "MRG": {_cx: (1, 2, 3, 4, 5, 6), _xpn: (7,)},
     "EVN": {_xcn: (5,)},
