@@ -76,7 +76,7 @@ PSEUDONYM_SYSTEM: Final = "urn:sidecar:pseudonym"
 PSEUDONYM_IDENTIFIER_TYPES: Final = frozenset({"Patient"})
 
 # Elements that link a resource to the patient it is about.
-PATIENT_LINKS: Final = ("subject", "patient")
+PATIENT_LINKS: Final = ("subject", "patient", "beneficiary")
 
 # Added to every output so consumers can assert what they were given.
 # (v3 ObservationValue "PSEUDED": pseudonymised.)
@@ -513,6 +513,27 @@ RESOURCES: Final = MappingProxyType(
             "gender": one("code"),
             # The same shape as Patient.communication (of which only the language is kept).
             "communication": many("Patient.communication"),
+        },
+        # A patient's insurance (IN1): what kind of cover, for whom, when, and which payer survive.
+        # identifier (plan id), the subscriberId extension, subscriber/policyHolder (persons) and
+        # class (group and plan numbers: an employer's group identifies a small workforce) do not.
+        "Coverage": {
+            "meta": one("Meta"),
+            "status": one("code"),
+            "type": one("CodeableConcept"),
+            "beneficiary": one(REFERENCE),
+            "relationship": one("CodeableConcept"),
+            "period": one("Period"),
+            "payor": many(REFERENCE),
+            "order": one("positiveInt"),
+        },
+        # A payer: an insurer's name is not a person's identifier (scrubbed as text all the
+        # same); its identifier, address and telecom are left out with no use downstream.
+        "Organization": {
+            "meta": one("Meta"),
+            "active": one("boolean"),
+            "type": many("CodeableConcept"),
+            "name": one("string"),
         },
         # recorder/asserter are people.
         "AllergyIntolerance": {

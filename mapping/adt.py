@@ -2,14 +2,16 @@
 
 A17 (swap) carries two PID/PV1 pairs; A40 and friends pair each PID with an MRG, which becomes
 the merged-away Patient with ``replaces`` / ``replaced-by`` links (see ``mapping.merge``).
-OBX -> Observation and NK1 -> RelatedPerson of the current patient (IG ADT_A01 OBX[Observation],
-NK1[RelatedPerson]). Other segments (AL1, DG1, IN1, ...) are listed in ``unmapped_segments``.
+OBX -> Observation, NK1 -> RelatedPerson and IN1 -> Coverage (with its payer Organization) of the
+current patient (IG ADT_A01 OBX[Observation], NK1[RelatedPerson], IN1[Coverage]). Other segments
+(AL1, DG1, IN2, GT1, ...) are listed in ``unmapped_segments``.
 """
 
 from __future__ import annotations
 
 from mapping.context import Context, PatientRef
 from mapping.encounter import map_pv1
+from mapping.insurance import map_in1
 from mapping.merge import map_mrg
 from mapping.observation import build_observation
 from mapping.patient import map_pid
@@ -50,6 +52,8 @@ def map_adt(ctx: Context) -> None:
             map_pv1(seg, owner, ctx)
         elif seg.name == "NK1" and patient is not None and map_nk1(seg, patient, ctx.position(seg), ctx):
             pass  # IG ADT_A01 NEXT_OF_KIN: NK1[RelatedPerson]
+        elif seg.name == "IN1" and patient is not None and map_in1(seg, patient, ctx.position(seg), ctx):
+            pass  # IG ADT_A01 INSURANCE: IN1[Coverage]
         else:
             ctx.skip(seg)
     if unlinked is not None:

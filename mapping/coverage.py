@@ -33,6 +33,9 @@ MAPPED_FIELDS: Final[dict[str, frozenset[int]]] = {
     "RXA": frozenset({1, 2, 3, 5, 6, 7, 15, 16, 18, 19, 20, 21, 22}),
     "RXR": frozenset({1, 2}),
     "MRG": frozenset({1, 7}),
+    # mapping.insurance: IN1-3 keys the payer Organization; IN1-16 is mapped only for "self".
+    "IN1": frozenset({1, 2, 3, 4, 5, 10, 12, 13, 15, 17, 49}),
+    "IN1:SelfInsured": frozenset({1, 2, 3, 4, 5, 10, 12, 13, 15, 16, 17, 49}),
     # mapping.generic
     "ORC:Medication": frozenset({1, 2, 3, 5, 9}),
     "RXO": frozenset({1, 2, 4, 11, 12, 13}),

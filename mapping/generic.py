@@ -15,7 +15,7 @@ dropped silently):
 * PRB -> Condition (problem-list-item), DG1 -> Condition (encounter-diagnosis, IG
   DG1[Condition]), AL1 -> AllergyIntolerance (IG AL1[AllergyIntolerance]), PR1 -> Procedure
   (IG PR1[Procedure]), FT1 -> ChargeItem (no IG segment map; FT1-7 code, FT1-4 date, FT1-10
-  quantity).
+  quantity), IN1 -> Coverage and its payer Organization (IG IN1[Coverage]; DFT and BAR carry it).
 
 Segments that need a patient (everything clinical) are reported, not mapped, when the message
 has no usable PID: a QRY, RSP or ERP then yields no resources and a full report, not an error.
@@ -34,6 +34,7 @@ from mapping.hl7.datatypes import Json, cwe_concept, data_absent_concept, ei_ide
 from mapping.hl7.dtm import to_date_time
 from mapping.hl7.numeric import POSITIVE_INT_MAX, parse_number, quantity
 from mapping.hl7.parse import Composite, Segment
+from mapping.insurance import map_in1
 from mapping.observation import attach_note, build_observation, note_text
 from mapping.orders import Order, build_service_request
 from mapping.patient import map_pid
@@ -542,7 +543,7 @@ class _Walker:
         if name == "RXR" and self.group is not None and self.group.rxr is None and self.group.obr is None:
             self.group.rxr = seg
             return
-        patient = self.current() if name in ("OBX", "SPM", "PRB", "DG1", "AL1", "PR1", "FT1") else None
+        patient = self.current() if name in ("OBX", "SPM", "PRB", "DG1", "AL1", "PR1", "FT1", "IN1") else None
         if patient is None:
             self.ctx.skip(seg)
         elif name == "OBX":
@@ -558,6 +559,9 @@ class _Walker:
             self.allergy(seg, patient)
         elif name == "FT1":
             self.charge(seg, patient)
+        elif name == "IN1":
+            if not map_in1(seg, patient, self.ctx.position(seg), self.ctx):
+                self.ctx.skip(seg)
         else:
             self.procedure(seg, patient)
 
