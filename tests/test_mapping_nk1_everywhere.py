@@ -17,6 +17,7 @@ from deid import Vault, deidentify
 from mapping import MappedMessage, map_message
 from mapping.hl7.parse import parse
 from mapping.phi import collect
+from tests.test_mapping_people import nk1_segment
 
 Json = dict[str, Any]
 SECRET = b"nk1-everywhere-secret-0123456789"
@@ -24,13 +25,6 @@ SECRET = b"nk1-everywhere-secret-0123456789"
 MSH = "MSH|^~\\&|HIS|GENHOSP|SIDECAR|GENHOSP|20260301081500||{type}|{control}|P|2.5.1"
 PID_A = "PID|1||MRN-5501^^^GENHOSP^MR||Ashdown^Philippa||19680411|F"
 PID_B = "PID|2||MRN-5502^^^GENHOSP^MR||Brackwater^Osric||19900921|M"
-
-
-def _nk1(values: dict[int, str]) -> str:
-    fields = [""] * (max(values) + 1)
-    for number, value in values.items():
-        fields[number] = value
-    return "NK1" + "|".join(fields)
 
 
 RELATIVE = {
@@ -46,7 +40,7 @@ RELATIVE = {
     40: "^PRN^PH^^1^541^2290417",
     41: "^ORN^CP^^1^971^6648821",
 }
-NK1 = _nk1(RELATIVE)
+NK1 = nk1_segment(RELATIVE)
 # A note a clinician might write, quoting the relative's name and phones as they are in NK1-2,
 # NK1-5, NK1-40 and NK1-41, the maiden name of NK1-26 and the employee number of NK1-12.
 NOTE = (
@@ -116,7 +110,7 @@ def test_nk1_before_any_pid_is_reported_not_mapped(kind):
     ],
 )
 def test_each_nk1_belongs_to_the_pid_before_it(kind, tail):
-    second = _nk1({1: "1", 2: "Brackwater^Ida", 3: "MTH^Mother^HL70063"})
+    second = nk1_segment({1: "1", 2: "Brackwater^Ida", 3: "MTH^Mother^HL70063"})
     mapped = map_message(message(kind, PID_A, NK1, *tail, PID_B, second, *tail))
     by_name = {r["name"][0]["family"]: r["patient"]["reference"] for r in related(mapped)}
     assert by_name == {
@@ -180,7 +174,7 @@ def test_relatives_name_and_phone_in_an_obx_note_are_scrubbed(kind):
 
 def test_relatives_values_are_scrubbed_where_no_rule_maps_the_nk1():
     # An organisation NK1 maps to nothing, yet whoever it names is still scrubbed from the note.
-    employer = _nk1({1: "1", 2: "Quillfeather^Ysolde", 3: "EMR^Employer^HL70063", 40: RELATIVE[40]})
+    employer = nk1_segment({1: "1", 2: "Quillfeather^Ysolde", 3: "EMR^Employer^HL70063", 40: RELATIVE[40]})
     mapped = map_message(message("ORU^R01^ORU_R01", PID_A, employer, OBR, OBX_NOTE))
     text = _deidentified(mapped)
     for value in ("Quillfeather", "Ysolde", "2290417"):

@@ -32,7 +32,8 @@ SECRET = b"people-test-secret-0123456789abc"
 ZONE_NAME = "UTC"
 
 
-def _nk1(values: dict[int, str]) -> str:
+def nk1_segment(values: dict[int, str]) -> str:
+    """An NK1 segment with these fields set (the others empty)."""
     fields = [""] * (max(values) + 1)
     for number, value in values.items():
         fields[number] = value
@@ -73,7 +74,7 @@ MESSAGE = (
     "EVN|A01|20260301081500\r"
     "PID|1||MRN4410022^^^GENHOSP^MR||Pennington^Lucinda||19750202|F|||3 Maple Avenue^^Madison^WI^53703||"
     "^PRN^PH^^1^608^5550110||en^English^ISO639|M^Married^HL70002|JWN^Jehovah's Witness^HL70006\r"
-    f"{_nk1(NK1_FIELDS)}\r"
+    f"{nk1_segment(NK1_FIELDS)}\r"
     "NK1|2|Pennington^Thaddeus|CHD^Child^HL70063\r"
     "NK1|3|Acme Works|EMR^Employer^HL70063\r"
     "PV1|1|I|W4^412^B^GENHOSP|E^Emergency^HL70007|||9921^Okonkwo^Chidi|||MED^Medical Service^HL70069"
