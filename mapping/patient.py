@@ -8,6 +8,7 @@ from mapping.hl7.datatypes import (
     Json,
     authority,
     cx_identifier,
+    distinct,
     resource,
     xad_address,
     xpn_name,
@@ -38,13 +39,7 @@ def primary_key(pid: Segment) -> PatientKey | None:
 
 
 def _identifiers(pid: Segment, ctx: Context) -> list[Json]:
-    found: list[Json] = []
-    for field_no in (2, 3, 4):  # IG: identifier[1..3]
-        for cx in pid.repetitions(field_no):
-            identifier = cx_identifier(cx, ctx.zone)
-            if identifier is not None and identifier not in found:
-                found.append(identifier)
-    return found
+    return distinct(pid, (2, 3, 4), lambda cx: cx_identifier(cx, ctx.zone))  # IG: identifier[1..3]
 
 
 def _names(pid: Segment, ctx: Context) -> list[Json]:

@@ -13,6 +13,7 @@ from mapping.hl7.datatypes import (
     Json,
     clean_code,
     cx_identifier,
+    distinct,
     prune,
     resource,
     xad_address,
@@ -47,23 +48,12 @@ def _relationship(nk1: Segment) -> list[Json]:
 
 
 def _names(nk1: Segment, ctx: Context) -> list[Json]:
-    names = []
-    for field_no in (2, 30):  # IG name[1] (the relative), name[2] (the contact person)
-        for xpn in nk1.repetitions(field_no):
-            name = xpn_name(xpn, ctx.zone)
-            if name is not None and name not in names:
-                names.append(name)
-    return names
+    # IG name[1] (the relative), name[2] (the contact person)
+    return distinct(nk1, (2, 30), lambda xpn: xpn_name(xpn, ctx.zone))
 
 
 def _addresses(nk1: Segment, ctx: Context) -> list[Json]:
-    addresses = []
-    for field_no in (4, 32):  # IG address[1], address[2]
-        for xad in nk1.repetitions(field_no):
-            address = xad_address(xad, ctx.zone)
-            if address is not None and address not in addresses:
-                addresses.append(address)
-    return addresses
+    return distinct(nk1, (4, 32), lambda xad: xad_address(xad, ctx.zone))  # IG address[1], address[2]
 
 
 def _telecoms(nk1: Segment) -> list[Json]:
@@ -80,12 +70,8 @@ def _telecoms(nk1: Segment) -> list[Json]:
 
 
 def _identifiers(nk1: Segment, ctx: Context) -> list[Json]:
-    found = []
-    for field_no in (12, 33):  # IG identifier[1] (employee number), identifier[2]
-        for cx in nk1.repetitions(field_no):
-            identifier = cx_identifier(cx, ctx.zone)
-            if identifier is not None and identifier not in found:
-                found.append(identifier)
+    # IG identifier[1] (employee number), identifier[2]
+    found = distinct(nk1, (12, 33), lambda cx: cx_identifier(cx, ctx.zone))
     ssn = nk1.value(37)
     if ssn:  # IG identifier[3]: the US rows (system us-ssn, type SS)
         found.append(

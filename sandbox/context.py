@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from core.model_tables import Resource
 
-__all__ = ["CLINICAL_TYPES", "patient_context", "version_reference"]
+__all__ = ["CLINICAL_TYPES", "patient_context"]
 
 CLINICAL_TYPES = ("Patient", "Encounter", "Condition", "Observation", "DiagnosticReport", "ImagingStudy")
 
@@ -26,7 +26,3 @@ def patient_context(session: Session, patient: str) -> list[dict[str, Any]]:
         .order_by(Resource.resource_type, Resource.resource_id)
     ).scalars()
     return [json.loads(body) for body in rows]
-
-
-def version_reference(resource: dict[str, Any]) -> str:
-    return f"{resource['resourceType']}/{resource['id']}/_history/{resource['meta']['versionId']}"

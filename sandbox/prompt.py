@@ -9,7 +9,6 @@ failed answer is asked for once more with what failed named (``with_feedback``).
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -146,7 +145,3 @@ def build_prompt(
     if language not in SYSTEM:
         raise ValueError(f"summary language must be one of {sorted(SYSTEM)}, not {language!r}")
     return Prompt(template, kind, language, facts, max_sentences)
-
-
-def dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, sort_keys=True)

@@ -7,12 +7,13 @@ callers never emit ``{}``/``[]``/``""``. Components are read 1-based, as the IG 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterable
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from mapping import vocab
 from mapping.hl7.dtm import to_date_time
-from mapping.hl7.parse import Composite
+from mapping.hl7.parse import Composite, Segment
 
 Json = dict[str, Any]
 
@@ -24,6 +25,20 @@ def clean_code(text: str) -> str:
     """FHIR ``code`` forbids leading/trailing and repeated whitespace."""
     # str.split() and str.strip() split on exactly the characters re's \s matches.
     return " ".join(text.split())
+
+
+def distinct(
+    segment: Segment, fields: Iterable[int], convert: Callable[[Composite], Json | None]
+) -> list[Json]:
+    """Every repetition of ``fields`` converted, in field order, each distinct value once
+    (a name sent as both PID-5 and PID-9 is one name)."""
+    found: list[Json] = []
+    for field_no in fields:
+        for item in segment.repetitions(field_no):
+            value = convert(item)
+            if value is not None and value not in found:
+                found.append(value)
+    return found
 
 
 def prune(element: Json) -> Json | None:
