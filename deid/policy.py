@@ -133,6 +133,8 @@ COMPLEX: Final = MappingProxyType(
         # versionId belong to the store that receives the resource.
         "Meta": {"profile": many("canonical"), "security": many("Coding"), "tag": many("Coding")},
         "Patient.communication": {"language": one("CodeableConcept")},
+        # A qualification keeps its code only: identifier/issuer/period name a licence.
+        "Practitioner.qualification": {"code": one("CodeableConcept")},
         "Encounter.hospitalization": {
             "admitSource": one("CodeableConcept"),
             "dischargeDisposition": one("CodeableConcept"),
@@ -527,13 +529,31 @@ RESOURCES: Final = MappingProxyType(
             "payor": many(REFERENCE),
             "order": one("positiveInt"),
         },
-        # A payer: an insurer's name is not a person's identifier (scrubbed as text all the
-        # same); its identifier, address and telecom are left out with no use downstream.
+        # A payer, facility or laboratory: an organisation's name is not a person's identifier
+        # (scrubbed as text all the same); its identifier, address and telecom are left out with
+        # no use downstream.
         "Organization": {
             "meta": one("Meta"),
             "active": one("boolean"),
             "type": many("CodeableConcept"),
             "name": one("string"),
+        },
+        # Staff (XCN, CNN): who they are is handled as staff names are in text (removed); their
+        # qualification (MD, RN) says what kind of clinician acted and survives.
+        "Practitioner": {
+            "meta": one("Meta"),
+            "active": one("boolean"),
+            "qualification": many("Practitioner.qualification"),
+        },
+        # A practitioner in a role for an organisation: the role, specialty and period survive.
+        "PractitionerRole": {
+            "meta": one("Meta"),
+            "active": one("boolean"),
+            "period": one("Period"),
+            "practitioner": one(REFERENCE),
+            "organization": one(REFERENCE),
+            "code": many("CodeableConcept"),
+            "specialty": many("CodeableConcept"),
         },
         # recorder/asserter are people.
         "AllergyIntolerance": {

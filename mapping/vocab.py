@@ -16,6 +16,8 @@ from urllib.parse import quote
 V2_0203: Final = "http://terminology.hl7.org/CodeSystem/v2-0203"
 V3_ACT_CODE: Final = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
 V2_0004: Final = "http://terminology.hl7.org/CodeSystem/v2-0004"
+V2_0301: Final = "http://terminology.hl7.org/CodeSystem/v2-0301"
+"""Universal ID type (HD.3)."""
 V3_NULL_FLAVOR: Final = "http://terminology.hl7.org/CodeSystem/v3-NullFlavor"
 V3_INTERPRETATION: Final = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
 DATA_ABSENT_REASON: Final = "http://terminology.hl7.org/CodeSystem/data-absent-reason"

@@ -50,6 +50,7 @@ def test_every_allowed_element_exists_in_the_fhir_model(resource_type):
         ("ImagingStudy.identifier", "identifier", "Identifier"),
         ("ImagingStudy.series", "imagingstudy", "ImagingStudySeries"),
         ("ImagingStudy.series.instance", "imagingstudy", "ImagingStudySeriesInstance"),
+        ("Practitioner.qualification", "practitioner", "PractitionerQualification"),
     ],
 )
 def test_every_allowed_datatype_element_exists_in_the_fhir_model(type_name, module, model):
@@ -65,6 +66,7 @@ def test_every_complex_type_is_tested_above():
         "Appointment.participant", "Dosage", "Dosage.doseAndRate", "MedicationRequest.dispenseRequest",
         "MedicationAdministration.dosage", "Specimen.collection", "AllergyIntolerance.reaction",
         "ImagingStudy.identifier", "ImagingStudy.series", "ImagingStudy.series.instance",
+        "Practitioner.qualification",
     }  # fmt: skip
 
 
@@ -84,14 +86,20 @@ def test_patient_allow_list_excludes_direct_identifiers():
 
 
 def test_new_resource_allow_lists_drop_people_and_identifiers():
-    people = {"requester", "performer", "author", "authenticator", "custodian", "masterIdentifier",
-              "requisition", "manufacturer", "location", "name"}  # fmt: skip
+    identifying = {"custodian", "masterIdentifier", "requisition", "manufacturer", "name"}
+    # Staff and places are kept only as references: their targets (Practitioner, Organization,
+    # Location) are de-identified resources of their own, re-keyed per patient, without names.
+    people = {"requester", "performer", "author", "authenticator", "location", "asserter",
+              "recorder", "resultsInterpreter", "generalPractitioner"}  # fmt: skip
     for resource_type in ("ServiceRequest", "DocumentReference", "Appointment", "Immunization",
                           "MedicationRequest", "MedicationDispense", "MedicationAdministration",
                           "Condition", "Specimen", "Procedure", "AllergyIntolerance",
-                          "ChargeItem"):  # fmt: skip
+                          "ChargeItem", "DiagnosticReport", "Observation"):  # fmt: skip
         assert resource_type in policy.RESOURCES
-        assert not people & set(policy.RESOURCES[resource_type]), resource_type
+        elements = policy.RESOURCES[resource_type]
+        assert not identifying & set(elements), resource_type
+        for name in people & set(elements):
+            assert elements[name].type == policy.REFERENCE, (resource_type, name)
     # The document's bytes are never passed on: base64 is beyond the scrubber.
     assert not {"data", "url", "title"} & set(policy.COMPLEX["Attachment"])
 
