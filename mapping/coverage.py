@@ -10,11 +10,14 @@ from __future__ import annotations
 from typing import Final
 
 from mapping.context import Context
-from mapping.model import MappedMessage, UnmappedItem
+from mapping.hl7.parse import Segment
+from mapping.model import MappedMessage, SegmentUse, UnmappedItem
 from mapping.subject import unlinked_reasons
 
 # Field 1 of most segments is a set ID: plumbing, never reported.
 MAPPED_FIELDS: Final[dict[str, frozenset[int]]] = {
+    # The header: delimiters, sender (ids' basis), type, control id, version, character set.
+    "MSH": frozenset({1, 2, 3, 4, 9, 10, 12, 18}),
     "PID": frozenset({1, 2, 3, 4, 5, 7, 8, 9, 11, 13, 14, 15, 16, 17, 29, 30}),
     "PV1": frozenset({1, 2, 4, 10, 19, 44, 45, 50}),
     "NK1": frozenset({1, 2, 3, 4, 5, 6, 7, 8, 9, 12, 15, 16, 20, 30, 31, 32, 33, 37, 40, 41}),
@@ -68,14 +71,40 @@ def build_report(ctx: Context) -> tuple[UnmappedItem, ...]:
         role = ctx.roles.get(index)
         if role is None:
             continue
-        rules = MAPPED_FIELDS.get(role, frozenset())
-        valued = segment.valued_fields()
-        if role in FIELD_ONE_IS_DATA and segment.field_has_content(1):
-            valued = [1, *valued]
-        fields = tuple(n for n in valued if n not in rules and (index, n) not in ctx.handled_fields)
+        valued = _valued(segment, role)
+        fields = tuple(n for n in valued if not _read(ctx, index, role, n))
         if fields:
             items.append(UnmappedItem(segment.name, index, fields))
     return tuple(items)
+
+
+def build_usage(ctx: Context) -> tuple[SegmentUse, ...]:
+    """Per segment with content, the rule set that mapped it and which valued fields no rule read
+    (a segment no rule mapped has role None and all its valued fields unmapped)."""
+    uses: list[SegmentUse] = []
+    for index, segment in enumerate(ctx.message.segments):
+        if index in ctx.handled_segments:
+            continue
+        role = "MSH" if index == 0 else ctx.roles.get(index)
+        valued = _valued(segment, role)
+        if not valued and role is None:
+            continue  # an empty segment (a bare set ID) says nothing about breadth
+        unmapped = tuple(n for n in valued if role is None or not _read(ctx, index, role, n))
+        uses.append(SegmentUse(segment.name, index, role, tuple(valued), unmapped))
+    return tuple(uses)
+
+
+def _valued(segment: Segment, role: str | None) -> list[int]:
+    valued = segment.valued_fields()
+    if segment.name == "MSH":
+        return [1, 2, *valued]  # the delimiters are MSH-1 and MSH-2
+    if role in FIELD_ONE_IS_DATA and segment.field_has_content(1):
+        return [1, *valued]
+    return valued
+
+
+def _read(ctx: Context, index: int, role: str, field_no: int) -> bool:
+    return field_no in MAPPED_FIELDS.get(role, frozenset()) or (index, field_no) in ctx.handled_fields
 
 
 def report_lines(mapped: MappedMessage) -> list[str]:

@@ -13,13 +13,13 @@ from mapping import ids, phi
 from mapping.adt import map_adt
 from mapping.appointment import SCHEDULE_TRIGGERS, map_siu
 from mapping.context import Context
-from mapping.coverage import build_report
+from mapping.coverage import build_report, build_usage
 from mapping.document import DOCUMENT_TRIGGERS, map_mdm
 from mapping.generic import map_generic
 from mapping.hl7.dtm import zone
 from mapping.hl7.parse import Message, parse
 from mapping.immunization import map_vxu
-from mapping.model import MappedMessage, MappingOptions, UnmappedItem
+from mapping.model import MappedMessage, MappingOptions, SegmentUse, UnmappedItem
 from mapping.orders import map_orders
 from mapping.oru import RESULT_TRIGGERS, map_oru
 
@@ -88,6 +88,7 @@ def _map(text: str, options: MappingOptions) -> MappedMessage:
         order_values=order_values,
         unmapped_segments=tuple(ctx.unmapped),
         report_source=partial(_report, ctx),
+        usage_source=partial(_usage, ctx),
         cleared=ctx.cleared,
         segment_driven=mapper is map_generic,
     )
@@ -109,6 +110,15 @@ def _report(ctx: Context) -> tuple[UnmappedItem, ...]:
     """``build_report`` when ``MappedMessage.report`` is first read, failing as ``map_message`` would."""
     try:
         return build_report(ctx)
+    except Exception as exc:
+        reason = f"internal mapping error {type(exc).__name__} at {_where(exc)}"
+    raise MappingError(reason)
+
+
+def _usage(ctx: Context) -> tuple[SegmentUse, ...]:
+    """``build_usage`` when ``MappedMessage.usage`` is first read, failing as ``map_message`` would."""
+    try:
+        return build_usage(ctx)
     except Exception as exc:
         reason = f"internal mapping error {type(exc).__name__} at {_where(exc)}"
     raise MappingError(reason)

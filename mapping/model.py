@@ -54,6 +54,19 @@ class UnmappedItem:
 
 
 @dataclass(frozen=True)
+class SegmentUse:
+    """What the rules did with one segment of a message, for the breadth report: the rule set
+    that mapped it (None: no rule did), the fields that carried content, and those of them no
+    rule read. Field numbers only, never a value."""
+
+    segment: str
+    index: int
+    role: str | None
+    valued: tuple[int, ...]
+    unmapped: tuple[int, ...]
+
+
+@dataclass(frozen=True)
 class MappedMessage:
     message_type: str
     """``MSH-9.1^MSH-9.2``, e.g. "ADT^A01"; just "ORU" when the sender gave no trigger event."""
@@ -72,6 +85,10 @@ class MappedMessage:
         default=(), repr=False, compare=False
     )
     """The report, or what computes it on first use (see ``report``)."""
+    usage_source: tuple[SegmentUse, ...] | Callable[[], tuple[SegmentUse, ...]] = field(
+        default=(), repr=False, compare=False
+    )
+    """Per segment, what the rules did with it (see ``usage``), or what computes it on first use."""
     cleared: dict[str, frozenset[str]] = field(default_factory=dict)
     """"Type/id" (as in ``resources``) -> top-level elements the message deletes with HL7's
     explicit null ``""``; for Patient and Encounter, which updates merge (mapping.updates)."""
@@ -93,6 +110,16 @@ class MappedMessage:
         if callable(source):
             source = source()
             object.__setattr__(self, "report_source", source)  # frozen: cache it once
+        return source
+
+    @property
+    def usage(self) -> tuple[SegmentUse, ...]:
+        """Per segment (MSH included), the rule set that mapped it and its valued and unmapped
+        fields: what ``sidecar convert --report`` tallies across a folder. Computed on first use."""
+        source = self.usage_source
+        if callable(source):
+            source = source()
+            object.__setattr__(self, "usage_source", source)
         return source
 
     def __repr__(self) -> str:

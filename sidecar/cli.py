@@ -198,14 +198,20 @@ def demo(
 @app.command()
 def convert(
     paths: Annotated[
-        list[Path], typer.Argument(help="HL7 v2 files (one message, several, or a batch) or DICOM files.")
+        list[Path],
+        typer.Argument(help="HL7 v2 files (one message, several, or a batch), DICOM files, or folders."),
     ],
     deid: Annotated[
         bool, typer.Option("--deid", help="De-identify (uses the data directory's secret).")
     ] = False,
     out: Annotated[Path | None, typer.Option("--out", help="Write one Bundle file per message here.")] = None,
     report: Annotated[
-        bool, typer.Option("--report", help="List on stderr what no rule mapped (segments, fields).")
+        bool,
+        typer.Option(
+            "--report",
+            help="List on stderr what no rule mapped (segments, fields) per message, then a breadth "
+            "summary per segment and field across all files: mapped, mapped by the IG but not here, no rule.",
+        ),
     ] = False,
     data_dir: DataDir = None,
     config: ConfigFile = None,
@@ -216,6 +222,7 @@ def convert(
     """
     from deid import Vault
     from mapping import MappingOptions
+    from mapping.breadth import Breadth
     from sidecar.convert import write_outputs
     from worker.context import load_secret
     from worker.pipeline import DicomPipelineOptions
@@ -224,6 +231,7 @@ def convert(
     if deid and settings.secret is None:
         _private_data_dir(settings)
     vault = Vault(load_secret(settings), date_shift_max_days=settings.date_shift_max_days) if deid else None
+    breadth = Breadth() if report else None
     failed = write_outputs(
         paths,
         MappingOptions(default_timezone=settings.site_timezone),
@@ -235,7 +243,10 @@ def convert(
         dicom=DicomPipelineOptions(
             authority=settings.dicom_issuer_default, allow_burned_in=settings.dicom_allow_burned_in
         ),
+        breadth=breadth,
     )
+    for line in breadth.lines() if breadth is not None else ():
+        print(line, file=sys.stderr)
     if failed:
         raise typer.Exit(1)
 

@@ -21,7 +21,9 @@ from core.errors import IngestError, SidecarError
 from core.fhir import FhirValidationError, transaction_bundle
 from deid import Vault, deidentify
 from mapping import MappingOptions, map_message, report_lines
+from mapping.breadth import Breadth
 from mapping.dicom import map_dataset
+from mapping.model import MappedMessage, SegmentUse
 from worker.objects import write_atomic
 from worker.pipeline import DicomPipelineOptions, PermanentFailure, deidentify_instance
 
@@ -36,6 +38,7 @@ class Converted:
     bundle: dict[str, Any]
     report: list[str]  # what no rule mapped (segment and field names, never values)
     objects: tuple[tuple[str, bytes], ...] = ()  # (file name, bytes): de-identified .dcm files
+    usage: tuple[SegmentUse, ...] = ()  # what the rules did per segment, for the breadth report
 
 
 @dataclass(frozen=True)
@@ -98,13 +101,13 @@ def convert_file(
     for index, raw in enumerate(messages, start=1):
         where = f"message {index}: " if len(messages) > 1 else ""
         try:
-            bundle, report = _bundle(raw, options, vault)
-            yield Converted(path, index, len(messages), bundle, report)
+            bundle, mapped = _bundle(raw, options, vault)
+            yield Converted(path, index, len(messages), bundle, report_lines(mapped), usage=mapped.usage)
         except (SidecarError, FhirValidationError) as exc:
             yield ConvertFailure(path, f"{where}{exc}")
 
 
-def _bundle(raw: bytes, options: MappingOptions, vault: Vault | None) -> tuple[dict[str, Any], list[str]]:
+def _bundle(raw: bytes, options: MappingOptions, vault: Vault | None) -> tuple[dict[str, Any], MappedMessage]:
     try:
         declared = peek_header(raw).charset
     except IngestError:
@@ -114,7 +117,22 @@ def _bundle(raw: bytes, options: MappingOptions, vault: Vault | None) -> tuple[d
     if vault is not None:
         keys = {pid: (key.authority, key.value) for pid, key in mapped.patient_keys.items()}
         resources = [r.resource for r in deidentify(resources, keys, mapped.phi_values, vault).resources]
-    return transaction_bundle(resources), report_lines(mapped)
+    return transaction_bundle(resources), mapped
+
+
+def expand_paths(paths: list[Path]) -> list[tuple[Path, str]]:
+    """Each file with the stem of its output; a folder gives every file under it (hidden ones
+    left out, sorted), each named by its path below the folder so two ``msg.hl7`` never collide."""
+    found: list[tuple[Path, str]] = []
+    for path in paths:
+        if not path.is_dir():
+            found.append((path, path.stem))
+            continue
+        for child in sorted(path.rglob("*")):
+            relative = child.relative_to(path)
+            if child.is_file() and not any(part.startswith(".") for part in relative.parts):
+                found.append((child, "__".join(relative.with_suffix("").parts)))
+    return found
 
 
 def write_outputs(
@@ -126,18 +144,24 @@ def write_outputs(
     report_error: Callable[[str], None],
     report_unmapped: Callable[[str], None] | None = None,
     dicom: DicomPipelineOptions | None = None,
+    breadth: Breadth | None = None,
 ) -> int:
-    """Convert every file; returns the number of files with at least one failure."""
+    """Convert every file (a folder: every file under it); returns the number of files with at
+    least one failure. ``breadth``, if given, tallies every converted HL7 message."""
     failed_files = 0
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
-    for path in paths:
+    for path, stem in expand_paths(paths):
         failed = False
         for result in convert_file(path, options, vault, dicom):
             if isinstance(result, ConvertFailure):
                 report_error(f"{result.path}: {result.reason}")
                 failed = True
+                if breadth is not None:
+                    breadth.add_failure()
                 continue
+            if breadth is not None and result.usage:
+                breadth.add_usage(result.usage)
             if result.objects and out_dir is None:
                 report_error(f"{result.path}: the de-identified .dcm needs --out DIR")
                 failed = True
@@ -154,6 +178,6 @@ def write_outputs(
                 emit(text)
             else:
                 suffix = f"-{result.index}" if result.count > 1 else ""
-                (out_dir / f"{path.stem}{suffix}.json").write_text(text + "\n", encoding="utf-8")
+                (out_dir / f"{stem}{suffix}.json").write_text(text + "\n", encoding="utf-8")
         failed_files += failed
     return failed_files
