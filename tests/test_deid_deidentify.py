@@ -368,9 +368,10 @@ def test_input_is_not_mutated(vault):
 
 
 def test_unknown_resource_type_is_refused(vault):
-    practitioner = {"resourceType": "Practitioner", "id": "carter", "name": [{"text": "Emily Carter"}]}
-    with pytest.raises(DeidError, match="no de-identification policy for Practitioner") as info:
-        deidentify([PATIENT, practitioner], PATIENT_KEYS, PHI, vault)
+    # A type no mapper emits (a Person links records of one human): no policy, so refused.
+    person = {"resourceType": "Person", "id": "carter", "name": [{"text": "Emily Carter"}]}
+    with pytest.raises(DeidError, match="no de-identification policy for Person") as info:
+        deidentify([PATIENT, person], PATIENT_KEYS, PHI, vault)
     assert "Carter" not in str(info.value)
 
 
