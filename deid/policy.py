@@ -226,6 +226,8 @@ COMPLEX: Final = MappingProxyType(
             "number": one("unsignedInt"),
             "title": one("string"),
         },
+        # Who gave the vaccine or ordered it: the function code and the (nameless, re-keyed) actor.
+        "Immunization.performer": {"function": one("CodeableConcept"), "actor": one(REFERENCE)},
         "Observation.component": {
             "code": one("CodeableConcept"),
             **_VALUE_X,
@@ -288,6 +290,8 @@ RESOURCES: Final = MappingProxyType(
             "component": many("Observation.component"),
             "hasMember": many(REFERENCE),
             "derivedFrom": many(REFERENCE),
+            # OBX-15/16/23/25: the lab and observers, as references to nameless de-identified targets.
+            "performer": many(REFERENCE),
         },
         "DiagnosticReport": {
             "meta": one("Meta"),
@@ -299,11 +303,16 @@ RESOURCES: Final = MappingProxyType(
             "effectiveDateTime": one("dateTime"),
             "effectivePeriod": one("Period"),
             "issued": one("instant"),
+            # OBR-32/34/35 as references to nameless PractitionerRoles (the function extension goes).
+            "performer": many(REFERENCE),
+            "resultsInterpreter": many(REFERENCE),
             "result": many(REFERENCE),
             "conclusion": one("string"),
             "conclusionCode": many("CodeableConcept"),
         },
-        # requester/performer name people; identifier/requisition are order numbers.
+        # identifier/requisition are order numbers; the callback extension is a phone number.
+        # performer names people; requester (ORC-12/21, OBR-16) is kept as a reference to a
+        # nameless de-identified PractitionerRole or Practitioner (its OBR-17 extension goes).
         "ServiceRequest": {
             "meta": one("Meta"),
             "status": one("code"),
@@ -318,12 +327,14 @@ RESOURCES: Final = MappingProxyType(
             "occurrenceDateTime": one("dateTime"),
             "occurrencePeriod": one("Period"),
             "authoredOn": one("dateTime"),
+            "requester": one(REFERENCE),
             "reasonCode": many("CodeableConcept"),
             "bodySite": many("CodeableConcept"),
             "supportingInfo": many(REFERENCE),
             "note": many("Annotation"),
         },
-        # masterIdentifier/author/authenticator/custodian identify; the content keeps its type.
+        # masterIdentifier/custodian identify; the content keeps its type. author/authenticator
+        # (TXA-9/10) are kept as references to nameless de-identified Practitioners.
         "DocumentReference": {
             "meta": one("Meta"),
             "status": one("code"),
@@ -332,6 +343,8 @@ RESOURCES: Final = MappingProxyType(
             "category": many("CodeableConcept"),
             "subject": one(REFERENCE),
             "date": one("instant"),
+            "author": many(REFERENCE),
+            "authenticator": one(REFERENCE),
             "description": one("string"),
             "securityLabel": many("CodeableConcept"),
             "content": many("DocumentReference.content"),
@@ -355,7 +368,7 @@ RESOURCES: Final = MappingProxyType(
             "comment": one("string"),
             "participant": many("Appointment.participant"),
         },
-        # performer/manufacturer/location name people and places.
+        # manufacturer/location name places; performer keeps its function and a reference.
         "Immunization": {
             "meta": one("Meta"),
             "status": one("code"),
@@ -372,6 +385,7 @@ RESOURCES: Final = MappingProxyType(
             "site": one("CodeableConcept"),
             "route": one("CodeableConcept"),
             "doseQuantity": one("Quantity"),
+            "performer": many("Immunization.performer"),
             "note": many("Annotation"),
             "reasonCode": many("CodeableConcept"),
             "isSubpotent": one("boolean"),
