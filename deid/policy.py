@@ -228,6 +228,8 @@ COMPLEX: Final = MappingProxyType(
         },
         # Who gave the vaccine or ordered it: the function code and the (nameless, re-keyed) actor.
         "Immunization.performer": {"function": one("CodeableConcept"), "actor": one(REFERENCE)},
+        # The same for a medication given (ORC-12, function OP).
+        "MedicationAdministration.performer": {"function": one("CodeableConcept"), "actor": one(REFERENCE)},
         "Observation.component": {
             "code": one("CodeableConcept"),
             **_VALUE_X,
@@ -393,7 +395,8 @@ RESOURCES: Final = MappingProxyType(
             "programEligibility": many("CodeableConcept"),
             "fundingSource": one("CodeableConcept"),
         },
-        # requester/performer/recorder name people; identifier holds the order numbers.
+        # performer/recorder name people; identifier holds the order numbers. requester (RXO-14,
+        # ORC-12) is kept as a reference to a nameless de-identified Practitioner.
         "MedicationRequest": {
             "meta": one("Meta"),
             "status": one("code"),
@@ -406,6 +409,7 @@ RESOURCES: Final = MappingProxyType(
             "subject": one(REFERENCE),
             "encounter": one(REFERENCE),
             "authoredOn": one("dateTime"),
+            "requester": one(REFERENCE),
             "reasonCode": many("CodeableConcept"),
             "note": many("Annotation"),
             "dosageInstruction": many("Dosage"),
@@ -439,6 +443,7 @@ RESOURCES: Final = MappingProxyType(
             "effectiveDateTime": one("dateTime"),
             "effectivePeriod": one("Period"),
             "reasonCode": many("CodeableConcept"),
+            "performer": many("MedicationAdministration.performer"),
             "request": one(REFERENCE),
             "note": many("Annotation"),
             "dosage": one("MedicationAdministration.dosage"),

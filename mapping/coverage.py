@@ -37,8 +37,9 @@ MAPPED_FIELDS: Final[dict[str, frozenset[int]]] = {
     "IN1": frozenset({1, 2, 3, 4, 5, 10, 12, 13, 15, 17, 49}),
     "IN1:SelfInsured": frozenset({1, 2, 3, 4, 5, 10, 12, 13, 15, 16, 17, 49}),
     # mapping.generic
-    "ORC:Medication": frozenset({1, 2, 3, 5, 9}),
-    "RXO": frozenset({1, 2, 4, 11, 12, 13}),
+    # ORC-12: MedicationRequest.requester (when RXO-14 names no one), MedicationAdministration.performer.
+    "ORC:Medication": frozenset({1, 2, 3, 5, 9, 12}),
+    "RXO": frozenset({1, 2, 4, 11, 12, 13, 14}),
     "RXE": frozenset({2, 3, 5, 10, 11, 12}),
     "RXD": frozenset({1, 2, 3, 4, 5}),
     "RXA:MedicationAdministration": frozenset({1, 2, 3, 4, 5, 6, 7, 20}),

@@ -129,6 +129,7 @@ FIELDS: Final[dict[str, dict[Extractor, tuple[int, ...]]]] = {
     "OBX": {_xcn: (16, 25)},
     # Administering provider (RXA-10), now mapped to Immunization.performer.
     "RXA": {_xcn: (10,)},
+    "RXO": {_xcn: (14,)},
     "SPM": {_eip: (2,)},
     "GT1": {_cx: (2,), _xpn: (3,), _xad: (5,), _xtn: (6, 7), _date: (8,), _st_id: (12,)},
     "IN1": {_xpn: (16,), _date: (18,), _xad: (19,), _st_id: (36,), _cx: (49,)},

@@ -52,6 +52,11 @@ def test_every_allowed_element_exists_in_the_fhir_model(resource_type):
         ("ImagingStudy.series.instance", "imagingstudy", "ImagingStudySeriesInstance"),
         ("Practitioner.qualification", "practitioner", "PractitionerQualification"),
         ("Immunization.performer", "immunization", "ImmunizationPerformer"),
+        (
+            "MedicationAdministration.performer",
+            "medicationadministration",
+            "MedicationAdministrationPerformer",
+        ),
     ],
 )
 def test_every_allowed_datatype_element_exists_in_the_fhir_model(type_name, module, model):
@@ -67,7 +72,7 @@ def test_every_complex_type_is_tested_above():
         "Appointment.participant", "Dosage", "Dosage.doseAndRate", "MedicationRequest.dispenseRequest",
         "MedicationAdministration.dosage", "Specimen.collection", "AllergyIntolerance.reaction",
         "ImagingStudy.identifier", "ImagingStudy.series", "ImagingStudy.series.instance",
-        "Practitioner.qualification", "Immunization.performer",
+        "Practitioner.qualification", "Immunization.performer", "MedicationAdministration.performer",
     }  # fmt: skip
 
 
@@ -87,7 +92,8 @@ def test_patient_allow_list_excludes_direct_identifiers():
 
 
 def _reference_only(type_name: str) -> bool:
-    """A reference, or a backbone (Immunization.performer) of a reference and a CodeableConcept."""
+    """A reference, or a backbone (Immunization/MedicationAdministration.performer) of a reference
+    and a CodeableConcept."""
     if type_name == policy.REFERENCE:
         return True
     members = policy.COMPLEX.get(type_name, {})

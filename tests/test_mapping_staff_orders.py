@@ -56,7 +56,7 @@ OTHER_LAB_CWE = "11D2233445^Inland Pathology^CLIA"
 STAFF_NAMES = [
     "Ashcombe", "Percival", "Thistlewood", "Rosalind", "Quennell", "Odessa", "Bramblett",
     "Fairweather", "Lindqvist", "Maren", "Okafor", "Bertrand", "Pemberton", "Clementine",
-    "Villanueva", "Esperanza",
+    "Villanueva", "Esperanza", "Marchetti", "Gianluca",
 ]  # fmt: skip
 
 PID = "PID|1||MRN5520011^^^GENHOSP^MR||Hollingsworth^Agatha||19690412|F\r"
@@ -118,6 +118,17 @@ VXU = (
     + segment("ORC", {1: "RE", 3: "IZ-5^HIS", 12: ORDERING}) + "\r"
     + segment("RXA", {1: "0", 2: "1", 3: "20260301", 5: "08^HepB^CVX", 6: "0.5", 7: "mL^mL^UCUM",
                       10: ADMINISTERING, 15: "LOT-7"}) + "\r"
+)  # fmt: skip
+
+# A medication order given at once (segment-driven map): RXO-14 prescriber, ORC-12 orderer.
+PRESCRIBER = "3344^Marchetti^Gianluca^^^^MD^^GENHOSP"
+RDE = (
+    _msh("RDE^O11^RDE_O11", "CTRL-STF-0005")
+    + PID
+    + segment("ORC", {1: "NW", 2: "RX-3^HIS", 9: "20260302070000", 12: ORDERING}) + "\r"
+    + segment("RXO", {1: "197361^Amlodipine 5 MG^RXNORM", 2: "5", 4: "mg^mg^UCUM", 14: PRESCRIBER}) + "\r"
+    + segment("RXA", {1: "0", 2: "1", 3: "20260302080000", 5: "197361^Amlodipine 5 MG^RXNORM", 6: "5",
+                      7: "mg^mg^UCUM"}) + "\r"
 )  # fmt: skip
 
 
@@ -304,6 +315,11 @@ def vxu() -> Output:
     return Output(map_message(VXU))
 
 
+@pytest.fixture(scope="module")
+def rde() -> Output:
+    return Output(map_message(RDE))
+
+
 def test_every_obr_diagnostic_report_row_lands_where_the_ig_says(oru):
     (report,) = oru.of_type("DiagnosticReport")
     rows = staff_rows("OBR[DiagnosticReport] - OBR")
@@ -386,6 +402,21 @@ def test_every_immunization_row_lands_where_the_ig_says(vxu):
     assert functions["OP"].startswith("PractitionerRole/") and functions["AP"].startswith("Practitioner/")
 
 
+def test_every_medication_row_lands_where_the_ig_says(rde):
+    (request,) = rde.of_type("MedicationRequest")
+    (administration,) = rde.of_type("MedicationAdministration")
+    rxo, orc = _segments(RDE, "RXO")[0], _segments(RDE, "ORC")[0]
+    checked = check_rows(staff_rows("RXO[MedicationRequest] - Sheet1", {"RXO-14"}), request, rxo, rde)
+    rows = staff_rows("ORC[MedicationAdministration] - Sheet1")
+    checked |= check_rows(rows, administration, orc, rde)
+    assert checked == {"RXO-14", "ORC-12"}
+    # Without RXO-14 the ORC-12 orderer is the requester.
+    alone = Output(map_message(RDE.replace(PRESCRIBER, "")))
+    (request,) = alone.of_type("MedicationRequest")
+    requester = _practitioner(request["requester"], alone)
+    assert requester is not None and requester["name"][0]["family"] == "Ashcombe"
+
+
 def test_the_same_physician_is_one_practitioner_in_every_message(orm, mdm, vxu):
     def ashcombe(out: Output) -> str:
         found = [str(p["id"]) for p in out.of_type("Practitioner") if p["name"][0]["family"] == "Ashcombe"]
@@ -397,7 +428,7 @@ def test_the_same_physician_is_one_practitioner_in_every_message(orm, mdm, vxu):
     assert {p["id"] for p in again.of_type("Practitioner")} == {p["id"] for p in orm.of_type("Practitioner")}
 
 
-def test_mapped_fields_are_not_reported(oru, orm, mdm, vxu):
+def test_mapped_fields_are_not_reported(oru, orm, mdm, vxu, rde):
     staff_fields = {
         "OBR:DiagnosticReport": {32, 34, 35},
         "OBX:Observation": {15, 16, 23, 24, 25},
@@ -406,18 +437,20 @@ def test_mapped_fields_are_not_reported(oru, orm, mdm, vxu):
         "TXA": {9, 10},
         "ORC:Immunization": {12},
         "RXA": {10},
+        "ORC:Medication": {12},
+        "RXO": {14},
     }
     for role, fields in staff_fields.items():
         assert fields <= MAPPED_FIELDS[role], role
-    for out in (oru, orm, mdm, vxu):
+    for out in (oru, orm, mdm, vxu, rde):
         reported = {(item.segment, n) for item in out.mapped.report for n in item.fields}
-        assert not {r for r in reported if r[0] in ("ORC", "OBR", "OBX", "TXA", "RXA")}, reported
+        assert not {r for r in reported if r[0] in ("ORC", "OBR", "OBX", "TXA", "RXA", "RXO")}, reported
 
 
 # -- de-identification ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("message", [ORU, ORM, MDM, VXU], ids=["ORU", "ORM", "MDM", "VXU"])
+@pytest.mark.parametrize("message", [ORU, ORM, MDM, VXU, RDE], ids=["ORU", "ORM", "MDM", "VXU", "RDE"])
 def test_deidentified_output_names_no_staff_and_keeps_references_resolvable(message):
     mapped = map_message(message)
     keys = {pid: (k.authority, k.value) for pid, k in mapped.patient_keys.items()}
@@ -437,6 +470,12 @@ def test_deidentified_output_names_no_staff_and_keeps_references_resolvable(mess
         "Observation": "performer",
         "DocumentReference": "author",
         "Immunization": "performer",
+        "MedicationRequest": "requester",
+        "MedicationAdministration": "performer",
     }
-    kept = [r for r in resources if staff_links.get(r["resourceType"], "") in r]
-    assert kept, "the staff references survive de-identification"
+
+    def linked(found: list[Json]) -> list[str]:
+        return [r["resourceType"] for r in found if staff_links.get(r["resourceType"], "") in r]
+
+    # Every staff reference the mapper made survives de-identification (pointing at a kept resource).
+    assert linked(resources) == linked(mapped.resources) != []
