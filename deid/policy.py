@@ -226,6 +226,10 @@ COMPLEX: Final = MappingProxyType(
             "number": one("unsignedInt"),
             "title": one("string"),
         },
+        # Who gave the vaccine or ordered it: the function code and the (nameless, re-keyed) actor.
+        "Immunization.performer": {"function": one("CodeableConcept"), "actor": one(REFERENCE)},
+        # The same for a medication given (ORC-12, function OP).
+        "MedicationAdministration.performer": {"function": one("CodeableConcept"), "actor": one(REFERENCE)},
         "Observation.component": {
             "code": one("CodeableConcept"),
             **_VALUE_X,
@@ -288,6 +292,8 @@ RESOURCES: Final = MappingProxyType(
             "component": many("Observation.component"),
             "hasMember": many(REFERENCE),
             "derivedFrom": many(REFERENCE),
+            # OBX-15/16/23/25: the lab and observers, as references to nameless de-identified targets.
+            "performer": many(REFERENCE),
         },
         "DiagnosticReport": {
             "meta": one("Meta"),
@@ -299,11 +305,16 @@ RESOURCES: Final = MappingProxyType(
             "effectiveDateTime": one("dateTime"),
             "effectivePeriod": one("Period"),
             "issued": one("instant"),
+            # OBR-32/34/35 as references to nameless PractitionerRoles (the function extension goes).
+            "performer": many(REFERENCE),
+            "resultsInterpreter": many(REFERENCE),
             "result": many(REFERENCE),
             "conclusion": one("string"),
             "conclusionCode": many("CodeableConcept"),
         },
-        # requester/performer name people; identifier/requisition are order numbers.
+        # identifier/requisition are order numbers; the callback extension is a phone number.
+        # performer names people; requester (ORC-12/21, OBR-16) is kept as a reference to a
+        # nameless de-identified PractitionerRole or Practitioner (its OBR-17 extension goes).
         "ServiceRequest": {
             "meta": one("Meta"),
             "status": one("code"),
@@ -318,12 +329,14 @@ RESOURCES: Final = MappingProxyType(
             "occurrenceDateTime": one("dateTime"),
             "occurrencePeriod": one("Period"),
             "authoredOn": one("dateTime"),
+            "requester": one(REFERENCE),
             "reasonCode": many("CodeableConcept"),
             "bodySite": many("CodeableConcept"),
             "supportingInfo": many(REFERENCE),
             "note": many("Annotation"),
         },
-        # masterIdentifier/author/authenticator/custodian identify; the content keeps its type.
+        # masterIdentifier/custodian identify; the content keeps its type. author/authenticator
+        # (TXA-9/10) are kept as references to nameless de-identified Practitioners.
         "DocumentReference": {
             "meta": one("Meta"),
             "status": one("code"),
@@ -332,6 +345,8 @@ RESOURCES: Final = MappingProxyType(
             "category": many("CodeableConcept"),
             "subject": one(REFERENCE),
             "date": one("instant"),
+            "author": many(REFERENCE),
+            "authenticator": one(REFERENCE),
             "description": one("string"),
             "securityLabel": many("CodeableConcept"),
             "content": many("DocumentReference.content"),
@@ -355,7 +370,7 @@ RESOURCES: Final = MappingProxyType(
             "comment": one("string"),
             "participant": many("Appointment.participant"),
         },
-        # performer/manufacturer/location name people and places.
+        # manufacturer/location name places; performer keeps its function and a reference.
         "Immunization": {
             "meta": one("Meta"),
             "status": one("code"),
@@ -372,6 +387,7 @@ RESOURCES: Final = MappingProxyType(
             "site": one("CodeableConcept"),
             "route": one("CodeableConcept"),
             "doseQuantity": one("Quantity"),
+            "performer": many("Immunization.performer"),
             "note": many("Annotation"),
             "reasonCode": many("CodeableConcept"),
             "isSubpotent": one("boolean"),
@@ -379,7 +395,8 @@ RESOURCES: Final = MappingProxyType(
             "programEligibility": many("CodeableConcept"),
             "fundingSource": one("CodeableConcept"),
         },
-        # requester/performer/recorder name people; identifier holds the order numbers.
+        # performer/recorder name people; identifier holds the order numbers. requester (RXO-14,
+        # ORC-12) is kept as a reference to a nameless de-identified Practitioner.
         "MedicationRequest": {
             "meta": one("Meta"),
             "status": one("code"),
@@ -392,6 +409,7 @@ RESOURCES: Final = MappingProxyType(
             "subject": one(REFERENCE),
             "encounter": one(REFERENCE),
             "authoredOn": one("dateTime"),
+            "requester": one(REFERENCE),
             "reasonCode": many("CodeableConcept"),
             "note": many("Annotation"),
             "dosageInstruction": many("Dosage"),
@@ -425,6 +443,7 @@ RESOURCES: Final = MappingProxyType(
             "effectiveDateTime": one("dateTime"),
             "effectivePeriod": one("Period"),
             "reasonCode": many("CodeableConcept"),
+            "performer": many("MedicationAdministration.performer"),
             "request": one(REFERENCE),
             "note": many("Annotation"),
             "dosage": one("MedicationAdministration.dosage"),

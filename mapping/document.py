@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 
 from core.errors import MappingError
-from mapping import ids, workflow_vocab
+from mapping import ids, staff, workflow_vocab
 from mapping.context import Context
 from mapping.hl7.datatypes import Json, cwe_concept, ei_identifier, resource
 from mapping.hl7.dtm import to_instant
@@ -96,6 +96,9 @@ def _document(
             "type": cwe_concept(txa.first(2)),
             "subject": patient.subject,
             "date": to_instant(txa.value(6), ctx.zone),
+            # TXA-9 originators and TXA-10 the (first) authenticator (IG TXA[DocumentReference]).
+            "author": [a for a in (staff.xcn_practitioner(x, ctx) for x in txa.repetitions(9)) if a],
+            "authenticator": staff.xcn_practitioner(txa.first(10), ctx),
             "description": txa.value(25),
             "content": _content(txa, lines, attachments),
             "context": {k: v for k, v in context.items() if v} or None,

@@ -9,7 +9,9 @@ dropped silently):
   OBR -> ServiceRequest (IG ORC/OBR[ServiceRequest]); RXO/RXE -> MedicationRequest (IG
   RXO[MedicationRequest]; RXE read the same way); RXD -> MedicationDispense; RXA ->
   MedicationAdministration (one per RXA); an ORC without a detail -> ServiceRequest;
-  RXR -> the route/site of the group's medication resources;
+  RXR -> the route/site of the group's medication resources; RXO-14 (else ORC-12) ->
+  MedicationRequest.requester, ORC-12 -> MedicationAdministration.performer (function OP, IG
+  ORC[MedicationAdministration]);
 * OBX -> Observation (IG OBX[Observation]); NTE -> note of the resource it follows;
 * SPM -> Specimen (IG SPM[Specimen]); the OBX after it (until the next SPM or PID) point at it;
 * PRB -> Condition (problem-list-item), DG1 -> Condition (encounter-diagnosis, IG
@@ -27,7 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from core.errors import MappingError
-from mapping import ids, workflow_vocab
+from mapping import ids, staff, workflow_vocab
 from mapping.context import Context, PatientRef
 from mapping.encounter import map_pv1
 from mapping.hl7.datatypes import Json, cwe_concept, data_absent_concept, ei_identifier, resource
@@ -142,6 +144,28 @@ def _order_status(orc: Segment | None) -> str:
     return _MEDICATION_REQUEST_STATUS.get(status, "unknown")
 
 
+PERFORMER_FUNCTION_SYSTEM = "http://terminology.hl7.org/CodeSystem/v2-0443"
+
+
+def _medication_requester(group: _Group, ctx: Context) -> Json | None:
+    """RXO-14 ordering provider (IG RXO[MedicationRequest] requester(Practitioner)); else ORC-12,
+    the same person in the ORC, read as ORC[ServiceRequest] reads it for other orders."""
+    if group.rxo is not None:
+        found = staff.xcn_practitioner(group.rxo.first(14), ctx)
+        if found is not None:
+            return found
+    return staff.xcn_practitioner(group.orc.first(12), ctx) if group.orc is not None else None
+
+
+def _administration_performers(group: _Group, ctx: Context) -> list[Json]:
+    """ORC-12 -> MedicationAdministration.performer, function OP (IG ORC[MedicationAdministration])."""
+    if group.orc is None:
+        return []
+    function = {"coding": [{"system": PERFORMER_FUNCTION_SYSTEM, "code": "OP"}]}
+    actors = (staff.xcn_practitioner(x, ctx) for x in group.orc.repetitions(12))
+    return [{"function": function, "actor": actor} for actor in actors if actor is not None]
+
+
 def _group_id(resource_type: str, group: _Group, ctx: Context, *extra: str) -> str:
     preferred = None
     if group.orc is not None:
@@ -254,6 +278,7 @@ class _Walker:
                         "subject": patient.subject,
                         "encounter": patient.encounter,
                         "authoredOn": to_date_time(group.orc.value(9), ctx.zone) if group.orc else None,
+                        "requester": _medication_requester(group, ctx),
                         "note": notes,
                         "dosageInstruction": [dosage] if dosage else None,
                         "dispenseRequest": {
@@ -327,6 +352,7 @@ class _Walker:
                         "subject": patient.subject,
                         "context": patient.encounter,
                         **effective,
+                        "performer": _administration_performers(group, ctx),
                         "request": ids.reference("MedicationRequest", request_id) if request_id else None,
                         "note": notes,
                         "dosage": dosage,

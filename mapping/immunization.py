@@ -2,14 +2,17 @@
 an RXA -> Observation partOf that Immunization; OBX before any RXA -> Observation of the patient;
 NK1 after a PID -> RelatedPerson of that patient (IG NK1[RelatedPerson]; one before any PID is reported).
 
-Not mapped (reported): PD1, GT1, IN1, PRT, TQ1 and the people in ORC/RXA-10.
+Staff: ORC-12 ordering provider (PractitionerRole, function OP) and RXA-10 administering
+provider (Practitioner, function AP) -> Immunization.performer (IG ORC/RXA[Immunization]).
+
+Not mapped (reported): PD1, GT1, IN1, PRT, TQ1 and the other people of ORC.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from mapping import ids, workflow_vocab
+from mapping import ids, staff, workflow_vocab
 from mapping.context import Context, PatientRef
 from mapping.hl7.datatypes import Json, code_key, cwe_concept, data_absent_concept, ei_identifier, resource
 from mapping.hl7.dtm import to_date, to_date_time
@@ -20,6 +23,7 @@ from mapping.related import map_nk1
 from mapping.subject import Subjects
 
 _UNKNOWN_AMOUNT = "999"  # CDC IIS guide: amount not recorded
+PERFORMER_FUNCTION_SYSTEM = "http://terminology.hl7.org/CodeSystem/v2-0443"
 
 
 @dataclass
@@ -43,6 +47,21 @@ def _dose_quantity(rxa: Segment) -> Json | None:
     if number is None or amount == _UNKNOWN_AMOUNT:
         return None
     return quantity(number, rxa.first(7))
+
+
+def _performer(actor: Json | None, function: str) -> Json | None:
+    if actor is None:
+        return None
+    return {"function": {"coding": [{"system": PERFORMER_FUNCTION_SYSTEM, "code": function}]}, "actor": actor}
+
+
+def _performers(rxa: Segment, orc: Segment | None, ctx: Context) -> list[Json]:
+    """ORC-12 -> performer OP (ordering provider, XCN[PractitionerRole]); RXA-10 -> performer AP
+    (administering provider, XCN[Practitioner])."""
+    ordering = [staff.xcn_role(x, ctx) for x in orc.repetitions(12)] if orc is not None else []
+    found = [_performer(a, "OP") for a in ordering]
+    found += [_performer(staff.xcn_practitioner(x, ctx), "AP") for x in rxa.repetitions(10)]
+    return [p for p in found if p is not None]
 
 
 def _immunization_id(rxa: Segment, orc: Segment | None, ctx: Context) -> str:
@@ -85,6 +104,7 @@ def _add_immunization(dose: _Dose, ctx: Context) -> None:
             "encounter": dose.patient.encounter,
             **({"occurrenceDateTime": occurrence} if occurrence else {"occurrenceString": "unknown"}),
             "recorded": recorded,
+            "performer": _performers(rxa, orc, ctx),
             "lotNumber": rxa.value(15),
             "expirationDate": to_date(rxa.value(16)),
             "route": cwe_concept(route.first(1)) if route is not None else None,

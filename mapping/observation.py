@@ -7,9 +7,9 @@ import binascii
 import re
 from collections.abc import Callable
 
-from mapping import vocab
+from mapping import ids, staff, vocab
 from mapping.context import Context, PatientRef
-from mapping.hl7.datatypes import Json, cwe_concept, data_absent_concept, prune, resource
+from mapping.hl7.datatypes import Json, cwe_concept, data_absent_concept, prune, resource, xad_address
 from mapping.hl7.dtm import to_date_time, to_time
 from mapping.hl7.numeric import nm_value, parse_number, reference_range, sn_value
 from mapping.hl7.parse import Composite, Segment
@@ -226,6 +226,38 @@ def _interpretations(obx: Segment) -> list[Json]:
     return found
 
 
+PRACTITIONER_ROLE_SYSTEM = "http://terminology.hl7.org/CodeSystem/practitioner-role"
+MEDICAL_DIRECTOR_SYSTEM = "http://terminology.hl7.org/CodeSystem/v2-0912"
+_OBSERVER = {"coding": [{"system": PRACTITIONER_ROLE_SYSTEM, "code": "responsibleObserver"}]}
+_DIRECTOR = {"coding": [{"system": MEDICAL_DIRECTOR_SYSTEM, "code": "MDIR"}]}
+
+
+def _performing_party(obx: Segment, ctx: Context) -> tuple[Json | None, str | None]:
+    """OBX-23 performing organisation (OBX-24 its address) and OBX-25 its medical director: a
+    PractitionerRole of the director for that organisation when OBX-25 is valued, else the
+    Organization itself (IG OBX[Observation] "IF OBX-25 (NOT) VALUED"); and the organisation's id."""
+    organization_id = staff.organization(obx.first(23), ctx, address=xad_address(obx.first(24), ctx.zone))
+    if obx.first(25).get(1) or obx.first(25).get(2):
+        role = staff.xcn_role(obx.first(25), ctx, organization_id=organization_id, code=_DIRECTOR)
+        return role, organization_id
+    return (ids.reference("Organization", organization_id) if organization_id else None), organization_id
+
+
+def performers(obx: Segment, ctx: Context) -> list[Json]:
+    """Observation.performer: OBX-16 responsible observers, then OBX-23/24/25, then the OBX-15
+    producer (CWE[Organization]) unless it is that same organisation."""
+    found = [
+        r for r in (staff.xcn_role(x, ctx, code=_OBSERVER) for x in obx.repetitions(16)) if r is not None
+    ]
+    party, performing_id = _performing_party(obx, ctx)
+    if party is not None:
+        found.append(party)
+    producer = staff.cwe_organization(obx.first(15), ctx)
+    if producer is not None and producer != performing_id:
+        found.append(ids.reference("Organization", producer))
+    return found
+
+
 def build_observation(
     obx: Segment, observation_id: str, patient: PatientRef, ctx: Context, report_time: str = ""
 ) -> Json:
@@ -249,6 +281,7 @@ def build_observation(
             "subject": patient.subject,
             "encounter": patient.encounter,
             "effectiveDateTime": to_date_time(obx.value(14), ctx.zone) or to_date_time(report_time, ctx.zone),
+            "performer": performers(obx, ctx),
             **value,
             "dataAbsentReason": (
                 {"coding": [{"system": vocab.DATA_ABSENT_REASON, "code": "not-asked"}]} if not_asked else None

@@ -12,9 +12,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from mapping import ids, workflow_vocab
+from mapping import ids, staff, workflow_vocab
 from mapping.context import Context, PatientRef
-from mapping.hl7.datatypes import Json, code_key, cwe_concept, ei_identifier, hd_system, resource
+from mapping.hl7.datatypes import (
+    Json,
+    code_key,
+    cwe_concept,
+    ei_identifier,
+    hd_system,
+    resource,
+    xad_address,
+    xtn_contact,
+)
 from mapping.hl7.dtm import to_date_time
 from mapping.hl7.parse import EMPTY, Composite, Segment
 from mapping.observation import attach_note, build_observation, note_text
@@ -93,6 +102,57 @@ def _requisition(orc: Segment | None) -> Json | None:
     return found
 
 
+CALLBACK_EXTENSION = "http://hl7.org/fhir/StructureDefinition/servicerequest-order-callback-phone-number"
+"""ORC-14 / OBR-17 (IG ORC[ServiceRequest]; OBR-17's row names no url, so it gets this one)."""
+
+
+def _callback(field: Composite) -> Json | None:
+    contact = xtn_contact(field, None)
+    return {"url": CALLBACK_EXTENSION, "valueContactPoint": contact} if contact else None
+
+
+def requester(orc: Segment | None, obr: Segment | None, ctx: Context) -> Json | None:
+    """The ordering provider (IG ORC[ServiceRequest] ORC-12, 21-24; OBR[ServiceRequest] OBR-16).
+
+    ORC-12 (with ORC-24 as the practitioner's address) and ORC-21 (with ORC-22/23 as the
+    organisation's address and telecom) make a PractitionerRole; OBR-16 names the practitioner
+    only when ORC-12 does not, and is the requester itself when no ORC names an organisation.
+    OBR-17 is the callback number on that reference.
+    """
+
+    def orc_field(number: int) -> Composite:
+        return orc.first(number) if orc is not None else EMPTY
+
+    address = xad_address(orc_field(24), ctx.zone)
+    practitioner_id = staff.practitioner(staff.person_from_xcn(orc_field(12)), ctx, address=address)
+    ordered_by_orc = practitioner_id is not None
+    if practitioner_id is None and obr is not None:
+        practitioner_id = staff.practitioner(staff.person_from_xcn(obr.first(16)), ctx, address=address)
+    organization_id = staff.organization(
+        orc_field(21),
+        ctx,
+        address=xad_address(orc_field(22), ctx.zone),
+        telecom=xtn_contact(orc_field(23), None),
+    )
+    found: Json | None
+    if ordered_by_orc or organization_id is not None:
+        role = staff.practitioner_role(ctx, practitioner_id=practitioner_id, organization_id=organization_id)
+        found = ids.reference("PractitionerRole", role) if role else None
+    else:
+        found = ids.reference("Practitioner", practitioner_id) if practitioner_id else None
+    callback = _callback(obr.first(17)) if obr is not None else None
+    if found is not None and callback is not None:
+        return {**found, "extension": [callback]}
+    return found
+
+
+def _order_callback(orc: Segment | None, obr: Segment | None) -> Json | None:
+    """ORC-14 -> the callback extension, "IF OBR-17 NOT VALUED" (IG ORC[ServiceRequest])."""
+    if orc is None or (obr is not None and obr.raw(17)):
+        return None
+    return _callback(orc.first(14))
+
+
 def build_service_request(order: Order, ctx: Context) -> Json:
     """Add the ServiceRequest of ``order`` and return it."""
     orc, obr = order.orc, order.obr
@@ -111,6 +171,7 @@ def build_service_request(order: Order, ctx: Context) -> Json:
         "ServiceRequest",
         assign_id(order, ctx),
         {
+            "extension": [c for c in (_order_callback(orc, obr),) if c],
             "identifier": identifiers,
             "requisition": _requisition(orc),
             "status": _status(orc),
@@ -121,6 +182,7 @@ def build_service_request(order: Order, ctx: Context) -> Json:
             "encounter": order.patient.encounter,
             "occurrenceDateTime": to_date_time(obr.value(6), ctx.zone) if obr is not None else None,
             "authoredOn": authored,
+            "requester": requester(orc, obr, ctx),
             "reasonCode": reasons,
             "supportingInfo": order.supporting,
             "note": [{"text": n} for n in order.notes],

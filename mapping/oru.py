@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from mapping import ids, vocab
+from mapping import ids, staff, vocab
 from mapping.context import Context, PatientRef
 from mapping.encounter import map_pv1
 from mapping.hl7.datatypes import (
@@ -80,6 +80,26 @@ def _open_report(obr: Segment, index: int, patient: PatientRef, ctx: Context) ->
     return _Report(obr, index, patient, report_id, basis)
 
 
+PERFORMER_FUNCTION = "http://hl7.org/fhir/StructureDefinition/event-performerFunction"
+PARTICIPATION_TYPE = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType"
+# OBR-34 technician -> SPRF (secondary performer), OBR-35 transcriptionist -> TRANS (IG rows).
+_PERFORMER_FIELDS = ((34, "SPRF"), (35, "TRANS"))
+
+
+def _performers(obr: Segment, ctx: Context) -> list[Json]:
+    """OBR-34/35 (NDL, repeating) -> performer PractitionerRoles with their performerFunction."""
+    found = []
+    for number, function in _PERFORMER_FIELDS:
+        for ndl in obr.repetitions(number):
+            role = staff.ndl_role(ndl, ctx)
+            if role is not None:
+                concept = {"coding": [{"system": PARTICIPATION_TYPE, "code": function}]}
+                found.append(
+                    {**role, "extension": [{"url": PERFORMER_FUNCTION, "valueCodeableConcept": concept}]}
+                )
+    return found
+
+
 def _close_report(report: _Report, ctx: Context) -> None:
     obr = report.obr
     ctx.mapped(obr, "OBR:DiagnosticReport")
@@ -107,6 +127,9 @@ def _close_report(report: _Report, ctx: Context) -> None:
             "encounter": report.patient.encounter,
             **effective,
             "issued": to_instant(obr.value(22), ctx.zone),
+            "performer": _performers(obr, ctx),
+            # OBR-32 principal result interpreter (IG OBR[DiagnosticReport]).
+            "resultsInterpreter": [r for r in (staff.ndl_role(n, ctx) for n in obr.repetitions(32)) if r],
             "result": report.results,
             **report.text.members(),
         },

@@ -125,7 +125,11 @@ FIELDS: Final[dict[str, dict[Extractor, tuple[int, ...]]]] = {
     "EVN": {_xcn: (5,)},
     "ORC": {_st_id: (2, 3, 4), _xcn: (10, 11, 12)},
     "OBR": {_st_id: (2, 3), _xcn: (10, 16, 28), _ndl: (32, 33, 34, 35)},
-    "OBX": {_xcn: (16,)},
+    # Responsible observer and the performing laboratory's medical director.
+    "OBX": {_xcn: (16, 25)},
+    # Administering provider (RXA-10), now mapped to Immunization.performer.
+    "RXA": {_xcn: (10,)},
+    "RXO": {_xcn: (14,)},
     "SPM": {_eip: (2,)},
     "GT1": {_cx: (2,), _xpn: (3,), _xad: (5,), _xtn: (6, 7), _date: (8,), _st_id: (12,)},
     "IN1": {_xpn: (16,), _date: (18,), _xad: (19,), _st_id: (36,), _cx: (49,)},

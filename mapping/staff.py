@@ -22,6 +22,7 @@ from mapping.hl7.parse import Composite
 __all__ = [
     "DEGREE_SYSTEM",
     "Person",
+    "cwe_organization",
     "hd_organization",
     "ndl_role",
     "organization",
@@ -30,6 +31,7 @@ __all__ = [
     "practitioner",
     "practitioner_role",
     "xcn_practitioner",
+    "xcn_role",
 ]
 
 DEGREE_SYSTEM: Final = "http://terminology.hl7.org/CodeSystem/v2-0360"
@@ -99,13 +101,27 @@ def _person_key(person: Person) -> tuple[str, ...] | None:
     return ("name", " ".join(name.split())) if name.strip() else None
 
 
-def practitioner(person: Person, ctx: Context) -> str | None:
-    """Add the Practitioner of ``person`` (once per message) and return its id."""
+def _enrich(ctx: Context, resource_type: str, resource_id: str, members: Json) -> None:
+    """Give a resource already added in this message the members it lacks (an address a later
+    field names for the same person or organisation)."""
+    for found in ctx.resources:
+        if found["resourceType"] == resource_type and found["id"] == resource_id:
+            for key, value in members.items():
+                if value and key not in found:
+                    found[key] = value
+            return
+
+
+def practitioner(person: Person, ctx: Context, *, address: Json | None = None) -> str | None:
+    """Add the Practitioner of ``person`` (once per message) and return its id; ``address``
+    (e.g. ORC-24) becomes Practitioner.address."""
     key = _person_key(person)
     if key is None:
         return None
     practitioner_id = ids.resource_id("Practitioner", *key)
     if ctx.taken("Practitioner", practitioner_id):
+        if address:
+            _enrich(ctx, "Practitioner", practitioner_id, {"address": [address]})
         return practitioner_id
     identifier = None
     if person.id_number:
@@ -142,6 +158,7 @@ def practitioner(person: Person, ctx: Context) -> str | None:
                 "identifier": [identifier] if identifier else None,
                 "active": True,
                 "name": [name] if name and ({"family", "given"} & name.keys()) else None,
+                "address": [address] if address else None,
                 "qualification": qualification,
             },
         )
@@ -149,10 +166,21 @@ def practitioner(person: Person, ctx: Context) -> str | None:
     return practitioner_id
 
 
-def xcn_practitioner(xcn: Composite, ctx: Context) -> Json | None:
+def xcn_practitioner(xcn: Composite, ctx: Context, *, address: Json | None = None) -> Json | None:
     """A reference to the Practitioner an XCN names (IG XCN[Practitioner]), or None."""
-    found = practitioner(person_from_xcn(xcn), ctx)
+    found = practitioner(person_from_xcn(xcn), ctx, address=address)
     return ids.reference("Practitioner", found) if found else None
+
+
+def xcn_role(
+    xcn: Composite, ctx: Context, *, organization_id: str | None = None, code: Json | None = None
+) -> Json | None:
+    """A reference to the PractitionerRole of the practitioner an XCN names (IG
+    XCN[PractitionerRole]: the XCN is its practitioner), for ``organization_id`` in role
+    ``code``; None when the XCN names no one and no organisation is given."""
+    found = practitioner(person_from_xcn(xcn), ctx)
+    role = practitioner_role(ctx, practitioner_id=found, organization_id=organization_id, code=code)
+    return ids.reference("PractitionerRole", role) if role else None
 
 
 def _organization_identifier(value: str, authority: tuple[str, str, str], type_code: str) -> Json | None:
@@ -161,9 +189,12 @@ def _organization_identifier(value: str, authority: tuple[str, str, str], type_c
     return prune({"type": identifier_type(type_code), "system": hd_system(*authority), "value": value})
 
 
-def organization(xon: Composite, ctx: Context, *, address: Json | None = None) -> str | None:
+def organization(
+    xon: Composite, ctx: Context, *, address: Json | None = None, telecom: Json | None = None
+) -> str | None:
     """Add the Organization an XON names (IG XON[Organization]: XON.1 name, XON.10 else XON.3
-    identifier with XON.6 as its system and XON.7 as its type) and return its id."""
+    identifier with XON.6 as its system and XON.7 as its type) and return its id; ``address``
+    and ``telecom`` (e.g. ORC-22, ORC-23) become its own."""
     name = " ".join(xon.get(1).split())
     number = xon.get(10).strip() or xon.get(3).strip()
     authority = (xon.get(6, 1).strip(), xon.get(6, 2).strip(), xon.get(6, 3).strip())
@@ -171,7 +202,10 @@ def organization(xon: Composite, ctx: Context, *, address: Json | None = None) -
     if not number and not name:
         return None
     org_id = ids.resource_id("Organization", *key)
-    if not ctx.taken("Organization", org_id):
+    contact = {"address": [address] if address else None, "telecom": [telecom] if telecom else None}
+    if ctx.taken("Organization", org_id):
+        _enrich(ctx, "Organization", org_id, contact)
+    else:
         identifier = _organization_identifier(number, authority, xon.get(7).strip())
         ctx.add(
             resource(
@@ -181,8 +215,31 @@ def organization(xon: Composite, ctx: Context, *, address: Json | None = None) -
                     "identifier": [identifier] if identifier else None,
                     "active": True,
                     "name": name or None,
-                    "address": [address] if address else None,
+                    "telecom": contact["telecom"],
+                    "address": contact["address"],
                 },
+            )
+        )
+    return org_id
+
+
+def cwe_organization(cwe: Composite, ctx: Context) -> str | None:
+    """Add the Organization a CWE names (IG CWE[Organization]: CWE.1 identifier value, CWE.3 its
+    system, CWE.2 else CWE.9 name) and return its id; keyed like an XON's, so a laboratory sent as
+    a code (OBX-15) and as an XON with the same number and authority is one Organization."""
+    code, system_name = cwe.get(1).strip(), cwe.get(3).strip()
+    name = " ".join((cwe.get(2) or cwe.get(9)).split())
+    if not code and not name:
+        return None
+    key = ("id", system_name, code) if code else ("name", name.casefold())
+    org_id = ids.resource_id("Organization", *key)
+    if not ctx.taken("Organization", org_id):
+        identifier = prune({"system": vocab.coding_system(system_name), "value": code})
+        ctx.add(
+            resource(
+                "Organization",
+                org_id,
+                {"identifier": [identifier] if code else None, "active": True, "name": name or None},
             )
         )
     return org_id
