@@ -161,9 +161,12 @@ def _organization_identifier(value: str, authority: tuple[str, str, str], type_c
     return prune({"type": identifier_type(type_code), "system": hd_system(*authority), "value": value})
 
 
-def organization(xon: Composite, ctx: Context, *, address: Json | None = None) -> str | None:
+def organization(
+    xon: Composite, ctx: Context, *, address: Json | None = None, identifiers: list[Json] | None = None
+) -> str | None:
     """Add the Organization an XON names (IG XON[Organization]: XON.1 name, XON.10 else XON.3
-    identifier with XON.6 as its system and XON.7 as its type) and return its id."""
+    identifier with XON.6 as its system and XON.7 as its type) and return its id.
+    ``identifiers`` are further ids other fields give it (IN1-10 for the IN1-11 group)."""
     name = " ".join(xon.get(1).split())
     number = xon.get(10).strip() or xon.get(3).strip()
     authority = (xon.get(6, 1).strip(), xon.get(6, 2).strip(), xon.get(6, 3).strip())
@@ -173,12 +176,14 @@ def organization(xon: Composite, ctx: Context, *, address: Json | None = None) -
     org_id = ids.resource_id("Organization", *key)
     if not ctx.taken("Organization", org_id):
         identifier = _organization_identifier(number, authority, xon.get(7).strip())
+        found = [identifier] if identifier else []
+        found += [i for i in identifiers or () if i not in found]
         ctx.add(
             resource(
                 "Organization",
                 org_id,
                 {
-                    "identifier": [identifier] if identifier else None,
+                    "identifier": found,
                     "active": True,
                     "name": name or None,
                     "address": [address] if address else None,
