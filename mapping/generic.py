@@ -383,14 +383,14 @@ class _Walker:
             "Condition",
             ctx.unique_id("Condition", None, "prb", str(ctx.position(prb))),
             {
+                "category": [{"coding": [{"system": _CONDITION_CATEGORY, "code": "problem-list-item"}]}],
+                "code": code,
+                "subject": patient.subject,
                 "verificationStatus": {
                     "coding": [{"system": _VERIFICATION_STATUS, "code": "entered-in-error"}]
                 }
                 if deleted
                 else None,
-                "category": [{"coding": [{"system": _CONDITION_CATEGORY, "code": "problem-list-item"}]}],
-                "code": code,
-                "subject": patient.subject,
                 "onsetDateTime": to_date_time(prb.value(16), ctx.zone),
                 "recordedDate": to_date_time(prb.value(2), ctx.zone),
             },
