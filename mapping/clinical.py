@@ -311,7 +311,10 @@ def _performed(pr1: Segment, ctx: Context) -> Json:
     minutes = parse_number(pr1.value(7))
     if parsed is None or parsed.minute is None or minutes is None or minutes < 0:
         return {"performedDateTime": start}
-    end = datetime.fromisoformat(start) + timedelta(minutes=minutes)
+    try:
+        end = datetime.fromisoformat(start) + timedelta(minutes=minutes)
+    except OverflowError:  # minutes beyond the calendar: the start is all that is known
+        return {"performedDateTime": start}
     return {"performedPeriod": {"start": start, "end": end.isoformat()}}
 
 

@@ -539,3 +539,12 @@ def test_deidentified_resources_keep_their_clinical_links(deidentified):
     assert ("RelatedPerson", coverage["subscriber"]["reference"].split("/")[1]) in ids
     for practitioner in _of(deidentified, "Practitioner"):
         assert set(practitioner) <= {"resourceType", "id", "meta", "active", "qualification"}
+
+
+@pytest.mark.parametrize(("minutes", "when"), [("99999999999999", "202603011210"), ("30", "99991231235959")])
+def test_minutes_past_the_calendar_leave_the_start_only(minutes, when):
+    mapped = map_message(message(KINDS[0], pr1={**PR1, 5: when, 7: minutes}))
+    procedure = next(
+        p for p in _of(mapped.resources, "Procedure") if p["identifier"][0]["value"] == "PROC-2001"
+    )
+    assert "performedPeriod" not in procedure and procedure["performedDateTime"].startswith(when[:4])
