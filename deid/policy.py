@@ -135,6 +135,15 @@ COMPLEX: Final = MappingProxyType(
         "Patient.communication": {"language": one("CodeableConcept")},
         # A qualification keeps its code only: identifier/issuer/period name a licence.
         "Practitioner.qualification": {"code": one("CodeableConcept")},
+        # A diagnosis of the visit (DG1): which Condition, in what role (admission...), its rank.
+        "Encounter.diagnosis": {
+            "condition": one(REFERENCE),
+            "use": one("CodeableConcept"),
+            "rank": one("positiveInt"),
+        },
+        # Who did what in a procedure (PR1-8/11/12): the function and a reference to the
+        # Practitioner, itself a nameless de-identified resource.
+        "Procedure.performer": {"function": one("CodeableConcept"), "actor": one(REFERENCE)},
         "Encounter.hospitalization": {
             "admitSource": one("CodeableConcept"),
             "dischargeDisposition": one("CodeableConcept"),
@@ -270,6 +279,8 @@ RESOURCES: Final = MappingProxyType(
             "period": one("Period"),
             "hospitalization": one("Encounter.hospitalization"),
             "reasonCode": many("CodeableConcept"),
+            # The visit's diagnoses (IG DG1[Encounter]): references to Conditions and codes only.
+            "diagnosis": many("Encounter.diagnosis"),
         },
         "Observation": {
             "meta": one("Meta"),
@@ -448,7 +459,9 @@ RESOURCES: Final = MappingProxyType(
             "note": many("Annotation"),
             "dosage": one("MedicationAdministration.dosage"),
         },
-        # recorder/asserter are people; evidence/stage are left out until someone needs them.
+        # recorder is a person; evidence/stage are left out until someone needs them. identifier
+        # (DG1-20, the sender's diagnosis number) and the extensions (asserted date, dueTo by
+        # identifier) are dropped: numbers of the sender's records, no clinical content.
         "Condition": {
             "meta": one("Meta"),
             "clinicalStatus": one("CodeableConcept"),
@@ -462,6 +475,8 @@ RESOURCES: Final = MappingProxyType(
             "onsetDateTime": one("dateTime"),
             "abatementDateTime": one("dateTime"),
             "recordedDate": one("dateTime"),
+            # The diagnosing clinician (DG1-16): a reference to a nameless de-identified Practitioner.
+            "asserter": one(REFERENCE),
             "note": many("Annotation"),
         },
         # accessionIdentifier identifies; collection.collector is a person.
@@ -477,7 +492,8 @@ RESOURCES: Final = MappingProxyType(
             "condition": many("CodeableConcept"),
             "note": many("Annotation"),
         },
-        # performer/recorder/asserter/location are people and places.
+        # recorder/asserter/location are people and places; identifier (PR1-19) and partOf (a
+        # reference by that identifier, PR1-25) are the sender's record numbers.
         "Procedure": {
             "meta": one("Meta"),
             "status": one("code"),
@@ -492,6 +508,8 @@ RESOURCES: Final = MappingProxyType(
             "bodySite": many("CodeableConcept"),
             "outcome": one("CodeableConcept"),
             "note": many("Annotation"),
+            # Function (anesthesiologist, surgeon) and a reference to the de-identified Practitioner.
+            "performer": many("Procedure.performer"),
         },
         # performer/enterer/costCenter/account name people, places and billing accounts.
         "ChargeItem": {
@@ -536,8 +554,10 @@ RESOURCES: Final = MappingProxyType(
             "communication": many("Patient.communication"),
         },
         # A patient's insurance (IN1): what kind of cover, for whom, when, and which payer survive.
-        # identifier (plan id), the subscriberId extension, subscriber/policyHolder (persons) and
-        # class (group and plan numbers: an employer's group identifies a small workforce) do not.
+        # identifier (plan id), the subscriberId extension and class (group and plan numbers: an
+        # employer's group identifies a small workforce) do not. subscriber and policyHolder survive
+        # as references only: their targets (a nameless RelatedPerson, an Organization) are
+        # de-identified resources of their own.
         "Coverage": {
             "meta": one("Meta"),
             "status": one("code"),
@@ -547,6 +567,8 @@ RESOURCES: Final = MappingProxyType(
             "period": one("Period"),
             "payor": many(REFERENCE),
             "order": one("positiveInt"),
+            "subscriber": one(REFERENCE),
+            "policyHolder": one(REFERENCE),
         },
         # A payer, facility or laboratory: an organisation's name is not a person's identifier
         # (scrubbed as text all the same); its identifier, address and telecom are left out with

@@ -5,7 +5,8 @@
     for line in report_lines(mapped):  # what no rule mapped (names and numbers, no values)
         ...
 
-Supported: ADT^* (Patient, Encounter, Observation; MRG merges as Patient.link), ORU^R01/R30-R33
+Supported: ADT^* (Patient, Encounter, Observation, RelatedPerson, Coverage, AllergyIntolerance,
+Condition, Procedure; MRG merges as Patient.link), ORU^R01/R30-R33
 (Patient, Encounter, DiagnosticReport, Observation), ORM^O01 and OML^O21 (ServiceRequest),
 MDM^T01-T11 (DocumentReference), SIU^S12-S26 (Appointment), VXU^V04 (Immunization). Every
 other message type goes through the segment-driven map (``mapping.generic``: PID, PV1, ORC/OBR,

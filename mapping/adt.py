@@ -2,13 +2,16 @@
 
 A17 (swap) carries two PID/PV1 pairs; A40 and friends pair each PID with an MRG, which becomes
 the merged-away Patient with ``replaces`` / ``replaced-by`` links (see ``mapping.merge``).
-OBX -> Observation, NK1 -> RelatedPerson and IN1 -> Coverage (with its payer Organization) of the
-current patient (IG ADT_A01 OBX[Observation], NK1[RelatedPerson], IN1[Coverage]). Other segments
-(AL1, DG1, IN2, GT1, ...) are listed in ``unmapped_segments``.
+OBX -> Observation, NK1 -> RelatedPerson, IN1 -> Coverage (with its payer Organization), AL1 ->
+AllergyIntolerance, DG1 -> Condition (listed in the Encounter's diagnosis) and PR1 -> Procedure of
+the current patient (IG ADT_A01 OBX[Observation], NK1[RelatedPerson], IN1[Coverage],
+AL1[AllergyIntolerance], DG1[Condition], DG1[Encounter], PR1[Procedure]). Other segments (IN2,
+GT1, ...) are listed in ``unmapped_segments``.
 """
 
 from __future__ import annotations
 
+from mapping.clinical import map_al1, map_dg1, map_pr1
 from mapping.context import Context, PatientRef
 from mapping.encounter import map_pv1
 from mapping.insurance import map_in1
@@ -17,6 +20,9 @@ from mapping.observation import build_observation
 from mapping.patient import map_pid
 from mapping.related import map_nk1
 from mapping.subject import detach, unlinked_subject
+
+# IG ADT_A01 ALLERGY (AL1), DIAGNOSIS (DG1), PROCEDURE (PR1): resources of the current patient.
+_CLINICAL = {"AL1": map_al1, "DG1": map_dg1, "PR1": map_pr1}
 
 
 def map_adt(ctx: Context) -> None:
@@ -54,6 +60,8 @@ def map_adt(ctx: Context) -> None:
             pass  # IG ADT_A01 NEXT_OF_KIN: NK1[RelatedPerson]
         elif seg.name == "IN1" and patient is not None and map_in1(seg, patient, ctx.position(seg), ctx):
             pass  # IG ADT_A01 INSURANCE: IN1[Coverage]
+        elif seg.name in _CLINICAL and patient is not None and _CLINICAL[seg.name](seg, patient, ctx):
+            pass
         else:
             ctx.skip(seg)
     if unlinked is not None:

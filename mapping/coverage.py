@@ -36,9 +36,16 @@ MAPPED_FIELDS: Final[dict[str, frozenset[int]]] = {
     "RXA": frozenset({1, 2, 3, 5, 6, 7, 10, 15, 16, 18, 19, 20, 21, 22}),
     "RXR": frozenset({1, 2}),
     "MRG": frozenset({1, 7}),
-    # mapping.insurance: IN1-3 keys the payer Organization; IN1-16 is mapped only for "self".
-    "IN1": frozenset({1, 2, 3, 4, 5, 10, 12, 13, 15, 17, 49}),
-    "IN1:SelfInsured": frozenset({1, 2, 3, 4, 5, 10, 12, 13, 15, 16, 17, 49}),
+    # mapping.insurance: IN1-3 keys the payer Organization; IN1-16/18/19 make the subscriber
+    # RelatedPerson unless IN1-17 is "self" (then IN1-16 is the patient, 18/19 repeat PID's).
+    "IN1": frozenset({1, 2, 3, 4, 5, 10, 11, 12, 13, 15, 16, 17, 18, 19, 49}),
+    "IN1:SelfInsured": frozenset({1, 2, 3, 4, 5, 10, 11, 12, 13, 15, 16, 17, 49}),
+    # mapping.clinical (ADT and the segment-driven map). DG1-6/15 need the visit's Encounter;
+    # PR1-7 is read with PR1-5 (the period's end).
+    "DG1": frozenset({1, 3, 4, 5, 6, 15, 16, 19, 20, 21, 22}),
+    "DG1:Condition": frozenset({1, 3, 4, 5, 16, 19, 20, 21, 22}),
+    "AL1": frozenset({1, 2, 3, 4, 5, 6}),
+    "PR1": frozenset({1, 3, 4, 5, 6, 7, 8, 11, 12, 15, 16, 19, 25}),
     # mapping.generic
     # ORC-12: MedicationRequest.requester (when RXO-14 names no one), MedicationAdministration.performer.
     "ORC:Medication": frozenset({1, 2, 3, 5, 9, 12}),
@@ -48,9 +55,6 @@ MAPPED_FIELDS: Final[dict[str, frozenset[int]]] = {
     "RXA:MedicationAdministration": frozenset({1, 2, 3, 4, 5, 6, 7, 20}),
     "SPM": frozenset({1, 2, 4, 7, 8, 17, 18, 24}),
     "PRB": frozenset({1, 2, 3, 16}),
-    "DG1": frozenset({1, 3, 5}),
-    "AL1": frozenset({1, 2, 3, 4, 5, 6}),
-    "PR1": frozenset({1, 3, 5}),
     "FT1": frozenset({1, 4, 7, 10}),
 }
 

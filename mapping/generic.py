@@ -14,10 +14,11 @@ dropped silently):
   ORC[MedicationAdministration]);
 * OBX -> Observation (IG OBX[Observation]); NTE -> note of the resource it follows;
 * SPM -> Specimen (IG SPM[Specimen]); the OBX after it (until the next SPM or PID) point at it;
-* PRB -> Condition (problem-list-item), DG1 -> Condition (encounter-diagnosis, IG
-  DG1[Condition]), AL1 -> AllergyIntolerance (IG AL1[AllergyIntolerance]), PR1 -> Procedure
-  (IG PR1[Procedure]), FT1 -> ChargeItem (no IG segment map; FT1-7 code, FT1-4 date, FT1-10
-  quantity), IN1 -> Coverage and its payer Organization (IG IN1[Coverage]; DFT and BAR carry it).
+* PRB -> Condition (problem-list-item); DG1 -> Condition and Encounter.diagnosis, AL1 ->
+  AllergyIntolerance, PR1 -> Procedure (IG DG1[Condition], DG1[Encounter],
+  AL1[AllergyIntolerance], PR1[Procedure]; built by ``mapping.clinical``, as in ADT); FT1 ->
+  ChargeItem (no IG segment map; FT1-7 code, FT1-4 date, FT1-10 quantity), IN1 -> Coverage
+  and its payer Organization (IG IN1[Coverage]; DFT and BAR carry it).
 
 Segments that need a patient (everything clinical) are reported, not mapped, when the message
 has no usable PID: a QRY, RSP or ERP then yields no resources and a full report, not an error.
@@ -30,6 +31,7 @@ from dataclasses import dataclass, field
 
 from core.errors import MappingError
 from mapping import ids, staff, workflow_vocab
+from mapping.clinical import map_al1, map_dg1, map_pr1
 from mapping.context import Context, PatientRef
 from mapping.encounter import map_pv1
 from mapping.hl7.datatypes import Json, cwe_concept, data_absent_concept, ei_identifier, resource
@@ -44,17 +46,6 @@ from mapping.patient import map_pid
 _CONDITION_CATEGORY = "http://terminology.hl7.org/CodeSystem/condition-category"
 _VERIFICATION_STATUS = "http://terminology.hl7.org/CodeSystem/condition-ver-status"
 
-# AL1-2 allergen type (HL7 table 0127) -> AllergyIntolerance.category.
-_ALLERGY_CATEGORY = {
-    "DA": "medication",
-    "MA": "medication",
-    "FA": "food",
-    "EA": "environment",
-    "AA": "biologic",
-    "PA": "biologic",
-}
-# AL1-4 allergy severity (HL7 table 0128) -> AllergyIntolerance.criticality.
-_CRITICALITY = {"SV": "high", "MO": "low", "MI": "low", "U": "unable-to-assess"}
 # ServiceRequest-style order status -> MedicationRequest.status.
 _MEDICATION_REQUEST_STATUS = {
     "active": "active",
@@ -405,79 +396,41 @@ class _Walker:
         self._add(spm, "SPM", built)
         self.specimen_id = specimen_id
 
-    def condition(self, seg: Segment, patient: PatientRef) -> None:
+    def problem(self, prb: Segment, patient: PatientRef) -> None:
+        """PRB -> Condition (problem-list-item)."""
         ctx = self.ctx
-        if seg.name == "PRB":
-            code, category, role = cwe_concept(seg.first(3)), "problem-list-item", "PRB"
-            # PRB-1 action code DE (delete): the problem was recorded in error.
-            deleted = seg.value(1).upper() == "DE"
-            members: Json = {
+        code = cwe_concept(prb.first(3))
+        if code is None:
+            ctx.skip(prb)
+            return
+        # PRB-1 action code DE (delete): the problem was recorded in error.
+        deleted = prb.value(1).upper() == "DE"
+        built = resource(
+            "Condition",
+            ctx.unique_id("Condition", None, "prb", str(ctx.position(prb))),
+            {
+                "category": [{"coding": [{"system": _CONDITION_CATEGORY, "code": "problem-list-item"}]}],
+                "code": code,
+                "subject": patient.subject,
                 "verificationStatus": {
                     "coding": [{"system": _VERIFICATION_STATUS, "code": "entered-in-error"}]
                 }
                 if deleted
                 else None,
-                "onsetDateTime": to_date_time(seg.value(16), ctx.zone),
-                "recordedDate": to_date_time(seg.value(2), ctx.zone),
-            }
-        else:
-            code, category, role = cwe_concept(seg.first(3)), "encounter-diagnosis", "DG1"
-            members = {"recordedDate": to_date_time(seg.value(5), ctx.zone), "encounter": patient.encounter}
-        if code is None:
-            ctx.skip(seg)
-            return
-        built = resource(
-            "Condition",
-            ctx.unique_id("Condition", None, seg.name.lower(), str(ctx.position(seg))),
-            {
-                "category": [{"coding": [{"system": _CONDITION_CATEGORY, "code": category}]}],
-                "code": code,
-                "subject": patient.subject,
-                **members,
+                "onsetDateTime": to_date_time(prb.value(16), ctx.zone),
+                "recordedDate": to_date_time(prb.value(2), ctx.zone),
             },
         )
-        self._add(seg, role, built)
+        self._add(prb, "PRB", built)
 
-    def allergy(self, al1: Segment, patient: PatientRef) -> None:
-        ctx = self.ctx
-        code = cwe_concept(al1.first(3))
-        if code is None:
-            ctx.skip(al1)
+    def clinical(self, seg: Segment, patient: PatientRef) -> None:
+        """AL1, DG1, PR1 by their shared builders (``mapping.clinical``)."""
+        build = {"AL1": map_al1, "DG1": map_dg1, "PR1": map_pr1}[seg.name]
+        built = build(seg, patient, self.ctx)
+        if built is None:
+            self.ctx.skip(seg)
             return
-        category = _ALLERGY_CATEGORY.get(al1.value(2).upper())
-        reactions = [{"text": t} for t in al1.texts(5) if t]
-        built = resource(
-            "AllergyIntolerance",
-            ctx.unique_id("AllergyIntolerance", None, "al1", str(ctx.position(al1))),
-            {
-                "category": [category] if category else None,
-                "criticality": _CRITICALITY.get(al1.value(4).upper()),
-                "code": code,
-                "patient": patient.subject,
-                "onsetDateTime": to_date_time(al1.value(6), ctx.zone),
-                "reaction": [{"manifestation": reactions}] if reactions else None,
-            },
-        )
-        self._add(al1, "AL1", built)
-
-    def procedure(self, pr1: Segment, patient: PatientRef) -> None:
-        ctx = self.ctx
-        code = cwe_concept(pr1.first(3))
-        if code is None:
-            ctx.skip(pr1)
-            return
-        built = resource(
-            "Procedure",
-            ctx.unique_id("Procedure", None, "pr1", str(ctx.position(pr1))),
-            {
-                "status": "completed",
-                "code": code,
-                "subject": patient.subject,
-                "encounter": patient.encounter,
-                "performedDateTime": to_date_time(pr1.value(5), ctx.zone),
-            },
-        )
-        self._add(pr1, "PR1", built)
+        self.last = built
 
     def charge(self, ft1: Segment, patient: PatientRef) -> None:
         """FT1 -> ChargeItem (DFT^P03): FT1-7 transaction code, FT1-4 date, FT1-10 quantity."""
@@ -579,17 +532,14 @@ class _Walker:
                 self.ctx.skip(seg)
         elif name == "SPM":
             self.specimen(seg, patient)
-        elif name in ("PRB", "DG1"):
-            self.condition(seg, patient)
-        elif name == "AL1":
-            self.allergy(seg, patient)
+        elif name == "PRB":
+            self.problem(seg, patient)
+        elif name in ("AL1", "DG1", "PR1"):
+            self.clinical(seg, patient)
         elif name == "FT1":
             self.charge(seg, patient)
-        elif name == "IN1":
-            if not map_in1(seg, patient, self.ctx.position(seg), self.ctx):
-                self.ctx.skip(seg)
-        else:
-            self.procedure(seg, patient)
+        elif not map_in1(seg, patient, self.ctx.position(seg), self.ctx):  # IN1
+            self.ctx.skip(seg)
 
     def detail(self, seg: Segment) -> None:
         group = self.group

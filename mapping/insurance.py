@@ -1,9 +1,11 @@
 """IN1 -> Coverage and the payer Organization (IG IN1[Coverage]; ADT_A01 INSURANCE: Coverage[1]).
 
-What the IG's rows say, and nothing more: IN1-2 identifier (CWE[Identifier]), IN1-4 payor
-(XON[Organization]) with IN1-5 as that Organization's address, IN1-12/13 period, IN1-15 type,
-IN1-16 subscriber (the Patient when IN1-17 is "self"; a RelatedPerson otherwise, which is not
-built here, so IN1-16 is then reported), IN1-17 relationship (concept map Relationship),
+What the IG's rows say: IN1-2 identifier (CWE[Identifier]), IN1-4 payor (XON[Organization])
+with IN1-5 as that Organization's address, IN1-10 (not "SN") and IN1-11 policyHolder (the
+insured's employer group, XON[Organization]), IN1-12/13 period, IN1-15 type, IN1-16 subscriber
+(the Patient when IN1-17 is "self"; else a RelatedPerson of the patient named by IN1-16, with
+IN1-17 relationship, IN1-18 birth date and IN1-19 address: the insured's own fields, which the
+IG rows leave without a target of their own), IN1-17 relationship (concept map Relationship),
 IN1-49 the subscriberId extension. The IG gives IN1-8/9 (group), IN1-36 (policy number) and
 IN2 no target, so they stay in the mapping report.
 
@@ -23,12 +25,15 @@ from mapping.hl7.datatypes import (
     clean_code,
     cwe_concept,
     cx_identifier,
+    distinct,
     prune,
     resource,
     xad_address,
+    xpn_name,
 )
 from mapping.hl7.dtm import to_date
 from mapping.hl7.parse import Segment
+from mapping.staff import organization
 
 __all__ = ["INSURER_TYPE", "ROLE", "ROLE_SELF_INSURED", "SUBSCRIBER_ID_EXTENSION", "map_in1"]
 
@@ -117,6 +122,53 @@ def _subscriber_ids(in1: Segment, ctx: Context) -> list[Json]:
     return found
 
 
+def _listed(concept: Json | None) -> list[Json]:
+    return [concept] if concept is not None else []
+
+
+def _policy_holder(in1: Segment, ctx: Context) -> Json | None:
+    """IN1-11 (XON[Organization]) with the IN1-10 ids that are no subscriber number as its
+    identifiers (IG policyHolder rows); None when IN1-11 names no organisation."""
+    extra = [
+        i
+        for cx in in1.repetitions(10)
+        if cx.get(5).upper() != "SN" and (i := cx_identifier(cx, ctx.zone)) is not None
+    ]
+    for xon in in1.repetitions(11):
+        found = organization(xon, ctx, identifiers=extra)
+        if found is not None:
+            return ids.reference("Organization", found)
+    return None
+
+
+def _subscriber(in1: Segment, patient: PatientRef, set_id: str, ctx: Context) -> Json | None:
+    """The insured who is not the patient (IG subscriber(RelatedPerson)): IN1-16 name, IN1-17
+    relationship, IN1-18 birth date, IN1-19 address; None when IN1 names none of them."""
+    names = distinct(in1, (16,), lambda xpn: xpn_name(xpn, ctx.zone))
+    addresses = distinct(in1, (19,), lambda xad: xad_address(xad, ctx.zone))
+    birth_date = to_date(in1.value(18))
+    if not names and not addresses and birth_date is None:
+        return None
+    preferred = ids.resource_id("RelatedPerson", patient.key.authority, patient.key.value, "in1", set_id)
+    related_id = ctx.unique_id("RelatedPerson", preferred, "in1", patient.resource_id, str(ctx.position(in1)))
+    ctx.add(
+        resource(
+            "RelatedPerson",
+            related_id,
+            {
+                "patient": patient.subject,
+                "relationship": _listed(
+                    people_vocab.translated_concept(in1.first(17), people_vocab.RELATIONSHIP, "HL70063")
+                ),
+                "name": names,
+                "birthDate": birth_date,
+                "address": addresses,
+            },
+        )
+    )
+    return ids.reference("RelatedPerson", related_id)
+
+
 def map_in1(in1: Segment, patient: PatientRef, position: int, ctx: Context) -> bool:
     """Add the Coverage of ``in1`` (at ``position``) for ``patient`` and its payer Organization;
     False when the IN1 names no insurer (FHIR requires Coverage.payor), so it is reported."""
@@ -133,6 +185,7 @@ def map_in1(in1: Segment, patient: PatientRef, position: int, ctx: Context) -> b
     preferred = ids.resource_id("Coverage", patient.key.authority, patient.key.value, "in1", set_id)
     coverage_id = ctx.unique_id("Coverage", preferred, "in1", patient.resource_id, str(position))
     ctx.mapped(in1, ROLE_SELF_INSURED if self_insured else ROLE)
+    subscriber = patient.subject if self_insured else _subscriber(in1, patient, set_id, ctx)
     ctx.add(
         resource(
             "Coverage",
@@ -142,7 +195,8 @@ def map_in1(in1: Segment, patient: PatientRef, position: int, ctx: Context) -> b
                 "identifier": _plan_identifier(in1),
                 "status": "active",
                 "type": cwe_concept(in1.first(15)),
-                "subscriber": patient.subject if self_insured else None,
+                "policyHolder": _policy_holder(in1, ctx),
+                "subscriber": subscriber,
                 "beneficiary": patient.subject,
                 "relationship": relationship,
                 "period": prune({"start": to_date(in1.value(12)), "end": to_date(in1.value(13))}),

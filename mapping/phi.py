@@ -131,12 +131,31 @@ FIELDS: Final[dict[str, dict[Extractor, tuple[int, ...]]]] = {
     "RXA": {_xcn: (10,)},
     "RXO": {_xcn: (14,)},
     "SPM": {_eip: (2,)},
-    "GT1": {_cx: (2,), _xpn: (3,), _xad: (5,), _xtn: (6, 7), _date: (8,), _st_id: (12,)},
-    "IN1": {_xpn: (16,), _date: (18,), _xad: (19,), _st_id: (36,), _cx: (49,)},
-    "IN2": {_st_id: (2, 6, 8)},
+    # The guarantor (GT1, no IG map: reported, never mapped) and the people around them: spouse,
+    # employer, contact person, mother's maiden name; their numbers, phones, addresses and dates.
+    "GT1": {
+        _cx: (2, 19, 29),
+        _xpn: (3, 4, 16, 42, 45),
+        _xad: (5, 17),
+        _xtn: (6, 7, 18, 46),
+        _date: (8, 24),
+        _st_id: (12, 56),
+    },
+    # The insured (IN1-16..19, 49: a subscriber who may not be the patient), the insurer's contact
+    # person (6), the insured's group employee id (10), who verified it (30), the birth place (52).
+    "IN1": {_xpn: (6, 16), _xcn: (30,), _date: (18,), _xad: (19, 44), _st_id: (36, 52), _cx: (10, 49)},
+    # IN2 (no IG map): the insured's SSN, Medicare/Medicaid/military numbers and names, contact
+    # persons and their phones, member and subscriber numbers.
+    "IN2": {
+        _st_id: (2, 6, 8, 10),
+        _cx: (1, 25, 26, 61),
+        _xpn: (7, 9, 22, 40, 49, 52),
+        _xtn: (50, 53, 63, 64),
+    },
     "ROL": {_xcn: (4,)},
     "PRT": {_xcn: (5,)},
     "DG1": {_xcn: (16,)},
+    "PR1": {_xcn: (8, 11, 12)},  # anesthesiologist, surgeon, procedure practitioner
     # Document author, authenticator and transcriptionist; document numbers.
     "TXA": {_xcn: (5, 9, 10, 11, 22), _st_id: (12, 13)},
 }

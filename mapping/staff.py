@@ -190,11 +190,17 @@ def _organization_identifier(value: str, authority: tuple[str, str, str], type_c
 
 
 def organization(
-    xon: Composite, ctx: Context, *, address: Json | None = None, telecom: Json | None = None
+    xon: Composite,
+    ctx: Context,
+    *,
+    address: Json | None = None,
+    telecom: Json | None = None,
+    identifiers: list[Json] | None = None,
 ) -> str | None:
     """Add the Organization an XON names (IG XON[Organization]: XON.1 name, XON.10 else XON.3
     identifier with XON.6 as its system and XON.7 as its type) and return its id; ``address``
-    and ``telecom`` (e.g. ORC-22, ORC-23) become its own."""
+    and ``telecom`` (e.g. ORC-22, ORC-23) become its own, ``identifiers`` are further ids other
+    fields give it (IN1-10 for the IN1-11 group)."""
     name = " ".join(xon.get(1).split())
     number = xon.get(10).strip() or xon.get(3).strip()
     authority = (xon.get(6, 1).strip(), xon.get(6, 2).strip(), xon.get(6, 3).strip())
@@ -207,12 +213,14 @@ def organization(
         _enrich(ctx, "Organization", org_id, contact)
     else:
         identifier = _organization_identifier(number, authority, xon.get(7).strip())
+        found = [identifier] if identifier else []
+        found += [i for i in identifiers or () if i not in found]
         ctx.add(
             resource(
                 "Organization",
                 org_id,
                 {
-                    "identifier": [identifier] if identifier else None,
+                    "identifier": found,
                     "active": True,
                     "name": name or None,
                     "telecom": contact["telecom"],

@@ -35,6 +35,8 @@ def test_every_allowed_element_exists_in_the_fhir_model(resource_type):
         ("Meta", "meta", "Meta"),
         ("Patient.communication", "patient", "PatientCommunication"),
         ("Encounter.hospitalization", "encounter", "EncounterHospitalization"),
+        ("Encounter.diagnosis", "encounter", "EncounterDiagnosis"),
+        ("Procedure.performer", "procedure", "ProcedurePerformer"),
         ("Observation.referenceRange", "observation", "ObservationReferenceRange"),
         ("Observation.component", "observation", "ObservationComponent"),
         ("Attachment", "attachment", "Attachment"),
@@ -73,6 +75,7 @@ def test_every_complex_type_is_tested_above():
         "MedicationAdministration.dosage", "Specimen.collection", "AllergyIntolerance.reaction",
         "ImagingStudy.identifier", "ImagingStudy.series", "ImagingStudy.series.instance",
         "Practitioner.qualification", "Immunization.performer", "MedicationAdministration.performer",
+        "Encounter.diagnosis", "Procedure.performer",
     }  # fmt: skip
 
 

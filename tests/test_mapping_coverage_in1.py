@@ -42,6 +42,8 @@ IN1_FIELDS = {
     7: "^WPN^PH^^1^860^5550100",
     8: "GRP-123",
     9: "Acme Group",
+    10: "GE-4411^^^ACMEHR^EI",
+    11: "Acme Works Employer Group",
     12: "20250101",
     13: "20251231",
     15: "PPO^Preferred^HL70086",
@@ -93,33 +95,47 @@ def _only(mapped: MappedMessage, resource_type: str) -> Json:
     return found[0]
 
 
+def _payer(mapped: MappedMessage) -> Json:
+    """The payer Organization (the one of insurer type; the policyHolder is the other)."""
+    found = [r for r in mapped.resources if r["resourceType"] == "Organization" and "type" in r]
+    assert len(found) == 1
+    return found[0]
+
+
+def _by_reference(mapped: MappedMessage, reference: dict[str, str]) -> Json:
+    kind, _, rid = reference["reference"].partition("/")
+    return next(r for r in mapped.resources if r["resourceType"] == kind and r["id"] == rid)
+
+
 def _in1() -> Segment:
     return next(s for s in parse(MESSAGE).segments if s.name == "IN1")
 
 
-# IG rows this mapper leaves out on purpose: IN1-10/11 name the insured's employer as the
-# policyHolder Organization (an employer of a patient's relative is identifying and has no use here).
-NOT_MAPPED = {
-    ("IN1-10", "policyHolder([1]Organization.identifier)"),
-    ("IN1-11", "policyHolder[1](Organization)"),
-}
+# IG rows this mapper leaves out on purpose: none (IN1-10/11, the policyHolder, since issue 19).
+NOT_MAPPED: set[tuple[str, str]] = set()
 
 
 def test_every_in1_row_of_the_ig_lands_where_the_ig_says(mapped):
     coverage = _only(mapped, "Coverage")
-    payer = _only(mapped, "Organization")
+    payer = _payer(mapped)
     seg = _in1()
     checked = set()
     for row in segment_rows("IN1[Coverage] - Sheet1"):
         field, path = row["field"], row["path"]
         if (field, path) in NOT_MAPPED:
             continue
-        if path.startswith("extension[1]"):
+        if path.startswith("policyHolder"):
+            holder = _by_reference(mapped, coverage["policyHolder"])
+            if field == "IN1-11":
+                assert holder["name"] == seg.value(11)
+            else:  # IN1-10 is no subscriber number ("EI"): an identifier of the policyHolder
+                assert cx_identifier(seg.first(10), vocab_zone()) in holder["identifier"]
+        elif path.startswith("extension[1]"):
             # IN1-49 (and IN1-10 when its CX.5 is "SN": here IN1-10 is empty) -> subscriberId.
             extension = coverage["extension"][0]
             assert extension["url"] == SUBSCRIBER_ID_EXTENSION
             number = int(field.split("-")[1])
-            if seg.raw(number):
+            if seg.raw(number) and (number == 49 or seg.value(number, 5) == "SN"):
                 assert extension["valueIdentifier"] == cx_identifier(seg.first(number), vocab_zone())
         elif field == "IN1-2":
             assert coverage["identifier"][0]["value"] == seg.value(2)
@@ -129,8 +145,10 @@ def test_every_in1_row_of_the_ig_lands_where_the_ig_says(mapped):
         elif field == "IN1-5":
             assert payer["address"][0] == xad_address(seg.first(5), vocab_zone())
         elif field == "IN1-16":
-            # IN1-17 is "spouse" here: the subscriber is a RelatedPerson, which is not built.
-            assert "subscriber" not in coverage
+            # IN1-17 is "spouse" here: the subscriber is a RelatedPerson of the patient.
+            subscriber = _by_reference(mapped, coverage["subscriber"])
+            assert subscriber["resourceType"] == "RelatedPerson"
+            assert subscriber["name"][0]["family"] == "Quillfeather"
         elif row["map"] == "CWE[CodeableConcept]":
             wanted = cwe_concept(seg.first(int(field.split("-")[1])))
             assert wanted is not None
@@ -145,6 +163,7 @@ def test_every_in1_row_of_the_ig_lands_where_the_ig_says(mapped):
         "IN1-4",
         "IN1-5",
         "IN1-10",
+        "IN1-11",
         "IN1-12",
         "IN1-13",
         "IN1-15",
@@ -171,7 +190,7 @@ def test_self_insured_names_the_patient_as_subscriber():
 
 def test_unmapped_fields_and_in2_are_reported(mapped):
     lines = "\n".join(report_lines(mapped))
-    for field in ("IN1-8", "IN1-9", "IN1-16", "IN1-36"):
+    for field in ("IN1-8", "IN1-9", "IN1-36"):
         assert re.search(rf"\b{field}\b", lines), field
     assert "IN2 (segment 5): not mapped" in lines
     assert "GT1 (segment 3): not mapped" in lines
@@ -185,14 +204,14 @@ def test_an_in1_without_insurer_is_reported_not_mapped():
 
 
 def test_one_insurer_across_two_messages_is_one_organization():
-    first = _only(map_message(MESSAGE), "Organization")
+    first = _payer(map_message(MESSAGE))
     second_message = _message("CTRL-IN1-0003", "MRN7700001", {**IN1_FIELDS, 16: "Other^Person", 36: "POL-1"})
-    second = _only(map_message(second_message), "Organization")
+    second = _payer(map_message(second_message))
     assert first["id"] == second["id"]
     # Without IN1-3 the name keys it, whatever its spacing and case; it is not the IN1-3-keyed one.
     no_id = {k: v for k, v in IN1_FIELDS.items() if k != 3}
-    by_name = _only(map_message(_message("C1", "MRN1", no_id)), "Organization")
-    respaced = _only(map_message(_message("C2", "MRN2", {**no_id, 4: "BLUE  harbor mutual"})), "Organization")
+    by_name = _payer(map_message(_message("C1", "MRN1", no_id)))
+    respaced = _payer(map_message(_message("C2", "MRN2", {**no_id, 4: "BLUE  harbor mutual"})))
     assert by_name["id"] == respaced["id"] != first["id"]
 
 
@@ -202,7 +221,7 @@ def test_two_in1_of_one_insurer_in_one_message_share_the_organization():
     coverages = [r for r in mapped.resources if r["resourceType"] == "Coverage"]
     assert len(coverages) == 2
     assert coverages[0]["payor"] == coverages[1]["payor"]
-    assert len([r for r in mapped.resources if r["resourceType"] == "Organization"]) == 1
+    assert len([r for r in mapped.resources if r["resourceType"] == "Organization" and "type" in r]) == 1
 
 
 def test_dft_maps_in1_through_the_generic_map():
@@ -235,8 +254,12 @@ def test_deidentified_coverage_keeps_what_the_policy_allows(deidentified):
     patient = next(r for r in deidentified if r["resourceType"] == "Patient")
     assert set(coverage) == {
         "resourceType", "id", "meta", "status", "type", "beneficiary", "relationship", "period", "payor",
+        "subscriber", "policyHolder",
     }  # fmt: skip
     assert coverage["beneficiary"] == {"reference": f"Patient/{patient['id']}"}
+    subscriber = next(r for r in deidentified if r["resourceType"] == "RelatedPerson")
+    assert coverage["subscriber"] == {"reference": f"RelatedPerson/{subscriber['id']}"}
+    assert set(subscriber) <= {"resourceType", "id", "meta", "patient", "relationship"}
     assert coverage["payor"] == [{"reference": f"Organization/{payer['id']}"}]
     assert coverage["period"]["start"] != "2025-01-01"  # shifted like the patient's other dates
     assert payer["name"] == "Blue Harbor Mutual"

@@ -122,14 +122,15 @@ def cx_identifier(cx: Composite, default_zone: ZoneInfo) -> Json | None:
     )
 
 
-def ei_identifier(ei: Composite, type_code: str) -> Json | None:
-    """EI -> Identifier (IG EI[Identifier-Extension]) with a fixed v2-0203 type (PLAC, FILL...)."""
+def ei_identifier(ei: Composite, type_code: str | None) -> Json | None:
+    """EI -> Identifier (IG EI[Identifier-Extension]) with a fixed v2-0203 type (PLAC, FILL...),
+    or none (``type_code`` None)."""
     value = ei.get(1)
     if not value:
         return None
     return prune(
         {
-            "type": {"coding": [{"system": vocab.V2_0203, "code": type_code}]},
+            "type": {"coding": [{"system": vocab.V2_0203, "code": type_code}]} if type_code else None,
             "system": hd_system(ei.get(2), ei.get(3), ei.get(4)),
             "value": value,
         }
