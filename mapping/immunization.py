@@ -2,7 +2,8 @@
 an RXA -> Observation partOf that Immunization; OBX before any RXA -> Observation of the patient;
 NK1 after a PID -> RelatedPerson of that patient (IG NK1[RelatedPerson]; one before any PID is reported).
 
-Not mapped (reported): PD1, GT1, IN1, PRT, TQ1 and the people in ORC/RXA-10.
+PD1 -> the Patient, PV2 -> the Encounter (mapping.care, mapping.visit).
+Not mapped (reported): GT1, IN1, PRT, TQ1 and the people in ORC/RXA-10.
 """
 
 from __future__ import annotations
@@ -115,7 +116,7 @@ def map_vxu(ctx: Context) -> None:
             close()
             subjects.take_pid(seg)
             orc, last_observation = None, None
-        elif name == "PV1" and subjects.take_pv1(seg):
+        elif name in ("PV1", "PD1", "PV2") and subjects.take(seg):
             last_observation = None
         elif name == "ORC":
             close()

@@ -35,6 +35,9 @@ def test_every_allowed_element_exists_in_the_fhir_model(resource_type):
         ("Meta", "meta", "Meta"),
         ("Patient.communication", "patient", "PatientCommunication"),
         ("Encounter.hospitalization", "encounter", "EncounterHospitalization"),
+        ("Encounter.location", "encounter", "EncounterLocation"),
+        ("Encounter.participant", "encounter", "EncounterParticipant"),
+        ("Duration", "duration", "Duration"),
         ("Observation.referenceRange", "observation", "ObservationReferenceRange"),
         ("Observation.component", "observation", "ObservationComponent"),
         ("Attachment", "attachment", "Attachment"),
@@ -66,7 +69,7 @@ def test_every_complex_type_is_tested_above():
         "Appointment.participant", "Dosage", "Dosage.doseAndRate", "MedicationRequest.dispenseRequest",
         "MedicationAdministration.dosage", "Specimen.collection", "AllergyIntolerance.reaction",
         "ImagingStudy.identifier", "ImagingStudy.series", "ImagingStudy.series.instance",
-        "Practitioner.qualification",
+        "Practitioner.qualification", "Encounter.location", "Encounter.participant", "Duration",
     }  # fmt: skip
 
 
