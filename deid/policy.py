@@ -144,9 +144,31 @@ COMPLEX: Final = MappingProxyType(
         # Who did what in a procedure (PR1-8/11/12): the function and a reference to the
         # Practitioner, itself a nameless de-identified resource.
         "Procedure.performer": {"function": one("CodeableConcept"), "actor": one(REFERENCE)},
+        # The length of a stay (PV2-11) as a UCUM quantity of days.
+        "Duration": {
+            "value": one("decimal"),
+            "unit": one("string"),
+            "system": one("uri"),
+            "code": one("code"),
+        },
+        # preAdmissionIdentifier identifies the stay. specialCourtesy (VIP, staff) marks the few
+        # patients a hospital treats specially, a quasi-identifier; dietPreference (kosher, halal)
+        # states a faith, left out as the religion is. The rest is care, and where they went.
         "Encounter.hospitalization": {
             "admitSource": one("CodeableConcept"),
+            "reAdmission": one("CodeableConcept"),
+            "specialArrangement": many("CodeableConcept"),
+            "destination": one(REFERENCE),
             "dischargeDisposition": one("CodeableConcept"),
+        },
+        # Where the patient was, as a reference to a de-identified Location, and when.
+        "Encounter.location": {"location": one(REFERENCE), "status": one("code"), "period": one("Period")},
+        # Who took part, as a reference to a de-identified (nameless) Practitioner or
+        # PractitionerRole, in which role and when.
+        "Encounter.participant": {
+            "type": many("CodeableConcept"),
+            "individual": one(REFERENCE),
+            "period": one("Period"),
         },
         "Observation.referenceRange": _REFERENCE_RANGE,
         # Attachment.data/url carry the document itself (base64 the scrubber cannot read), and
@@ -281,6 +303,9 @@ RESOURCES: Final = MappingProxyType(
             "reasonCode": many("CodeableConcept"),
             # The visit's diagnoses (IG DG1[Encounter]): references to Conditions and codes only.
             "diagnosis": many("Encounter.diagnosis"),
+            "participant": many("Encounter.participant"),
+            "location": many("Encounter.location"),
+            "length": one("Duration"),
         },
         "Observation": {
             "meta": one("Meta"),
@@ -595,6 +620,19 @@ RESOURCES: Final = MappingProxyType(
             "organization": one(REFERENCE),
             "code": many("CodeableConcept"),
             "specialty": many("CodeableConcept"),
+        },
+        # A ward, room or bed (PL) or the kind of place a patient was discharged to (DLD): what
+        # kind of place it is survives. identifier, name and description hold the ward, room
+        # and bed numbers: not a patient identifier under HIPAA, but with the stay's dates they
+        # single out one patient, and no use downstream needs them.
+        "Location": {
+            "meta": one("Meta"),
+            "status": one("code"),
+            "operationalStatus": one("Coding"),
+            "mode": one("code"),
+            "type": many("CodeableConcept"),
+            "physicalType": one("CodeableConcept"),
+            "partOf": one(REFERENCE),
         },
         # recorder/asserter are people.
         "AllergyIntolerance": {

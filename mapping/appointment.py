@@ -121,7 +121,7 @@ def map_siu(ctx: Context) -> None:
         elif name == "PID":
             subjects.take_pid(seg)
             notes_open = False
-        elif name == "PV1" and subjects.take_pv1(seg):
+        elif name in ("PV1", "PV2") and subjects.take(seg):
             notes_open = False
         elif name == "OBX" and subjects.patient is not None and (seg.value(3) or seg.raw(5)):
             observation_id = ctx.unique_id("Observation", None, "siu-obx", str(ctx.position(seg)))

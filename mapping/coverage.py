@@ -19,8 +19,19 @@ MAPPED_FIELDS: Final[dict[str, frozenset[int]]] = {
     # The header: delimiters, sender (ids' basis), type, control id, version, character set.
     "MSH": frozenset({1, 2, 3, 4, 9, 10, 12, 18}),
     "PID": frozenset({1, 2, 3, 4, 5, 7, 8, 9, 11, 13, 14, 15, 16, 17, 29, 30}),
-    "PV1": frozenset({1, 2, 4, 10, 19, 44, 45, 50}),
+    # mapping.encounter / mapping.visit; PV1-53/54 (EpisodeOfCare) are left to the report.
+    "PV1": frozenset(
+        {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 16, 17, 19, 36, 37, 38, 40, 42, 44, 45, 50, 52}
+    ),
+    "PV2": frozenset({1, 3, 8, 9, 11, 12, 13, 22, 25, 38}),
+    "PD1": frozenset({3, 4, 6, 14}),
+    # mapping.care / mapping.visit: ROL-1 (role instance id), 11-13 (address, phone, location of
+    # the person) are left to the report.
+    "ROL:Patient": frozenset({3, 4, 5, 6, 14}),
+    "ROL:Encounter": frozenset({3, 4, 5, 6, 14}),
     "NK1": frozenset({1, 2, 3, 4, 5, 6, 7, 8, 9, 12, 15, 16, 20, 30, 31, 32, 33, 37, 40, 41}),
+    # mapping.related: an organisation's NK1 as Patient.contact (NK1-30/31/32 left to the report).
+    "NK1:Organization": frozenset({1, 2, 3, 4, 5, 6, 7, 8, 9, 13, 15, 40, 41}),
     "OBR:DiagnosticReport": frozenset({1, 2, 3, 4, 7, 8, 22, 25, 32, 34, 35}),
     "OBR:ServiceRequest": frozenset({1, 2, 3, 4, 5, 6, 11, 16, 17, 31}),
     "OBX:Observation": frozenset({1, 2, 3, 4, 5, 6, 7, 8, 11, 14, 15, 16, 23, 24, 25}),
@@ -59,8 +70,11 @@ MAPPED_FIELDS: Final[dict[str, frozenset[int]]] = {
 }
 
 # Rule sets of segments whose field 1 is data, not a set ID (RXE-1 quantity/timing, PRB-1
-# action code): reported like any other field when no rule reads it.
-FIELD_ONE_IS_DATA: Final[frozenset[str]] = frozenset({"RXE", "PRB"})
+# action code, PV2-1 prior pending location, PD1-1 living dependency, ROL-1 role instance id):
+# reported like any other field when no rule reads it.
+FIELD_ONE_IS_DATA: Final[frozenset[str]] = frozenset(
+    {"RXE", "PRB", "PV2", "PD1", "ROL:Patient", "ROL:Encounter"}
+)
 
 
 def build_report(ctx: Context) -> tuple[UnmappedItem, ...]:

@@ -1,5 +1,6 @@
 """PV1 -> Encounter (IG PV1[Encounter]): class, status, admission type, hospital service, visit
-number, period, subject."""
+number, period, subject; the places, staff and hospitalization details come from
+``mapping.visit``."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from mapping.context import Context, PatientRef
 from mapping.hl7.datatypes import Json, authority, clean_code, cx_identifier, resource
 from mapping.hl7.dtm import to_date_time
 from mapping.hl7.parse import Segment
+from mapping.visit import hospitalization, participants, pv1_locations
 
 
 def _class(pv1: Segment) -> Json:
@@ -94,7 +96,10 @@ def map_pv1(pv1: Segment, patient: PatientRef, ctx: Context) -> None:
                 pv1.first(10), people_vocab.HOSPITAL_SERVICE, "HL70069"
             ),
             "subject": patient.subject,
+            "participant": participants(pv1, ctx),
             "period": {k: v for k, v in period.items() if v},
+            "hospitalization": hospitalization(pv1, ctx),
+            "location": pv1_locations(pv1, ctx),
         },
     )
     ctx.add(encounter)

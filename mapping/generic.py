@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 
 from core.errors import MappingError
 from mapping import ids, staff, workflow_vocab
+from mapping.care import map_pd1
 from mapping.clinical import map_al1, map_dg1, map_pr1
 from mapping.context import Context, PatientRef
 from mapping.encounter import map_pv1
@@ -42,6 +43,7 @@ from mapping.insurance import map_in1
 from mapping.observation import attach_note, build_observation, note_text
 from mapping.orders import Order, build_service_request
 from mapping.patient import map_pid
+from mapping.visit import map_pv2
 
 _CONDITION_CATEGORY = "http://terminology.hl7.org/CodeSystem/condition-category"
 _VERIFICATION_STATUS = "http://terminology.hl7.org/CodeSystem/condition-ver-status"
@@ -507,6 +509,11 @@ class _Walker:
             if patient is not None and patient.encounter_id is None and seg.has_content():
                 map_pv1(seg, patient, self.ctx)
             else:
+                self.ctx.skip(seg)
+            return
+        if name in ("PD1", "PV2"):
+            mapper = map_pd1 if name == "PD1" else map_pv2
+            if not mapper(seg, self.patient, self.ctx):
                 self.ctx.skip(seg)
             return
         if name == "ORC":

@@ -4,8 +4,9 @@ NK1 after a PID -> RelatedPerson of that patient (IG NK1[RelatedPerson]; one bef
 
 Staff: ORC-12 ordering provider (PractitionerRole, function OP) and RXA-10 administering
 provider (Practitioner, function AP) -> Immunization.performer (IG ORC/RXA[Immunization]).
+PD1 -> the Patient, PV2 -> the Encounter (mapping.care, mapping.visit).
 
-Not mapped (reported): PD1, GT1, IN1, PRT, TQ1 and the other people of ORC.
+Not mapped (reported): GT1, IN1, PRT, TQ1 and the other people of ORC.
 """
 
 from __future__ import annotations
@@ -135,7 +136,7 @@ def map_vxu(ctx: Context) -> None:
             close()
             subjects.take_pid(seg)
             orc, last_observation = None, None
-        elif name == "PV1" and subjects.take_pv1(seg):
+        elif name in ("PV1", "PD1", "PV2") and subjects.take(seg):
             last_observation = None
         elif name == "ORC":
             close()

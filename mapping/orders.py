@@ -221,7 +221,7 @@ def map_orders(ctx: Context) -> None:
             close()
             subjects.take_pid(seg)
             last_observation = None
-        elif name == "PV1" and subjects.take_pv1(seg):
+        elif name in ("PV1", "PD1", "PV2") and subjects.take(seg):
             last_observation = None
         elif name == "ORC" or (name == "OBR" and (order is None or order.obr is not None)):
             close()

@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from mapping import ids, staff, vocab
+from mapping.care import map_pd1
 from mapping.context import Context, PatientRef
 from mapping.encounter import map_pv1
 from mapping.hl7.datatypes import (
@@ -37,6 +38,7 @@ from mapping.patient import map_pid
 from mapping.related import map_nk1
 from mapping.subject import detach, unlinked_subject
 from mapping.text_report import TextReport
+from mapping.visit import map_pv2
 
 RESULT_TRIGGERS = frozenset({"R01", "R30", "R31", "R32", "R33", ""})
 
@@ -173,6 +175,10 @@ def map_oru(ctx: Context) -> None:
         elif name == "PV1" and patient is not None and patient.encounter_id is None and seg.has_content():
             map_pv1(seg, patient, ctx)
             last_observation = None
+        elif name == "PD1" and map_pd1(seg, patient, ctx):
+            last_observation = None  # IG ORU_R01 PATIENT.PD1: PD1[Patient]
+        elif name == "PV2" and map_pv2(seg, patient, ctx):
+            last_observation = None  # IG ORU_R01 VISIT.PV2: PV2[Encounter]
         elif name == "OBR":
             if report is not None:
                 _close_report(report, ctx)

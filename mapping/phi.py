@@ -121,6 +121,7 @@ FIELDS: Final[dict[str, dict[Extractor, tuple[int, ...]]]] = {
         _st_id: (37,),
     },
     "PV1": {_cx: (5, 19, 50), _xcn: (7, 8, 9, 17, 52), _date: (44, 45)},
+    "PV2": {_xcn: (13,)},  # the referral source, a person
     "MRG": {_cx: (1, 2, 3, 4, 5, 6), _xpn: (7,)},
     "EVN": {_xcn: (5,)},
     "ORC": {_st_id: (2, 3, 4), _xcn: (10, 11, 12)},

@@ -1,8 +1,10 @@
 """NK1 -> RelatedPerson (IG NK1[RelatedPerson]): next of kin and contact persons of a patient.
 
 The message maps (ADT_A01 and friends) make an NK1 a RelatedPerson unless NK1-3.1 names an
-organisation (employer, agency, insurer); those NK1s are reported as unmapped instead, since
-the IG's other target for them (Patient.contact) is not mapped here.
+organisation (employer, agency, insurer); those NK1s become a Patient.contact with the
+organisation (NK1-13) as an Organization instead (IG NK1[Patient]). The organisation's own
+contact person (NK1-30/31/32, Organization.contact in the IG) is left to the report: the
+Organization is shared by every patient it employs.
 """
 
 from __future__ import annotations
@@ -22,12 +24,15 @@ from mapping.hl7.datatypes import (
 )
 from mapping.hl7.dtm import to_date
 from mapping.hl7.parse import Segment
+from mapping.staff import organization
+from mapping.visit import find_resource
 
-__all__ = ["NOT_A_PERSON", "US_SSN", "map_nk1"]
+__all__ = ["NOT_A_PERSON", "ROLE_CONTACT", "US_SSN", "map_nk1"]
 
 # IG ADT_A01: "IF NK1-3.1 NOT IN ("EMR", "E", "F", "I", "S")" -> RelatedPerson.
 NOT_A_PERSON = frozenset({"EMR", "E", "F", "I", "S"})
 US_SSN = "http://hl7.org/fhir/sid/us-ssn"
+ROLE_CONTACT = "NK1:Organization"
 
 
 def _relationship(nk1: Segment) -> list[Json]:
@@ -89,11 +94,58 @@ def _communication(nk1: Segment) -> list[Json]:
     return [{"language": language}] if language is not None else []
 
 
-def map_nk1(nk1: Segment, patient: PatientRef, position: int, ctx: Context) -> bool:
-    """Add the RelatedPerson of ``nk1`` (at ``position`` in the message) for ``patient``; False
-    when the IG maps this NK1 to no RelatedPerson (an organisation, or nothing but a set ID)."""
-    if not nk1.has_content() or nk1.value(3).strip().upper() in NOT_A_PERSON:
+def _contact_telecoms(nk1: Segment) -> list[Json]:
+    telecoms = []
+    # IG NK1[Patient] contact.telecom[1..4]; NK1-6 (business number) is "work".
+    for field_no in (5, 6, 40, 41):
+        for xtn in nk1.repetitions(field_no):
+            contact = xtn_contact(xtn, None)
+            if contact is not None and field_no == 6:
+                contact["use"] = "work"
+            if contact is not None and contact not in telecoms:
+                telecoms.append(contact)
+    return telecoms
+
+
+def _map_contact(nk1: Segment, patient: PatientRef, ctx: Context) -> bool:
+    """An organisation's NK1 -> Patient.contact (IG NK1[Patient]): relationship (NK1-3, NK1-7),
+    name (NK1-2), telecom, address (NK1-4), period (NK1-8/9), gender (NK1-15) and the
+    organisation (NK1-13, IG XON[Organization]). False when it names no one to contact (R4
+    pat-1: a contact has a name, telecom, address or organisation)."""
+    target = find_resource(ctx, "Patient", patient.resource_id)
+    if target is None:
         return False
+    org_id = organization(nk1.first(13), ctx)
+    name = next(iter(distinct(nk1, (2,), lambda xpn: xpn_name(xpn, ctx.zone))), None)
+    address = next(iter(distinct(nk1, (4,), lambda xad: xad_address(xad, ctx.zone))), None)
+    contact = prune(
+        {
+            "relationship": _relationship(nk1),
+            "name": name,
+            "telecom": _contact_telecoms(nk1),
+            "address": address,
+            "gender": vocab.ADMINISTRATIVE_SEX.get(nk1.value(15).strip().upper()),
+            "organization": ids.reference("Organization", org_id) if org_id else None,
+            "period": prune({"start": to_date(nk1.value(8)), "end": to_date(nk1.value(9))}),
+        }
+    )
+    if contact is None or not {"name", "telecom", "address", "organization"} & contact.keys():
+        return False
+    contacts = target.setdefault("contact", [])
+    if contact not in contacts:
+        contacts.append(contact)
+    ctx.mapped(nk1, ROLE_CONTACT)
+    return True
+
+
+def map_nk1(nk1: Segment, patient: PatientRef, position: int, ctx: Context) -> bool:
+    """Add the RelatedPerson of ``nk1`` (at ``position`` in the message) for ``patient``, or the
+    Patient.contact of an organisation's NK1; False when the NK1 maps to neither (nothing but a
+    set ID, or an organisation's NK1 naming no one)."""
+    if not nk1.has_content():
+        return False
+    if nk1.value(3).strip().upper() in NOT_A_PERSON:
+        return _map_contact(nk1, patient, ctx)
     # The set ID names the NK1 within the patient's list; the position stands in when a sender
     # leaves it empty or repeats it.
     set_id = nk1.value(1) or f"at{position}"

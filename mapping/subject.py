@@ -12,12 +12,14 @@ ids with, and that ``sidecar stats`` counts as ``unlinked``.
 from __future__ import annotations
 
 from mapping import ids
+from mapping.care import map_pd1
 from mapping.context import Context, PatientRef
 from mapping.encounter import map_pv1
 from mapping.hl7.datatypes import resource
 from mapping.hl7.parse import Segment
 from mapping.model import MappedMessage
 from mapping.patient import map_pid
+from mapping.visit import map_pv2
 
 __all__ = [
     "NO_IDENTIFIER_REASON",
@@ -93,6 +95,15 @@ class Subjects:
             return False
         map_pv1(pv1, patient, self._ctx)
         return True
+
+    def take(self, seg: Segment) -> bool:
+        """PV1 -> the current patient's Encounter, PD1 -> added to the Patient (IG PD1[Patient]),
+        PV2 -> added to the Encounter (IG PV2[Encounter]); False when they have none to go to."""
+        if seg.name == "PV1":
+            return self.take_pv1(seg)
+        if seg.name == "PD1":
+            return map_pd1(seg, self.patient, self._ctx)
+        return seg.name == "PV2" and map_pv2(seg, self.patient, self._ctx)
 
     def current(self) -> PatientRef:
         """The current patient; segments before the first PID belong to the message's patient."""

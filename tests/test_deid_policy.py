@@ -37,6 +37,9 @@ def test_every_allowed_element_exists_in_the_fhir_model(resource_type):
         ("Encounter.hospitalization", "encounter", "EncounterHospitalization"),
         ("Encounter.diagnosis", "encounter", "EncounterDiagnosis"),
         ("Procedure.performer", "procedure", "ProcedurePerformer"),
+        ("Encounter.location", "encounter", "EncounterLocation"),
+        ("Encounter.participant", "encounter", "EncounterParticipant"),
+        ("Duration", "duration", "Duration"),
         ("Observation.referenceRange", "observation", "ObservationReferenceRange"),
         ("Observation.component", "observation", "ObservationComponent"),
         ("Attachment", "attachment", "Attachment"),
@@ -75,7 +78,8 @@ def test_every_complex_type_is_tested_above():
         "MedicationAdministration.dosage", "Specimen.collection", "AllergyIntolerance.reaction",
         "ImagingStudy.identifier", "ImagingStudy.series", "ImagingStudy.series.instance",
         "Practitioner.qualification", "Immunization.performer", "MedicationAdministration.performer",
-        "Encounter.diagnosis", "Procedure.performer",
+        "Encounter.diagnosis", "Procedure.performer", "Encounter.location", "Encounter.participant",
+        "Duration",
     }  # fmt: skip
 
 

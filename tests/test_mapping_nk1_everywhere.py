@@ -119,11 +119,16 @@ def test_each_nk1_belongs_to_the_pid_before_it(kind, tail):
     }
 
 
-def test_an_organisation_nk1_is_reported_in_every_message():
+def test_an_organisation_nk1_is_a_patient_contact_not_a_related_person():
     employer = "NK1|2|Acme Works|EMR^Employer^HL70063"
     mapped = map_message(message("ORU^R01^ORU_R01", PID_A, employer, OBR, OBX_NOTE))
     assert related(mapped) == []
-    assert "NK1" in mapped.unmapped_segments
+    assert "NK1" not in mapped.unmapped_segments
+    patient = next(r for r in mapped.resources if r["resourceType"] == "Patient")
+    assert patient["contact"][0]["name"]["family"] == "Acme Works"
+    # An organisation's NK1 with no name, telecom, address or organisation maps to nothing.
+    bare = map_message(message("ORU^R01^ORU_R01", PID_A, "NK1|2||EMR^Employer^HL70063", OBR, OBX_NOTE))
+    assert "NK1" in bare.unmapped_segments
 
 
 def test_an_nte_after_nk1_is_not_a_note_of_the_observation_before_it():
@@ -173,7 +178,8 @@ def test_relatives_name_and_phone_in_an_obx_note_are_scrubbed(kind):
 
 
 def test_relatives_values_are_scrubbed_where_no_rule_maps_the_nk1():
-    # An organisation NK1 maps to nothing, yet whoever it names is still scrubbed from the note.
+    # An organisation NK1 maps to a Patient.contact, which de-identification drops; whoever it
+    # names is still scrubbed from the note.
     employer = nk1_segment({1: "1", 2: "Quillfeather^Ysolde", 3: "EMR^Employer^HL70063", 40: RELATIVE[40]})
     mapped = map_message(message("ORU^R01^ORU_R01", PID_A, employer, OBR, OBX_NOTE))
     text = _deidentified(mapped)

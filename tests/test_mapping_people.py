@@ -228,13 +228,14 @@ def test_relationship_and_contact_role_gain_the_ig_codings(mapped):
     )
 
 
-def test_an_organisation_in_nk1_is_no_related_person_and_is_reported(mapped):
+def test_an_organisation_in_nk1_is_no_related_person_but_a_patient_contact(mapped):
     assert "EMR" in NOT_A_PERSON
     assert len(_related(mapped)) == 2  # NK1|3 names an employer
     nk1_positions = [i for i, s in enumerate(parse(MESSAGE).segments) if s.name == "NK1"]
-    reported = {item.index for item in mapped.report if item.whole_segment}
-    assert nk1_positions[2] in reported
-    assert not {nk1_positions[0], nk1_positions[1]} & reported
+    assert not set(nk1_positions) & {item.index for item in mapped.report}
+    [contact] = _one(mapped, "Patient")["contact"]
+    assert contact["name"]["family"] == "Acme Works"
+    assert any(c["code"] == "EMR" for c in contact["relationship"][0]["coding"])
 
 
 def test_related_person_ids_are_deterministic_per_patient_and_set_id(mapped):
