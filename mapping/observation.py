@@ -230,6 +230,7 @@ PRACTITIONER_ROLE_SYSTEM = "http://terminology.hl7.org/CodeSystem/practitioner-r
 MEDICAL_DIRECTOR_SYSTEM = "http://terminology.hl7.org/CodeSystem/v2-0912"
 _OBSERVER = {"coding": [{"system": PRACTITIONER_ROLE_SYSTEM, "code": "responsibleObserver"}]}
 _DIRECTOR = {"coding": [{"system": MEDICAL_DIRECTOR_SYSTEM, "code": "MDIR"}]}
+_PERFORMER_FIELDS = (15, 16, 23, 24, 25)
 
 
 def _performing_party(obx: Segment, ctx: Context) -> tuple[Json | None, str | None]:
@@ -246,6 +247,8 @@ def _performing_party(obx: Segment, ctx: Context) -> tuple[Json | None, str | No
 def performers(obx: Segment, ctx: Context) -> list[Json]:
     """Observation.performer: OBX-16 responsible observers, then OBX-23/24/25, then the OBX-15
     producer (CWE[Organization]) unless it is that same organisation."""
+    if not any(map(obx.field_has_content, _PERFORMER_FIELDS)):
+        return []  # most feeds send none of them: no composite is parsed for each OBX of a panel
     found = [
         r for r in (staff.xcn_role(x, ctx, code=_OBSERVER) for x in obx.repetitions(16)) if r is not None
     ]
