@@ -16,7 +16,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date
-from typing import Any
+from typing import Any, Final
 
 from core.errors import DeidError
 from core.fhir import FhirValidationError, validate_resource
@@ -26,6 +26,7 @@ from .dates import shift_fhir_date
 from .dicom.values import uid_hash
 from .leak import check_no_leak
 from .policy import (
+    ABSENT_REFERENCE,
     COMPLEX,
     DATE_PRIMITIVES,
     DEID_SECURITY_LABEL,
@@ -321,12 +322,20 @@ class _Walk:
         ref = value.get("reference")
         # Identifier-only and display-only references are dropped: a display is often a name.
         if not isinstance(ref, str):
-            return None
+            return _absent_reference() if value == _ABSENT_REFERENCE else None
         if ref in self._refs:
             kept = self._refs[ref]
         else:
             kept = self._refs[ref] = _reference(ref, self.targets)
         return dict(kept) if kept is not None else None
+
+
+def _absent_reference() -> dict[str, Any]:
+    """A fresh copy of the policy's ABSENT_REFERENCE, as JSON."""
+    return {"extension": [dict(item) for item in ABSENT_REFERENCE["extension"]]}
+
+
+_ABSENT_REFERENCE: Final = _absent_reference()
 
 
 def _reference(ref: str, targets: Mapping[tuple[str, str], str]) -> dict[str, str] | None:

@@ -68,6 +68,16 @@ REFERENCE: Final = "Reference"
 # de-identified .dcm objects. Anything else in such an element is dropped.
 UID_PRIMITIVES: Final = frozenset({"dicomUid", "dicomOid"})
 
+# A Reference that says only that its target is unknown (Coverage.payor when the message names
+# no payer: FHIR requires one). It names nothing and is kept as it is.
+ABSENT_REFERENCE: Final = MappingProxyType(
+    {
+        "extension": (
+            {"url": "http://hl7.org/fhir/StructureDefinition/data-absent-reason", "valueCode": "unknown"},
+        )
+    }
+)
+
 # ---- identity of a de-identified resource ----
 
 PSEUDONYM_SYSTEM: Final = "urn:sidecar:pseudonym"
@@ -261,6 +271,14 @@ COMPLEX: Final = MappingProxyType(
         "Immunization.performer": {"function": one("CodeableConcept"), "actor": one(REFERENCE)},
         # The same for a medication given (ORC-12, function OP).
         "MedicationAdministration.performer": {"function": one("CodeableConcept"), "actor": one(REFERENCE)},
+        # A member of the patient's care team (ROL): roles, a reference to the nameless
+        # de-identified Practitioner or Organization, the organisation it acts for, and when.
+        "CareTeam.participant": {
+            "role": many("CodeableConcept"),
+            "member": one(REFERENCE),
+            "onBehalfOf": one(REFERENCE),
+            "period": one("Period"),
+        },
         "Observation.component": {
             "code": one("CodeableConcept"),
             **_VALUE_X,
@@ -306,6 +324,35 @@ RESOURCES: Final = MappingProxyType(
             "participant": many("Encounter.participant"),
             "location": many("Encounter.location"),
             "length": one("Duration"),
+            "episodeOfCare": many(REFERENCE),
+        },
+        # The patient's care team (ROL other than the primary care provider): who, in which role,
+        # for whom and why. name, telecom (ROL-12, a person's phone) and note do not survive.
+        "CareTeam": {
+            "meta": one("Meta"),
+            "status": one("code"),
+            "category": many("CodeableConcept"),
+            "subject": one(REFERENCE),
+            "encounter": one(REFERENCE),
+            "period": one("Period"),
+            "participant": many("CareTeam.participant"),
+            "reasonCode": many("CodeableConcept"),
+        },
+        # An episode of care (PV1-53/54): its status and patient survive; identifier (the
+        # sender's episode number) and the description extension (free text) do not.
+        "EpisodeOfCare": {
+            "meta": one("Meta"),
+            "status": one("code"),
+            "type": many("CodeableConcept"),
+            "patient": one(REFERENCE),
+            "period": one("Period"),
+        },
+        # R5's EncounterHistory standing in a Basic (PV1-43): its code and patient survive; the
+        # extensions (the visit, the prior location) go with every extension.
+        "Basic": {
+            "meta": one("Meta"),
+            "code": one("CodeableConcept"),
+            "subject": one(REFERENCE),
         },
         "Observation": {
             "meta": one("Meta"),

@@ -23,6 +23,7 @@ from mapping.hl7.datatypes import Json, clean_code, code_key, cwe_concept, ei_id
 from mapping.hl7.dtm import parse_dtm, to_date_time
 from mapping.hl7.numeric import POSITIVE_INT_MAX, parse_number
 from mapping.hl7.parse import Composite, Segment
+from mapping.location import pl_location
 from mapping.staff import xcn_practitioner
 
 __all__ = [
@@ -353,6 +354,8 @@ def map_pr1(pr1: Segment, patient: PatientRef, ctx: Context) -> Json | None:
             "encounter": patient.encounter,
             **_performed(pr1, ctx),
             "performer": _performers(pr1, ctx),
+            # PR1-23 repeats; the IG maps one treating unit (Procedure.location is 0..1).
+            "location": pl_location(pr1.first(23), ctx),
             "reasonCode": [reason] if reason else None,
         },
     )

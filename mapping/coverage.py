@@ -19,16 +19,47 @@ MAPPED_FIELDS: Final[dict[str, frozenset[int]]] = {
     # The header: delimiters, sender (ids' basis), type, control id, version, character set.
     "MSH": frozenset({1, 2, 3, 4, 9, 10, 12, 18}),
     "PID": frozenset({1, 2, 3, 4, 5, 7, 8, 9, 11, 13, 14, 15, 16, 17, 29, 30}),
-    # mapping.encounter / mapping.visit; PV1-53/54 (EpisodeOfCare) are left to the report.
+    # mapping.encounter / mapping.visit / mapping.visit_links.
     "PV1": frozenset(
-        {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 16, 17, 19, 36, 37, 38, 40, 42, 44, 45, 50, 52}
+        {
+            1,
+            2,
+            3,
+            4,
+            5,
+            6,
+            7,
+            8,
+            9,
+            10,
+            11,
+            13,
+            14,
+            15,
+            16,
+            17,
+            19,
+            20,
+            36,
+            37,
+            38,
+            40,
+            42,
+            43,
+            44,
+            45,
+            50,
+            52,
+            53,
+            54,
+        }
     ),
     "PV2": frozenset({1, 3, 8, 9, 11, 12, 13, 22, 25, 38}),
-    "PD1": frozenset({3, 4, 6, 14}),
-    # mapping.care / mapping.visit: ROL-1 (role instance id), 11-13 (address, phone, location of
-    # the person) are left to the report.
-    "ROL:Patient": frozenset({3, 4, 5, 6, 14}),
-    "ROL:Encounter": frozenset({3, 4, 5, 6, 14}),
+    "PD1": frozenset({3, 4, 6, 7, 14}),
+    # mapping.rol: a PractitionerRole (general practitioner, visit participant) or a CareTeam member.
+    "ROL:Patient": frozenset({1, 3, 4, 5, 6, 11, 12, 13, 14}),
+    "ROL:Encounter": frozenset({1, 3, 4, 5, 6, 11, 12, 13, 14}),
+    "ROL:CareTeam": frozenset({3, 4, 5, 6, 8, 9, 10, 12, 14}),
     "NK1": frozenset({1, 2, 3, 4, 5, 6, 7, 8, 9, 12, 15, 16, 20, 30, 31, 32, 33, 37, 40, 41}),
     # mapping.related: an organisation's NK1 as Patient.contact (NK1-30/31/32 left to the report).
     "NK1:Organization": frozenset({1, 2, 3, 4, 5, 6, 7, 8, 9, 13, 15, 40, 41}),
@@ -56,7 +87,7 @@ MAPPED_FIELDS: Final[dict[str, frozenset[int]]] = {
     "DG1": frozenset({1, 3, 4, 5, 6, 15, 16, 19, 20, 21, 22}),
     "DG1:Condition": frozenset({1, 3, 4, 5, 16, 19, 20, 21, 22}),
     "AL1": frozenset({1, 2, 3, 4, 5, 6}),
-    "PR1": frozenset({1, 3, 4, 5, 6, 7, 8, 11, 12, 15, 16, 19, 25}),
+    "PR1": frozenset({1, 3, 4, 5, 6, 7, 8, 11, 12, 15, 16, 19, 23, 25}),
     # mapping.generic
     # ORC-12: MedicationRequest.requester (when RXO-14 names no one), MedicationAdministration.performer.
     "ORC:Medication": frozenset({1, 2, 3, 5, 9, 12}),
@@ -73,7 +104,7 @@ MAPPED_FIELDS: Final[dict[str, frozenset[int]]] = {
 # action code, PV2-1 prior pending location, PD1-1 living dependency, ROL-1 role instance id):
 # reported like any other field when no rule reads it.
 FIELD_ONE_IS_DATA: Final[frozenset[str]] = frozenset(
-    {"RXE", "PRB", "PV2", "PD1", "ROL:Patient", "ROL:Encounter"}
+    {"RXE", "PRB", "PV2", "PD1", "ROL:Patient", "ROL:Encounter", "ROL:CareTeam"}
 )
 
 

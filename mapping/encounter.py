@@ -1,6 +1,7 @@
 """PV1 -> Encounter (IG PV1[Encounter]): class, status, admission type, hospital service, visit
 number, period, subject; the places, staff and hospitalization details come from
-``mapping.visit``."""
+``mapping.visit``, the financial class, prior temporary location and service episode from
+``mapping.visit_links``."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from mapping.hl7.datatypes import Json, authority, clean_code, cx_identifier, re
 from mapping.hl7.dtm import to_date_time
 from mapping.hl7.parse import Segment
 from mapping.visit import hospitalization, participants, pv1_locations
+from mapping.visit_links import map_pv1_links
 
 
 def _class(pv1: Segment) -> Json:
@@ -103,6 +105,7 @@ def map_pv1(pv1: Segment, patient: PatientRef, ctx: Context) -> None:
         },
     )
     ctx.add(encounter)
+    map_pv1_links(pv1, patient, encounter, ctx)
     # A source field sent as the explicit null deletes the stored element (PV1-44 and -45 both
     # null, or one null and one empty: the visit's dates).
     ctx.clear_nulled(encounter, pv1, _SOURCES)

@@ -22,6 +22,7 @@ from mapping.hl7.parse import Composite
 __all__ = [
     "DEGREE_SYSTEM",
     "Person",
+    "add_addresses",
     "cwe_organization",
     "hd_organization",
     "ndl_role",
@@ -110,6 +111,29 @@ def _enrich(ctx: Context, resource_type: str, resource_id: str, members: Json) -
                 if value and key not in found:
                     found[key] = value
             return
+
+
+def _extend(ctx: Context, resource_type: str, resource_id: str, lists: Json) -> None:
+    """Append to list elements of a resource already added in this message what they lack."""
+    for found in ctx.resources:
+        if found["resourceType"] == resource_type and found["id"] == resource_id:
+            for key, items in lists.items():
+                present = found.setdefault(key, [])
+                present.extend(item for item in items if item not in present)
+                if not present:
+                    del found[key]
+            return
+
+
+def add_addresses(ctx: Context, resource_type: str, resource_id: str, addresses: list[Json]) -> None:
+    """Give a Practitioner or Organization of this message further addresses, a Location its
+    address (FHIR Location.address is 0..1: the first, unless it has one)."""
+    if not addresses:
+        return
+    if resource_type == "Location":
+        _enrich(ctx, resource_type, resource_id, {"address": addresses[0]})
+    else:
+        _extend(ctx, resource_type, resource_id, {"address": addresses})
 
 
 def practitioner(person: Person, ctx: Context, *, address: Json | None = None) -> str | None:
@@ -293,16 +317,22 @@ def practitioner_role(
     code: Json | None = None,
     start: str = "",
     end: str = "",
+    details: Json | None = None,
 ) -> str | None:
     """Add the PractitionerRole of a practitioner (and/or organisation) in a role and return its
-    id; the same person in the same role for the same organisation is one PractitionerRole."""
+    id; the same person in the same role for the same organisation is one PractitionerRole.
+    ``details`` (identifier, telecom, location lists a ROL gives) are its own, added to it when
+    a later segment of the message names the same role."""
     if practitioner_id is None and organization_id is None:
         return None
     code_key = repr(sorted((c.get("system", ""), c.get("code", "")) for c in (code or {}).get("coding", [])))
     role_id = ids.resource_id(
         "PractitionerRole", practitioner_id or "", organization_id or "", code_key, start, end
     )
-    if not ctx.taken("PractitionerRole", role_id):
+    extra = {name: items for name, items in (details or {}).items() if items}
+    if ctx.taken("PractitionerRole", role_id):
+        _extend(ctx, "PractitionerRole", role_id, extra)
+    else:
         practitioner_ref = ids.reference("Practitioner", practitioner_id) if practitioner_id else None
         organization_ref = ids.reference("Organization", organization_id) if organization_id else None
         ctx.add(
@@ -317,6 +347,7 @@ def practitioner_role(
                     "practitioner": practitioner_ref,
                     "organization": organization_ref,
                     "code": [code] if code else None,
+                    **extra,
                 },
             )
         )

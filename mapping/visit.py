@@ -1,6 +1,6 @@
 """The rest of a visit: PV1's places, staff and hospitalization (IG PV1[Encounter]), PV2 on the
 same Encounter (IG PV2[Encounter]) and a ROL after PV1 as a participant (IG
-ROL[Encounter-PractitionerRole]).
+ROL[Encounter-PractitionerRole], built by ``mapping.rol``).
 
 Staff become shared Practitioner / PractitionerRole resources (``mapping.staff``), places shared
 Locations (``mapping.location``); the Encounter holds references to them.
@@ -12,13 +12,14 @@ import html
 from decimal import Decimal, InvalidOperation
 from typing import Final
 
-from mapping import ids, people_vocab, visit_vocab
+from mapping import people_vocab, visit_vocab
 from mapping.context import Context, PatientRef
 from mapping.hl7.datatypes import Json, cwe_concept, cx_identifier, prune
 from mapping.hl7.dtm import to_date_time
 from mapping.hl7.parse import Composite, Segment
 from mapping.location import dld_location, pl_location
-from mapping.staff import organization, person_from_xcn, practitioner, practitioner_role, xcn_practitioner
+from mapping.rol import rol_role, role_concept
+from mapping.staff import xcn_practitioner
 
 __all__ = [
     "LOCATION_CLASSIFICATION",
@@ -32,8 +33,6 @@ __all__ = [
     "map_pv2",
     "participants",
     "pv1_locations",
-    "rol_role",
-    "role_concept",
 ]
 
 ROLE_ENCOUNTER: Final = "ROL:Encounter"
@@ -220,26 +219,6 @@ def map_pv2(pv2: Segment, patient: PatientRef | None, ctx: Context) -> bool:
 
 
 # -- ROL ------------------------------------------------------------------------------------
-
-
-def role_concept(rol: Segment) -> Json | None:
-    """ROL-3 with the IG's ProviderRole coding."""
-    return people_vocab.translated_concept(rol.first(3), visit_vocab.PROVIDER_ROLE, "HL70443")
-
-
-def rol_role(rol: Segment, ctx: Context, *, with_period: bool) -> Json | None:
-    """The PractitionerRole of ROL-4 (practitioner), ROL-3 (code), ROL-14 (organisation)."""
-    practitioner_id = practitioner(person_from_xcn(rol.first(4)), ctx)
-    organization_id = organization(rol.first(14), ctx)
-    role = practitioner_role(
-        ctx,
-        practitioner_id=practitioner_id,
-        organization_id=organization_id,
-        code=role_concept(rol),
-        start=rol.value(5).strip() if with_period else "",
-        end=rol.value(6).strip() if with_period else "",
-    )
-    return ids.reference("PractitionerRole", role) if role else None
 
 
 def map_encounter_rol(rol: Segment, patient: PatientRef | None, ctx: Context) -> bool:

@@ -1,6 +1,6 @@
 """Vocabulary maps for the visit and the care team, after the HL7 V2-to-FHIR IG concept maps:
 re-admission, ambulatory status, bed status (PV1), visit priority, mode of arrival, visit
-protection (PV2) and provider role (ROL).
+protection (PV2), provider role (ROL) and living will (PD1).
 
 Held as code like ``mapping.people_vocab`` (whose ``translated_concept`` applies them);
 ``tests/test_mapping_visit.py`` checks every entry against the IG's CSVs. Only the codes the IG
@@ -15,6 +15,7 @@ __all__ = [
     "AMBULATORY_STATUS",
     "BED_STATUS",
     "ENCOUNTER_PRIORITY",
+    "LIVING_WILL",
     "MODE_OF_ARRIVAL",
     "PARTICIPATION_TYPE",
     "PROVIDER_ROLE",
@@ -95,4 +96,15 @@ PROVIDER_ROLE: Final[dict[str, tuple[str, str, str]]] = {
 YES_NO: Final[dict[str, tuple[str, str, str]]] = {
     "Y": (SPECIAL_VALUES, "true", ""),
     "N": (SPECIAL_VALUES, "false", ""),
+}
+
+_V2_0315: Final = "http://terminology.hl7.org/CodeSystem/v2-0315"
+
+# HL7 table 0315 -> the living-will Observation's value (IG: LivingWillCode)
+LIVING_WILL: Final[dict[str, tuple[str, str, str]]] = {
+    "Y": (_V2_0315, "Y", "Yes, patient has a living will"),
+    "F": (_V2_0315, "F", "Yes, patient has a living will but it is not on file"),
+    "N": (_V2_0315, "N", "No, patient does not have a living will and no information was provided"),
+    "I": (_V2_0315, "I", "No, patient does not have a living will but information was provided"),
+    "U": (_V2_0315, "U", "Unknown"),
 }

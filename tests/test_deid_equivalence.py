@@ -65,6 +65,7 @@ from deid.leak import (
 )
 from deid.phi import _NAME_SPLIT, _is_wide
 from deid.policy import (
+    ABSENT_REFERENCE,
     COMPLEX,
     DATE_PRIMITIVES,
     KEEP_PRIMITIVES,
@@ -503,6 +504,9 @@ def ref_reference(value: Any, ctx: RefContext, path: str) -> dict[str, str] | No
     if not isinstance(value, Mapping):
         raise DeidError(f"{path}: expected a Reference object")
     ref = value.get("reference")
+    # A reference saying only that its target is unknown names nothing and is kept.
+    if value == {"extension": [dict(e) for e in ABSENT_REFERENCE["extension"]]}:
+        return {"extension": [dict(e) for e in value["extension"]]}  # type: ignore[dict-item]
     # Identifier-only and display-only references are dropped: a display is often a name.
     if not isinstance(ref, str) or (match := _REFERENCE.fullmatch(ref.strip())) is None:
         return None

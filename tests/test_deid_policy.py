@@ -56,6 +56,7 @@ def test_every_allowed_element_exists_in_the_fhir_model(resource_type):
         ("ImagingStudy.series", "imagingstudy", "ImagingStudySeries"),
         ("ImagingStudy.series.instance", "imagingstudy", "ImagingStudySeriesInstance"),
         ("Practitioner.qualification", "practitioner", "PractitionerQualification"),
+        ("CareTeam.participant", "careteam", "CareTeamParticipant"),
         ("Immunization.performer", "immunization", "ImmunizationPerformer"),
         (
             "MedicationAdministration.performer",
@@ -79,7 +80,7 @@ def test_every_complex_type_is_tested_above():
         "ImagingStudy.identifier", "ImagingStudy.series", "ImagingStudy.series.instance",
         "Practitioner.qualification", "Immunization.performer", "MedicationAdministration.performer",
         "Encounter.diagnosis", "Procedure.performer", "Encounter.location", "Encounter.participant",
-        "Duration",
+        "Duration", "CareTeam.participant",
     }  # fmt: skip
 
 
@@ -117,7 +118,8 @@ def test_new_resource_allow_lists_drop_people_and_identifiers():
     for resource_type in ("ServiceRequest", "DocumentReference", "Appointment", "Immunization",
                           "MedicationRequest", "MedicationDispense", "MedicationAdministration",
                           "Condition", "Specimen", "Procedure", "AllergyIntolerance",
-                          "ChargeItem", "DiagnosticReport", "Observation"):  # fmt: skip
+                          "ChargeItem", "DiagnosticReport", "Observation", "CareTeam",
+                          "EpisodeOfCare", "Basic"):  # fmt: skip
         assert resource_type in policy.RESOURCES
         elements = policy.RESOURCES[resource_type]
         assert not identifying & set(elements), resource_type
@@ -125,6 +127,13 @@ def test_new_resource_allow_lists_drop_people_and_identifiers():
             assert _reference_only(elements[name].type), (resource_type, name)
     # The document's bytes are never passed on: base64 is beyond the scrubber.
     assert not {"data", "url", "title"} & set(policy.COMPLEX["Attachment"])
+
+
+# PV1-20 financial class, PV1-43 prior temporary location, PV1-53/54 service episode.
+PV1_LINKS = "|".join(
+    ["PV1|1|I|W1^1^A^HOSP", *[""] * 15, "VN-1^^^HOSP^VN", "SP^20240301", *[""] * 22, "ED^3^^HOSP",
+     *[""] * 9, "Stroke rehab ZHANG WEI", "EP-1^^^HOSP"]
+)  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -225,6 +234,30 @@ def test_new_resource_allow_lists_drop_people_and_identifiers():
             ["AL1|1|DA|70618^Penicillin^RXNORM|SV|Hives|20200101"],
             "AllergyIntolerance",
             {"category", "criticality", "code", "patient", "onsetDateTime", "reaction"},
+        ),
+        (
+            "ADT^A01",
+            ["ROL|R-1|AD|RP^Referring^HL70443|77^LI^NA|20240101||||||||^WPN^PH^^86^10^5550101||Heart^^H-1"],
+            "CareTeam",
+            {"status", "subject", "participant"},
+        ),
+        (
+            "ADT^A01",
+            [PV1_LINKS],
+            "Coverage",
+            {"status", "type", "beneficiary", "payor"},
+        ),
+        (
+            "ADT^A01",
+            [PV1_LINKS],
+            "EpisodeOfCare",
+            {"status", "patient"},
+        ),
+        (
+            "ADT^A01",
+            [PV1_LINKS],
+            "Basic",
+            {"code", "subject"},
         ),
     ],
 )

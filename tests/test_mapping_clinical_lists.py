@@ -168,8 +168,6 @@ NOT_MAPPED = {
     # The IG's alternative to criticality, "if severity was not used equivalent to criticality":
     # HL7 v2 defines AL1-4 as the allergy's overall severity, which is what criticality is.
     (AL1_SHEET, "AL1-4", "reaction.severity"),
-    # PL -> Location: no Location builder yet; PR1-23 stays in the mapping report.
-    (PR1_SHEET, "PR1-23", "location(Location)"),
 }
 # The DG1[Condition] sheet names the asserted-date extension by a URL that does not exist; its
 # DG1[Encounter] sheet (and FHIR) name the extension's canonical URL, which is what is mapped.
@@ -272,6 +270,11 @@ def check(row: dict[str, str], seg: Segment, actual: Any, kind: str) -> None:
         assert actual["resourceType"] == "Practitioner", where
         assert actual["identifier"][0]["value"] == seg.value(number, 1), where
         assert actual["name"][0]["family"] == seg.value(number, 2), where
+    elif row["map"] == "PL[Location]":  # the ward of the theatre: its most specific part names it
+        assert actual["resourceType"] == "Location" and actual["mode"] == "instance", where
+        assert {"value": seg.value(number, 2)} in actual["identifier"] or any(
+            i["value"] == seg.value(number, 2) for i in actual["identifier"]
+        ), where
     elif row["map"] == "XON[Organization]":
         assert actual["resourceType"] == "Organization" and actual["name"] == seg.value(number), where
     elif row["path"] == "subscriber(RelatedPerson)":
@@ -455,7 +458,7 @@ def test_only_the_fields_without_a_rule_are_reported(mapped):
     lines = [line for line in report_lines(mapped) if line.startswith(("AL1", "DG1", "PR1", "IN1"))]
     assert lines == [
         "DG1 (segment 4): fields DG1-2 not mapped",
-        "PR1 (segment 7): fields PR1-2, PR1-9, PR1-10, PR1-20, PR1-23 not mapped",
+        "PR1 (segment 7): fields PR1-2, PR1-9, PR1-10, PR1-20 not mapped",
     ]
 
 
