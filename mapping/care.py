@@ -103,7 +103,7 @@ def _living_will(pd1: Segment, patient: PatientRef, ctx: Context) -> None:
             observation_id,
             {
                 "status": "final",
-                "code": {"coding": [LIVING_WILL_CODE]},
+                "code": {"coding": [dict(LIVING_WILL_CODE)]},
                 "subject": patient.subject,
                 "valueCodeableConcept": value,
             },

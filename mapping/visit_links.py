@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Final
 
 from mapping import ids
@@ -65,7 +66,7 @@ def _financial_classes(pv1: Segment, patient: PatientRef, encounter_id: str, ctx
                     "status": "active",
                     "type": kind,
                     "beneficiary": patient.subject,
-                    "payor": [ABSENT_PAYOR],
+                    "payor": [copy.deepcopy(ABSENT_PAYOR)],
                 },
             )
         )
@@ -93,7 +94,7 @@ def _prior_temporary_location(pv1: Segment, patient: PatientRef, encounter_id: s
         resource(
             "Basic",
             history_id,
-            {"extension": extensions, "code": ENCOUNTER_HISTORY, "subject": patient.subject},
+            {"extension": extensions, "code": copy.deepcopy(ENCOUNTER_HISTORY), "subject": patient.subject},
         )
     )
 
