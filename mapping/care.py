@@ -13,7 +13,7 @@ from typing import Final
 
 from mapping import ids, people_vocab, visit_vocab
 from mapping.context import Context, PatientRef
-from mapping.hl7.datatypes import Json, cwe_concept, resource
+from mapping.hl7.datatypes import Json, append_new, cwe_concept, resource
 from mapping.hl7.parse import Composite, Segment
 from mapping.rol import care_team_member, rol_role
 from mapping.staff import organization, xcn_practitioner
@@ -35,13 +35,6 @@ ROLE_CARE_TEAM: Final = "ROL:CareTeam"
 LIVING_WILL_CODE: Final = {"system": "http://loinc.org", "code": "75320-2", "display": "Advance directive"}
 DISABILITY_EXTENSION: Final = "http://hl7.org/fhir/StructureDefinition/patient-disability"
 CONGREGATION_EXTENSION: Final = "http://hl7.org/fhir/StructureDefinition/patient-congregation"
-
-
-def _add(patient: Json, element: str, items: list[Json]) -> None:
-    present = patient.setdefault(element, [])
-    present.extend(item for item in items if item not in present)
-    if not present:
-        del patient[element]
 
 
 def _xon_string(xon: Composite) -> str:
@@ -82,8 +75,8 @@ def map_pd1(pd1: Segment, patient: PatientRef | None, ctx: Context) -> bool:
     if target is None or patient is None or not pd1.has_content():
         return False
     ctx.mapped(pd1, "PD1")
-    _add(target, "generalPractitioner", _general_practitioners(pd1, ctx))
-    _add(target, "extension", _pd1_extensions(pd1))
+    append_new(target, "generalPractitioner", _general_practitioners(pd1, ctx))
+    append_new(target, "extension", _pd1_extensions(pd1))
     _living_will(pd1, patient, ctx)
     return True
 
@@ -133,6 +126,6 @@ def map_patient_rol(rol: Segment, patient: PatientRef | None, ctx: Context) -> b
     role = rol_role(rol, ctx, with_period=True)
     if role is None:
         return False
-    _add(target, "generalPractitioner", [role])
+    append_new(target, "generalPractitioner", [role])
     ctx.mapped(rol, ROLE_PATIENT)
     return True

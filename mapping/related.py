@@ -9,6 +9,8 @@ Organization is shared by every patient it employs.
 
 from __future__ import annotations
 
+from typing import Final
+
 from mapping import ids, people_vocab, vocab
 from mapping.context import Context, PatientRef
 from mapping.hl7.datatypes import (
@@ -61,14 +63,19 @@ def _addresses(nk1: Segment, ctx: Context) -> list[Json]:
     return distinct(nk1, (4, 32), lambda xad: xad_address(xad, ctx.zone))  # IG address[1], address[2]
 
 
-def _telecoms(nk1: Segment) -> list[Json]:
-    telecoms = []
-    # IG telecom[1..5]; only NK1-6 (business number) has an assigned use, "work".
-    for field_no, default_use in ((5, None), (6, "work"), (31, None), (40, None), (41, None)):
+# The XTN fields of a RelatedPerson's telecom (IG NK1[RelatedPerson] telecom[1..5]) and of an
+# organisation's Patient.contact (IG NK1[Patient] contact.telecom[1..4]).
+_PERSON_PHONES: Final = (5, 6, 31, 40, 41)
+_CONTACT_PHONES: Final = (5, 6, 40, 41)
+
+
+def _telecoms(nk1: Segment, fields: tuple[int, ...]) -> list[Json]:
+    telecoms: list[Json] = []
+    for field_no in fields:
         for xtn in nk1.repetitions(field_no):
-            contact = xtn_contact(xtn, default_use)
+            contact = xtn_contact(xtn, None)
             if contact is not None and field_no == 6:
-                contact["use"] = "work"
+                contact["use"] = "work"  # NK1-6, the business number: the only assigned use
             if contact is not None and contact not in telecoms:
                 telecoms.append(contact)
     return telecoms
@@ -94,19 +101,6 @@ def _communication(nk1: Segment) -> list[Json]:
     return [{"language": language}] if language is not None else []
 
 
-def _contact_telecoms(nk1: Segment) -> list[Json]:
-    telecoms = []
-    # IG NK1[Patient] contact.telecom[1..4]; NK1-6 (business number) is "work".
-    for field_no in (5, 6, 40, 41):
-        for xtn in nk1.repetitions(field_no):
-            contact = xtn_contact(xtn, None)
-            if contact is not None and field_no == 6:
-                contact["use"] = "work"
-            if contact is not None and contact not in telecoms:
-                telecoms.append(contact)
-    return telecoms
-
-
 def _map_contact(nk1: Segment, patient: PatientRef, ctx: Context) -> bool:
     """An organisation's NK1 -> Patient.contact (IG NK1[Patient]): relationship (NK1-3, NK1-7),
     name (NK1-2), telecom, address (NK1-4), period (NK1-8/9), gender (NK1-15) and the
@@ -122,7 +116,7 @@ def _map_contact(nk1: Segment, patient: PatientRef, ctx: Context) -> bool:
         {
             "relationship": _relationship(nk1),
             "name": name,
-            "telecom": _contact_telecoms(nk1),
+            "telecom": _telecoms(nk1, _CONTACT_PHONES),
             "address": address,
             "gender": vocab.ADMINISTRATIVE_SEX.get(nk1.value(15).strip().upper()),
             "organization": ids.reference("Organization", org_id) if org_id else None,
@@ -161,7 +155,7 @@ def map_nk1(nk1: Segment, patient: PatientRef, position: int, ctx: Context) -> b
                 "patient": patient.subject,
                 "relationship": _relationship(nk1),
                 "name": _names(nk1, ctx),
-                "telecom": _telecoms(nk1),
+                "telecom": _telecoms(nk1, _PERSON_PHONES),
                 "gender": vocab.ADMINISTRATIVE_SEX.get(nk1.value(15).strip().upper()),
                 "birthDate": to_date(nk1.value(16)),
                 "address": _addresses(nk1, ctx),

@@ -15,7 +15,16 @@ from typing import Final
 
 from mapping import ids, people_vocab, visit_vocab
 from mapping.context import Context, PatientRef
-from mapping.hl7.datatypes import Json, cwe_concept, ei_identifier, prune, resource, xad_address, xtn_contact
+from mapping.hl7.datatypes import (
+    Json,
+    append_new,
+    cwe_concept,
+    ei_identifier,
+    prune,
+    resource,
+    xad_address,
+    xtn_contact,
+)
 from mapping.hl7.dtm import to_date_time
 from mapping.hl7.parse import Segment
 from mapping.location import pl_location
@@ -106,9 +115,7 @@ def _unit_organization(rol: Segment, organization_id: str | None, ctx: Context) 
         return organization_id
     for found in ctx.resources:
         if found["resourceType"] == "Organization" and found["id"] == organization_id:
-            types = found.setdefault("type", [])
-            if unit_type not in types:
-                types.append(unit_type)
+            append_new(found, "type", [unit_type])
     return organization_id
 
 
@@ -143,13 +150,6 @@ def _team(patient: PatientRef, ctx: Context) -> Json:
     return team
 
 
-def _append(team: Json, element: str, items: list[Json]) -> None:
-    present = team.setdefault(element, [])
-    present.extend(item for item in items if item not in present)
-    if not present:
-        del team[element]
-
-
 def care_team_member(rol: Segment, patient: PatientRef, ctx: Context) -> bool:
     """Add the person (or organisation) a ROL names to the patient's CareTeam; False when it
     names neither."""
@@ -157,8 +157,8 @@ def care_team_member(rol: Segment, patient: PatientRef, ctx: Context) -> bool:
     if participant is None:
         return False
     team = _team(patient, ctx)
-    _append(team, "participant", [participant])
+    append_new(team, "participant", [participant])
     reasons = [cwe_concept(rol.first(8))]
-    _append(team, "reasonCode", [reason for reason in reasons if reason])
-    _append(team, "telecom", _telecom(rol))
+    append_new(team, "reasonCode", [reason for reason in reasons if reason])
+    append_new(team, "telecom", _telecom(rol))
     return True

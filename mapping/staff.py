@@ -15,7 +15,7 @@ from typing import Final
 
 from mapping import ids, vocab
 from mapping.context import Context
-from mapping.hl7.datatypes import Json, hd_system, identifier_type, prune, resource
+from mapping.hl7.datatypes import Json, append_new, hd_system, identifier_type, prune, resource
 from mapping.hl7.dtm import to_date_time
 from mapping.hl7.parse import Composite
 
@@ -118,10 +118,7 @@ def _extend(ctx: Context, resource_type: str, resource_id: str, lists: Json) -> 
     for found in ctx.resources:
         if found["resourceType"] == resource_type and found["id"] == resource_id:
             for key, items in lists.items():
-                present = found.setdefault(key, [])
-                present.extend(item for item in items if item not in present)
-                if not present:
-                    del found[key]
+                append_new(found, key, items)
             return
 
 

@@ -14,7 +14,7 @@ from typing import Final
 
 from mapping import people_vocab, visit_vocab
 from mapping.context import Context, PatientRef
-from mapping.hl7.datatypes import Json, cwe_concept, cx_identifier, prune
+from mapping.hl7.datatypes import Json, append_new, cwe_concept, cx_identifier, prune
 from mapping.hl7.dtm import to_date_time
 from mapping.hl7.parse import Composite, Segment
 from mapping.location import dld_location, pl_location
@@ -180,13 +180,6 @@ def _narrative(text: str) -> Json | None:
     }
 
 
-def _append(encounter: Json, element: str, items: list[Json]) -> None:
-    present = encounter.setdefault(element, [])
-    present.extend(item for item in items if item not in present)
-    if not present:
-        del encounter[element]
-
-
 def _set(encounter: Json, element: str, value: Json | str | None) -> None:
     if value and element not in encounter:
         encounter[element] = value
@@ -200,7 +193,7 @@ def map_pv2(pv2: Segment, patient: PatientRef | None, ctx: Context) -> bool:
     if encounter is None or not pv2.has_content():
         return False
     ctx.mapped(pv2, "PV2")
-    _append(encounter, "extension", _pv2_extensions(pv2, ctx))
+    append_new(encounter, "extension", _pv2_extensions(pv2, ctx))
     _set(encounter, "text", _narrative(pv2.text(12)))
     protection = visit_vocab.YES_NO.get(pv2.value(22).strip().upper())
     if protection is not None:
@@ -211,10 +204,10 @@ def map_pv2(pv2: Segment, patient: PatientRef | None, ctx: Context) -> bool:
         "priority",
         people_vocab.translated_concept(pv2.first(25), visit_vocab.ENCOUNTER_PRIORITY, "HL70217"),
     )
-    _append(encounter, "reasonCode", _concepts(pv2, 3, None, ""))
-    _append(encounter, "participant", _staff(pv2, 13, "REF", "referrer", ctx))
+    append_new(encounter, "reasonCode", _concepts(pv2, 3, None, ""))
+    append_new(encounter, "participant", _staff(pv2, 13, "REF", "referrer", ctx))
     _set(encounter, "length", _length_of_stay(pv2.value(11)))
-    _append(encounter, "location", _located(pl_location(pv2.first(1), ctx), "planned"))
+    append_new(encounter, "location", _located(pl_location(pv2.first(1), ctx), "planned"))
     return True
 
 
@@ -237,6 +230,6 @@ def map_encounter_rol(rol: Segment, patient: PatientRef | None, ctx: Context) ->
         {"start": to_date_time(rol.value(5), ctx.zone), "end": to_date_time(rol.value(6), ctx.zone)}
     )
     entry = prune({"type": [concept] if concept else None, "individual": individual, "period": period}) or {}
-    _append(encounter, "participant", [entry])
+    append_new(encounter, "participant", [entry])
     ctx.mapped(rol, ROLE_ENCOUNTER)
     return True

@@ -19,7 +19,7 @@ import pytest
 from core.fhir import validate_resource
 from deid import Vault, deidentify
 from deid.policy import PSEUDONYM_SYSTEM
-from mapping import MappedMessage, map_message, people_vocab, vocab
+from mapping import MappedMessage, map_message, people_vocab, visit_vocab, vocab
 from mapping.hl7.datatypes import cwe_concept, cx_identifier, xad_address, xpn_name, xtn_contact
 from mapping.hl7.dtm import to_date
 from mapping.hl7.parse import Segment, parse
@@ -350,6 +350,14 @@ def concept_map(name: str) -> dict[str, tuple[str, str, str]]:
         ("Religion", people_vocab.RELIGION),
         ("AdmissionType", people_vocab.ADMISSION_TYPE),
         ("HospitalService", people_vocab.HOSPITAL_SERVICE),
+        ("ReadmissionIndicator", visit_vocab.READMISSION),
+        ("AmbulatoryStatus", visit_vocab.AMBULATORY_STATUS),
+        ("BedStatus", visit_vocab.BED_STATUS),
+        ("EncounterPriority", visit_vocab.ENCOUNTER_PRIORITY),
+        ("ModeOfArrivalCode", visit_vocab.MODE_OF_ARRIVAL),
+        ("ProviderRole", visit_vocab.PROVIDER_ROLE),
+        ("YesNoIndicator", visit_vocab.YES_NO),
+        ("LivingWillCode", visit_vocab.LIVING_WILL),
     ],
 )
 def test_vocabulary_tables_are_the_ig_concept_maps(name, table):

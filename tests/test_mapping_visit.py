@@ -443,23 +443,6 @@ def test_visit_vocabularies_gain_the_ig_codings(mapped):
             "display": "PCP - Primary care physician"} in role["code"][0]["coding"]  # fmt: skip
 
 
-@pytest.mark.parametrize(
-    ("name", "table"),
-    [
-        ("ReadmissionIndicator", visit_vocab.READMISSION),
-        ("AmbulatoryStatus", visit_vocab.AMBULATORY_STATUS),
-        ("BedStatus", visit_vocab.BED_STATUS),
-        ("EncounterPriority", visit_vocab.ENCOUNTER_PRIORITY),
-        ("ModeOfArrivalCode", visit_vocab.MODE_OF_ARRIVAL),
-        ("ProviderRole", visit_vocab.PROVIDER_ROLE),
-        ("YesNoIndicator", visit_vocab.YES_NO),
-        ("LivingWillCode", visit_vocab.LIVING_WILL),
-    ],
-)
-def test_vocabulary_tables_are_the_ig_concept_maps(name, table):
-    assert table == concept_map(name)
-
-
 # -- sharing, placement and the report --------------------------------------------------------
 
 

@@ -58,6 +58,15 @@ def resource(resource_type: str, resource_id: str, members: Json) -> Json:
     return built
 
 
+def append_new(owner: Json, element: str, items: list[Json]) -> None:
+    """Append to a list element of a resource (or backbone) the items it does not hold yet; a
+    list left empty is removed (FHIR forbids empty arrays)."""
+    present = owner.setdefault(element, [])
+    present.extend(item for item in items if item not in present)
+    if not present:
+        del owner[element]
+
+
 # -- identifiers --------------------------------------------------------------------------
 
 
