@@ -128,3 +128,25 @@ def test_the_pipeline_screens_the_events_it_writes_and_the_relay_trusts_them(
     assert audit_entry.actor == "worker:pipeline" and audit_entry.entity == f"outbox/{blocked.id}"
     assert sorted(published) == sorted(r.event_id for r in rows if r.blocked_at is None)
     ctx.db.dispose()
+
+
+def test_a_date_is_not_read_as_an_identifier_but_every_other_string_is() -> None:
+    """A whole date string is passed over (a 4-digit MRN must not block every event of that
+    year); a date with a number hidden in it, and every other string at any depth, is read."""
+    from deid import Vault
+    from deid.tokens import identifier_tokens
+
+    vault = Vault(b"leak-guard-test-secret-0123456789")
+    guard = LeakGuard(vault)
+    values = {"2026": "ID", "4711234": "ID", "QUIMBY Harriet": "NAME", "217 555 0147": "PHONE"}
+    guard.learn("p1", identifier_tokens(values, vault))
+
+    def kinds(payload: Any) -> list[str]:
+        return guard.kinds_in(None, "p1", payload)  # type: ignore[arg-type]  # tokens learnt: no read
+
+    assert kinds({"effectiveDateTime": "2026-03-01T08:00:00+08:00", "issued": "2026-03-01"}) == []
+    assert kinds({"valueString": "MRN 2026 on file"}) == ["ID"]
+    assert kinds({"effectiveDateTime": "2026-03-01T08:00:00.4711234"}) == ["ID"]
+    assert kinds({"note": [{"text": "seen"}, {"text": ["x", {"deep": "Harriet Quimby"}]}]}) == ["NAME"]
+    assert kinds({"id": "2175550147", "valueString": "call (217) 555-0147"}) == ["PHONE"]
+    assert kinds({"id": "QUIMBY", "reference": "Patient/4711234", "valueInteger": 2026}) == []

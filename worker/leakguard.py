@@ -11,6 +11,7 @@ sandbox submits for screening (worker.screen) because it holds no key to make to
 from __future__ import annotations
 
 import logging
+import re
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
@@ -31,25 +32,42 @@ log = logging.getLogger("sidecar.worker.leakguard")
 _CACHE_PATIENTS = 1024
 _PATIENTS_PER_QUERY = 500
 _CACHE_TEXTS = 50_000  # strings whose token hashes are kept: a feed's vocabulary repeats
+# A whole string shaped as a FHIR date (at least year-month-day; fractions of a second of at
+# most three digits) holds no name and no digit run long enough to be an identifier's token,
+# and dates are not stored as tokens (they are shifted): it is not cut into tokens. Almost
+# every such string is new (the times of each result), so hashing them filled the text
+# cache with entries never met again. Its words could only meet a short number by chance
+# (an MRN "2026" and the year 2026).
+_DATE_SHAPE = re.compile(r"\d{4}-\d{2}-\d{2}(?:T\d{2}:\d{2}(?::\d{2}(?:\.\d{1,3})?)?(?:Z|[+-]\d{2}:\d{2})?)?")
+_NONE: frozenset[str] = frozenset()
 
 
 def _strings(node: Any) -> list[str]:
     """The strings ``payload_tokens`` reads (the same walk, without its generators: it runs
-    over every outgoing event)."""
+    over every outgoing event). Plain JSON is walked by exact type, strings taken in place."""
     out: list[str] = []
     stack = [node]
     while stack:
         item = stack.pop()
-        if isinstance(item, str):
+        kind = type(item)
+        if kind is dict:
+            values: Iterable[Any] = (v for k, v in item.items() if k not in SKIP_KEYS)
+        elif kind is list:
+            values = item
+        elif isinstance(item, str):
             out.append(item)
-        elif isinstance(item, dict):
-            stack.extend(
-                v for k, v in item.items() if k not in SKIP_KEYS and not isinstance(v, bool | int | float)
-            )
-        elif isinstance(item, list):
-            stack.extend(item)
+            continue
         elif isinstance(item, Mapping):
-            stack.extend(v for k, v in item.items() if k not in SKIP_KEYS)
+            values = (v for k, v in item.items() if k not in SKIP_KEYS)
+        elif isinstance(item, list):
+            values = item
+        else:
+            continue  # numbers, booleans, null
+        for value in values:
+            if type(value) is str:
+                out.append(value)
+            elif value is not None and not isinstance(value, bool | int | float):
+                stack.append(value)
     return out
 
 
@@ -120,9 +138,19 @@ class LeakGuard:
         known = self._tokens(session, patient)
         if not known:
             return []
-        return sorted({known[t] for text in _strings(payload) for t in self._text_tokens(text) if t in known})
+        # Most texts hold none of the patient's tokens: a set test in C rules each out, and
+        # only a text that does hold one is looked at token by token.
+        wanted = frozenset(known)
+        kinds: set[str] = set()
+        for text in _strings(payload):
+            tokens = self._text_tokens(text)
+            if not tokens.isdisjoint(wanted):
+                kinds.update(known[t] for t in tokens & wanted)
+        return sorted(kinds)
 
     def _text_tokens(self, text: str) -> frozenset[str]:
+        if _DATE_SHAPE.fullmatch(text):
+            return _NONE
         tokens = self._texts.get(text)
         if tokens is None:
             tokens = frozenset(payload_tokens(text, self._vault))
