@@ -21,6 +21,7 @@ MIN_SECRET_BYTES = 16
 # 128 bits: collision-free for any realistic number of patients, and 32 hex characters
 # fit FHIR's id type ([A-Za-z0-9\-\.]{1,64}).
 _ID_HEX_CHARS = 32
+_TOKEN_CACHE = 100_000
 
 
 def _derive(secret: bytes, purpose: str) -> bytes:
@@ -55,7 +56,7 @@ class Vault:
     """Keyed pseudonyms and date shifts. The secret lives outside the database (file or env); never
     store or log it."""
 
-    __slots__ = ("_date_key", "_max_days", "_pseudonym_key", "_resource_key", "_token_key")
+    __slots__ = ("_date_key", "_max_days", "_pseudonym_key", "_resource_key", "_token_key", "_tokens")
 
     def __init__(self, secret: bytes, *, date_shift_max_days: int = 30) -> None:
         if not isinstance(secret, bytes) or len(secret) < MIN_SECRET_BYTES:
@@ -69,6 +70,9 @@ class Vault:
         self._date_key = _derive(secret, "date-shift")
         self._token_key = _derive(secret, "leak-token")
         self._max_days = date_shift_max_days
+        # A patient's identifiers are tokenised again with every message of theirs (and a
+        # feed's words in every event): their hashes are kept, up to _TOKEN_CACHE of them.
+        self._tokens: dict[str, str] = {}
 
     @property
     def date_shift_max_days(self) -> int:
@@ -97,7 +101,13 @@ class Vault:
     def token(self, normalised_text: str) -> str:
         """A keyed hash of one normalised identifier token, for the outgoing leak check:
         known identifiers are stored only as these, and payloads are compared as these."""
-        return _mac(self._token_key, normalised_text).hex()[:_ID_HEX_CHARS]
+        found = self._tokens.get(normalised_text)
+        if found is None:
+            if len(self._tokens) >= _TOKEN_CACHE:
+                self._tokens.clear()  # cheaper than an LRU, and refilled within a few batches
+            found = _mac(self._token_key, normalised_text).hex()[:_ID_HEX_CHARS]
+            self._tokens[normalised_text] = found
+        return found
 
     def __repr__(self) -> str:
         return f"Vault(secret=<hidden>, date_shift_max_days={self._max_days})"

@@ -115,3 +115,15 @@ def test_vault_does_not_reveal_or_serialise_its_secret():
     with pytest.raises(TypeError):
         pickle.dumps(vault)
     assert not hasattr(vault, "__dict__")
+
+
+def test_a_token_is_the_same_however_full_the_cache_of_tokens_is():
+    """Tokens are remembered per vault (a patient's identifiers recur in every message of
+    theirs); filling that memory past its bound changes no token."""
+    vault, fresh = Vault(SECRET), Vault(SECRET)
+    first = vault.token("quimby")
+    words = [f"word{i}" for i in range(100_050)]
+    hashes = [vault.token(w) for w in words]
+    assert vault.token("quimby") == first == fresh.token("quimby")
+    assert [fresh.token(w) for w in words[-3:]] == hashes[-3:] and len(set(hashes)) == len(words)
+    assert Vault(b"another-secret-0123456789").token("quimby") != first
