@@ -17,7 +17,6 @@ from mapping.hl7.datatypes import Json, append_new, cwe_concept, resource
 from mapping.hl7.parse import Composite, Segment
 from mapping.rol import care_team_member, rol_role
 from mapping.staff import organization, xcn_practitioner
-from mapping.visit import find_resource
 
 __all__ = [
     "CONGREGATION_EXTENSION",
@@ -71,7 +70,7 @@ def map_pd1(pd1: Segment, patient: PatientRef | None, ctx: Context) -> bool:
     """Add PD1-3/4 (generalPractitioner), PD1-6 (disability) and PD1-14 (congregation) to the
     Patient of the PID before it, and PD1-7 as the living-will Observation; False when there is
     no Patient."""
-    target = find_resource(ctx, "Patient", patient.resource_id) if patient is not None else None
+    target = ctx.find("Patient", patient.resource_id) if patient is not None else None
     if target is None or patient is None or not pd1.has_content():
         return False
     ctx.mapped(pd1, "PD1")
@@ -115,7 +114,7 @@ def map_patient_rol(rol: Segment, patient: PatientRef | None, ctx: Context) -> b
     ROL-4, period ROL-5/6, organisation ROL-14, ...) in Patient.generalPractitioner; any other
     role -> a participant of the patient's CareTeam. False when there is no Patient or the ROL
     names no one."""
-    target = find_resource(ctx, "Patient", patient.resource_id) if patient is not None else None
+    target = ctx.find("Patient", patient.resource_id) if patient is not None else None
     if target is None or patient is None:
         return False
     if not is_general_practitioner(rol):

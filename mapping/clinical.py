@@ -148,10 +148,7 @@ def _encounter(patient: PatientRef, ctx: Context) -> Json | None:
     """The Encounter resource of the patient's current PV1, already added to this message."""
     if patient.encounter_id is None:
         return None
-    return next(
-        (r for r in ctx.resources if r["resourceType"] == "Encounter" and r["id"] == patient.encounter_id),
-        None,
-    )
+    return ctx.find("Encounter", patient.encounter_id)
 
 
 def _positive_int(text: str) -> int | None:

@@ -81,6 +81,14 @@ class Context:
         if nulled:
             self.cleared[resource["resourceType"] + "/" + resource["id"]] = nulled
 
+    def find(self, resource_type: str, resource_id: str) -> Json | None:
+        """The resource of this message with that type and id (later segments add to it)."""
+        if not self.taken(resource_type, resource_id):
+            return None
+        return next(
+            r for r in self.resources if r["resourceType"] == resource_type and r["id"] == resource_id
+        )
+
     def taken(self, resource_type: str, resource_id: str) -> bool:
         return f"{resource_type}/{resource_id}" in self._ids
 

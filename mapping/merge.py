@@ -30,7 +30,7 @@ def _old_key(mrg: Segment) -> PatientKey | None:
 
 
 def _find(ctx: Context, resource_id: str) -> Json | None:
-    return next((r for r in ctx.resources if r["resourceType"] == "Patient" and r["id"] == resource_id), None)
+    return ctx.find("Patient", resource_id)
 
 
 def map_mrg(mrg: Segment, survivor: PatientRef, ctx: Context) -> bool:

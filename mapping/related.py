@@ -27,7 +27,6 @@ from mapping.hl7.datatypes import (
 from mapping.hl7.dtm import to_date
 from mapping.hl7.parse import Segment
 from mapping.staff import organization
-from mapping.visit import find_resource
 
 __all__ = ["NOT_A_PERSON", "ROLE_CONTACT", "US_SSN", "map_nk1"]
 
@@ -106,7 +105,7 @@ def _map_contact(nk1: Segment, patient: PatientRef, ctx: Context) -> bool:
     name (NK1-2), telecom, address (NK1-4), period (NK1-8/9), gender (NK1-15) and the
     organisation (NK1-13, IG XON[Organization]). False when it names no one to contact (R4
     pat-1: a contact has a name, telecom, address or organisation)."""
-    target = find_resource(ctx, "Patient", patient.resource_id)
+    target = ctx.find("Patient", patient.resource_id)
     if target is None:
         return False
     org_id = organization(nk1.first(13), ctx)

@@ -113,9 +113,9 @@ def _unit_organization(rol: Segment, organization_id: str | None, ctx: Context) 
         if not ctx.taken("Organization", organization_id):
             ctx.add(resource("Organization", organization_id, {"active": True, "type": [unit_type]}))
         return organization_id
-    for found in ctx.resources:
-        if found["resourceType"] == "Organization" and found["id"] == organization_id:
-            append_new(found, "type", [unit_type])
+    found = ctx.find("Organization", organization_id)
+    if found is not None:
+        append_new(found, "type", [unit_type])
     return organization_id
 
 
@@ -142,9 +142,9 @@ def _participant(rol: Segment, ctx: Context) -> Json | None:
 def _team(patient: PatientRef, ctx: Context) -> Json:
     """The patient's CareTeam: one per patient, so a later message's team replaces it."""
     team_id = ids.resource_id("CareTeam", patient.key.authority, patient.key.value, "rol")
-    for found in ctx.resources:
-        if found["resourceType"] == "CareTeam" and found["id"] == team_id:
-            return found
+    found = ctx.find("CareTeam", team_id)
+    if found is not None:
+        return found
     team = resource("CareTeam", team_id, {"status": "active", "subject": patient.subject})
     ctx.add(team)
     return team

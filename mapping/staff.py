@@ -105,21 +105,21 @@ def _person_key(person: Person) -> tuple[str, ...] | None:
 def _enrich(ctx: Context, resource_type: str, resource_id: str, members: Json) -> None:
     """Give a resource already added in this message the members it lacks (an address a later
     field names for the same person or organisation)."""
-    for found in ctx.resources:
-        if found["resourceType"] == resource_type and found["id"] == resource_id:
-            for key, value in members.items():
-                if value and key not in found:
-                    found[key] = value
-            return
+    found = ctx.find(resource_type, resource_id)
+    if found is None:
+        return
+    for key, value in members.items():
+        if value and key not in found:
+            found[key] = value
 
 
 def _extend(ctx: Context, resource_type: str, resource_id: str, lists: Json) -> None:
     """Append to list elements of a resource already added in this message what they lack."""
-    for found in ctx.resources:
-        if found["resourceType"] == resource_type and found["id"] == resource_id:
-            for key, items in lists.items():
-                append_new(found, key, items)
-            return
+    found = ctx.find(resource_type, resource_id)
+    if found is None:
+        return
+    for key, items in lists.items():
+        append_new(found, key, items)
 
 
 def add_addresses(ctx: Context, resource_type: str, resource_id: str, addresses: list[Json]) -> None:

@@ -27,7 +27,6 @@ __all__ = [
     "PLANNED_END_EXTENSION",
     "PLANNED_START_EXTENSION",
     "ROLE_ENCOUNTER",
-    "find_resource",
     "hospitalization",
     "map_encounter_rol",
     "map_pv2",
@@ -49,13 +48,6 @@ _UCUM: Final = "http://unitsofmeasure.org"
 # PV1 XCN fields -> Encounter.participant.type (IG PV1[Encounter] assigned v3-ParticipationType codes).
 _PV1_STAFF: Final = ((7, "ATND", "attender"), (8, "REF", "referrer"), (9, "CON", "consultant"),
                      (17, "ADM", "admitter"), (52, "PART", "Participation"))  # fmt: skip
-
-
-def find_resource(ctx: Context, resource_type: str, resource_id: str) -> Json | None:
-    """The resource of this message with that type and id (later segments add to it)."""
-    return next(
-        (r for r in ctx.resources if r["resourceType"] == resource_type and r["id"] == resource_id), None
-    )
 
 
 def _participation(code: str, display: str) -> Json:
@@ -187,9 +179,7 @@ def _set(encounter: Json, element: str, value: Json | str | None) -> None:
 
 def map_pv2(pv2: Segment, patient: PatientRef | None, ctx: Context) -> bool:
     """Add PV2 to the Encounter of the PV1 before it; False when there is none."""
-    encounter = (
-        find_resource(ctx, "Encounter", patient.encounter_id) if patient and patient.encounter_id else None
-    )
+    encounter = ctx.find("Encounter", patient.encounter_id) if patient and patient.encounter_id else None
     if encounter is None or not pv2.has_content():
         return False
     ctx.mapped(pv2, "PV2")
@@ -217,9 +207,7 @@ def map_pv2(pv2: Segment, patient: PatientRef | None, ctx: Context) -> bool:
 def map_encounter_rol(rol: Segment, patient: PatientRef | None, ctx: Context) -> bool:
     """A ROL after PV1 -> Encounter.participant (type ROL-3, the PractitionerRole, period
     ROL-5/6); False when there is no Encounter or no one named."""
-    encounter = (
-        find_resource(ctx, "Encounter", patient.encounter_id) if patient and patient.encounter_id else None
-    )
+    encounter = ctx.find("Encounter", patient.encounter_id) if patient and patient.encounter_id else None
     if encounter is None:
         return False
     individual = rol_role(rol, ctx, with_period=False)
