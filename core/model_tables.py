@@ -73,6 +73,10 @@ class Resource(Base):
     # The newest inbox entry that stated this resource, changed or not (None: not from the
     # inbox). An older entry processed later (a replay) must not undo what it said.
     source_seq: Mapped[int | None] = mapped_column(BigInteger)
+    # What the FHIR API searches on (core.search_index), written with the row.
+    search_tokens: Mapped[str | None] = mapped_column(Text)
+    date_low: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    date_high: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class ResourceHistory(Base):

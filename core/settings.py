@@ -279,6 +279,13 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Client names (keys of api_tokens) allowed to search the audit log (GET /audit).",
     )
+    api_population_clients: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Client names (keys of api_tokens) allowed to search across patients (a FHIR search "
+            "without patient=); every other client searches one patient's records at a time."
+        ),
+    )
     api_max_connections: int | None = Field(
         None,
         gt=0,

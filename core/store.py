@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from core.bulk import fetch_in, insert_rows, update_rows
 from core.events import ChangeKind, resource_event, resource_routing_key
+from core.search_index import index_values
 from core.tables import OutboxEvent, PatientPhi, Resource, ResourceHistory
 
 
@@ -117,6 +118,8 @@ class _Head:
     body: str | None  # canonical JSON; None when it was not loaded (see ResourceWriter.load)
     in_db: bool  # the row exists in the database: update it, do not insert it
     new_version: bool = False  # staged: a new version to write (else at most source_seq changed)
+    # (search_tokens, date_low, date_high) of a new version (core.search_index)
+    index: tuple[str | None, datetime | None, datetime | None] | None = None
 
 
 _RESOURCES, _HISTORY, _OUTBOX = (
@@ -268,6 +271,7 @@ class ResourceWriter:
                 body,
                 in_db=head is not None and head.in_db,
                 new_version=True,
+                index=index_values(stored),
             ),
         )
         self._history.append(
@@ -315,6 +319,7 @@ class ResourceWriter:
                     {"source_seq": head.source_seq, "resource_type": key[0], "resource_id": key[1]}
                 )
                 continue
+            tokens, low, high = head.index or (None, None, None)
             row = {
                 "version": head.version,
                 "patient": head.patient,
@@ -322,6 +327,9 @@ class ResourceWriter:
                 "content_hash": head.content_hash,
                 "updated_at": self._now,
                 "source_seq": head.source_seq,
+                "search_tokens": tokens,
+                "date_low": low,
+                "date_high": high,
                 "resource_type": key[0],
                 "resource_id": key[1],
             }

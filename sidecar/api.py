@@ -30,8 +30,11 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as package_version
 from pathlib import Path as FilePath
-from typing import Annotated, Any
+from typing import Annotated, Any, NamedTuple
+from urllib.parse import urlencode
 
 import uvicorn
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
@@ -40,18 +43,21 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
-from sqlalchemy import select
+from sqlalchemy import false, func, or_, select, tuple_
 from sqlalchemy.orm import Session
 
 import audit
 from core.db import Database
 from core.errors import ConfigError
 from core.ratelimit import rate_limit
+from core.search_index import date_range, token_word
 from core.settings import Settings
 from core.tables import AuditEntry, DeadLetter, Resource, ResourceHistory
 from deid import Vault
 from sidecar.api_audit import AuthGuard, ErrorAudit, Redactor
 from sidecar.api_guard import ConnectionGate, ConnectionLimits, GateCollector, guarded_protocol, soft_fd_limit
+from sidecar.fhir_capability import capability_statement
+from sidecar.fhir_search import SearchError, SearchPlan, parse_search, token_condition
 from sidecar.loops import Loop
 from sidecar.stats import collect
 from worker.leakguard import LeakGuard
@@ -71,7 +77,23 @@ MAX_SEQ = 2**63 - 1  # audit_log.seq is a BIGINT
 MAX_OFFSET = MAX_SEQ - SEARCH_PAGE_MAX
 LOG_REPORT_S = 10.0  # how often counts of rate-limited log lines are told
 
+try:
+    _VERSION = package_version("hl7-fhir-sidecar")
+except PackageNotFoundError:  # run from a source tree that was not installed
+    _VERSION = "0"
+
 ResourceType = Annotated[str, Path(pattern=_TYPE)]
+
+
+class _Row(NamedTuple):
+    """A stored resource as the search code reads it."""
+
+    resource_type: str
+    resource_id: str
+    patient: str | None
+    body: str
+
+
 ResourceId = Annotated[str, Path(pattern=_ID)]
 
 
@@ -136,13 +158,17 @@ def create_api(
     journal_file: FilePath | None = None,
     *,
     auth: AuthGuard | None = None,
+    population: Sequence[str] = (),
 ) -> FastAPI:
     """``journal_file``: the listener's intake journal, counted in /status as `sidecar stats` does.
-    ``auth``: throttling and audit of failed authentications (default: 10 per 5 minutes)."""
+    ``auth``: throttling and audit of failed authentications (default: 10 per 5 minutes).
+    ``population``: clients that may search without naming a patient."""
     if not tokens:
         raise ConfigError("the HTTP API needs api_tokens: it serves no anonymous reads")
     if unknown := sorted(set(auditors) - set(tokens)):
         raise ConfigError(f"api_auditors names clients without a token: {', '.join(unknown)}")
+    if unknown := sorted(set(population) - set(tokens)):
+        raise ConfigError(f"api_population_clients names clients without a token: {', '.join(unknown)}")
     redactor = Redactor(vault)
     auth = auth or AuthGuard(db, redactor, max_failures=10, window_s=300.0, audit_interval_s=60.0)
     api = FastAPI(title="sidecar", docs_url=None, redoc_url=None, openapi_url=None)
@@ -298,92 +324,290 @@ def create_api(
                 bodies.append(body)
         return True, owner, bodies
 
-    @api.get("/fhir/{rtype}")
-    def search(
-        request: Request,
-        rtype: ResourceType,
-        who: Client,
-        patient: Annotated[str | None, Query(max_length=80)] = None,
-        subject: Annotated[str | None, Query(max_length=80)] = None,
-        count: Annotated[int, Query(alias="_count", ge=1, le=SEARCH_PAGE_MAX)] = SEARCH_PAGE,
-        offset: Annotated[int, Query(alias="_offset", ge=0, le=MAX_OFFSET)] = 0,
-        target: Annotated[str | None, Query(max_length=200)] = None,
-    ) -> JSONResponse:
-        actor, now = f"api:{who}", datetime.now(UTC)
-        wanted = (patient or subject or "").removeprefix("Patient/")
-        aimed = _aimed_at(rtype, target, wanted)
-        if not wanted and aimed is None:
-            raise _Problem(
-                400,
-                "not-supported",
-                "search needs patient=Patient/<id> (or subject=), or target= on Provenance",
+    types_seen: dict[str, Any] = {"at": 0.0, "types": []}
+
+    def stored_types(session: Session) -> list[str]:
+        """The types the store holds (remembered a minute: it only grows)."""
+        if time.monotonic() - types_seen["at"] > 60.0:
+            types_seen["types"] = sorted(session.execute(select(Resource.resource_type).distinct()).scalars())
+            types_seen["at"] = time.monotonic()
+        return list(types_seen["types"])
+
+    @api.get("/fhir/metadata")
+    def metadata(request: Request) -> JSONResponse:
+        # No token, as the spec expects: it describes the server and holds no data.
+        with db.reads() as session:
+            types = stored_types(session)
+        base = str(request.base_url).rstrip("/") + "/fhir"
+        now = datetime.now(UTC).isoformat(timespec="seconds")
+        return _fhir(capability_statement(base, types, version=_VERSION, date=now))
+
+    def served(
+        session: Session, actor: str, rows: Sequence[Any], now: datetime, withheld: list[str]
+    ) -> list[dict[str, Any]]:
+        """The resources of ``rows`` (type, id, patient, body) that pass the leak guard; the
+        others are withheld (quarantined, audited) and named in ``withheld``."""
+        guard = LeakGuard(vault)
+        out = []
+        for row in rows:
+            resource = json.loads(row.body)
+            kinds = guard.kinds_in(session, row.patient, resource) if row.patient else []
+            if kinds:
+                ref = f"{row.resource_type}/{row.resource_id}"
+                withhold(
+                    session,
+                    actor,
+                    f"{ref}/_history/{resource.get('meta', {}).get('versionId', '?')}",
+                    kinds,
+                    now,
+                )
+                withheld.append(f"{ref} ({', '.join(kinds)})")
+                continue
+            out.append(resource)
+        return out
+
+    def searchset(
+        base: str,
+        matches: list[dict[str, Any]],
+        included: list[dict[str, Any]],
+        withheld: list[str],
+        links: list[dict[str, str]],
+        total: int | None,
+    ) -> dict[str, Any]:
+        def entry(resource: dict[str, Any], mode: str) -> dict[str, Any]:
+            url = f"{base}/{resource['resourceType']}/{resource['id']}"
+            return {"fullUrl": url, "resource": resource, "search": {"mode": mode}}
+
+        entries = [entry(r, "match") for r in matches] + [entry(r, "include") for r in included]
+        if withheld:
+            note = outcome(
+                "security", "withheld, carrying identifier(s) of kind: " + "; ".join(withheld), "warning"
             )
+            entries.append({"resource": note, "search": {"mode": "outcome"}})
+        bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset"}
+        if total is not None:
+            bundle["total"] = total
+        return bundle | {"link": links, "entry": entries}
+
+    _ROW = (Resource.resource_type, Resource.resource_id, Resource.patient, Resource.body)
+
+    def included_rows(session: Session, plan: SearchPlan, rows: Sequence[Any]) -> tuple[list[Any], bool]:
+        """The rows ``_include`` and ``_revinclude`` add to a page (at most SEARCH_PAGE_MAX;
+        True when more were left out)."""
+        keys: set[tuple[str, str]] = set()
+        found: list[Any] = []
+        dialect = db.engine.dialect.name
+        for include in plan.includes:
+            for row in rows:
+                if include.parameter in ("patient", "subject"):
+                    if row.patient:
+                        keys.add(("Patient", row.patient))
+                    continue
+                for ref in json.loads(row.body).get(include.parameter) or []:
+                    target = ref.get("reference", "") if isinstance(ref, dict) else ""
+                    rtype, _, rid = target.partition("/")
+                    if rtype and rid and "/" not in rid:
+                        keys.add((rtype, rid))
+        for rtype, rid in sorted(keys):
+            found += session.execute(
+                select(*_ROW).where(Resource.resource_type == rtype, Resource.resource_id == rid)
+            ).all()
+        for include in plan.revincludes:
+            query = select(*_ROW).where(Resource.resource_type == include.source)
+            if include.parameter == "patient":
+                query = query.where(Resource.patient.in_([r.resource_id for r in rows]))
+            else:
+                words = [
+                    token_word(include.parameter, None, f"{r.resource_type}/{r.resource_id}") for r in rows
+                ]
+                query = query.where(Resource.patient.in_({r.patient for r in rows if r.patient}))
+                query = query.where(or_(false(), *[token_condition(dialect, w) for w in words]))
+            found += session.execute(query.order_by(Resource.resource_id).limit(SEARCH_PAGE_MAX + 1)).all()
+        seen = {(r.resource_type, r.resource_id) for r in rows}
+        unique = []
+        for row in found:
+            if (row.resource_type, row.resource_id) not in seen:
+                seen.add((row.resource_type, row.resource_id))
+                unique.append(row)
+        return unique[:SEARCH_PAGE_MAX], len(unique) > SEARCH_PAGE_MAX
+
+    def searched_entity(session: Session, rtype: str, patients: list[str], found: bool) -> str:
+        """The audit entity of a search: its type and patient, a value we do not hold as a hash."""
+        if not patients:
+            return f"{rtype}?population"
+        known = (
+            found
+            or session.execute(
+                select(Resource.resource_id).where(Resource.patient.in_(patients)).limit(1)
+            ).first()
+            is not None
+        )
+        shown = ",".join(patients) if known else redactor.ref(",".join(patients))
+        return f"{rtype}?patient=Patient/{shown}"
+
+    def page_links(
+        request: Request, url: str, plan: SearchPlan, last: Sequence[Any] | None
+    ) -> list[dict[str, str]]:
+        query = urlencode(plan.applied)
+        links = [{"relation": "self", "url": f"{url}?{query}" if query else url}]
+        if last is not None:
+            cursor = plan.cursor_after(last)
+            links.append(
+                {"relation": "next", "url": f"{url}?{urlencode([*plan.applied, ('_cursor', cursor)])}"}
+            )
+        return links
+
+    @api.get("/fhir/{rtype}")
+    def search(request: Request, rtype: ResourceType, who: Client) -> JSONResponse:
+        actor, now = f"api:{who}", datetime.now(UTC)
+        params = request.query_params.multi_items()
+        if rtype == "Provenance" and any(k == "target" for k, _ in params):
+            return provenance_search(request, actor, now, params)
+        strict = "handling=strict" in request.headers.get("prefer", "").replace(" ", "")
         base = str(request.base_url).rstrip("/") + "/fhir"
         with db.transaction() as session:
-            # Whose tokens the leak guard compares with: the patient searched, or the target's.
-            held, owner = False, wanted or None
-            if aimed is None:
-                rows = list(
-                    session.execute(
-                        select(Resource.body)
-                        .where(Resource.resource_type == rtype, Resource.patient == wanted)
-                        .order_by(Resource.resource_id)
-                        .offset(offset)
-                        .limit(count + 1)  # one more tells whether a next page exists
-                    ).scalars()
+            try:
+                plan = parse_search(
+                    rtype,
+                    params,
+                    dialect=db.engine.dialect.name,
+                    strict=strict,
+                    stored_types=stored_types(session),
                 )
-            else:
-                held, owner, rows = provenances_of(session, aimed)
-                rows = rows[offset : offset + count + 1]
-            more = len(rows) > count
-            guard = LeakGuard(vault)
-            entries: list[dict[str, Any]] = []
+            except SearchError as exc:
+                raise _Problem(exc.status, exc.code, exc.diagnostics) from None
+            if not plan.patients and who not in population:
+                raise HTTPException(
+                    403, "this client may search one patient at a time (patient= or subject=)"
+                )
+            total = None
+            if plan.total or plan.summary_count:
+                total = session.execute(
+                    select(func.count()).select_from(Resource).where(*plan.where)
+                ).scalar_one()
+            rows: list[Any] = []
+            if not plan.summary_count:
+                keyset = plan.keyset()
+                query = select(*_ROW, *[k.column for k in plan.sort]).where(*plan.where)
+                if keyset is not None:
+                    query = query.where(keyset)
+                rows = list(session.execute(query.order_by(*plan.order_by()).limit(plan.count + 1)).all())
+            more = len(rows) > plan.count
+            rows = rows[: plan.count]
+            extra, cut = included_rows(session, plan, rows) if rows else ([], False)
             withheld: list[str] = []
-            for body in rows[:count]:
-                resource = json.loads(body)
-                ref = f"{rtype}/{resource['id']}"
-                kinds = guard.kinds_in(session, owner, resource) if owner else []
-                if kinds:
-                    served = f"{ref}/_history/{resource.get('meta', {}).get('versionId', '?')}"
-                    withhold(session, actor, served, kinds, now)
-                    withheld.append(f"{ref} ({', '.join(kinds)})")
-                    continue
-                match = {"fullUrl": f"{base}/{ref}", "resource": resource, "search": {"mode": "match"}}
-                entries.append(match)
-            if withheld:
-                note = outcome(
-                    "security", "withheld, carrying identifier(s) of kind: " + "; ".join(withheld), "warning"
-                )
-                entries.append({"resource": note, "search": {"mode": "outcome"}})
-            # A value that is none of our pseudonyms (or ids) is what the client typed: maybe an MRN.
-            if aimed is not None:
-                searched = f"{rtype}?target={aimed.text if held else redactor.ref(aimed.text)}"
-            else:
-                known = (
-                    bool(rows)
-                    or session.execute(
-                        select(Resource.resource_id).where(Resource.patient == wanted).limit(1)
-                    ).first()
-                    is not None
-                )
-                searched = f"{rtype}?patient=Patient/{wanted if known else redactor.ref(wanted)}"
+            matches = served(session, actor, rows, now, withheld)
+            included = served(session, actor, extra, now, withheld)
+            audit.append(
+                session,
+                actor=actor,
+                action="fhir.search",
+                entity=searched_entity(session, rtype, plan.patients, bool(rows)),
+                outcome=audit.Outcome.FAILURE if withheld else audit.Outcome.SUCCESS,
+                detail={
+                    "status": 200, "matches": len(matches), "included": len(included),
+                    "withheld": len(withheld), "params": sorted({k for k, _ in plan.applied}),
+                },
+                now=now,
+            )  # fmt: skip
+        last = rows[-1][len(_ROW) :] if more and rows else None
+        bundle = searchset(
+            base, matches, included, withheld, page_links(request, f"{base}/{rtype}", plan, last), total
+        )
+        if cut:
+            bundle["entry"].append(
+                {"resource": outcome("too-costly", f"includes cut at {SEARCH_PAGE_MAX}", "warning"),
+                 "search": {"mode": "outcome"}}
+            )  # fmt: skip
+        return _fhir(bundle)
+
+    def provenance_search(
+        request: Request, actor: str, now: datetime, params: list[tuple[str, str]]
+    ) -> JSONResponse:
+        """``Provenance?target=``: how a summary's Provenance is found (every match, one page)."""
+        target = next(v for k, v in params if k == "target")
+        if len(target) > 200 or any(k not in ("target", "_count", "_format") for k, _ in params):
+            raise _Problem(400, "not-supported", "search Provenance by target= alone")
+        aimed = _aimed_at("Provenance", target, "")
+        assert aimed is not None
+        base = str(request.base_url).rstrip("/") + "/fhir"
+        with db.transaction() as session:
+            held, owner, bodies = provenances_of(session, aimed)
+            rows = [_Row("Provenance", json.loads(b)["id"], owner, b) for b in bodies]
+            withheld: list[str] = []
+            matches = served(session, actor, rows, now, withheld)
+            searched = f"Provenance?target={aimed.text if held else redactor.ref(aimed.text)}"
             audit.append(
                 session,
                 actor=actor,
                 action="fhir.search",
                 entity=searched,
                 outcome=audit.Outcome.FAILURE if withheld else audit.Outcome.SUCCESS,
-                detail={"status": 200, "matches": len(entries) - bool(withheld), "withheld": len(withheld)},
+                detail={"status": 200, "matches": len(matches), "withheld": len(withheld)},
                 now=now,
             )
-        links = [{"relation": "self", "url": str(request.url)}]
+        links = [{"relation": "self", "url": f"{base}/Provenance?{urlencode([('target', aimed.text)])}"}]
+        return _fhir(searchset(base, matches, [], withheld, links, len(matches)))
+
+    @api.get("/fhir/Patient/{rid}/$everything")
+    def everything(request: Request, rid: ResourceId, who: Client) -> JSONResponse:
+        """The patient's compartment as stored: the Patient and every resource stored under
+        it; ``_since`` (updated at or after), ``_type`` (comma list), ``_count``, pages by
+        keyset on (type, id)."""
+        actor, now = f"api:{who}", datetime.now(UTC)
+        params = dict(request.query_params)
+        base = str(request.base_url).rstrip("/") + "/fhir"
+        where: list[Any] = [Resource.patient == rid]
+        applied: list[tuple[str, str]] = []
+        if since := params.get("_since"):
+            found = date_range(since)
+            if found is None:
+                raise _Problem(400, "value", "_since must be a FHIR instant")
+            where.append(Resource.updated_at >= found[0])
+            applied.append(("_since", since))
+        if kinds := params.get("_type"):
+            where.append(Resource.resource_type.in_(kinds.split(",")))
+            applied.append(("_type", kinds))
+        try:
+            count = int(params.get("_count", SEARCH_PAGE))
+        except ValueError:
+            raise _Problem(400, "value", "_count must be a whole number") from None
+        if not 1 <= count <= SEARCH_PAGE_MAX:
+            raise _Problem(400, "value", f"_count must be 1..{SEARCH_PAGE_MAX}")
+        applied.append(("_count", str(count)))
+        after = params.get("_cursor", "").split("/", 1)
+        with db.transaction() as session:
+            head = session.execute(
+                select(Resource.resource_id).where(
+                    Resource.resource_type == "Patient", Resource.resource_id == rid
+                )
+            ).first()
+            if head is None:
+                audit.append(
+                    session, actor=actor, action="fhir.everything", entity=f"Patient/{redactor.ref(rid)}",
+                    outcome=audit.Outcome.FAILURE, detail={"status": 404}, now=now,
+                )  # fmt: skip
+                return _fhir(outcome("not-found", "no such Patient"), 404)
+            total = session.execute(select(func.count()).select_from(Resource).where(*where)).scalar_one()
+            query = select(*_ROW).where(*where)
+            if len(after) == 2:
+                query = query.where(tuple_(Resource.resource_type, Resource.resource_id) > tuple_(*after))
+            order = (Resource.resource_type, Resource.resource_id)
+            rows = list(session.execute(query.order_by(*order).limit(count + 1)).all())
+            more, rows = len(rows) > count, rows[:count]
+            withheld: list[str] = []
+            matches = served(session, actor, rows, now, withheld)
+            audit.append(
+                session, actor=actor, action="fhir.everything", entity=f"Patient/{rid}",
+                outcome=audit.Outcome.FAILURE if withheld else audit.Outcome.SUCCESS,
+                detail={"status": 200, "matches": len(matches), "withheld": len(withheld)}, now=now,
+            )  # fmt: skip
+        url = f"{base}/Patient/{rid}/$everything"
+        links = [{"relation": "self", "url": f"{url}?{urlencode(applied)}"}]
         if more:
-            links.append(
-                {"relation": "next", "url": str(request.url.include_query_params(_offset=offset + count))}
-            )
-        # No "total": counting every match for one page is not worth a second query.
-        bundle = {"resourceType": "Bundle", "type": "searchset", "link": links, "entry": entries}
-        return _fhir(bundle)
+            cursor = f"{rows[-1].resource_type}/{rows[-1].resource_id}"
+            links.append({"relation": "next", "url": f"{url}?{urlencode([*applied, ('_cursor', cursor)])}"})
+        return _fhir(searchset(base, matches, [], withheld, links, total))
 
     @api.get("/audit")
     def audit_search(
@@ -447,7 +671,15 @@ def api_server(settings: Settings, db: Database, vault: Vault, journal_file: Fil
         window_s=settings.api_auth_window_s,
         audit_interval_s=settings.api_auth_audit_interval_s,
     )
-    api = create_api(db, vault, settings.api_tokens, settings.api_auditors, journal_file, auth=auth)
+    api = create_api(
+        db,
+        vault,
+        settings.api_tokens,
+        settings.api_auditors,
+        journal_file,
+        auth=auth,
+        population=settings.api_population_clients,
+    )
     limits = ConnectionLimits.derive(
         soft_fd_limit(),
         settings.api_max_connections,

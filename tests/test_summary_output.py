@@ -500,9 +500,12 @@ def test_the_summary_its_device_and_its_provenance_read_back_through_the_fhir_ap
 
             unknown = http.get("/Provenance", params={"target": "DocumentReference/MRN7734021"})
             assert unknown.status_code == 200 and unknown.json()["entry"] == []
-            assert (
-                http.get("/Observation", params={"target": f"DocumentReference/{doc_id}"}).status_code == 400
-            )
+            # target= is Provenance's: refused when strict; ignored otherwise, which leaves a
+            # search across patients, not this client's to make.
+            elsewhere = {"target": f"DocumentReference/{doc_id}"}
+            strict = {"Prefer": "handling=strict"}
+            assert http.get("/Observation", params=elsewhere, headers=strict).status_code == 400
+            assert http.get("/Observation", params=elsewhere).status_code == 403
             assert http.get("/Provenance", params={"target": "not a reference"}).status_code == 400
     finally:
         server.stop()

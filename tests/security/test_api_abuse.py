@@ -258,7 +258,7 @@ def test_numbers_out_of_range_are_answered_400_with_an_operation_outcome(api: tu
     _dep, base = api
     auth = {"Authorization": f"Bearer {OTHER_TOKEN}"}
     paths = [
-        "/fhir/Observation?patient=Patient/p1&_offset={n}",
+        "/fhir/Observation?patient=Patient/p1&_cursor={n}",
         "/fhir/Observation?patient=Patient/p1&_count={n}",
         "/fhir/Patient/p1/_history/{n}",
         "/audit?since={n}",

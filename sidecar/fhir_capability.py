@@ -1,0 +1,92 @@
+"""The CapabilityStatement (``GET /fhir/metadata``): what this server answers, built from the
+same tables the search code reads (``core.search_index.SEARCH_PARAMETERS``,
+``sidecar.fhir_search``), so it cannot declare a parameter the server does not apply."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from core.search_index import SEARCH_PARAMETERS
+from sidecar.fhir_search import (
+    COMMON_PARAMETERS,
+    PATIENT_PARAMETERS,
+    includes_of,
+    revincludes_of,
+    searchable_types,
+)
+
+__all__ = ["capability_statement"]
+
+EVERYTHING = "http://hl7.org/fhir/OperationDefinition/Patient-everything"
+_SORTABLE = "Sort with _sort by _id, _lastUpdated"
+
+
+def _resource(rtype: str, types: Sequence[str]) -> dict[str, Any]:
+    params = [{"name": n, "type": t, "definition": d} for n, t, d in COMMON_PARAMETERS]
+    if rtype != "Patient":
+        params += [{"name": n, "type": t, "definition": d} for n, t, d in PATIENT_PARAMETERS]
+    params += [
+        {"name": p.name, "type": p.kind, "definition": p.definition} for p in SEARCH_PARAMETERS.get(rtype, ())
+    ]
+    if rtype == "Provenance":
+        params.append(
+            {
+                "name": "target",
+                "type": "reference",
+                "definition": "http://hl7.org/fhir/SearchParameter/Provenance-target",
+            }
+        )
+    date = next((p.name for p in SEARCH_PARAMETERS.get(rtype, ()) if p.kind == "date"), None)
+    entry: dict[str, Any] = {
+        "type": rtype,
+        "interaction": [{"code": "read"}, {"code": "vread"}, {"code": "search-type"}],
+        "versioning": "versioned",
+        "readHistory": True,
+        "conditionalRead": "not-supported",
+        "searchInclude": includes_of(rtype),
+        "searchRevInclude": revincludes_of(rtype, types),
+        "searchParam": params,
+        "documentation": _SORTABLE + (f", {date}" if date else "") + " (each also descending with '-').",
+    }
+    if rtype == "Patient":
+        entry["operation"] = [{"name": "everything", "definition": EVERYTHING}]
+    return entry
+
+
+def capability_statement(
+    base: str, stored_types: Sequence[str], *, version: str, date: str
+) -> dict[str, Any]:
+    """The server's CapabilityStatement (R4, kind instance): every type ``stored_types``
+    names and every type the search tables know."""
+    types = searchable_types(stored_types)
+    return {
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": date,
+        "publisher": "hl7-fhir-sidecar",
+        "kind": "instance",
+        "software": {"name": "hl7-fhir-sidecar", "version": version},
+        "implementation": {
+            "description": "De-identified, read-only FHIR R4 view of a hospital's feeds",
+            "url": base,
+        },
+        "fhirVersion": "4.0.1",
+        "format": ["json", "application/fhir+json"],
+        "rest": [
+            {
+                "mode": "server",
+                "documentation": (
+                    "Read-only and de-identified. Searches name a patient (patient= or subject=) "
+                    "unless the client is granted population access. Unknown parameters are "
+                    "ignored and left out of the self link, or refused with "
+                    "'Prefer: handling=strict'. Pages follow the next link (keyset paging)."
+                ),
+                "security": {
+                    "cors": False,
+                    "description": "Every request needs a bearer token except this statement.",
+                },
+                "resource": [_resource(t, types) for t in types],
+            }
+        ],
+    }
