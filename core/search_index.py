@@ -26,8 +26,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import lru_cache
 from datetime import UTC, datetime, timedelta
+from functools import cache, lru_cache
 from typing import Any
 
 __all__ = [
@@ -301,7 +301,7 @@ def _date_of(value: Any) -> tuple[datetime, datetime] | None:
     return None
 
 
-@lru_cache(maxsize=None)
+@cache
 def _plan(rtype: str) -> tuple[tuple[str, bool, tuple[list[str], ...]], ...]:
     """(name, is a date, paths split into steps) per parameter of a type: worked out once."""
     return tuple((p.name, p.kind == "date", p.steps) for p in SEARCH_PARAMETERS.get(rtype, ()))

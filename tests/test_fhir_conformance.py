@@ -140,8 +140,16 @@ def test_every_declared_search_parameter_works_and_finds_its_resource(
                 params = {name: value, "_count": "1000"}
                 answer = http.get(f"{base}/{rtype}", params=params, headers=STRICT)
                 assert answer.status_code == 200, (rtype, name, value, answer.text)
-                ids = {e["resource"]["id"] for e in answer.json()["entry"] if e["search"]["mode"] == "match"}
-                assert resource["id"] in ids, (rtype, name, value)
+                entries = answer.json()["entry"]
+                ids = {e["resource"]["id"] for e in entries if e["search"]["mode"] == "match"}
+                # Found, or found and withheld by the leak guard (some corpus messages leak).
+                withheld = " ".join(
+                    i["diagnostics"]
+                    for e in entries
+                    if e["search"]["mode"] == "outcome"
+                    for i in e["resource"]["issue"]
+                )
+                assert resource["id"] in ids or f"{rtype}/{resource['id']} " in withheld, (rtype, name, value)
                 checked.append(f"{rtype}.{name}")
             for include in entry.get("searchInclude", []):
                 answer = http.get(
@@ -168,7 +176,9 @@ def test_every_declared_search_parameter_works_and_finds_its_resource(
 
 def test_includes_bring_the_referenced_resources(server: tuple[str, dict[str, list[dict[str, Any]]]]) -> None:
     base, stored = server
-    report = next(r for r in stored["DiagnosticReport"] if r.get("result"))
+    # One of the synthetic panels (CHEM10): corpus messages may leak, and a withheld
+    # resource would be an outcome entry here instead of an include.
+    report = next(r for r in stored["DiagnosticReport"] if r.get("result") and "CHEM10" in str(r["code"]))
     results = {ref["reference"] for ref in report["result"]}
     with httpx.Client(timeout=60) as http:
         bundle = http.get(
