@@ -30,6 +30,7 @@ __all__ = [
     "AuditEntry",
     "AuditHead",
     "AuditPending",
+    "AuthAssertion",
     "Base",
     "BigId",
     "Job",
@@ -77,6 +78,17 @@ class Resource(Base):
     search_tokens: Mapped[str | None] = mapped_column(Text)
     date_low: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     date_high: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class AuthAssertion(Base):
+    """A SMART client assertion already used (its jti), kept until it expires: a replay is
+    refused, also after a restart."""
+
+    __tablename__ = "auth_assertions"
+
+    digest: Mapped[str] = mapped_column(String(64), primary_key=True)  # of client and jti
+    client: Mapped[str] = mapped_column(String(64))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
 
 
 class ResourceHistory(Base):

@@ -12,13 +12,27 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+
+
+class SmartClient(BaseModel):
+    """A SMART Backend Services client: its public keys and the scopes it may ask for."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    jwks: dict[str, Any] | None = Field(None, description="Its JWK Set (public keys), inline.")
+    jwks_file: Path | None = Field(None, description="A file holding its JWK Set.")
+    scopes: list[str] = Field(
+        default_factory=list,
+        description="Scopes it may be granted, e.g. system/*.rs or system/Observation.rs (SMART v2; "
+        "v1's .read reads as .rs). system/ scopes reach every patient; patient/ scopes one at a time.",
+    )
 
 
 class Settings(BaseSettings):
@@ -285,6 +299,20 @@ class Settings(BaseSettings):
             "Client names (keys of api_tokens) allowed to search across patients (a FHIR search "
             "without patient=); every other client searches one patient's records at a time."
         ),
+    )
+    smart_clients: dict[str, SmartClient] = Field(
+        default_factory=dict,
+        description='SMART Backend Services clients, {"client_id": {"jwks": {...} or "jwks_file": '
+        '"...", "scopes": ["system/Observation.rs"]}}: they get short-lived access tokens from '
+        "POST /auth/token with a JWT signed by their private key (RS384 or ES384).",
+    )
+    smart_token_lifetime_s: int = Field(
+        300, ge=30, le=3600, description="How long an access token from POST /auth/token is valid."
+    )
+    smart_token_url: str | None = Field(
+        None,
+        description="The token endpoint's URL as clients address it (the `aud` of their assertions); "
+        "unset: this server's own address plus /auth/token (set it behind a proxy).",
     )
     api_max_connections: int | None = Field(
         None,

@@ -34,8 +34,9 @@ from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
 from pathlib import Path as FilePath
 from typing import Annotated, Any, NamedTuple
-from urllib.parse import urlencode
+from urllib.parse import parse_qs, urlencode
 
+import jwt
 import uvicorn
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -59,6 +60,7 @@ from sidecar.api_guard import ConnectionGate, ConnectionLimits, GateCollector, g
 from sidecar.fhir_capability import capability_statement
 from sidecar.fhir_search import SearchError, SearchPlan, parse_search, token_condition
 from sidecar.loops import Loop
+from sidecar.smart import ALGORITHMS, Grant, TokenError, TokenService
 from sidecar.stats import collect
 from worker.leakguard import LeakGuard
 
@@ -83,6 +85,25 @@ except PackageNotFoundError:  # run from a source tree that was not installed
     _VERSION = "0"
 
 ResourceType = Annotated[str, Path(pattern=_TYPE)]
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is asking: a static-token client (``grant`` None: every type, population access
+    as ``api_population_clients`` says) or a SMART client with its token's scopes."""
+
+    name: str
+    grant: Grant | None = None
+    population: bool = False
+
+    @property
+    def actor(self) -> str:
+        return f"smart:{self.name}" if self.grant is not None else f"api:{self.name}"
+
+    def may(self, rtype: str, permission: str, *, population: bool = False) -> bool:
+        if self.grant is None:
+            return self.population or not population
+        return self.grant.allows(rtype, permission, population=population)
 
 
 class _Row(NamedTuple):
@@ -137,6 +158,16 @@ class _Target:
         return reference == self.text or reference.startswith(f"{self.text}/_history/")
 
 
+def _claimed_client(assertion: str) -> str:
+    """The iss an assertion names, unverified (for the audit entry of a refusal only)."""
+    try:
+        claims = jwt.decode(assertion, options={"verify_signature": False})
+    except jwt.PyJWTError:
+        return ""
+    issuer = claims.get("iss")
+    return issuer if isinstance(issuer, str) else ""
+
+
 def _aimed_at(rtype: str, target: str | None, patient: str) -> _Target | None:
     if target is None:
         return None
@@ -159,10 +190,14 @@ def create_api(
     *,
     auth: AuthGuard | None = None,
     population: Sequence[str] = (),
+    smart: TokenService | None = None,
+    token_url: str | None = None,
 ) -> FastAPI:
     """``journal_file``: the listener's intake journal, counted in /status as `sidecar stats` does.
     ``auth``: throttling and audit of failed authentications (default: 10 per 5 minutes).
-    ``population``: clients that may search without naming a patient."""
+    ``population``: clients that may search without naming a patient. ``smart``: SMART
+    Backend Services clients (POST /auth/token); ``token_url``: that endpoint's address as
+    clients know it (default: this server's own)."""
     if not tokens:
         raise ConfigError("the HTTP API needs api_tokens: it serves no anonymous reads")
     if unknown := sorted(set(auditors) - set(tokens)):
@@ -178,7 +213,7 @@ def create_api(
 
     def client(
         request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
-    ) -> str:
+    ) -> Caller:
         source = request.client.host if request.client is not None else "unknown"
         if wait := auth.retry_after(source):
             # Refused before any token is compared: a guesser learns nothing more.
@@ -189,13 +224,80 @@ def create_api(
         given = credentials.credentials.encode() if credentials is not None else b""
         # Compare with every token (constant time each), so timing tells nothing of which matched.
         names = [n for n, t in tokens.items() if hmac.compare_digest(given, t.get_secret_value().encode())]
-        if credentials is None or not names:
+        if names:
+            request.state.client = names[0]  # the actor of a 5xx's audit entry (api_audit.ErrorAudit)
+            return Caller(names[0], population=names[0] in population)
+        grant = smart.grant_of(given.decode(errors="replace")) if smart is not None and given else None
+        if credentials is None or grant is None:
             auth.failed(source, throttled=False)
-            raise HTTPException(401, "missing or unknown bearer token", {"WWW-Authenticate": "Bearer"})
-        request.state.client = names[0]  # the actor of a 5xx's audit entry (api_audit.ErrorAudit)
-        return names[0]
+            raise HTTPException(
+                401, "missing, unknown or expired bearer token", {"WWW-Authenticate": "Bearer"}
+            )
+        request.state.client = f"smart:{grant.client}"
+        return Caller(grant.client, grant)
 
-    Client = Annotated[str, Depends(client)]
+    Client = Annotated[Caller, Depends(client)]
+
+    def require(caller: Caller, rtype: str, permission: str, *, population: bool = False) -> None:
+        if not caller.may(rtype, permission, population=population):
+            what = {"r": "read", "s": "search"}[permission] + (" across patients" if population else "")
+            raise HTTPException(403, f"this client's scopes do not let it {what} {rtype}")
+
+    def token_endpoint(request: Request) -> str:
+        return token_url or str(request.base_url).rstrip("/") + "/auth/token"
+
+    @api.get("/.well-known/smart-configuration")
+    def smart_configuration(request: Request) -> JSONResponse:
+        """SMART's discovery document (no token, as the spec expects)."""
+        if smart is None or not smart.enabled:
+            raise HTTPException(404, "SMART Backend Services are not configured (smart_clients)")
+        return JSONResponse(
+            {
+                "token_endpoint": token_endpoint(request),
+                "grant_types_supported": ["client_credentials"],
+                "token_endpoint_auth_methods_supported": ["private_key_jwt"],
+                "token_endpoint_auth_signing_alg_values_supported": list(ALGORITHMS),
+                "scopes_supported": ["system/*.rs", "system/*.read", "patient/*.rs", "patient/*.read"],
+                "capabilities": ["client-confidential-asymmetric", "permission-v2", "permission-v1"],
+            }
+        )
+
+    @api.post("/auth/token")
+    async def issue_token(request: Request) -> JSONResponse:
+        """Client credentials with a signed JWT (SMART Backend Services); every answer audited."""
+        source = request.client.host if request.client is not None else "unknown"
+        if wait := auth.retry_after(source):
+            auth.failed(source, throttled=True)
+            raise HTTPException(
+                429, "too many failed authentications from this address", {"Retry-After": str(wait)}
+            )
+        body = await request.body()
+        form = {k: v[-1] for k, v in parse_qs(body.decode("utf-8", "replace")[:65536]).items()}
+        no_store = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+        try:
+            if smart is None or not smart.enabled:
+                raise TokenError("invalid_client", "no SMART clients are configured", 401)
+            name, answer = smart.issue(form, token_endpoint(request))
+        except TokenError as exc:
+            auth.failed(source, throttled=False)
+            claimed = _claimed_client(form.get("client_assertion", ""))
+            actor = (
+                f"smart:{claimed if smart is not None and smart.knows(claimed) else redactor.ref(claimed)}"
+            )
+            with db.transaction() as session:
+                audit.append(
+                    session, actor=actor, action="auth.token", entity="/auth/token",
+                    outcome=audit.Outcome.FAILURE, detail={"error": exc.error, "reason": exc.reason},
+                )  # fmt: skip
+            error = {"error": exc.error, "error_description": exc.reason}
+            headers = no_store | ({"WWW-Authenticate": "Bearer"} if exc.status == 401 else {})
+            return JSONResponse(error, status_code=exc.status, headers=headers)
+        with db.transaction() as session:
+            audit.append(
+                session, actor=f"smart:{name}", action="auth.token", entity="/auth/token",
+                detail={"scope": answer["scope"], "expires_in": answer["expires_in"]},
+            )  # fmt: skip
+        return JSONResponse(answer, headers=no_store)
 
     @api.exception_handler(_Problem)
     def _problem(_request: Request, exc: _Problem) -> JSONResponse:
@@ -291,13 +393,15 @@ def create_api(
 
     @api.get("/fhir/{rtype}/{rid}")
     def read(rtype: ResourceType, rid: ResourceId, who: Client) -> JSONResponse:
-        return read_one(f"api:{who}", "fhir.read", rtype, rid, None)
+        require(who, rtype, "r")
+        return read_one(who.actor, "fhir.read", rtype, rid, None)
 
     @api.get("/fhir/{rtype}/{rid}/_history/{vid}")
     def vread(
         rtype: ResourceType, rid: ResourceId, vid: Annotated[int, Path(ge=1, le=MAX_VERSION)], who: Client
     ) -> JSONResponse:
-        return read_one(f"api:{who}", "fhir.vread", rtype, rid, vid)
+        require(who, rtype, "r")
+        return read_one(who.actor, "fhir.vread", rtype, rid, vid)
 
     def provenances_of(session: Session, aimed: _Target) -> tuple[bool, str | None, list[str]]:
         """Whether the target is held, its patient, and the bodies (by id) of the Provenances
@@ -340,7 +444,8 @@ def create_api(
             types = stored_types(session)
         base = str(request.base_url).rstrip("/") + "/fhir"
         now = datetime.now(UTC).isoformat(timespec="seconds")
-        return _fhir(capability_statement(base, types, version=_VERSION, date=now))
+        smart_url = token_endpoint(request) if smart is not None and smart.enabled else None
+        return _fhir(capability_statement(base, types, version=_VERSION, date=now, token_url=smart_url))
 
     def served(
         session: Session, actor: str, rows: Sequence[Any], now: datetime, withheld: list[str]
@@ -459,7 +564,8 @@ def create_api(
 
     @api.get("/fhir/{rtype}")
     def search(request: Request, rtype: ResourceType, who: Client) -> JSONResponse:
-        actor, now = f"api:{who}", datetime.now(UTC)
+        actor, now = who.actor, datetime.now(UTC)
+        require(who, rtype, "s")
         params = request.query_params.multi_items()
         if rtype == "Provenance" and any(k == "target" for k, _ in params):
             return provenance_search(request, actor, now, params)
@@ -476,7 +582,7 @@ def create_api(
                 )
             except SearchError as exc:
                 raise _Problem(exc.status, exc.code, exc.diagnostics) from None
-            if not plan.patients and who not in population:
+            if not plan.patients and not who.may(rtype, "s", population=True):
                 raise HTTPException(
                     403, "this client may search one patient at a time (patient= or subject=)"
                 )
@@ -495,6 +601,7 @@ def create_api(
             more = len(rows) > plan.count
             rows = rows[: plan.count]
             extra, cut = included_rows(session, plan, rows) if rows else ([], False)
+            extra = [r for r in extra if who.may(r.resource_type, "r")]
             withheld: list[str] = []
             matches = served(session, actor, rows, now, withheld)
             included = served(session, actor, extra, now, withheld)
@@ -554,10 +661,13 @@ def create_api(
         """The patient's compartment as stored: the Patient and every resource stored under
         it; ``_since`` (updated at or after), ``_type`` (comma list), ``_count``, pages by
         keyset on (type, id)."""
-        actor, now = f"api:{who}", datetime.now(UTC)
+        actor, now = who.actor, datetime.now(UTC)
+        require(who, "Patient", "r")
         params = dict(request.query_params)
         base = str(request.base_url).rstrip("/") + "/fhir"
         where: list[Any] = [Resource.patient == rid]
+        if who.grant is not None and (readable := who.grant.types()) is not None:
+            where.append(Resource.resource_type.in_(sorted(readable)))
         applied: list[tuple[str, str]] = []
         if since := params.get("_since"):
             found = date_range(since)
@@ -618,7 +728,7 @@ def create_api(
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     ) -> JSONResponse:
         """For auditors: entries hold codes, counts and our own ids, never identifiers."""
-        actor, allowed = f"api:{who}", who in auditors
+        actor, allowed = who.actor, who.grant is None and who.name in auditors
         with db.transaction() as session:
             rows: list[AuditEntry] = []
             if allowed:
@@ -654,7 +764,7 @@ def create_api(
     def status(who: Client) -> dict[str, Any]:
         counts = collect(db, journal_file)  # counts only: no patient data, nothing to screen
         with db.transaction() as session:
-            audit.append(session, actor=f"api:{who}", action="status.read", entity="status")
+            audit.append(session, actor=who.actor, action="status.read", entity="status")
         return counts
 
     return api
@@ -671,6 +781,11 @@ def api_server(settings: Settings, db: Database, vault: Vault, journal_file: Fil
         window_s=settings.api_auth_window_s,
         audit_interval_s=settings.api_auth_audit_interval_s,
     )
+    smart = (
+        TokenService(db, settings.smart_clients, lifetime_s=settings.smart_token_lifetime_s)
+        if settings.smart_clients
+        else None
+    )
     api = create_api(
         db,
         vault,
@@ -679,6 +794,8 @@ def api_server(settings: Settings, db: Database, vault: Vault, journal_file: Fil
         journal_file,
         auth=auth,
         population=settings.api_population_clients,
+        smart=smart,
+        token_url=settings.smart_token_url,
     )
     limits = ConnectionLimits.derive(
         soft_fd_limit(),

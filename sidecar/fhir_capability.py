@@ -55,10 +55,11 @@ def _resource(rtype: str, types: Sequence[str]) -> dict[str, Any]:
 
 
 def capability_statement(
-    base: str, stored_types: Sequence[str], *, version: str, date: str
+    base: str, stored_types: Sequence[str], *, version: str, date: str, token_url: str | None = None
 ) -> dict[str, Any]:
     """The server's CapabilityStatement (R4, kind instance): every type ``stored_types``
-    names and every type the search tables know."""
+    names and every type the search tables know. ``token_url``: SMART Backend Services'
+    token endpoint, when clients are registered."""
     types = searchable_types(stored_types)
     return {
         "resourceType": "CapabilityStatement",
@@ -82,11 +83,35 @@ def capability_statement(
                     "ignored and left out of the self link, or refused with "
                     "'Prefer: handling=strict'. Pages follow the next link (keyset paging)."
                 ),
-                "security": {
-                    "cors": False,
-                    "description": "Every request needs a bearer token except this statement.",
-                },
+                "security": _security(token_url),
                 "resource": [_resource(t, types) for t in types],
             }
         ],
     }
+
+
+def _security(token_url: str | None) -> dict[str, Any]:
+    security: dict[str, Any] = {
+        "cors": False,
+        "description": "Every request needs a bearer token except this statement and SMART's "
+        "discovery document: a static token (api_tokens) or one from the SMART token endpoint.",
+    }
+    if token_url:
+        security["extension"] = [
+            {
+                "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
+                "extension": [{"url": "token", "valueUri": token_url}],
+            }
+        ]
+        security["service"] = [
+            {
+                "coding": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+                        "code": "SMART-on-FHIR",
+                    }
+                ],
+                "text": "SMART Backend Services (client credentials, private_key_jwt)",
+            }
+        ]
+    return security
