@@ -33,6 +33,7 @@ __all__ = [
     "AuthAssertion",
     "Base",
     "BigId",
+    "ExportJob",
     "Job",
     "JobOutput",
     "JobOutputKind",
@@ -89,6 +90,28 @@ class AuthAssertion(Base):
     digest: Mapped[str] = mapped_column(String(64), primary_key=True)  # of client and jti
     client: Mapped[str] = mapped_column(String(64))
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+
+class ExportJob(Base):
+    """A FHIR Bulk Data export (``$export``): asked by one API client, run by the API's
+    exporter, its NDJSON files under the data directory until ``expires_at``."""
+
+    __tablename__ = "export_jobs"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    client: Mapped[str] = mapped_column(String(80))  # the audit actor that asked
+    level: Mapped[str] = mapped_column(String(16))  # system, patient or group
+    group_id: Mapped[str | None] = mapped_column(String(64))
+    types: Mapped[str] = mapped_column(Text)  # comma-separated
+    since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    request_url: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), index=True)  # accepted, running, complete, failed
+    progress: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    transaction_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    manifest: Mapped[str | None] = mapped_column(Text)  # JSON: output and error files with counts
+    error: Mapped[str | None] = mapped_column(Text)
 
 
 class ResourceHistory(Base):

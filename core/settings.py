@@ -314,6 +314,12 @@ class Settings(BaseSettings):
         description="The token endpoint's URL as clients address it (the `aud` of their assertions); "
         "unset: this server's own address plus /auth/token (set it behind a proxy).",
     )
+    export_retention_s: float = Field(
+        3600.0,
+        gt=0,
+        description="How long the NDJSON files of a FHIR bulk export ($export) stay under "
+        "<data_dir>/exports after it completes; then they are deleted (audited).",
+    )
     api_max_connections: int | None = Field(
         None,
         gt=0,

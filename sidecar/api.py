@@ -30,6 +30,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from email.utils import format_datetime
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
 from pathlib import Path as FilePath
@@ -40,7 +41,7 @@ import jwt
 import uvicorn
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
@@ -53,12 +54,15 @@ from core.errors import ConfigError
 from core.ratelimit import rate_limit
 from core.search_index import date_range, token_word
 from core.settings import Settings
-from core.tables import AuditEntry, DeadLetter, Resource, ResourceHistory
+from core.tables import AuditEntry, Resource, ResourceHistory
 from deid import Vault
 from sidecar.api_audit import AuthGuard, ErrorAudit, Redactor
 from sidecar.api_guard import ConnectionGate, ConnectionLimits, GateCollector, guarded_protocol, soft_fd_limit
+from sidecar.api_screen import screen_rows, withhold
+from sidecar.bulk_export import BulkExporter, ExportRequest
+from sidecar.bulk_export import manifest as bulk_manifest
 from sidecar.fhir_capability import capability_statement
-from sidecar.fhir_search import SearchError, SearchPlan, parse_search, token_condition
+from sidecar.fhir_search import SearchError, SearchPlan, parse_search, searchable_types, token_condition
 from sidecar.loops import Loop
 from sidecar.smart import ALGORITHMS, Grant, TokenError, TokenService
 from sidecar.stats import collect
@@ -72,6 +76,7 @@ SEARCH_PAGE = 100
 SEARCH_PAGE_MAX = 1000
 _TYPE = r"^[A-Z][A-Za-z]{1,63}$"
 _ID = r"^[A-Za-z0-9\-.]{1,64}$"
+_JOB = r"^[0-9a-f\-]{36}$"
 # Numbers are bounded by the columns they are compared with (a larger one made the
 # driver raise OverflowError: HTTP 500); the offset leaves room for its next link.
 MAX_VERSION = 2**31 - 1  # resource_history.version is an INTEGER
@@ -192,12 +197,14 @@ def create_api(
     population: Sequence[str] = (),
     smart: TokenService | None = None,
     token_url: str | None = None,
+    exporter: BulkExporter | None = None,
 ) -> FastAPI:
     """``journal_file``: the listener's intake journal, counted in /status as `sidecar stats` does.
     ``auth``: throttling and audit of failed authentications (default: 10 per 5 minutes).
     ``population``: clients that may search without naming a patient. ``smart``: SMART
     Backend Services clients (POST /auth/token); ``token_url``: that endpoint's address as
-    clients know it (default: this server's own)."""
+    clients know it (default: this server's own). ``exporter``: runs bulk exports ($export;
+    without it they are refused)."""
     if not tokens:
         raise ConfigError("the HTTP API needs api_tokens: it serves no anonymous reads")
     if unknown := sorted(set(auditors) - set(tokens)):
@@ -207,7 +214,7 @@ def create_api(
     redactor = Redactor(vault)
     auth = auth or AuthGuard(db, redactor, max_failures=10, window_s=300.0, audit_interval_s=60.0)
     api = FastAPI(title="sidecar", docs_url=None, redoc_url=None, openapi_url=None)
-    api.state.auth, api.state.redactor = auth, redactor  # for ApiServer
+    api.state.auth, api.state.redactor, api.state.exporter = auth, redactor, exporter  # for ApiServer
     api.add_middleware(ErrorAudit, db=db, body=lambda: outcome("exception", "internal error (audited)"))
     bearer = HTTPBearer(auto_error=False)
 
@@ -299,6 +306,98 @@ def create_api(
             )  # fmt: skip
         return JSONResponse(answer, headers=no_store)
 
+    # Bulk Data: registered before the read and search routes, whose paths would take these.
+    _EXPORT_PARAMS = {"_outputFormat", "_since", "_type"}
+    _NDJSON = {"application/fhir+ndjson", "application/ndjson", "ndjson"}
+
+    def kick_off(request: Request, who: Caller, level: str, group: str | None = None) -> Response:
+        if "respond-async" not in request.headers.get("prefer", ""):
+            raise _Problem(400, "required", "$export needs the header Prefer: respond-async")
+        if exporter is None:
+            raise _Problem(501, "not-supported", "bulk export is not enabled on this server")
+        lenient = "handling=lenient" in request.headers.get("prefer", "").replace(" ", "")
+        params = request.query_params
+        if (unknown := sorted(set(params) - _EXPORT_PARAMS)) and not lenient:
+            raise _Problem(400, "not-supported", f"$export does not support: {', '.join(unknown)}")
+        if params.get("_outputFormat", "ndjson") not in _NDJSON:
+            raise _Problem(400, "not-supported", "_outputFormat must be application/fhir+ndjson")
+        since = None
+        if "_since" in params:
+            found = date_range(params["_since"])
+            if found is None:
+                raise _Problem(400, "value", "_since must be a FHIR instant")
+            since = found[0]
+        with db.reads() as session:
+            stored = stored_types(session)
+            members: tuple[str, ...] = ()
+            if group is not None:
+                body = session.execute(
+                    select(Resource.body).where(
+                        Resource.resource_type == "Group", Resource.resource_id == group
+                    )
+                ).scalar_one_or_none()
+                if body is None:
+                    raise _Problem(404, "not-found", "no such Group")
+                references = [
+                    m.get("entity", {}).get("reference", "") for m in json.loads(body).get("member", [])
+                ]
+                members = tuple(r.split("/", 1)[1] for r in references if r.startswith("Patient/"))
+        asked = [t for v in params.getlist("_type") for t in v.split(",") if t]
+        types = asked or [t for t in stored if who.may(t, "r", population=True)]
+        if not types and not any(who.may(t, "r", population=True) for t in searchable_types(stored)):
+            raise HTTPException(403, "this client may not export: it reads one patient at a time")
+        if refused := [t for t in types if not who.may(t, "r", population=True)]:
+            raise HTTPException(403, f"this client may not export {', '.join(sorted(set(refused)))}")
+        job = exporter.kick_off(
+            ExportRequest(who.actor, level, sorted(set(types)), since, str(request.url), group, members)
+        )
+        base = str(request.base_url).rstrip("/") + "/fhir"
+        return Response(status_code=202, headers={"Content-Location": f"{base}/bulkstatus/{job}"})
+
+    @api.get("/fhir/$export")
+    def export_system(request: Request, who: Client) -> Response:
+        return kick_off(request, who, "system")
+
+    @api.get("/fhir/Patient/$export")
+    def export_patients(request: Request, who: Client) -> Response:
+        return kick_off(request, who, "patient")
+
+    @api.get("/fhir/Group/{gid}/$export")
+    def export_group(request: Request, gid: ResourceId, who: Client) -> Response:
+        return kick_off(request, who, "group", gid)
+
+    @api.get("/fhir/bulkstatus/{job}")
+    def export_status(request: Request, job: Annotated[str, Path(pattern=_JOB)], who: Client) -> Response:
+        found = exporter.job(job, who.actor) if exporter is not None else None
+        if found is None:
+            return _fhir(outcome("not-found", "no such export (or it expired)"), 404)
+        if found.status in ("accepted", "running"):
+            return Response(
+                status_code=202, headers={"X-Progress": found.progress or "queued", "Retry-After": "1"}
+            )
+        if found.status == "failed":
+            return _fhir(outcome("exception", found.error or "the export failed"), 500)
+        base = str(request.base_url).rstrip("/") + "/fhir"
+        assert found.expires_at is not None
+        expires = found.expires_at.replace(tzinfo=found.expires_at.tzinfo or UTC)
+        return JSONResponse(
+            bulk_manifest(found, f"{base}/bulkfiles"),
+            headers={"Expires": format_datetime(expires, usegmt=True)},
+        )
+
+    @api.delete("/fhir/bulkstatus/{job}")
+    def export_cancel(job: Annotated[str, Path(pattern=_JOB)], who: Client) -> Response:
+        if exporter is None or not exporter.cancel(job, who.actor):
+            return _fhir(outcome("not-found", "no such export"), 404)
+        return Response(status_code=202)
+
+    @api.get("/fhir/bulkfiles/{job}/{name}")
+    def export_file(job: Annotated[str, Path(pattern=_JOB)], name: str, who: Client) -> Response:
+        path = exporter.download(job, name, who.actor) if exporter is not None else None
+        if path is None:
+            return _fhir(outcome("not-found", "no such file (or it expired)"), 404)
+        return FileResponse(path, media_type="application/fhir+ndjson")
+
     @api.exception_handler(_Problem)
     def _problem(_request: Request, exc: _Problem) -> JSONResponse:
         return _fhir(outcome(exc.code, exc.diagnostics), exc.status)
@@ -314,35 +413,6 @@ def create_api(
         response = _fhir(outcome(code, str(exc.detail)), exc.status_code)
         response.headers.update(exc.headers or {})
         return response
-
-    def withhold(session: Session, actor: str, version: str, kinds: list[str], now: datetime) -> int:
-        """Quarantine (one open dead letter per withheld resource version, however often it
-        is asked for) and audit. ``version``: Type/id/_history/n."""
-        reason = f"API response {version} carries identifier(s) of kind {', '.join(kinds)}; withheld"
-        letter = (
-            session.execute(
-                select(DeadLetter).where(
-                    DeadLetter.stage == "api", DeadLetter.reason == reason, DeadLetter.resolved_at.is_(None)
-                )
-            )
-            .scalars()
-            .first()
-        )
-        if letter is None:
-            letter = DeadLetter(stage="api", code="identifier-leak", reason=reason, created_at=now)
-            session.add(letter)
-            session.flush()
-        audit.append(
-            session,
-            actor=actor,
-            action="fhir.withheld",
-            entity=version,
-            outcome=audit.Outcome.FAILURE,
-            detail={"kinds": kinds, "dead_letter": letter.id},
-            now=now,
-        )
-        log.error("API response withheld by the leak guard", extra={"entity": version, "kinds": kinds})
-        return letter.id
 
     def unknown_ref(session: Session, rtype: str, rid: str) -> str:
         stored = select(Resource.resource_id).where(Resource.resource_type == rtype).limit(1)
@@ -445,31 +515,16 @@ def create_api(
         base = str(request.base_url).rstrip("/") + "/fhir"
         now = datetime.now(UTC).isoformat(timespec="seconds")
         smart_url = token_endpoint(request) if smart is not None and smart.enabled else None
-        return _fhir(capability_statement(base, types, version=_VERSION, date=now, token_url=smart_url))
+        return _fhir(
+            capability_statement(
+                base, types, version=_VERSION, date=now, token_url=smart_url, bulk=exporter is not None
+            )
+        )
 
     def served(
         session: Session, actor: str, rows: Sequence[Any], now: datetime, withheld: list[str]
     ) -> list[dict[str, Any]]:
-        """The resources of ``rows`` (type, id, patient, body) that pass the leak guard; the
-        others are withheld (quarantined, audited) and named in ``withheld``."""
-        guard = LeakGuard(vault)
-        out = []
-        for row in rows:
-            resource = json.loads(row.body)
-            kinds = guard.kinds_in(session, row.patient, resource) if row.patient else []
-            if kinds:
-                ref = f"{row.resource_type}/{row.resource_id}"
-                withhold(
-                    session,
-                    actor,
-                    f"{ref}/_history/{resource.get('meta', {}).get('versionId', '?')}",
-                    kinds,
-                    now,
-                )
-                withheld.append(f"{ref} ({', '.join(kinds)})")
-                continue
-            out.append(resource)
-        return out
+        return screen_rows(session, vault, actor, rows, now, withheld)
 
     def searchset(
         base: str,
@@ -796,6 +851,9 @@ def api_server(settings: Settings, db: Database, vault: Vault, journal_file: Fil
         population=settings.api_population_clients,
         smart=smart,
         token_url=settings.smart_token_url,
+        exporter=BulkExporter(
+            db, vault, settings.data_dir / "exports", retention_s=settings.export_retention_s
+        ),
     )
     limits = ConnectionLimits.derive(
         soft_fd_limit(),
@@ -855,6 +913,8 @@ class ApiServer:
         self._reported = time.monotonic()
         self._housekeeping = Loop("api-housekeeping", self._housekeep, min(1.0, self._auth.audit_interval_s))
         self._housekeeping_started = False
+        exporter: BulkExporter | None = api.state.exporter
+        self._exports = Loop("api-export", exporter.run_round, 0.5) if exporter is not None else None
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, name="api", daemon=True)
 
@@ -875,6 +935,8 @@ class ApiServer:
             time.sleep(0.01)
         self._housekeeping.start()
         self._housekeeping_started = True
+        if self._exports is not None:
+            self._exports.start()
 
     @property
     def port(self) -> int:
@@ -889,6 +951,8 @@ class ApiServer:
         self._thread.join(timeout_s)
         if self._housekeeping_started:
             self._housekeeping.stop()
+            if self._exports is not None:
+                self._exports.stop()
         self._auth.flush(force=True)  # what the last interval counted is not lost
 
 

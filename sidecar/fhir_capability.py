@@ -19,6 +19,7 @@ from sidecar.fhir_search import (
 __all__ = ["capability_statement"]
 
 EVERYTHING = "http://hl7.org/fhir/OperationDefinition/Patient-everything"
+_BULK = "http://hl7.org/fhir/uv/bulkdata/OperationDefinition"
 _SORTABLE = "Sort with _sort by _id, _lastUpdated"
 
 
@@ -55,13 +56,19 @@ def _resource(rtype: str, types: Sequence[str]) -> dict[str, Any]:
 
 
 def capability_statement(
-    base: str, stored_types: Sequence[str], *, version: str, date: str, token_url: str | None = None
+    base: str,
+    stored_types: Sequence[str],
+    *,
+    version: str,
+    date: str,
+    token_url: str | None = None,
+    bulk: bool = False,
 ) -> dict[str, Any]:
     """The server's CapabilityStatement (R4, kind instance): every type ``stored_types``
     names and every type the search tables know. ``token_url``: SMART Backend Services'
-    token endpoint, when clients are registered."""
+    token endpoint, when clients are registered. ``bulk``: the Bulk Data $export operations."""
     types = searchable_types(stored_types)
-    return {
+    statement: dict[str, Any] = {
         "resourceType": "CapabilityStatement",
         "status": "active",
         "date": date,
@@ -88,6 +95,16 @@ def capability_statement(
             }
         ],
     }
+    if bulk:
+        statement["instantiates"] = ["http://hl7.org/fhir/uv/bulkdata/CapabilityStatement/bulk-data"]
+        statement["rest"][0]["operation"] = [{"name": "export", "definition": f"{_BULK}/export"}]
+        for entry in statement["rest"][0]["resource"]:
+            if entry["type"] in ("Patient", "Group"):
+                kind = entry["type"].lower()
+                entry.setdefault("operation", []).append(
+                    {"name": "export", "definition": f"{_BULK}/{kind}-export"}
+                )
+    return statement
 
 
 def _security(token_url: str | None) -> dict[str, Any]:

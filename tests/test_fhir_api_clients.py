@@ -106,7 +106,7 @@ def test_fhirclient_reads_the_capability_statement_and_a_patient(served: dict[st
     assert {"code", "date", "patient", "_lastUpdated"} <= {
         p.name for p in declared["Observation"].searchParam
     }
-    assert [o.name for o in declared["Patient"].operation] == ["everything"]
+    assert [o.name for o in declared["Patient"].operation] == ["everything", "export"]
 
     smart.server.session.headers["Authorization"] = f"Bearer {TOKEN}"
     patient_id = _patient_a(served)
