@@ -42,6 +42,7 @@ __all__ = [
     "PipelineStat",
     "Resource",
     "ResourceHistory",
+    "Subscription",
 ]
 
 # SQLite only auto-increments INTEGER PRIMARY KEY; PostgreSQL gets 64-bit ids.
@@ -112,6 +113,32 @@ class ExportJob(Base):
     expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     manifest: Mapped[str | None] = mapped_column(Text)  # JSON: output and error files with counts
     error: Mapped[str | None] = mapped_column(Text)
+
+
+class Subscription(Base):
+    """A topic-based rest-hook subscription (Subscriptions R5 Backport IG for R4): the outbox
+    events of its topic, POSTed to its endpoint in outbox order from ``cursor`` on."""
+
+    __tablename__ = "subscriptions"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    client: Mapped[str] = mapped_column(String(80))  # the audit actor that made it
+    topic: Mapped[str] = mapped_column(String(200))
+    endpoint: Mapped[str] = mapped_column(Text)
+    headers: Mapped[str] = mapped_column(Text)  # JSON list of "Name: value"
+    secret: Mapped[str] = mapped_column(String(128))  # HMAC key of its notifications' signatures
+    payload: Mapped[str] = mapped_column(String(16))  # full-resource, id-only or empty
+    base_url: Mapped[str] = mapped_column(Text)  # the FHIR base its notifications' URLs are under
+    status: Mapped[str] = mapped_column(String(16), index=True)  # requested, active, error, off
+    cursor: Mapped[int] = mapped_column(BigInteger)  # the last outbox id handled
+    start_cursor: Mapped[int] = mapped_column(BigInteger)  # the last outbox id before it began
+    events: Mapped[int] = mapped_column(BigInteger, default=0)  # events since it started
+    missed: Mapped[int] = mapped_column(BigInteger, default=0)  # dead-lettered after the last try
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    body: Mapped[str] = mapped_column(Text)  # the Subscription resource as the client sees it
 
 
 class ResourceHistory(Base):

@@ -320,6 +320,22 @@ class Settings(BaseSettings):
         description="How long the NDJSON files of a FHIR bulk export ($export) stay under "
         "<data_dir>/exports after it completes; then they are deleted (audited).",
     )
+    subscription_batch: int = Field(
+        100, ge=1, le=1000, description="Most events in one rest-hook notification of a FHIR Subscription."
+    )
+    subscription_max_attempts: int = Field(
+        12,
+        ge=1,
+        description="Tries of one notification (back-off doubling from 1 s up to "
+        "subscription_backoff_max_s); then its events are dead-lettered, counted as missed, and the "
+        "subscription goes on.",
+    )
+    subscription_backoff_max_s: float = Field(
+        30.0, gt=0, description="The longest wait between two tries of a rest-hook notification."
+    )
+    subscription_timeout_s: float = Field(
+        10.0, gt=0, description="How long a rest-hook endpoint may take to answer a notification."
+    )
     api_max_connections: int | None = Field(
         None,
         gt=0,

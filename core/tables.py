@@ -36,6 +36,7 @@ from core.model_tables import (
     PipelineStat,
     Resource,
     ResourceHistory,
+    Subscription,
 )
 
 __all__ = [
@@ -64,4 +65,5 @@ __all__ = [
     "ReidEntry",
     "Resource",
     "ResourceHistory",
+    "Subscription",
 ]

@@ -55,6 +55,7 @@ from core.ratelimit import rate_limit
 from core.search_index import date_range, token_word
 from core.settings import Settings
 from core.tables import AuditEntry, Resource, ResourceHistory
+from core.tables import Subscription as SubscriptionRow
 from deid import Vault
 from sidecar.api_audit import AuthGuard, ErrorAudit, Redactor
 from sidecar.api_guard import ConnectionGate, ConnectionLimits, GateCollector, guarded_protocol, soft_fd_limit
@@ -66,6 +67,17 @@ from sidecar.fhir_search import SearchError, SearchPlan, parse_search, searchabl
 from sidecar.loops import Loop
 from sidecar.smart import ALGORITHMS, Grant, TokenError, TokenService
 from sidecar.stats import collect
+from sidecar.subscriptions import (
+    SECRET_EXTENSION,
+    Deliverer,
+    DeliverySettings,
+    SubscriptionError,
+    create_subscription,
+    events_of,
+    status_bundle,
+    topic_type,
+    topics,
+)
 from worker.leakguard import LeakGuard
 
 log = logging.getLogger("sidecar.api")
@@ -198,13 +210,15 @@ def create_api(
     smart: TokenService | None = None,
     token_url: str | None = None,
     exporter: BulkExporter | None = None,
+    deliverer: Deliverer | None = None,
 ) -> FastAPI:
     """``journal_file``: the listener's intake journal, counted in /status as `sidecar stats` does.
     ``auth``: throttling and audit of failed authentications (default: 10 per 5 minutes).
     ``population``: clients that may search without naming a patient. ``smart``: SMART
     Backend Services clients (POST /auth/token); ``token_url``: that endpoint's address as
     clients know it (default: this server's own). ``exporter``: runs bulk exports ($export;
-    without it they are refused)."""
+    without it they are refused). ``deliverer``: sends rest-hook subscriptions' notifications
+    (without it subscriptions are refused)."""
     if not tokens:
         raise ConfigError("the HTTP API needs api_tokens: it serves no anonymous reads")
     if unknown := sorted(set(auditors) - set(tokens)):
@@ -214,7 +228,8 @@ def create_api(
     redactor = Redactor(vault)
     auth = auth or AuthGuard(db, redactor, max_failures=10, window_s=300.0, audit_interval_s=60.0)
     api = FastAPI(title="sidecar", docs_url=None, redoc_url=None, openapi_url=None)
-    api.state.auth, api.state.redactor, api.state.exporter = auth, redactor, exporter  # for ApiServer
+    api.state.auth, api.state.redactor = auth, redactor  # for ApiServer
+    api.state.exporter, api.state.deliverer = exporter, deliverer
     api.add_middleware(ErrorAudit, db=db, body=lambda: outcome("exception", "internal error (audited)"))
     bearer = HTTPBearer(auto_error=False)
 
@@ -398,6 +413,75 @@ def create_api(
             return _fhir(outcome("not-found", "no such file (or it expired)"), 404)
         return FileResponse(path, media_type="application/fhir+ndjson")
 
+    def topic_types() -> dict[str, str]:
+        with db.reads() as session:
+            return topics(searchable_types(stored_types(session)))
+
+    def own_subscription(sid: str, who: Caller) -> SubscriptionRow:
+        with db.reads() as session:
+            sub = session.get(SubscriptionRow, sid)
+            if sub is None or sub.client != who.actor or sub.status == "off":
+                raise _Problem(404, "not-found", "no such Subscription")
+            session.expunge(sub)
+            return sub
+
+    @api.post("/fhir/Subscription")
+    async def subscribe(request: Request, who: Client) -> JSONResponse:
+        if deliverer is None:
+            raise _Problem(501, "not-supported", "subscriptions are not enabled on this server")
+        try:
+            resource = json.loads(await request.body())
+        except ValueError:
+            raise _Problem(400, "structure", "the body is not JSON") from None
+        topic = resource.get("criteria") if isinstance(resource, dict) else None
+        rtype = topic_type(topic) if isinstance(topic, str) else None
+        if not who.may(rtype or "DocumentReference", "r", population=True):
+            raise HTTPException(403, "this client may not subscribe to events across patients of this type")
+        base = str(request.base_url).rstrip("/") + "/fhir"
+        try:
+            stored, secret = create_subscription(
+                db, resource, actor=who.actor, base_url=base, known_topics=topic_types()
+            )
+        except SubscriptionError as exc:
+            raise _Problem(400, "invalid", str(exc)) from None
+        answer = stored | {"extension": [{"url": SECRET_EXTENSION, "valueString": secret}]}
+        location = {"Location": f"{base}/Subscription/{stored['id']}"}
+        return JSONResponse(answer, status_code=201, media_type=FHIR_JSON, headers=location)
+
+    @api.get("/fhir/Subscription/{sid}")
+    def subscription(sid: ResourceId, who: Client) -> JSONResponse:
+        return _fhir(json.loads(own_subscription(sid, who).body))
+
+    @api.delete("/fhir/Subscription/{sid}")
+    def unsubscribe(sid: ResourceId, who: Client) -> Response:
+        own_subscription(sid, who)
+        with db.transaction() as session:
+            row = session.get(SubscriptionRow, sid)
+            assert row is not None
+            row.status = "off"
+            audit.append(session, actor=who.actor, action="subscription.delete", entity=f"Subscription/{sid}")
+        return Response(status_code=204)
+
+    @api.get("/fhir/Subscription/{sid}/$status")
+    def subscription_status(sid: ResourceId, who: Client) -> JSONResponse:
+        return _fhir(status_bundle(own_subscription(sid, who), "query-status"))
+
+    @api.get("/fhir/Subscription/{sid}/$events")
+    def subscription_events(
+        sid: ResourceId,
+        who: Client,
+        since: Annotated[int, Query(alias="eventsSinceNumber", ge=1, le=MAX_SEQ)] = 1,
+        until: Annotated[int | None, Query(alias="eventsUntilNumber", ge=1, le=MAX_SEQ)] = None,
+    ) -> JSONResponse:
+        """Events by number, delivered or missed: how a client fills a gap it noticed."""
+        sub = own_subscription(sid, who)
+        last = min(until or sub.events, since + SEARCH_PAGE - 1)
+        events = events_of(db, sub, since, last) if last >= since else []
+        with db.transaction() as session:
+            audit.append(session, actor=who.actor, action="subscription.events", entity=f"Subscription/{sid}",
+                         detail={"events": [since, last], "returned": len(events)})  # fmt: skip
+        return _fhir(status_bundle(sub, "query-event", events))
+
     @api.exception_handler(_Problem)
     def _problem(_request: Request, exc: _Problem) -> JSONResponse:
         return _fhir(outcome(exc.code, exc.diagnostics), exc.status)
@@ -517,7 +601,13 @@ def create_api(
         smart_url = token_endpoint(request) if smart is not None and smart.enabled else None
         return _fhir(
             capability_statement(
-                base, types, version=_VERSION, date=now, token_url=smart_url, bulk=exporter is not None
+                base,
+                types,
+                version=_VERSION,
+                date=now,
+                token_url=smart_url,
+                bulk=exporter is not None,
+                subscription_topics=sorted(topics(searchable_types(types))) if deliverer is not None else (),
             )
         )
 
@@ -854,6 +944,15 @@ def api_server(settings: Settings, db: Database, vault: Vault, journal_file: Fil
         exporter=BulkExporter(
             db, vault, settings.data_dir / "exports", retention_s=settings.export_retention_s
         ),
+        deliverer=Deliverer(
+            db,
+            DeliverySettings(
+                batch=settings.subscription_batch,
+                max_attempts=settings.subscription_max_attempts,
+                backoff_max_s=settings.subscription_backoff_max_s,
+                timeout_s=settings.subscription_timeout_s,
+            ),
+        ),
     )
     limits = ConnectionLimits.derive(
         soft_fd_limit(),
@@ -915,6 +1014,9 @@ class ApiServer:
         self._housekeeping_started = False
         exporter: BulkExporter | None = api.state.exporter
         self._exports = Loop("api-export", exporter.run_round, 0.5) if exporter is not None else None
+        self._deliverer: Deliverer | None = api.state.deliverer
+        deliver = self._deliverer.run_round if self._deliverer is not None else None
+        self._deliveries = Loop("api-subscriptions", deliver, 0.2) if deliver is not None else None
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, name="api", daemon=True)
 
@@ -935,8 +1037,9 @@ class ApiServer:
             time.sleep(0.01)
         self._housekeeping.start()
         self._housekeeping_started = True
-        if self._exports is not None:
-            self._exports.start()
+        for loop in (self._exports, self._deliveries):
+            if loop is not None:
+                loop.start()
 
     @property
     def port(self) -> int:
@@ -951,8 +1054,11 @@ class ApiServer:
         self._thread.join(timeout_s)
         if self._housekeeping_started:
             self._housekeeping.stop()
-            if self._exports is not None:
-                self._exports.stop()
+            for loop in (self._exports, self._deliveries):
+                if loop is not None:
+                    loop.stop()
+        if self._deliverer is not None:
+            self._deliverer.close()
         self._auth.flush(force=True)  # what the last interval counted is not lost
 
 

@@ -63,10 +63,13 @@ def capability_statement(
     date: str,
     token_url: str | None = None,
     bulk: bool = False,
+    subscription_topics: Sequence[str] = (),
 ) -> dict[str, Any]:
     """The server's CapabilityStatement (R4, kind instance): every type ``stored_types``
     names and every type the search tables know. ``token_url``: SMART Backend Services'
-    token endpoint, when clients are registered. ``bulk``: the Bulk Data $export operations."""
+    token endpoint, when clients are registered. ``bulk``: the Bulk Data $export operations.
+    ``subscription_topics``: the topics a rest-hook Subscription may name (none: no
+    subscriptions)."""
     types = searchable_types(stored_types)
     statement: dict[str, Any] = {
         "resourceType": "CapabilityStatement",
@@ -104,6 +107,34 @@ def capability_statement(
                 entry.setdefault("operation", []).append(
                     {"name": "export", "definition": f"{_BULK}/{kind}-export"}
                 )
+    if subscription_topics:
+        backport = "http://hl7.org/fhir/uv/subscriptions-backport"
+        topic_url = f"{backport}/StructureDefinition/capabilitystatement-subscriptiontopic-canonical"
+        statement["rest"][0]["resource"].append(
+            {
+                "type": "Subscription",
+                "supportedProfile": [f"{backport}/StructureDefinition/backport-subscription"],
+                "interaction": [{"code": "create"}, {"code": "read"}, {"code": "delete"}],
+                "operation": [
+                    {
+                        "name": "status",
+                        "definition": f"{backport}/OperationDefinition/backport-subscription-status",
+                    },
+                    {
+                        "name": "events",
+                        "definition": f"{backport}/OperationDefinition/backport-subscription-events",
+                    },
+                ],
+                "extension": [
+                    {
+                        "url": topic_url,
+                        "valueCanonical": topic,
+                    }
+                    for topic in subscription_topics
+                ],
+                "documentation": "rest-hook channel only; notifications signed (X-Sidecar-Signature)",
+            }
+        )
     return statement
 
 

@@ -124,7 +124,7 @@ def test_every_declared_search_parameter_works_and_finds_its_resource(
         checked: list[str] = []
         for entry in statement["rest"][0]["resource"]:
             rtype = entry["type"]
-            for param in entry["searchParam"]:
+            for param in entry.get("searchParam", []):
                 name, kind = param["name"], param["type"]
                 candidates = [r for r in stored.get(rtype, []) if _value(rtype, name, kind, r) is not None]
                 if not candidates:
