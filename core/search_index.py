@@ -4,10 +4,11 @@ Each stored resource carries two kinds of search values beside its JSON (columns
 ``resources``):
 
 - ``search_tokens``: its token and reference search values as one text, each value a
-  word ``name=system|code`` between spaces (a value without a system also as ``name=|code``,
-  every value also as ``name=*|code`` for a search without a system, and ``name=system|``
-  for a search by system alone). A search for a token is a substring test of
-  `` name=system|code `` on that text: the same SQL on SQLite and PostgreSQL, case-sensitive.
+  word ``name|code|system`` between spaces (``name|code|`` without a system), and
+  ``name#system`` once per system for a search by system alone. A search is a
+  case-sensitive substring test, the same SQL on SQLite and PostgreSQL: `` name|code|``
+  for a code in any system, `` name|code|system `` for both, `` name|code| `` for a code
+  without a system, `` name#system `` for a system.
 - ``date_low`` / ``date_high``: the half-open UTC range of its clinical date (the type's
   ``date``-like parameter), which prefixed date searches and ``_sort=date`` compare.
 
@@ -195,10 +196,13 @@ def _escape(text: str) -> str:
 
 
 def token_word(name: str, system: str | None, code: str | None) -> str:
-    """One word of ``search_tokens``, as a search for it spells it: ``system`` None means
-    any system (``*``), "" no system; ``code`` None means any code of the system."""
-    left = "*" if system is None else _escape(system)
-    return f"{name}={left}|{'' if code is None else _escape(code)}"
+    """What a search for a token looks for in ``search_tokens`` (spaces included where the
+    match must end): ``system`` None means any system, "" no system; ``code`` None means any
+    code of the system."""
+    if code is None:
+        return f" {name}#{_escape(system or '')} "
+    head = f" {name}|{_escape(code)}|"
+    return head if system is None else f"{head}{_escape(system)} "
 
 
 def _pairs(value: Any) -> Iterator[tuple[str, str]]:
@@ -226,8 +230,8 @@ def _words(name: str, value: Any) -> Iterator[str]:
 
 @lru_cache(maxsize=8192)  # a feed repeats its codes: the words are made once per code
 def _words_of(name: str, system: str, code: str) -> tuple[str, ...]:
-    words = (token_word(name, system, code), token_word(name, None, code))
-    return (*words, token_word(name, system, None)) if system else words
+    word = f"{name}|{_escape(code)}|{_escape(system)}"
+    return (word, f"{name}#{_escape(system)}") if system else (word,)
 
 
 # FHIR date, dateTime and instant: a year at least, then month, day, time, zone.

@@ -192,8 +192,7 @@ class ErrorAudit:
                 return
             recorded.append(True)
             route = getattr(scope.get("route"), "path", None) or "unmatched"
-            client = scope.get("state", {}).get("client")
-            actor = f"api:{client}" if client else UNAUTHENTICATED
+            actor = scope.get("state", {}).get("actor") or UNAUTHENTICATED
             await run_in_threadpool(self._record, actor, str(route), status, error)
 
         async def watch(message: Message) -> None:

@@ -134,14 +134,20 @@ class BulkExporter:
     def run_round(self) -> int:
         """Expire old files, then run the oldest accepted export to its end."""
         self._expire()
-        with self._db.transaction() as session:
-            job = session.execute(
-                select(ExportJob)
+        # Read first: a write transaction every round would take SQLite's write lock from
+        # the pipeline even when there is nothing to export.
+        with self._db.reads() as session:
+            waiting = session.execute(
+                select(ExportJob.id)
                 .where(ExportJob.status == "accepted")
                 .order_by(ExportJob.created_at)
                 .limit(1)
             ).scalar_one_or_none()
-            if job is None:
+        if waiting is None:
+            return 0
+        with self._db.transaction() as session:
+            job = session.get(ExportJob, waiting)
+            if job is None or job.status != "accepted":
                 return 0
             job.status, job.transaction_time = "running", datetime.now(UTC)
             job_id = job.id
@@ -247,6 +253,14 @@ class BulkExporter:
 
     def _expire(self) -> None:
         now = datetime.now(UTC)
+        with self._db.reads() as session:
+            due = session.execute(
+                select(ExportJob.id)
+                .where(ExportJob.status == "complete", ExportJob.expires_at < now)
+                .limit(1)
+            ).first()
+        if due is None:
+            return
         with self._db.transaction() as session:
             old = session.execute(
                 select(ExportJob).where(ExportJob.status == "complete", ExportJob.expires_at < now)

@@ -124,10 +124,10 @@ class SearchPlan:
 
 
 def token_condition(dialect: str, word: str) -> ColumnElement[bool]:
-    """The rows whose ``search_tokens`` hold ``word`` (a case-sensitive substring test)."""
-    padded = f" {word} "
+    """The rows whose ``search_tokens`` hold ``word`` (``token_word``'s; a case-sensitive
+    substring test)."""
     finder = func.strpos if dialect == "postgresql" else func.instr
-    return finder(Resource.search_tokens, padded) > 0
+    return finder(Resource.search_tokens, word) > 0
 
 
 def searchable_types(stored: Sequence[str]) -> list[str]:

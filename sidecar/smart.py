@@ -228,6 +228,16 @@ class TokenService:
             del self._tokens[key]
 
 
+def claimed_client(assertion: str) -> str:
+    """The iss an assertion names, unverified (for the audit entry of a refusal only)."""
+    try:
+        claims = jwt.decode(assertion, options={"verify_signature": False})
+    except jwt.PyJWTError:
+        return ""
+    issuer = claims.get("iss")
+    return issuer if isinstance(issuer, str) else ""
+
+
 def _digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 

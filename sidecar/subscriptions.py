@@ -200,7 +200,8 @@ def status_bundle(
             {"name": "event-number", "valueString": str(number)},
             {"name": "timestamp", "valueInstant": event.get("time", "")},
         ]
-        resource = event.get("data") if isinstance(event.get("data"), dict) else None
+        data = event.get("data")
+        resource = data if isinstance(data, dict) and "resourceType" in data and "id" in data else None
         if resource and sub.payload != "empty":
             reference = f"{resource['resourceType']}/{resource['id']}"
             part.append({"name": "focus", "valueReference": {"reference": f"{sub.base_url}/{reference}"}})

@@ -1,0 +1,103 @@
+"""What the HTTP API's routes share: FHIR responses and errors, who is asking (``Caller``),
+path patterns, and the stored types (remembered a minute)."""
+
+# No `from __future__ import annotations`: FastAPI reads route annotations at definition time.
+import time
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import HTTPException, Path, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from core.tables import Resource
+from sidecar.smart import Grant
+
+__all__ = [
+    "FHIR_JSON",
+    "MAX_SEQ",
+    "SEARCH_PAGE",
+    "SEARCH_PAGE_MAX",
+    "Caller",
+    "Problem",
+    "ResourceId",
+    "ResourceType",
+    "StoredTypes",
+    "fhir_base",
+    "fhir_response",
+    "outcome",
+    "require",
+]
+
+FHIR_JSON = "application/fhir+json"
+SEARCH_PAGE = 100
+SEARCH_PAGE_MAX = 1000
+MAX_SEQ = 2**63 - 1  # audit_log.seq is a BIGINT
+ResourceType = Annotated[str, Path(pattern=r"^[A-Z][A-Za-z]{1,63}$")]
+ResourceId = Annotated[str, Path(pattern=r"^[A-Za-z0-9\-.]{1,64}$")]
+
+
+def outcome(code: str, diagnostics: str, severity: str = "error") -> dict[str, Any]:
+    return {
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": severity, "code": code, "diagnostics": diagnostics}],
+    }
+
+
+def fhir_response(body: dict[str, Any], status: int = 200) -> JSONResponse:
+    return JSONResponse(body, status_code=status, media_type=FHIR_JSON)
+
+
+def fhir_base(request: Request) -> str:
+    """The FHIR base URL as the client addressed this server."""
+    return str(request.base_url).rstrip("/") + "/fhir"
+
+
+class Problem(Exception):
+    """Answered as an OperationOutcome with ``status`` (create_api's handler)."""
+
+    def __init__(self, status: int, code: str, diagnostics: str) -> None:
+        super().__init__(diagnostics)
+        self.status, self.code, self.diagnostics = status, code, diagnostics
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is asking: a static-token client (``grant`` None: every type, population access
+    as ``api_population_clients`` says) or a SMART client with its token's scopes."""
+
+    name: str
+    grant: Grant | None = None
+    population: bool = False
+
+    @property
+    def actor(self) -> str:
+        return f"smart:{self.name}" if self.grant is not None else f"api:{self.name}"
+
+    def may(self, rtype: str, permission: str, *, population: bool = False) -> bool:
+        """``permission``: r (read) or s (search); ``population``: across patients."""
+        if self.grant is None:
+            return self.population or not population
+        return self.grant.allows(rtype, permission, population=population)
+
+
+class StoredTypes:
+    """The resource types the store holds, read again after a minute (the set only grows)."""
+
+    def __init__(self) -> None:
+        self._types: list[str] = []
+        self._at = float("-inf")
+
+    def __call__(self, session: Session) -> list[str]:
+        if time.monotonic() - self._at > 60.0:
+            self._types = sorted(session.execute(select(Resource.resource_type).distinct()).scalars())
+            self._at = time.monotonic()
+        return list(self._types)
+
+
+def require(caller: Caller, rtype: str, permission: str, *, population: bool = False) -> None:
+    """403 unless ``caller`` may read (r) or search (s) ``rtype`` (across patients)."""
+    if not caller.may(rtype, permission, population=population):
+        what = {"r": "read", "s": "search"}[permission] + (" across patients" if population else "")
+        raise HTTPException(403, f"this client's scopes do not let it {what} {rtype}")
