@@ -320,6 +320,12 @@ class Settings(BaseSettings):
         description="How long the NDJSON files of a FHIR bulk export ($export) stay under "
         "<data_dir>/exports after it completes; then they are deleted (audited).",
     )
+    subscription_endpoints: list[str] = Field(
+        default_factory=list,
+        description="URL prefixes (scheme://host[:port][/path]) a rest-hook Subscription's endpoint must "
+        "be under; empty: no subscription is accepted. Keeps API clients from aiming notifications at "
+        "hosts the hospital did not choose.",
+    )
     subscription_batch: int = Field(
         100, ge=1, le=1000, description="Most events in one rest-hook notification of a FHIR Subscription."
     )

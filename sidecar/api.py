@@ -260,6 +260,7 @@ def api_server(settings: Settings, db: Database, vault: Vault, journal_file: Fil
                 max_attempts=settings.subscription_max_attempts,
                 backoff_max_s=settings.subscription_backoff_max_s,
                 timeout_s=settings.subscription_timeout_s,
+                endpoints=tuple(settings.subscription_endpoints),
             ),
         ),
     )

@@ -71,7 +71,12 @@ def subscription_router(
         base = fhir_base(request)
         try:
             stored, secret = create_subscription(
-                db, resource, actor=who.actor, base_url=base, known_topics=topic_types()
+                db,
+                resource,
+                actor=who.actor,
+                base_url=base,
+                known_topics=topic_types(),
+                settings=deliverer.settings,
             )
         except SubscriptionError as exc:
             raise Problem(400, "invalid", str(exc)) from None

@@ -88,7 +88,13 @@ def topic_type(topic: str) -> str | None:
 
 
 def create_subscription(
-    db: Database, resource: dict[str, Any], *, actor: str, base_url: str, known_topics: dict[str, str]
+    db: Database,
+    resource: dict[str, Any],
+    *,
+    actor: str,
+    base_url: str,
+    known_topics: dict[str, str],
+    settings: DeliverySettings,
 ) -> tuple[dict[str, Any], str]:
     """Store a new subscription from the client's Subscription; answers it as stored and
     its signing secret (given once)."""
@@ -107,6 +113,9 @@ def create_subscription(
     endpoint = str(channel.get("endpoint") or "")
     if urlparse(endpoint).scheme not in ("http", "https") or not urlparse(endpoint).netloc:
         raise SubscriptionError("channel.endpoint must be an http(s) URL")
+    if not settings.allows(endpoint):
+        # Notifications leave the hospital's network only where its operators said they may.
+        raise SubscriptionError("channel.endpoint is not under any of this server's subscription_endpoints")
     if channel.get("payload", "application/fhir+json") not in ("application/fhir+json", "application/json"):
         raise SubscriptionError("channel.payload must be application/fhir+json")
     content = next(
@@ -242,6 +251,12 @@ class DeliverySettings:
     max_attempts: int = 12
     backoff_max_s: float = 30.0
     timeout_s: float = 10.0
+    endpoints: tuple[str, ...] = ()  # URL prefixes an endpoint must start with (subscription_endpoints)
+
+    def allows(self, endpoint: str) -> bool:
+        """Whether ``endpoint`` is under one of ``endpoints`` (a whole path segment: the prefix
+        http://host:80 does not admit http://host:8080)."""
+        return any(endpoint == p or endpoint.startswith(p.rstrip("/") + "/") for p in self.endpoints)
 
 
 class Deliverer:
@@ -250,6 +265,10 @@ class Deliverer:
     def __init__(self, db: Database, settings: DeliverySettings) -> None:
         self._db, self._settings = db, settings
         self._http = httpx.Client(timeout=settings.timeout_s, follow_redirects=False, trust_env=False)
+
+    @property
+    def settings(self) -> DeliverySettings:
+        return self._settings
 
     def close(self) -> None:
         self._http.close()
@@ -311,7 +330,10 @@ class Deliverer:
                 if row is not None:
                     row.cursor = cursor
             return 1
-        error = self._post(sub, events)
+        allowed = self._settings.allows(sub.endpoint)
+        error = (
+            self._post(sub, events) if allowed else "the endpoint is no longer under subscription_endpoints"
+        )
         now = datetime.now(UTC)
         with self._db.transaction() as session:
             row = session.get(SubscriptionRow, sub_id)

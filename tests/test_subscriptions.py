@@ -93,9 +93,10 @@ class Subscriber:
         return out
 
 
-def _settings(data_dir: Path) -> dict[str, Any]:
+def _settings(data_dir: Path, port: int) -> dict[str, Any]:
     return {
         "data_dir": data_dir,
+        "subscription_endpoints": [f"http://127.0.0.1:{port}"],  # the only place notifications go
         "api_port": 0,
         "api_tokens": {"webhooks": SecretStr(TOKEN)},
         "api_population_clients": ["webhooks"],
@@ -119,7 +120,7 @@ def _send(dep: Embedded, seqs: list[int]) -> None:
 def test_a_rest_hook_subscriber_gets_every_observation_once_in_order_across_a_restart_and_an_outage(
     tmp_path: Path, subscriber: Subscriber
 ) -> None:
-    settings = _settings(tmp_path / "data")
+    settings = _settings(tmp_path / "data", subscriber.port)
     seqs = [s for s in range(ORUS * 2) if not is_adt(s)][:ORUS]
     dep = Embedded(settings["data_dir"], **{k: v for k, v in settings.items() if k != "data_dir"})
     dep.start()
@@ -220,7 +221,9 @@ def test_a_rest_hook_subscriber_gets_every_observation_once_in_order_across_a_re
 
 
 def test_a_notification_that_never_arrives_is_dead_lettered_and_can_be_read_back(tmp_path: Path) -> None:
-    settings = _settings(tmp_path / "data") | {
+    gone = Subscriber()
+    gone.stop()  # an endpoint nobody answers at
+    settings = _settings(tmp_path / "data", gone.port) | {
         "subscription_max_attempts": 2,
         "subscription_backoff_max_s": 0.2,
     }
@@ -230,8 +233,19 @@ def test_a_notification_that_never_arrives_is_dead_lettered_and_can_be_read_back
         assert dep.app is not None and dep.app.api is not None
         base = f"http://127.0.0.1:{dep.app.api.port}/fhir"
         auth = {"Authorization": f"Bearer {TOKEN}"}
-        gone = Subscriber()
-        gone.stop()  # an endpoint nobody answers at
+        subscription: dict[str, Any] = {
+            "resourceType": "Subscription",
+            "status": "requested",
+            "reason": "test",
+            "criteria": f"{TOPIC_PREFIX}DiagnosticReport-changed",
+        }
+        # Only under subscription_endpoints: not another host, nor a port that merely starts alike.
+        for elsewhere in ("http://10.0.0.7/hook", f"http://127.0.0.1:{gone.port}0/"):
+            channel = {"type": "rest-hook", "endpoint": elsewhere}
+            refused = httpx.post(
+                f"{base}/Subscription", headers=auth, json=subscription | {"channel": channel}
+            )
+            assert refused.status_code == 400 and "subscription_endpoints" in refused.text
         made = httpx.post(
             f"{base}/Subscription",
             headers=auth,
