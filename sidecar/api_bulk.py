@@ -52,7 +52,7 @@ def bulk_router(
                 raise Problem(400, "value", "_since must be a FHIR instant")
             since = found[0]
         with db.reads() as session:
-            stored = stored_types(session)
+            stored = stored_types.fresh(session)
             members: tuple[str, ...] = ()
             if group is not None:
                 body = session.execute(
@@ -103,7 +103,7 @@ def bulk_router(
             return fhir_response(outcome("exception", found.error or "the export failed"), 500)
         base = fhir_base(request)
         assert found.expires_at is not None
-        expires = found.expires_at.replace(tzinfo=found.expires_at.tzinfo or UTC)
+        expires = found.expires_at.replace(tzinfo=found.expires_at.tzinfo or UTC).astimezone(UTC)
         return JSONResponse(
             bulk_manifest(found, f"{base}/bulkfiles"),
             headers={"Expires": format_datetime(expires, usegmt=True)},

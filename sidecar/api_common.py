@@ -90,9 +90,15 @@ class StoredTypes:
         self._at = float("-inf")
 
     def __call__(self, session: Session) -> list[str]:
+        """Good enough to describe the server (CapabilityStatement, topics, allowed includes)."""
         if time.monotonic() - self._at > 60.0:
-            self._types = sorted(session.execute(select(Resource.resource_type).distinct()).scalars())
-            self._at = time.monotonic()
+            return self.fresh(session)
+        return list(self._types)
+
+    def fresh(self, session: Session) -> list[str]:
+        """Read now: for what must not miss a type stored a moment ago (an export's types)."""
+        self._types = sorted(session.execute(select(Resource.resource_type).distinct()).scalars())
+        self._at = time.monotonic()
         return list(self._types)
 
 

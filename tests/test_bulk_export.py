@@ -14,6 +14,9 @@ import json
 import re
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -149,3 +152,32 @@ def test_a_cancelled_export_is_gone_and_its_files_are_not_anyone_elses(
         assert http.get(status_url).status_code == 404 and http.get(file_url).status_code == 404
     job = status_url.rsplit("/", 1)[1]
     assert not (dep.settings.data_dir / "exports" / job).exists()
+
+
+def test_an_export_on_postgresql_has_every_type_stored_since_the_server_described_itself(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """The types are read when the export is asked for, not from what the server knew when
+    it last described itself (then the store was empty); PostgreSQL's timestamps come back
+    in a zone of the driver's, and the manifest's Expires header is still an HTTP date."""
+    dep = Embedded(
+        tmp_path / "data",
+        database_url=pg_url,
+        api_port=0,
+        api_tokens={"research": SecretStr(TOKEN)},
+        api_population_clients=["research"],
+    )
+    dep.start()
+    try:
+        assert dep.app is not None and dep.app.api is not None
+        base = f"http://127.0.0.1:{dep.app.api.port}/fhir"
+        with httpx.Client(headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60) as http:
+            assert http.get(f"{base}/metadata").status_code == 200  # while nothing is stored
+            dep.deliver(*[message(seq, "Q", patient_count=3) for seq in range(12)])
+            status_url, manifest = _export(http, f"{base}/$export")
+            counts = {o["type"]: o["count"] for o in manifest["output"]}
+            assert counts["Observation"] == 110 and counts["Patient"] == 3  # 11 ORU, 1 ADT
+            expires = http.get(status_url).headers["Expires"]
+            assert parsedate_to_datetime(expires) > datetime.now(UTC)
+    finally:
+        dep.stop()
