@@ -46,7 +46,7 @@ def subscription_router(
 
     def topic_types() -> dict[str, str]:
         with db.reads() as session:
-            return topics(searchable_types(stored_types(session)))
+            return topics(searchable_types(stored_types.fresh(session)))
 
     def own_subscription(sid: str, who: Caller) -> SubscriptionRow:
         with db.reads() as session:
