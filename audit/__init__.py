@@ -7,6 +7,7 @@ from audit.log import (
     append,
     append_dbapi,
     chain_pending,
+    leaves,
     pending_count,
     verify,
 )
@@ -18,6 +19,7 @@ __all__ = [
     "append",
     "append_dbapi",
     "chain_pending",
+    "leaves",
     "pending_count",
     "verify",
 ]

@@ -241,3 +241,24 @@ def verify(engine: Engine, *, batch: int = 5000) -> ChainReport:
                 count, count + 1, "chain is shorter than its recorded head (entries removed at the end)"
             )
     return ChainReport(count, None, None)
+
+
+def leaves(engine: Engine, size: int | None = None, *, batch: int = 5000) -> list[bytes]:
+    """The Merkle leaves of the chain (each entry's hash, in sequence order), the first
+    ``size`` of them or all."""
+    out: list[bytes] = []
+    with engine.connect() as connection:
+        last = 0
+        while size is None or len(out) < size:
+            want = batch if size is None else min(batch, size - len(out))
+            rows = connection.execute(
+                select(AuditEntry.seq, AuditEntry.hash)
+                .where(AuditEntry.seq > last)
+                .order_by(AuditEntry.seq)
+                .limit(want)
+            ).all()
+            if not rows:
+                break
+            out += [h.encode() for _seq, h in rows]
+            last = rows[-1][0]
+    return out

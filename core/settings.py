@@ -379,6 +379,12 @@ class Settings(BaseSettings):
         "entry per source per interval with their count, so a flood writes a few entries, not one each.",
     )
 
+    audit_signing_key_file: Path | None = Field(
+        None,
+        description="Ed25519 key that signs the audit log's checkpoints (`sidecar audit checkpoint`). "
+        "Default <data_dir>/audit-signing.key, created on first use with mode 0600; keep it (or a "
+        "copy of its public half) apart from the database, which it vouches for.",
+    )
     secret_file: Path | None = Field(
         None,
         description="File holding the pseudonym secret. Default <data_dir>/secret.key, created on first "

@@ -283,15 +283,51 @@ def stats(
     console.print(table)
 
 
+def _signing_key_file(settings: Settings) -> Path:
+    return settings.audit_signing_key_file or settings.data_dir / "audit-signing.key"
+
+
+@audit_app.command("checkpoint")
+def audit_checkpoint(data_dir: DataDir = None, config: ConfigFile = None) -> None:
+    """Print a signed checkpoint of the audit log (its size and RFC 9162 root) for an auditor
+    to keep; `sidecar audit verify --checkpoint FILE` later proves the log still extends it."""
+    from audit.checkpoint import ORIGIN, Checkpoint, load_or_create_key, sign
+    from audit.merkle import root
+
+    settings = _settings(config, data_dir=data_dir)
+    _private_data_dir(settings, create=settings.database_url is None)
+    db = Database(settings)
+    db.migrate()
+    leaves = audit.leaves(db.engine)
+    db.dispose()
+    key = load_or_create_key(_signing_key_file(settings))
+    typer.echo(sign(Checkpoint(ORIGIN, len(leaves), root(leaves)), key), nl=False)
+
+
 @audit_app.command("verify")
-def audit_verify(data_dir: DataDir = None, config: ConfigFile = None) -> None:
-    """Check the whole hash chain; report the first broken link (exit 1 if any)."""
+def audit_verify(
+    data_dir: DataDir = None,
+    config: ConfigFile = None,
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option("--checkpoint", help="A checkpoint saved earlier: the log must still extend it."),
+    ] = None,
+) -> None:
+    """Check the whole hash chain; report the first broken link (exit 1 if any). With
+    --checkpoint, also that the log's first entries are still the ones that checkpoint signed."""
     settings = _settings(config, data_dir=data_dir)
     _private_data_dir(settings, create=settings.database_url is None)
     db = Database(settings)
     db.migrate()
     report = audit.verify(db.engine)
     pending = audit.pending_count(db.engine)
+    if checkpoint is not None:
+        failure = _against_checkpoint(db, settings, checkpoint)
+        if failure:
+            db.dispose()
+            err_console.print(f"audit log does NOT extend checkpoint {checkpoint}: {failure}")
+            raise typer.Exit(1)
+        console.print(f"audit log extends checkpoint {checkpoint}")
     db.dispose()
     if pending:
         # Written with their action, linked by a running listener within moments (or by
@@ -302,6 +338,26 @@ def audit_verify(data_dir: DataDir = None, config: ConfigFile = None) -> None:
         return
     err_console.print(f"audit chain BROKEN at entry {report.first_broken}: {report.reason}")
     raise typer.Exit(1)
+
+
+def _against_checkpoint(db: Database, settings: Settings, path: Path) -> str | None:
+    """Why the log is not an extension of the checkpoint in ``path`` (None: it is)."""
+    from audit.checkpoint import CheckpointError, load_or_create_key, parse
+    from audit.merkle import root
+
+    key_file = _signing_key_file(settings)
+    if not key_file.exists():
+        return f"the signing key {key_file} is missing"
+    try:
+        saved = parse(path.read_text(encoding="utf-8"), load_or_create_key(key_file).public_key())
+    except (OSError, CheckpointError) as exc:
+        return str(exc)
+    leaves = audit.leaves(db.engine, saved.size)
+    if len(leaves) < saved.size:
+        return f"the log has {len(leaves)} entries, the checkpoint {saved.size} (entries removed)"
+    if root(leaves) != saved.root:
+        return f"its first {saved.size} entries are not the ones the checkpoint signed (rewritten)"
+    return None
 
 
 @app.command()
