@@ -14,12 +14,11 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from sqlalchemy import select
 
 from core.db import Database
-from core.search_index import date_range
 from core.tables import Resource
 from sidecar.api_common import Caller, Problem, ResourceId, StoredTypes, fhir_base, fhir_response, outcome
 from sidecar.bulk_export import BulkExporter, ExportRequest
 from sidecar.bulk_export import manifest as bulk_manifest
-from sidecar.fhir_search import searchable_types
+from sidecar.fhir_search import instant_of, searchable_types
 
 __all__ = ["bulk_router"]
 
@@ -47,10 +46,7 @@ def bulk_router(
             raise Problem(400, "not-supported", "_outputFormat must be application/fhir+ndjson")
         since = None
         if "_since" in params:
-            found = date_range(params["_since"])
-            if found is None:
-                raise Problem(400, "value", "_since must be a FHIR instant")
-            since = found[0]
+            since = instant_of(params["_since"], "_since")
         with db.reads() as session:
             stored = stored_types.fresh(session)
             members: tuple[str, ...] = ()

@@ -12,6 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from core.tables import Resource
+from sidecar.fhir_search import PAGE_DEFAULT, PAGE_MAX, SearchError
 from sidecar.smart import Grant
 
 __all__ = [
@@ -31,8 +32,10 @@ __all__ = [
 ]
 
 FHIR_JSON = "application/fhir+json"
-SEARCH_PAGE = 100
-SEARCH_PAGE_MAX = 1000
+# Answered as an OperationOutcome with its status (create_api's handler); one class for
+# search and the other routes, so a search error needs no translating.
+Problem = SearchError
+SEARCH_PAGE, SEARCH_PAGE_MAX = PAGE_DEFAULT, PAGE_MAX
 MAX_SEQ = 2**63 - 1  # audit_log.seq is a BIGINT
 ResourceType = Annotated[str, Path(pattern=r"^[A-Z][A-Za-z]{1,63}$")]
 ResourceId = Annotated[str, Path(pattern=r"^[A-Za-z0-9\-.]{1,64}$")]
@@ -52,14 +55,6 @@ def fhir_response(body: dict[str, Any], status: int = 200) -> JSONResponse:
 def fhir_base(request: Request) -> str:
     """The FHIR base URL as the client addressed this server."""
     return str(request.base_url).rstrip("/") + "/fhir"
-
-
-class Problem(Exception):
-    """Answered as an OperationOutcome with ``status`` (create_api's handler)."""
-
-    def __init__(self, status: int, code: str, diagnostics: str) -> None:
-        super().__init__(diagnostics)
-        self.status, self.code, self.diagnostics = status, code, diagnostics
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 import audit
 from core.db import Database
-from core.search_index import date_range, token_word
+from core.search_index import token_word
 from core.tables import Resource, ResourceHistory
 from deid import Vault
 from sidecar.api_audit import Redactor
@@ -41,7 +41,14 @@ from sidecar.api_common import (
 from sidecar.api_screen import screen_rows, withhold
 from sidecar.bulk_export import BulkExporter
 from sidecar.fhir_capability import capability_statement
-from sidecar.fhir_search import SearchError, SearchPlan, parse_search, searchable_types, token_condition
+from sidecar.fhir_search import (
+    SearchPlan,
+    instant_of,
+    page_size,
+    parse_search,
+    searchable_types,
+    token_condition,
+)
 from sidecar.subscriptions import Deliverer, topics
 from worker.leakguard import LeakGuard
 
@@ -329,16 +336,13 @@ def fhir_router(
         strict = "handling=strict" in request.headers.get("prefer", "").replace(" ", "")
         base = str(request.base_url).rstrip("/") + "/fhir"
         with db.transaction() as session:
-            try:
-                plan = parse_search(
-                    rtype,
-                    params,
-                    dialect=db.engine.dialect.name,
-                    strict=strict,
-                    stored_types=stored_types(session),
-                )
-            except SearchError as exc:
-                raise Problem(exc.status, exc.code, exc.diagnostics) from None
+            plan = parse_search(
+                rtype,
+                params,
+                dialect=db.engine.dialect.name,
+                strict=strict,
+                stored_types=stored_types(session),
+            )
             if not plan.patients and not who.may(rtype, "s", population=True):
                 raise HTTPException(
                     403, "this client may search one patient at a time (patient= or subject=)"
@@ -427,20 +431,12 @@ def fhir_router(
             where.append(Resource.resource_type.in_(sorted(readable)))
         applied: list[tuple[str, str]] = []
         if since := params.get("_since"):
-            found = date_range(since)
-            if found is None:
-                raise Problem(400, "value", "_since must be a FHIR instant")
-            where.append(Resource.updated_at >= found[0])
+            where.append(Resource.updated_at >= instant_of(since, "_since"))
             applied.append(("_since", since))
         if kinds := params.get("_type"):
             where.append(Resource.resource_type.in_(kinds.split(",")))
             applied.append(("_type", kinds))
-        try:
-            count = int(params.get("_count", SEARCH_PAGE))
-        except ValueError:
-            raise Problem(400, "value", "_count must be a whole number") from None
-        if not 1 <= count <= SEARCH_PAGE_MAX:
-            raise Problem(400, "value", f"_count must be 1..{SEARCH_PAGE_MAX}")
+        count = page_size(params.get("_count", str(SEARCH_PAGE)), minimum=1)
         applied.append(("_count", str(count)))
         after = params.get("_cursor", "").split("/", 1)
         with db.transaction() as session:

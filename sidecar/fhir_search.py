@@ -37,6 +37,8 @@ __all__ = [
     "SearchPlan",
     "SortKey",
     "includes_of",
+    "instant_of",
+    "page_size",
     "parse_search",
     "revincludes_of",
     "searchable_types",
@@ -60,7 +62,8 @@ _FORMATS = {"json", "application/json", "application/fhir+json"}
 
 
 class SearchError(Exception):
-    """A search the server refuses: ``status`` and an OperationOutcome issue code."""
+    """A request the server refuses: ``status`` and an OperationOutcome issue code (the
+    API answers it as an OperationOutcome: ``sidecar.api_common.Problem`` is this class)."""
 
     def __init__(self, status: int, code: str, diagnostics: str) -> None:
         super().__init__(diagnostics)
@@ -102,7 +105,6 @@ class SearchPlan:
     includes: list[Include] = field(default_factory=list)
     revincludes: list[Include] = field(default_factory=list)
     after: tuple[Any, ...] | None = None  # the cursor: sort values of the last row seen
-    ignored: list[str] = field(default_factory=list)  # names left out (lenient handling)
 
     def keyset(self) -> ColumnElement[bool] | None:
         """Rows after the cursor in the plan's order."""
@@ -180,6 +182,25 @@ def date_condition(low: Any, high: Any, prefix: str, text: str, name: str) -> Co
     return and_(low.is_not(None), conditions[prefix])
 
 
+def page_size(text: str, *, minimum: int) -> int:
+    """A ``_count`` value: a whole number from ``minimum`` to PAGE_MAX."""
+    try:
+        count = int(text)
+    except ValueError:
+        raise SearchError(400, "value", "_count must be a whole number") from None
+    if not minimum <= count <= PAGE_MAX:
+        raise SearchError(400, "value", f"_count must be {minimum}..{PAGE_MAX}")
+    return count
+
+
+def instant_of(text: str, name: str) -> datetime:
+    """The start of a ``_since``-like value (a FHIR instant, or a coarser date)."""
+    found = date_range(text)
+    if found is None:
+        raise SearchError(400, "value", f"{name} must be a FHIR instant")
+    return found[0]
+
+
 def _decode_cursor(text: str, sort: list[SortKey]) -> tuple[Any, ...]:
     try:
         raw = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
@@ -245,14 +266,12 @@ def parse_search(
     declared = {p.name: p for p in SEARCH_PARAMETERS.get(rtype, ())}
     where: list[ColumnElement[bool]] = [Resource.resource_type == rtype]
     applied: list[tuple[str, str]] = []
-    ignored: list[str] = []
     patients: list[str] = []
     results: dict[str, list[str]] = {}
 
     def unknown(name: str, why: str) -> None:
-        if strict:
+        if strict:  # lenient: left out, and so out of the self link
             raise SearchError(400, "not-supported", f"{name}: {why}")
-        ignored.append(name)
 
     for name, value in params:
         base, _, modifier = name.partition(":")
@@ -298,12 +317,7 @@ def parse_search(
             applied.append((key, ",".join(results[key])))
     count = PAGE_DEFAULT
     if "_count" in results:
-        try:
-            count = int(results["_count"][-1])
-        except ValueError:
-            raise SearchError(400, "value", "_count must be a whole number") from None
-        if not 0 <= count <= PAGE_MAX:
-            raise SearchError(400, "value", f"_count must be 0..{PAGE_MAX}")
+        count = page_size(results["_count"][-1], minimum=0)
         applied.append(("_count", str(count)))
     summary = results.get("_summary", [])
     summary_count = summary == ["count"] or count == 0
@@ -320,9 +334,9 @@ def parse_search(
     for value in results.get("_format", []):
         if value not in _FORMATS:
             raise SearchError(406, "not-supported", "this server answers JSON only")
-    includes = _includes(results.get("_include", []), includes_of(rtype), "_include", strict, ignored)
+    includes = _includes(results.get("_include", []), includes_of(rtype), "_include", strict)
     allowed = revincludes_of(rtype, searchable_types(stored_types))
-    revincludes = _includes(results.get("_revinclude", []), allowed, "_revinclude", strict, ignored)
+    revincludes = _includes(results.get("_revinclude", []), allowed, "_revinclude", strict)
     applied += [("_include", i.text) for i in includes] + [("_revinclude", i.text) for i in revincludes]
     plan = SearchPlan(
         rtype,
@@ -335,7 +349,6 @@ def parse_search(
         total=total,
         includes=includes,
         revincludes=revincludes,
-        ignored=ignored,
     )
     if patients:
         plan.where.append(Resource.patient.in_(patients))
@@ -344,15 +357,12 @@ def parse_search(
     return plan
 
 
-def _includes(
-    values: list[str], allowed: list[str], name: str, strict: bool, ignored: list[str]
-) -> list[Include]:
+def _includes(values: list[str], allowed: list[str], name: str, strict: bool) -> list[Include]:
     out = []
     for value in values:
         if value not in allowed:
             if strict:
                 raise SearchError(400, "not-supported", f"{name}={value} is not supported here")
-            ignored.append(f"{name}={value}")
             continue
         source, _, parameter = value.partition(":")
         out.append(Include(source, parameter))
