@@ -9,26 +9,27 @@ ids, never identifiers.
 
 from __future__ import annotations
 
-import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
+from itertools import islice
 from typing import Any, cast
 
 from sqlalchemy import Connection, Engine, Table, bindparam, func, select
 from sqlalchemy.orm import Session
 
+from audit.entry_hash import GENESIS, entry_digest
 from core.errors import StoreError
-from core.model_tables import AuditEntry, AuditHead, AuditPending
-
-GENESIS = "0" * 64
+from core.model_tables import AuditEntry, AuditHead, AuditPatient, AuditPending
 
 # Built once: constructing DML per call cost more than executing it (profiled ~1.5 ms of
 # the 1.7 ms per append), and this runs once per intake batch.
 _LOG, _HEAD = cast(Table, AuditEntry.__table__), cast(Table, AuditHead.__table__)
 _PENDING = cast(Table, AuditPending.__table__)
+_PATIENTS = cast(Table, AuditPatient.__table__)
+_INSERT_PATIENTS = _PATIENTS.insert()
 _SELECT_HEAD = select(_HEAD.c.seq, _HEAD.c.hash).where(_HEAD.c.id == 1).with_for_update()
 _INSERT_ENTRY = _LOG.insert()
 _UPDATE_HEAD = (
@@ -41,11 +42,18 @@ class Outcome(StrEnum):
     FAILURE = "failure"
 
 
-def _digest(
-    seq: int, at: str, actor: str, action: str, outcome: str, entity: str, detail: str, prev: str
-) -> str:
-    material = json.dumps([seq, at, actor, action, outcome, entity, detail, prev], separators=(",", ":"))
-    return hashlib.sha256(material.encode()).hexdigest()
+@dataclass(frozen=True)
+class Context:
+    """Who asked, why and from where, recorded with an API client's entries: the purpose of
+    use (an HL7 v3 PurposeOfUse code, configured per client) and the peer's address."""
+
+    purpose: str | None = None
+    source: str | None = None
+
+
+# Keys of an entry's detail that the log itself fills in (``append``'s arguments), so that
+# the hash covers them and the AuditEvent view and the index read them from one place.
+PATIENTS, PURPOSE, SOURCE = "patients", "purpose", "source"
 
 
 def append(
@@ -57,9 +65,15 @@ def append(
     outcome: Outcome = Outcome.SUCCESS,
     detail: dict[str, Any] | None = None,
     now: datetime | None = None,
+    patients: Iterable[str] = (),
+    context: Context | None = None,
 ) -> int:
     """Append one entry; returns its sequence number. Call last in a transaction: it
     holds the chain-head lock until commit, serialising appenders.
+
+    ``patients``: the pseudonyms of the patients the action concerned, recorded in the
+    entry (hashed with it) and indexed (``audit_patients``) for "who touched patient X".
+    ``context``: an API client's purpose of use and address.
 
     Core statements, not ORM objects: this runs once per intake batch on the hot path,
     and works the same inside an ORM Session or on a bare Connection.
@@ -67,10 +81,25 @@ def append(
     head = session.execute(_SELECT_HEAD).one_or_none()
     if head is None:
         raise StoreError("audit chain head is missing: the database was not migrated")
+    named = sorted(set(patients))
+    detail = _with_context(detail, named, context)
     entry = _entry(int(head.seq), head.hash, actor, action, entity, outcome, detail, _at(now))
     session.execute(_INSERT_ENTRY, entry)
     session.execute(_UPDATE_HEAD, {"new_seq": entry["seq"], "new_hash": entry["hash"]})
+    if named:
+        session.execute(_INSERT_PATIENTS, [{"patient": p, "seq": entry["seq"]} for p in named])
     return int(entry["seq"])
+
+
+def _with_context(
+    detail: dict[str, Any] | None, patients: list[str], context: Context | None
+) -> dict[str, Any] | None:
+    extra: dict[str, Any] = {PATIENTS: patients} if patients else {}
+    if context is not None:
+        extra |= {k: v for k, v in ((PURPOSE, context.purpose), (SOURCE, context.source)) if v}
+    if not extra:
+        return detail
+    return {**(detail or {}), **extra}
 
 
 def _at(now: datetime | None) -> str:
@@ -100,7 +129,7 @@ def _entry(
         "entity": entity,
         "detail": detail_json,
         "prev_hash": head_hash,
-        "hash": _digest(seq, at, actor, action, str(outcome), entity, detail_json, head_hash),
+        "hash": entry_digest(seq, at, actor, action, str(outcome), entity, detail_json, head_hash),
     }
 
 
@@ -208,11 +237,29 @@ class ChainReport:
         return self.first_broken is None
 
 
+ARCHIVED = "archived"  # the outcome of an entry whose content went to an archive bundle
+ARCHIVE_ACTION = "audit.archived"
+
+
+def _archived_ranges(session: Session) -> list[tuple[int, int]]:
+    """The seq ranges that ``audit.archived`` entries declare (those entries are verified by
+    the walk like any other, so the ranges cannot be widened unnoticed)."""
+    found = session.execute(select(AuditEntry.detail).where(AuditEntry.action == ARCHIVE_ACTION)).scalars()
+    ranges = []
+    for detail in found:
+        declared = json.loads(detail)
+        ranges.append((int(declared["from"]), int(declared["to"])))
+    return ranges
+
+
 def verify(engine: Engine, *, batch: int = 5000) -> ChainReport:
-    """Walk the whole chain; stops at the first broken link."""
+    """Walk the whole chain; stops at the first broken link. An archived entry (its content
+    moved to an archive bundle, ``audit.archive``) keeps its hash and link; it must lie in
+    a range an ``audit.archived`` entry declares."""
     prev, expected_seq, count = GENESIS, 1, 0
     with Session(engine) as session:
         head = session.get(AuditHead, 1)
+        archived = _archived_ranges(session)
         last_seq = 0
         while True:
             rows = (
@@ -229,8 +276,11 @@ def verify(engine: Engine, *, batch: int = 5000) -> ChainReport:
                     return ChainReport(count, expected_seq, f"entry {expected_seq} is missing")
                 if e.prev_hash != prev:
                     return ChainReport(count, e.seq, "previous-hash link does not match")
-                if (
-                    _digest(e.seq, e.at, e.actor, e.action, e.outcome, e.entity, e.detail, e.prev_hash)
+                if e.outcome == ARCHIVED:
+                    if not any(low <= e.seq <= high for low, high in archived):
+                        return ChainReport(count, e.seq, "entry emptied outside any declared archive")
+                elif (
+                    entry_digest(e.seq, e.at, e.actor, e.action, e.outcome, e.entity, e.detail, e.prev_hash)
                     != e.hash
                 ):
                     return ChainReport(count, e.seq, "entry content does not match its hash")
@@ -243,22 +293,27 @@ def verify(engine: Engine, *, batch: int = 5000) -> ChainReport:
     return ChainReport(count, None, None)
 
 
-def leaves(engine: Engine, size: int | None = None, *, batch: int = 5000) -> list[bytes]:
-    """The Merkle leaves of the chain (each entry's hash, in sequence order), the first
-    ``size`` of them or all."""
-    out: list[bytes] = []
-    with engine.connect() as connection:
-        last = 0
-        while size is None or len(out) < size:
-            want = batch if size is None else min(batch, size - len(out))
+def leaves_after(engine: Engine, size: int, *, batch: int = 5000) -> Iterator[bytes]:
+    """The Merkle leaves after the first ``size`` entries, in sequence order."""
+    last = size
+    while True:
+        with engine.connect() as connection:
             rows = connection.execute(
                 select(AuditEntry.seq, AuditEntry.hash)
                 .where(AuditEntry.seq > last)
                 .order_by(AuditEntry.seq)
-                .limit(want)
+                .limit(batch)
             ).all()
-            if not rows:
-                break
-            out += [h.encode() for _seq, h in rows]
-            last = rows[-1][0]
-    return out
+        if not rows:
+            return
+        for seq, digest in rows:
+            if seq != last + 1:
+                return  # a gap: verify names it; the tree stops before it
+            last = seq
+            yield digest.encode()
+
+
+def leaves(engine: Engine, size: int | None = None, *, batch: int = 5000) -> list[bytes]:
+    """The Merkle leaves of the chain (each entry's hash, in sequence order), the first
+    ``size`` of them or all; they stop before a missing entry."""
+    return list(islice(leaves_after(engine, 0, batch=batch), size))

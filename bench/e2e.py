@@ -411,6 +411,17 @@ def cpu_snapshot(roots: dict[str, int]) -> dict[str, tuple[float, float]]:
     return snapshot
 
 
+AUDIT_KEY = "pipeline.cpu_ms.store.audit"
+
+
+def audit_share(stages: dict[str, float]) -> float | None:
+    """The audit entry's part of a pipeline batch's CPU time ("store.audit" is inside "store")."""
+    if AUDIT_KEY not in stages:
+        return None
+    total = sum(ms for key, ms in stages.items() if key != AUDIT_KEY)
+    return stages[AUDIT_KEY] / total if total else None
+
+
 def cpu_per_message(
     before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]], messages: int
 ) -> dict[str, float]:
@@ -1123,6 +1134,8 @@ def report(results: dict[str, Any]) -> None:
             print(f"  {key:40s} {ms:9.3f}   (/status)")
         if not t["stage_cpu_ms_per_msg"]:
             print("  (/status exposes no pipeline.cpu_ms.<stage> keys)")
+        if (share := audit_share(t["stage_cpu_ms_per_msg"])) is not None:
+            print(f"  audit entry per batch: {share:.2%} of the batch's CPU time (issue 21: under 5%)")
         rows = t["series"]
         step = max(1, math.ceil(len(rows) / 40))
         print(f"\n{mode}: backlog over time (every {step} s; peak pending {t['pending_peak']:.0f})")

@@ -27,8 +27,11 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
+    "AuditCheckpoint",
+    "AuditCursor",
     "AuditEntry",
     "AuditHead",
+    "AuditPatient",
     "AuditPending",
     "AuthAssertion",
     "Base",
@@ -240,6 +243,7 @@ class AuditEntry(Base):
     """Append-only, hash-chained audit log. ``seq`` is gapless: assigned under the head lock."""
 
     __tablename__ = "audit_log"
+    __table_args__ = (Index("ix_audit_log_actor_seq", "actor", "seq"),)
 
     seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     at: Mapped[str] = mapped_column(String(40))  # ISO text, hashed exactly as stored
@@ -250,6 +254,39 @@ class AuditEntry(Base):
     detail: Mapped[str] = mapped_column(Text)  # canonical JSON, no identifiers
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64))
+
+
+class AuditPatient(Base):
+    """Index of the audit log by patient: one row per (patient pseudonym, entry) that the
+    entry's detail names under "patients" (hashed with the entry, so the index can be
+    checked against the chain). Written with the entry, never updated."""
+
+    __tablename__ = "audit_patients"
+
+    patient: Mapped[str] = mapped_column(String(64), primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+
+
+class AuditCheckpoint(Base):
+    """A signed checkpoint of the audit log (C2SP signed note), as made every
+    ``audit_checkpoint_every`` entries or ``audit_checkpoint_interval_s`` seconds. A copy:
+    what proves something is the note an auditor or witness keeps outside the database."""
+
+    __tablename__ = "audit_checkpoints"
+
+    size: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    note: Mapped[str] = mapped_column(Text)
+
+
+class AuditCursor(Base):
+    """How far a consumer of the log (the syslog forwarder) has durably delivered: the log is
+    its spool, so nothing is lost while the consumer's peer is down."""
+
+    __tablename__ = "audit_cursors"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger)
 
 
 class AuditPending(Base):

@@ -293,6 +293,12 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Client names (keys of api_tokens) allowed to search the audit log (GET /audit).",
     )
+    api_purposes: dict[str, str] = Field(
+        default_factory=dict,
+        description='Purpose of use of each API client, {"client name": "code"}, an HL7 v3 PurposeOfUse '
+        "code (TREAT, HOPERAT, HRESCH, PUBHLTH, HPAYMT…) recorded in its audit entries and AuditEvents "
+        "(HIPAA 164.528's purpose of each disclosure). Clients not listed: HOPERAT.",
+    )
     api_population_clients: list[str] = Field(
         default_factory=list,
         description=(
@@ -379,6 +385,52 @@ class Settings(BaseSettings):
         "entry per source per interval with their count, so a flood writes a few entries, not one each.",
     )
 
+    audit_retention_days: int = Field(
+        2192,
+        ge=1,
+        description="Audit entries older than this many days (default six years: HIPAA 164.528; China's "
+        "Cybersecurity Law asks for at least 183) are archived by `sidecar audit archive`: written to a "
+        "signed, verified bundle, then emptied in the database (their hashes stay, so proofs hold), "
+        "the step itself audited. Nothing is archived by itself.",
+    )
+    audit_checkpoint_every: int = Field(
+        10_000,
+        ge=1,
+        description="`sidecar serve` signs and stores a checkpoint of the audit log every this many entries "
+        "(export bundles carry them, with consistency proofs).",
+    )
+    audit_checkpoint_interval_s: float = Field(
+        600.0,
+        gt=0,
+        description="... and at least this often (seconds) while the log grows more slowly.",
+    )
+    audit_syslog_host: str | None = Field(
+        None,
+        description="Forward every audit entry, as an IHE ATNA syslog message (RFC 5424 over TLS, RFC 5425; "
+        "payload: the entry's FHIR AuditEvent), to this audit record repository or SIEM. Unset: no "
+        "forwarding. The log is the spool: nothing is lost while the collector is down.",
+    )
+    audit_syslog_port: int = Field(
+        6514, ge=1, le=65535, description="Port of audit_syslog_host (6514: syslog over TLS)."
+    )
+    audit_syslog_ca_file: Path | None = Field(
+        None,
+        description="CA certificate(s) (PEM) that the collector's certificate must chain to. "
+        "Default: the system's.",
+    )
+    audit_syslog_cert_file: Path | None = Field(
+        None,
+        description="This node's certificate (PEM) for the collector, when it asks for one "
+        "(ATNA node authentication).",
+    )
+    audit_syslog_key_file: Path | None = Field(None, description="Private key of audit_syslog_cert_file.")
+    audit_syslog_confirm_s: float = Field(
+        5.0,
+        gt=0,
+        description="A forwarded batch counts as delivered once the connection has stayed up this long "
+        "after it; when the connection drops, everything not yet counted is sent again (the collector "
+        "de-duplicates by the entry's seq, in each message's structured data).",
+    )
     audit_signing_key_file: Path | None = Field(
         None,
         description="Ed25519 key that signs the audit log's checkpoints (`sidecar audit checkpoint`). "
@@ -564,6 +616,10 @@ class Settings(BaseSettings):
     @property
     def effective_mllp_journal(self) -> bool:
         return self.mllp_journal if self.mllp_journal is not None else self.database_url is None
+
+    @property
+    def audit_key_file(self) -> Path:
+        return self.audit_signing_key_file or self.data_dir / "audit-signing.key"
 
     @property
     def intake_journal_file(self) -> Path:

@@ -21,8 +21,11 @@ from core.identified_tables import (
     ReidEntry,
 )
 from core.model_tables import (
+    AuditCheckpoint,
+    AuditCursor,
     AuditEntry,
     AuditHead,
+    AuditPatient,
     AuditPending,
     AuthAssertion,
     Base,
@@ -42,8 +45,11 @@ from core.model_tables import (
 __all__ = [
     "AppAck",
     "AppAckStatus",
+    "AuditCheckpoint",
+    "AuditCursor",
     "AuditEntry",
     "AuditHead",
+    "AuditPatient",
     "AuditPending",
     "AuthAssertion",
     "Base",

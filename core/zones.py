@@ -55,6 +55,8 @@ MODEL_ZONE: Mapping[str, Access] = {
         insert=_cols("seq", "at", "actor", "action", "outcome", "entity", "detail", "prev_hash", "hash")
     ),
     "audit_head": Access(select=_cols("id", "seq", "hash"), update=_cols("seq", "hash")),
+    # The patient an entry concerns (the job's, when it reads the context): the log's index.
+    "audit_patients": Access(insert=_cols("patient", "seq")),
     "alembic_version": Access(select=_cols("version_num")),
 }
 

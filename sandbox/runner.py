@@ -130,6 +130,7 @@ def run_job(
             entity=f"job/{job_id}",
             detail={"resources": len(context), "types": sorted({r["resourceType"] for r in context})},
             now=now,
+            patients=[patient],
         )
 
     try:

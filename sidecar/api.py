@@ -26,7 +26,7 @@ import logging
 import ssl
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path as FilePath
 from typing import Annotated, Any
 
@@ -44,9 +44,11 @@ from core.db import Database
 from core.errors import ConfigError
 from core.ratelimit import rate_limit
 from core.settings import Settings
-from core.tables import AuditEntry
+from core.tables import AuditEntry, AuditPatient
 from deid import Vault
 from sidecar.api_audit import AuthGuard, ErrorAudit, Redactor
+from sidecar.api_auditevents import auditevent_router
+from sidecar.api_auditor import auditor_router
 from sidecar.api_bulk import bulk_router
 from sidecar.api_common import (
     MAX_SEQ,
@@ -70,6 +72,7 @@ __all__ = ["ApiServer", "api_server", "create_api"]
 
 log = logging.getLogger("sidecar.api")
 
+DEFAULT_PURPOSE = "HOPERAT"  # HL7 v3 PurposeOfUse: healthcare operations
 LOG_REPORT_S = 10.0  # how often counts of rate-limited log lines are told
 
 
@@ -86,6 +89,7 @@ def create_api(
     token_url: str | None = None,
     exporter: BulkExporter | None = None,
     deliverer: Deliverer | None = None,
+    purposes: Mapping[str, str] | None = None,
 ) -> FastAPI:
     """``journal_file``: the listener's intake journal, counted in /status as `sidecar stats` does.
     ``auth``: throttling and audit of failed authentications (default: 10 per 5 minutes).
@@ -93,7 +97,8 @@ def create_api(
     Backend Services clients (POST /auth/token); ``token_url``: that endpoint's address as
     clients know it (default: this server's own). ``exporter``: runs bulk exports ($export;
     without it they are refused). ``deliverer``: sends rest-hook subscriptions' notifications
-    (without it subscriptions are refused)."""
+    (without it subscriptions are refused). ``purposes``: each client's purpose of use, recorded
+    in its audit entries (default HOPERAT)."""
     if not tokens:
         raise ConfigError("the HTTP API needs api_tokens: it serves no anonymous reads")
     if unknown := sorted(set(auditors) - set(tokens)):
@@ -107,6 +112,9 @@ def create_api(
     api.state.exporter, api.state.deliverer = exporter, deliverer
     api.add_middleware(ErrorAudit, db=db, body=lambda: outcome("exception", "internal error (audited)"))
     bearer = HTTPBearer(auto_error=False)
+
+    def purpose_of(name: str) -> str:
+        return (purposes or {}).get(name, DEFAULT_PURPOSE)
 
     def client(
         request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
@@ -122,7 +130,9 @@ def create_api(
         # Compare with every token (constant time each), so timing tells nothing of which matched.
         names = [n for n, t in tokens.items() if hmac.compare_digest(given, t.get_secret_value().encode())]
         if names:
-            caller = Caller(names[0], population=names[0] in population)
+            caller = Caller(
+                names[0], population=names[0] in population, purpose=purpose_of(names[0]), source=source
+            )
             request.state.actor = caller.actor  # the actor of a 5xx's audit entry (api_audit.ErrorAudit)
             return caller
         grant = smart.grant_of(given.decode(errors="replace")) if smart is not None and given else None
@@ -131,7 +141,7 @@ def create_api(
             raise HTTPException(
                 401, "missing, unknown or expired bearer token", {"WWW-Authenticate": "Bearer"}
             )
-        caller = Caller(grant.client, grant)
+        caller = Caller(grant.client, grant, purpose=purpose_of(grant.client), source=source)
         request.state.actor = caller.actor
         return caller
 
@@ -160,6 +170,8 @@ def create_api(
         return response
 
     smart_url = (lambda request: token_endpoint(request, token_url)) if smart and smart.enabled else None
+    api.include_router(auditor_router(db, tokens, auditors, auth, redactor))
+    api.include_router(auditevent_router(db, client, auditors))  # before /fhir/{rtype} takes its path
     api.include_router(
         fhir_router(
             db,
@@ -179,9 +191,12 @@ def create_api(
         since: Annotated[int, Query(ge=0, le=MAX_SEQ, description="entries after this sequence number")] = 0,
         action: Annotated[str | None, Query(max_length=64)] = None,
         entity: Annotated[str | None, Query(max_length=200)] = None,
+        patient: Annotated[str | None, Query(max_length=72)] = None,
+        by: Annotated[str | None, Query(alias="actor", max_length=64)] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     ) -> JSONResponse:
-        """For auditors: entries hold codes, counts and our own ids, never identifiers."""
+        """For auditors: entries hold codes, counts and our own ids, never identifiers;
+        ``patient`` (a pseudonym) and ``actor`` select by the log's indexes."""
         actor, allowed = who.actor, who.grant is None and who.name in auditors
         with db.transaction() as session:
             rows: list[AuditEntry] = []
@@ -191,6 +206,12 @@ def create_api(
                     query = query.where(AuditEntry.action == action)
                 if entity:
                     query = query.where(AuditEntry.entity == entity)
+                if by:
+                    query = query.where(AuditEntry.actor == by)
+                if patient:
+                    query = query.join(AuditPatient, AuditPatient.seq == AuditEntry.seq).where(
+                        AuditPatient.patient == patient.removeprefix("Patient/")
+                    )
                 rows = list(session.execute(query.order_by(AuditEntry.seq).limit(limit)).scalars())
             entries = [
                 {"seq": e.seq, "at": e.at, "actor": e.actor, "action": e.action, "outcome": e.outcome,
@@ -199,7 +220,9 @@ def create_api(
             ]  # fmt: skip
             # Filters that matched are values the log already holds; others are the client's.
             filters = {"since": since} | {
-                k: v if rows else redactor.ref(v) for k, v in (("action", action), ("entity", entity)) if v
+                k: v if rows else redactor.ref(v)
+                for k, v in (("action", action), ("entity", entity), ("patient", patient), ("actor", by))
+                if v
             }
             audit.append(
                 session,
@@ -248,6 +271,7 @@ def api_server(settings: Settings, db: Database, vault: Vault, journal_file: Fil
         journal_file,
         auth=auth,
         population=settings.api_population_clients,
+        purposes=settings.api_purposes,
         smart=smart,
         token_url=settings.smart_token_url,
         exporter=BulkExporter(

@@ -2,6 +2,7 @@
 path patterns, and the stored types (remembered a minute)."""
 
 # No `from __future__ import annotations`: FastAPI reads route annotations at definition time.
+import hashlib
 import time
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -11,6 +12,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+import audit
 from core.tables import Resource
 from sidecar.fhir_search import PAGE_DEFAULT, PAGE_MAX, SearchError
 from sidecar.smart import Grant
@@ -29,6 +31,7 @@ __all__ = [
     "fhir_response",
     "outcome",
     "require",
+    "returned",
 ]
 
 FHIR_JSON = "application/fhir+json"
@@ -65,6 +68,12 @@ class Caller:
     name: str
     grant: Grant | None = None
     population: bool = False
+    purpose: str | None = None  # HL7 v3 PurposeOfUse, as configured for the client
+    source: str | None = None  # the peer's address
+
+    @property
+    def context(self) -> audit.Context:
+        return audit.Context(purpose=self.purpose, source=self.source)
 
     @property
     def actor(self) -> str:
@@ -102,3 +111,19 @@ def require(caller: Caller, rtype: str, permission: str, *, population: bool = F
     if not caller.may(rtype, permission, population=population):
         what = {"r": "read", "s": "search"}[permission] + (" across patients" if population else "")
         raise HTTPException(403, f"this client's scopes do not let it {what} {rtype}")
+
+
+RETURNED_LISTED = 100  # up to this many references are listed; beyond, the count and hash
+
+
+def returned(resources: list[dict[str, Any]]) -> dict[str, Any]:
+    """What an answer returned, for its audit entry: the versioned references (up to
+    ``RETURNED_LISTED``), their count and the SHA-256 of them sorted, one per line, so that
+    an auditor can check a claimed list against the entry."""
+    refs = sorted(
+        f"{r['resourceType']}/{r['id']}/_history/{r.get('meta', {}).get('versionId', '')}" for r in resources
+    )
+    out: dict[str, Any] = {"count": len(refs), "sha256": hashlib.sha256("\n".join(refs).encode()).hexdigest()}
+    if len(refs) <= RETURNED_LISTED:
+        out["refs"] = refs
+    return out

@@ -37,6 +37,7 @@ from sidecar.api_common import (
     fhir_response,
     outcome,
     require,
+    returned,
 )
 from sidecar.api_screen import screen_rows, withhold
 from sidecar.bulk_export import BulkExporter
@@ -132,8 +133,8 @@ def fhir_router(
             return f"{rtype}/{redactor.ref(rid)}"
         return redactor.ref(f"{rtype}/{rid}")
 
-    def read_one(actor: str, action: str, rtype: str, rid: str, version: int | None) -> JSONResponse:
-        now = datetime.now(UTC)
+    def read_one(who: Caller, action: str, rtype: str, rid: str, version: int | None) -> JSONResponse:
+        actor, context, now = who.actor, who.context, datetime.now(UTC)
         what = f"{rtype}/{rid}" + (f"/_history/{version}" if version is not None else "")
         with db.transaction() as session:
             head = session.execute(
@@ -153,37 +154,41 @@ def fhir_router(
                 recorded = what if head is not None else unknown_ref(session, rtype, rid)
                 audit.append(
                     session, actor=actor, action=action, entity=recorded, outcome=audit.Outcome.FAILURE,
-                    detail={"status": 404}, now=now,
+                    detail={"status": 404}, now=now, context=context,
                 )  # fmt: skip
                 return fhir_response(outcome("not-found", f"{what} is not known"), 404)
             resource = json.loads(body)
+            patients = [head.patient] if head.patient else []
             kinds = LeakGuard(vault).kinds_in(session, head.patient, resource) if head.patient else []
             if kinds:
                 served = f"{rtype}/{rid}/_history/{version or head.version}"
                 letter = withhold(session, actor, served, kinds, now)
                 audit.append(
                     session, actor=actor, action=action, entity=what, outcome=audit.Outcome.FAILURE,
-                    detail={"status": WITHHELD, "kinds": kinds}, now=now,
+                    detail={"status": WITHHELD, "kinds": kinds}, now=now, patients=patients, context=context,
                 )  # fmt: skip
                 message = (
                     f"{what} is withheld: it carries identifier(s) of kind {', '.join(kinds)} "
                     f"(quarantined as dead letter {letter})"
                 )
                 return fhir_response(outcome("security", message), WITHHELD)
-            audit.append(session, actor=actor, action=action, entity=what, detail={"status": 200}, now=now)
+            audit.append(
+                session, actor=actor, action=action, entity=what, detail={"status": 200}, now=now,
+                patients=patients, context=context,
+            )  # fmt: skip
         return fhir_response(resource)
 
     @router.get("/fhir/{rtype}/{rid}")
     def read(rtype: ResourceType, rid: ResourceId, who: Client) -> JSONResponse:
         require(who, rtype, "r")
-        return read_one(who.actor, "fhir.read", rtype, rid, None)
+        return read_one(who, "fhir.read", rtype, rid, None)
 
     @router.get("/fhir/{rtype}/{rid}/_history/{vid}")
     def vread(
         rtype: ResourceType, rid: ResourceId, vid: Annotated[int, Path(ge=1, le=MAX_VERSION)], who: Client
     ) -> JSONResponse:
         require(who, rtype, "r")
-        return read_one(who.actor, "fhir.vread", rtype, rid, vid)
+        return read_one(who, "fhir.vread", rtype, rid, vid)
 
     def provenances_of(session: Session, aimed: _Target) -> tuple[bool, str | None, list[str]]:
         """Whether the target is held, its patient, and the bodies (by id) of the Provenances
@@ -300,10 +305,14 @@ def fhir_router(
                 unique.append(row)
         return unique[:SEARCH_PAGE_MAX], len(unique) > SEARCH_PAGE_MAX
 
-    def searched_entity(session: Session, rtype: str, patients: list[str], found: bool) -> str:
-        """The audit entity of a search: its type and patient, a value we do not hold as a hash."""
+    def searched_entity(
+        session: Session, rtype: str, patients: list[str], found: bool
+    ) -> tuple[str, list[str]]:
+        """The audit entity of a search (its type and patient, a value we do not hold as a
+        hash) and the patients searched, when they are ours (a value we do not hold may be
+        anything, an MRN too)."""
         if not patients:
-            return f"{rtype}?population"
+            return f"{rtype}?population", []
         known = (
             found
             or session.execute(
@@ -312,7 +321,7 @@ def fhir_router(
             is not None
         )
         shown = ",".join(patients) if known else redactor.ref(",".join(patients))
-        return f"{rtype}?patient=Patient/{shown}"
+        return f"{rtype}?patient=Patient/{shown}", patients if known else []
 
     def page_links(
         request: Request, url: str, plan: SearchPlan, last: Sequence[Any] | None
@@ -332,7 +341,7 @@ def fhir_router(
         require(who, rtype, "s")
         params = request.query_params.multi_items()
         if rtype == "Provenance" and any(k == "target" for k, _ in params):
-            return provenance_search(request, actor, now, params)
+            return provenance_search(request, who, now, params)
         strict = "handling=strict" in request.headers.get("prefer", "").replace(" ", "")
         base = str(request.base_url).rstrip("/") + "/fhir"
         with db.transaction() as session:
@@ -366,17 +375,20 @@ def fhir_router(
             withheld: list[str] = []
             matches = served(session, actor, rows, now, withheld)
             included = served(session, actor, extra, now, withheld)
+            entity, searched_for = searched_entity(session, rtype, plan.patients, bool(rows))
             audit.append(
                 session,
                 actor=actor,
                 action="fhir.search",
-                entity=searched_entity(session, rtype, plan.patients, bool(rows)),
+                entity=entity,
                 outcome=audit.Outcome.FAILURE if withheld else audit.Outcome.SUCCESS,
                 detail={
                     "status": 200, "matches": len(matches), "included": len(included),
                     "withheld": len(withheld), "params": sorted({k for k, _ in plan.applied}),
+                    "returned": returned([*matches, *included]),
                 },
-                now=now,
+                now=now, patients=[*searched_for, *(r.patient for r in [*rows, *extra] if r.patient)],
+                context=who.context,
             )  # fmt: skip
         last = rows[-1][len(_ROW) :] if more and rows else None
         bundle = searchset(
@@ -390,7 +402,7 @@ def fhir_router(
         return fhir_response(bundle)
 
     def provenance_search(
-        request: Request, actor: str, now: datetime, params: list[tuple[str, str]]
+        request: Request, who: Caller, now: datetime, params: list[tuple[str, str]]
     ) -> JSONResponse:
         """``Provenance?target=``: how a summary's Provenance is found (every match, one page)."""
         target = next(v for k, v in params if k == "target")
@@ -403,17 +415,20 @@ def fhir_router(
             held, owner, bodies = provenances_of(session, aimed)
             rows = [_Row("Provenance", json.loads(b)["id"], owner, b) for b in bodies]
             withheld: list[str] = []
-            matches = served(session, actor, rows, now, withheld)
+            matches = served(session, who.actor, rows, now, withheld)
             searched = f"Provenance?target={aimed.text if held else redactor.ref(aimed.text)}"
             audit.append(
                 session,
-                actor=actor,
+                actor=who.actor,
                 action="fhir.search",
                 entity=searched,
                 outcome=audit.Outcome.FAILURE if withheld else audit.Outcome.SUCCESS,
-                detail={"status": 200, "matches": len(matches), "withheld": len(withheld)},
-                now=now,
-            )
+                detail={
+                    "status": 200, "matches": len(matches), "withheld": len(withheld),
+                    "returned": returned(matches),
+                },
+                now=now, patients=[owner] if owner and rows else [], context=who.context,
+            )  # fmt: skip
         links = [{"relation": "self", "url": f"{base}/Provenance?{urlencode([('target', aimed.text)])}"}]
         return fhir_response(searchset(base, matches, [], withheld, links, len(matches)))
 
@@ -448,7 +463,7 @@ def fhir_router(
             if head is None:
                 audit.append(
                     session, actor=actor, action="fhir.everything", entity=f"Patient/{redactor.ref(rid)}",
-                    outcome=audit.Outcome.FAILURE, detail={"status": 404}, now=now,
+                    outcome=audit.Outcome.FAILURE, detail={"status": 404}, now=now, context=who.context,
                 )  # fmt: skip
                 return fhir_response(outcome("not-found", "no such Patient"), 404)
             total = session.execute(select(func.count()).select_from(Resource).where(*where)).scalar_one()
@@ -463,7 +478,11 @@ def fhir_router(
             audit.append(
                 session, actor=actor, action="fhir.everything", entity=f"Patient/{rid}",
                 outcome=audit.Outcome.FAILURE if withheld else audit.Outcome.SUCCESS,
-                detail={"status": 200, "matches": len(matches), "withheld": len(withheld)}, now=now,
+                detail={
+                    "status": 200, "matches": len(matches), "withheld": len(withheld),
+                    "returned": returned(matches),
+                },
+                now=now, patients=[rid], context=who.context,
             )  # fmt: skip
         url = f"{base}/Patient/{rid}/$everything"
         links = [{"relation": "self", "url": f"{url}?{urlencode(applied)}"}]

@@ -19,6 +19,9 @@ from typing import Any
 from prometheus_client import start_http_server
 from sqlalchemy import func, select
 
+from audit.checkpoint import load_or_create_key
+from audit.checkpointer import Checkpointer
+from audit.syslog import SyslogForwarder, SyslogTarget, tls_context
 from connectors import InboundMessage, MllpConfig, MllpServer, Receipt
 from connectors.dicom import DicomConfig, DicomMetrics, DicomServer
 from connectors.files import DropFolder, DropFolderConfig
@@ -53,6 +56,8 @@ from worker.screen import ScreenService
 log = logging.getLogger("sidecar.app")
 
 SWEEP_INTERVAL_S = 5.0
+CHECKPOINT_ROUND_S = 5.0  # how often the checkpointer looks whether one is due
+SYSLOG_ROUND_S = 0.5  # how often the syslog forwarder looks for entries when it has caught up
 SWEEP_AGE_S = 10.0
 REDISPATCH_AFTER_S = 300.0
 STALLED_JOB_S = 120.0  # a summary running this long has lost its sandbox
@@ -168,6 +173,25 @@ class SidecarApp:
             )
             self.app_ack_loop = Loop("app-acks", sender.run_once, settings.relay_interval_s)
         self.sweeper = Loop("sweeper", self._sweep, SWEEP_INTERVAL_S)
+        self.checkpointer = Checkpointer(
+            self.db.engine,
+            load_or_create_key(settings.audit_key_file),
+            every=settings.audit_checkpoint_every,
+            interval_s=settings.audit_checkpoint_interval_s,
+        )
+        self.audit_loops = [Loop("audit-checkpoints", self.checkpointer.run_once, CHECKPOINT_ROUND_S)]
+        if settings.audit_syslog_host:
+            forwarder = SyslogForwarder(
+                self.db.engine,
+                SyslogTarget(settings.audit_syslog_host, settings.audit_syslog_port),
+                tls_context(
+                    settings.audit_syslog_ca_file,
+                    settings.audit_syslog_cert_file,
+                    settings.audit_syslog_key_file,
+                ),
+                confirm_s=settings.audit_syslog_confirm_s,
+            )
+            self.audit_loops.append(Loop("audit-syslog", forwarder.run_once, SYSLOG_ROUND_S))
         self.pipeline: Children | None = None
         self.dispatcher: InboxDispatcher | None = None
         self.sandbox: Children | None = None
@@ -263,6 +287,8 @@ class SidecarApp:
         if self.sandbox is not None:
             await asyncio.to_thread(self.sandbox.start)
         self.sweeper.start()
+        for loop in self.audit_loops:
+            loop.start()
         self._sweep(age_s=0.0)  # entries acknowledged before a crash go first
         if self.settings.metrics_port is not None:
             start_http_server(self.settings.metrics_port, self.settings.metrics_host, self.metrics.registry)
@@ -298,6 +324,9 @@ class SidecarApp:
         self.relay_loop.run_round()
         if self.app_ack_loop is not None:
             self.app_ack_loop.stop()  # what is still due stays in app_acks for the next start
+        for loop in reversed(self.audit_loops):
+            loop.stop()
+            loop.run_round()  # what the last work appended is checkpointed (and forwarded)
         self.publisher.close()
         self.inbox.close()
         self.db.dispose()

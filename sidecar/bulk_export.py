@@ -12,6 +12,7 @@ audited.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import uuid
@@ -195,6 +196,7 @@ class BulkExporter:
         members = json.loads(job.manifest or "{}").get("members", [])
         files: list[dict[str, Any]] = []
         errors = 0
+        exported: set[str] = set()  # the patients whose records the files hold: named in the audit
         with (folder / "errors.ndjson").open("wb") as error_file:
             for index, rtype in enumerate(t for t in job.types.split(",") if t):
                 count, after = 0, ""
@@ -211,6 +213,7 @@ class BulkExporter:
                                 break
                             now = datetime.now(UTC)
                             passed = screen_rows(session, self._vault, job.client, rows, now, withheld)
+                            exported.update(r.patient for r in rows if r.patient)
                             current.progress = (
                                 f"{index} of {len(job.types.split(','))} types; {rtype}: {count}"
                             )
@@ -248,7 +251,10 @@ class BulkExporter:
                 detail={
                     "resources": {f["type"]: f["count"] for f in files if not f.get("error")},
                     "withheld": errors,
+                    # What was disclosed, checkable later against a copy of the files.
+                    "sha256": {f["name"]: _sha256(folder / f["name"]) for f in files},
                 },
+                patients=exported,
             )
 
     def _expire(self) -> None:
@@ -271,6 +277,14 @@ class BulkExporter:
                 audit.append(
                     session, actor="sidecar", action="fhir.export.expired", entity=f"$export/{job.id}"
                 )
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as data:
+        for block in iter(lambda: data.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _withheld_outcome(withheld: str) -> dict[str, Any]:

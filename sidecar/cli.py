@@ -283,10 +283,6 @@ def stats(
     console.print(table)
 
 
-def _signing_key_file(settings: Settings) -> Path:
-    return settings.audit_signing_key_file or settings.data_dir / "audit-signing.key"
-
-
 @audit_app.command("checkpoint")
 def audit_checkpoint(data_dir: DataDir = None, config: ConfigFile = None) -> None:
     """Print a signed checkpoint of the audit log (its size and RFC 9162 root) for an auditor
@@ -300,7 +296,7 @@ def audit_checkpoint(data_dir: DataDir = None, config: ConfigFile = None) -> Non
     db.migrate()
     leaves = audit.leaves(db.engine)
     db.dispose()
-    key = load_or_create_key(_signing_key_file(settings))
+    key = load_or_create_key(settings.audit_key_file)
     typer.echo(sign(Checkpoint(ORIGIN, len(leaves), root(leaves)), key), nl=False)
 
 
@@ -341,23 +337,142 @@ def audit_verify(
 
 
 def _against_checkpoint(db: Database, settings: Settings, path: Path) -> str | None:
-    """Why the log is not an extension of the checkpoint in ``path`` (None: it is)."""
+    """Why the log is not an extension of the checkpoint in ``path`` (None: it is), by an
+    RFC 9162 consistency proof from the checkpoint's tree to the log's."""
     from audit.checkpoint import CheckpointError, load_or_create_key, parse
-    from audit.merkle import root
+    from audit.merkle import Tree, verify_consistency
 
-    key_file = _signing_key_file(settings)
+    key_file = settings.audit_key_file
     if not key_file.exists():
         return f"the signing key {key_file} is missing"
     try:
         saved = parse(path.read_text(encoding="utf-8"), load_or_create_key(key_file).public_key())
     except (OSError, CheckpointError) as exc:
         return str(exc)
-    leaves = audit.leaves(db.engine, saved.size)
-    if len(leaves) < saved.size:
-        return f"the log has {len(leaves)} entries, the checkpoint {saved.size} (entries removed)"
-    if root(leaves) != saved.root:
+    tree = Tree(audit.leaves(db.engine))
+    if tree.size < saved.size:
+        return f"the log has {tree.size} entries, the checkpoint {saved.size} (entries removed)"
+    if not verify_consistency(saved.size, tree.size, saved.root, tree.root, tree.consistency(saved.size)):
         return f"its first {saved.size} entries are not the ones the checkpoint signed (rewritten)"
     return None
+
+
+@audit_app.command("export")
+def audit_export(
+    patient: Annotated[
+        str | None, typer.Option("--patient", help="Patient/<pseudonym> or the pseudonym: its entries only.")
+    ] = None,
+    since: Annotated[
+        str | None, typer.Option("--since", help="Entries at or after this FHIR date or instant (UTC).")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Write the bundle here (default: stdout).")
+    ] = None,
+    data_dir: DataDir = None,
+    config: ConfigFile = None,
+) -> None:
+    """Write an audit bundle for an outside auditor: the entries (of a patient, since a time),
+    each with its inclusion proof in a checkpoint signed now, earlier checkpoints with
+    consistency proofs, the public key, and a signature over it all. Check it anywhere with
+    `python -m audit.verify_bundle BUNDLE`. The export is itself audited."""
+    from audit.bundle import export_bundle
+    from audit.checkpoint import load_or_create_key
+    from core.search_index import date_range
+    from sidecar.reid import current_operator
+
+    low = date_range(since) if since else None
+    if since and low is None:
+        err_console.print(f"--since: {since!r} is not a FHIR date or instant")
+        raise typer.Exit(2)
+    pseudonym = patient.removeprefix("Patient/") if patient else None
+    settings = _settings(config, data_dir=data_dir)
+    _private_data_dir(settings, create=settings.database_url is None)
+    db = Database(settings)
+    db.migrate()
+    try:
+        with db.transaction() as session:
+            audit.append(
+                session,
+                actor=f"operator:{current_operator()}",
+                action="audit.export",
+                entity=f"Patient/{pseudonym}" if pseudonym else "audit_log",
+                detail={"since": since} if since else {},
+                patients=[pseudonym] if pseudonym else [],
+            )
+        key = load_or_create_key(settings.audit_key_file)
+        since_at = low[0].isoformat(timespec="microseconds") if low else None
+        text = export_bundle(db.engine, key, patient=pseudonym, since=since_at)
+    finally:
+        db.dispose()
+    if out is None:
+        typer.echo(text, nl=False)
+    else:
+        out.write_text(text, encoding="utf-8")
+        console.print(f"audit bundle written to {out}")
+
+
+@audit_app.command("archive")
+def audit_archive(
+    out: Annotated[
+        Path, typer.Option("--out", help="The archive bundle to write (keep it: it is the record).")
+    ],
+    before: Annotated[
+        str | None,
+        typer.Option(
+            "--before", help="Archive entries older than this FHIR date (default: audit_retention_days ago)."
+        ),
+    ] = None,
+    data_dir: DataDir = None,
+    config: ConfigFile = None,
+) -> None:
+    """Retention: move the oldest entries' content into a signed archive bundle, checked before
+    anything is emptied; their hashes stay in the log, so checkpoints and proofs still hold.
+    `python -m audit.verify_bundle FILE` checks the archive later. Audited as audit.archived."""
+    from datetime import UTC, datetime, timedelta
+
+    from audit.archive import archive
+    from audit.checkpoint import load_or_create_key
+    from core.search_index import date_range
+    from sidecar.reid import current_operator
+
+    settings = _settings(config, data_dir=data_dir)
+    bound = date_range(before) if before else None
+    if before and bound is None:
+        err_console.print(f"--before: {before!r} is not a FHIR date or instant")
+        raise typer.Exit(2)
+    cutoff = bound[0] if bound else datetime.now(UTC) - timedelta(days=settings.audit_retention_days)
+    _private_data_dir(settings, create=settings.database_url is None)
+    db = Database(settings)
+    db.migrate()
+    try:
+        done = archive(
+            db.engine,
+            load_or_create_key(settings.audit_key_file),
+            before=cutoff.isoformat(timespec="microseconds"),
+            out=out,
+            actor=f"operator:{current_operator()}",
+        )
+    finally:
+        db.dispose()
+    if done is None:
+        console.print(f"nothing to archive: no entry before {cutoff.isoformat(timespec='seconds')}")
+        return
+    console.print(f"entries {done.first}-{done.last} archived to {out} (sha256 {done.sha256})")
+
+
+@audit_app.command("public-key")
+def audit_public_key(data_dir: DataDir = None, config: ConfigFile = None) -> None:
+    """Print the public half of the audit signing key (PEM): give it to auditors, who check
+    checkpoints and bundles with it (`python -m audit.verify_bundle --key FILE`)."""
+    from cryptography.hazmat.primitives import serialization
+
+    from audit.checkpoint import load_or_create_key
+
+    settings = _settings(config, data_dir=data_dir)
+    _private_data_dir(settings, create=settings.database_url is None)
+    public = load_or_create_key(settings.audit_key_file).public_key()
+    pem = public.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    typer.echo(pem.decode(), nl=False)
 
 
 @app.command()

@@ -376,6 +376,7 @@ def _store(session: Session, job: Job, checked: _Checked, *, now: datetime) -> N
             "inputs": len(body.inputs),
         },
         now=now,
+        patients=[job.patient],
     )
 
 

@@ -110,6 +110,7 @@ def reidentify(
             | ({"login": login} if login else {})
             | ({"refused": refusal} if refusal else {}),
             now=now,
+            patients=[pseudonym] if entry is not None else [],
         )
     if refusal is not None or entry is None:
         raise ReidRefused(f"re-identification refused: {refusal}")

@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import delete, select, update
 
 import audit
-from audit.log import _digest
+from audit.entry_hash import entry_digest
 from audit.merkle import root
 from core.db import Database
 from core.settings import Settings
@@ -127,7 +127,7 @@ def test_an_entry_rewritten_with_every_hash_after_it_is_caught_by_the_checkpoint
             if entry.seq == 20:
                 entry.entity = "Observation/someone-else"  # who touched what, rewritten
             entry.prev_hash = prev
-            entry.hash = _digest(
+            entry.hash = entry_digest(
                 entry.seq,
                 entry.at,
                 entry.actor,

@@ -73,7 +73,7 @@ def test_an_operator_gets_the_identifier_back_and_the_request_is_audited(patient
         "success",
         f"Patient/{patient_id}",
     )
-    assert json.loads(entry.detail) == {"reason": "ticket 4711: lab callback"}
+    assert json.loads(entry.detail) == {"reason": "ticket 4711: lab callback", "patients": [patient_id]}
     assert "MRN7734021" not in entry.detail  # the audit says who asked and why, not the answer
     assert entry.seq == answer["audit_seq"]
 
@@ -160,4 +160,4 @@ def test_the_login_account_is_recorded_beside_the_operator(patient: tuple[Path, 
         db.dispose()
     entry = _audit(data_dir)[-1]
     assert (entry.seq, entry.actor) == (found.audit_seq, "operator:sidecar")
-    assert json.loads(entry.detail) == {"reason": "ticket 4712", "login": "alice"}
+    assert json.loads(entry.detail) == {"reason": "ticket 4712", "login": "alice", "patients": [patient_id]}

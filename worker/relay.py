@@ -8,7 +8,8 @@ order per patient because the pipeline processes one patient's messages in order
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import re
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -30,6 +31,16 @@ _MARK_SENT = (
     .where(_OUTBOX.c.id == bindparam("k_id"))
     .values(sent_at=bindparam("at"), attempts=_OUTBOX.c.attempts + 1)
 )
+
+
+# A CloudEvent's subject, as core.events writes it: found without parsing each event, as the
+# relay publishes hundreds per round.
+_SUBJECT = re.compile(r'"subject": ?"Patient/([^"]{1,64})"')
+
+
+def subjects(bodies: Iterable[str]) -> list[str]:
+    """The patients (pseudonyms) the events concern: an event published is a disclosure."""
+    return sorted({m.group(1) for body in bodies if (m := _SUBJECT.search(body))})
 
 
 class Relay:
@@ -76,6 +87,7 @@ class Relay:
                 entity=f"outbox/{passed[0].id}-{passed[-1].id}",
                 detail={"count": len(passed)},
                 now=now,
+                patients=subjects(r.body for r in passed),
             )
             return len(passed)
 
