@@ -13,7 +13,7 @@ MODEL_STAMP := $(VENV)/.model-installed
 export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TESTS=OFF \
 	-DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_CURL=OFF -DGGML_BLAS=OFF
 
-.PHONY: demo test install clean bench bench-mllp bench-dicom bench-e2e bench-abuse
+.PHONY: demo test install clean bench bench-cli bench-mllp bench-dicom bench-e2e bench-abuse
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,8 +34,9 @@ demo: $(STAMP)
 	$(BIN)/sidecar demo
 
 # Lint, types, architecture contract, then every test (unit, corpus, end-to-end on
-# SQLite + in-process, and on PostgreSQL + RabbitMQ).
+# SQLite + in-process, and on PostgreSQL + RabbitMQ, which .ci/services starts if needed).
 test: $(STAMP) $(MODEL_STAMP)
+	./.ci/services
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy .
@@ -47,6 +48,10 @@ bench: $(STAMP)
 
 bench-mllp: $(STAMP)
 	$(BIN)/python -m bench.mllp
+
+# How long `sidecar --help`, `sidecar stats --json` and `sidecar convert` of one ADT take to answer.
+bench-cli: $(STAMP)
+	$(BIN)/python -m bench.cli_startup
 
 # The whole chain as a user runs it: `sidecar serve` (and, in production, two `sidecar worker`)
 # on PostgreSQL and RabbitMQ at 127.0.0.1; e.g. make bench-e2e E2E_ARGS="--messages 2000 --json e2e.json"

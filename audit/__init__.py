@@ -49,6 +49,7 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
+    # As core.frontdoor.lazy_exports does, written out: the offline verifier may not import core.
     if name in __all__:
         return getattr(importlib.import_module("audit.log"), name)
     raise AttributeError(f"module 'audit' has no attribute {name!r}")

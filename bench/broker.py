@@ -2,8 +2,8 @@
 
     .venv/bin/python -m bench.broker [--events N] [--body-bytes B] [--amqp URL]
 
-DESIGN.md's contract is one CloudEvent per resource version, persistent, with publisher
-confirms. An ORU^R01 with 10 OBX gives 11-12 of them (10 Observations, the report, the
+The event contract (docs/events.md) is one CloudEvent per resource version, persistent, with
+publisher confirms. An ORU^R01 with 10 OBX gives 11-12 of them (10 Observations, the report, the
 patient when it changed). This bench publishes `--events` such events through the
 product's own publisher (`worker.publishers.RabbitPublisher`, batches of 2,000 as the relay
 sends them) into a durable queue of a fresh virtual host, then consumes them, and reads the

@@ -36,30 +36,27 @@ import statistics
 import time
 import warnings
 from collections.abc import Callable
-from pathlib import Path
 
 import pydicom
-from pydicom.data import get_testdata_files
 from pydicom.dataset import Dataset
 
 from deid.dicom import deidentify_dataset
 from deid.vault import Vault
+from tests.corpus import pydicom_shipped_files
 
 Tool = Callable[[Dataset], Dataset]
 
 
 def _load() -> tuple[list[tuple[str, bytes]], int]:
     files, broken = [], 0
-    for name in sorted(get_testdata_files()):
-        if not Path(name).is_file():
-            continue  # the list includes a folder of DICOMDIR test files
-        data = Path(name).read_bytes()
+    for name in pydicom_shipped_files():
+        data = name.read_bytes()
         try:
             pydicom.dcmread(io.BytesIO(data))
         except Exception:
             broken += 1
             continue
-        files.append((Path(name).name, data))
+        files.append((name.name, data))
     return files, broken
 
 

@@ -70,6 +70,7 @@ import pika.exceptions
 import psycopg
 
 from bench.e2e_messages import is_adt, message, seq_of_control_id, seq_of_event
+from bench.mllp import fresh_pg
 
 REPO = Path(__file__).resolve().parents[1]
 LANES = 4
@@ -579,18 +580,6 @@ def _libpq(url: str) -> str:
 
 
 @contextmanager
-def fresh_database(admin_url: str) -> Iterator[str]:
-    name = f"bench_e2e_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield admin_url.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://") + "/" + name
-    finally:
-        with psycopg.connect(admin_url, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-@contextmanager
 def fresh_vhost(amqp_base: str) -> Iterator[str]:
     vhost = f"bench-e2e-{uuid.uuid4().hex[:10]}"
     try:
@@ -997,8 +986,8 @@ def _run_mode(mode: str, args: argparse.Namespace, workdir: Path, out: dict[str,
             alone_url = None
             deployment = Embedded(mode, workdir)
         else:
-            alone_url = stack.enter_context(fresh_database(args.pg)) if not args.skip_waiting else None
-            database_url = stack.enter_context(fresh_database(args.pg))
+            alone_url = stack.enter_context(fresh_pg(args.pg)) if not args.skip_waiting else None
+            database_url = stack.enter_context(fresh_pg(args.pg))
             broker_url = stack.enter_context(fresh_vhost(args.amqp))
             deployment = Production(mode, workdir, database_url, broker_url, args.pg)
         if not args.skip_waiting:

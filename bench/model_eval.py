@@ -57,7 +57,7 @@ from sidecar import hospital
 from sidecar.convert import Converted, convert_dicom, convert_file
 from tests.corpus import shared_dir
 from tests.fixtures.messages import ADT_A01, ORU_R01
-from worker.pipeline import DicomPipelineOptions
+from worker.options import DicomPipelineOptions
 
 __all__ = [
     "DETERMINISTIC",

@@ -7,25 +7,21 @@ batch is one message and latency is a single commit; with many senders (or a sen
 that pipelines), batches grow by themselves and the fsync is shared — no timer, so a
 quiet listener never waits. Frames submitted in one turn of the event loop reach the
 thread as one hand-over at the next turn: handing them over one by one woke the thread
-for a batch of one while the rest were still being framed (8 pipelining senders: ~2.5x
-the batches and ~25% less throughput, measured with bench/mllp.py).
+for a batch of one while the rest were still being framed.
 
 A failing commit fails every future of its batch: each sender gets AE/CE and resends.
 So do frames gathered when the committer stops, before their burst was handed over.
 
 ``inline=True`` commits a small burst on the event loop itself, at that next turn, when
 the writer thread has nothing in hand: for a sink whose commit is one short local write
-(the intake journal, connectors.journal). For one sender waiting for each ACK the two
-thread hand-overs (queue to the writer, call_soon_threadsafe back) cost about 0.1 ms, a
-fifth of what its whole round trip may take. Larger bursts, and anything arriving while the
-thread is busy, go to the thread as before, so under load the loop keeps reading and
-answering while a commit runs (committing everything on the loop raised the p99 latency of
-8 pipelining senders); and since an inline commit waits for the thread to be idle, commits
-keep the order in which frames arrived. The inbox's own commit (several statements; on
-PostgreSQL a round trip to a server) always goes to the thread: committing PostgreSQL's
-one-statement lone message on the loop gained ~6% for one waiting sender (1,421 against
-1,340 msg/s, medians of 3 alternating rounds), within the noise, and a server that stops
-answering would freeze the loop: no reads, no error answers, no idle timeouts.
+(the intake journal, connectors.journal): for one sender waiting for each ACK the two
+thread hand-overs are a good part of its round trip. Larger bursts, and anything arriving
+while the thread is busy, go to the thread as before, so under load the loop keeps reading
+and answering while a commit runs; and since an inline commit waits for the thread to be
+idle, commits keep the order in which frames arrived. The inbox's own commit (several
+statements; on PostgreSQL a round trip to a server) always goes to the thread: a server
+that stops answering would freeze the loop (no reads, no error answers, no idle timeouts).
+The measurements behind these choices: docs/intake.md, "How the intake commits".
 """
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ import threading
 import time
 import uuid
 from collections.abc import Sequence
-from contextlib import closing, suppress
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -243,24 +243,6 @@ def _record(
     return JournalRecord(int(seq), raw, source, peer, at, message)
 
 
-def pending_in_journal(path: Path, moved_seq: int) -> int:
-    """Messages acknowledged and journaled but not yet in the inbox, read from outside the
-    listener's process (``sidecar stats``); 0 when there is no journal file."""
-    if not path.exists():
-        return 0
-    with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as connection:
-        row = connection.execute("SELECT COUNT(*) FROM messages WHERE seq > ?", (moved_seq,)).fetchone()
-    return int(row[0])
-
-
-def journal_id_of(path: Path) -> str | None:
-    if not path.exists():
-        return None
-    with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as connection:
-        row = connection.execute("SELECT value FROM meta WHERE key = 'journal_id'").fetchone()
-    return None if row is None else str(row[0])
-
-
 class JournaledInbox:
     """A MessageSink for the MLLP listener: ``commit_many`` returns once the messages are in
     the journal (receipts without an inbox id); the mover stores them in ``inbox``, then
@@ -287,12 +269,16 @@ class JournaledInbox:
         self._stop = threading.Event()
         self._idle = threading.Condition()
         self._thread: threading.Thread | None = None
+        self._opened = False
         self._fresh: collections.deque[JournalRecord] = collections.deque()
         self._fresh_lock = threading.Lock()
         self.last_moved_at = 0.0  # time.monotonic() of the last batch stored (benchmarks)
 
-    def start(self) -> None:
-        """Open the journal and start moving, beginning with what a previous run left."""
+    def open(self) -> None:
+        """Open (and lock) the journal and read how far the inbox has it: a second process on
+        the same data directory fails here (JournalLocked). ``start`` opens it if needed."""
+        if self._opened:
+            return
         self._journal.open()
         try:
             self._moved = self._inbox.journal_position(self._journal.journal_id)
@@ -301,6 +287,11 @@ class JournaledInbox:
             raise
         self._forgotten = self._moved
         self._set_backlog()
+        self._opened = True
+
+    def start(self) -> None:
+        """Start moving, beginning with what a previous run left."""
+        self.open()
         self._thread = threading.Thread(target=self._run, name="journal-mover", daemon=True)
         self._thread.start()
 

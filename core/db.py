@@ -11,11 +11,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
+from core.revision import head_revision
 from core.zones import sqlite_authorizer
 
 if TYPE_CHECKING:
@@ -84,8 +84,24 @@ def _limit_to_model_zone(engine: Engine) -> None:
         dbapi_conn.set_authorizer(sqlite_authorizer())
 
 
+def is_current(engine: Engine) -> bool:
+    """Whether the schema is already at ``head_revision()``."""
+    try:
+        with engine.connect() as conn:
+            found = conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
+    except DBAPIError:  # no table yet (a new database), or none reachable: let Alembic say
+        return False
+    return found == [head_revision()]
+
+
 def migrate(engine: Engine) -> None:
-    """Bring the schema to the newest Alembic revision (idempotent)."""
+    """Bring the schema to the newest Alembic revision (idempotent). Alembic (a quarter of a
+    second to import and read its scripts) is loaded only when there is something to do."""
+    if is_current(engine):
+        return
+    from alembic import command
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     with engine.begin() as conn:

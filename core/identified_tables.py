@@ -9,7 +9,6 @@ authorizer). Status columns hold StrEnum values; timestamps are timezone-aware U
 from __future__ import annotations
 
 from datetime import datetime
-from enum import StrEnum
 
 from sqlalchemy import (
     BigInteger,
@@ -26,6 +25,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column
 
 from core.model_tables import Base, BigId
+from core.statuses import AppAckStatus, InboxStatus
 
 __all__ = [
     "AppAck",
@@ -39,18 +39,6 @@ __all__ = [
     "QuarantineEntry",
     "ReidEntry",
 ]
-
-
-class InboxStatus(StrEnum):
-    RECEIVED = "received"  # durable, acknowledged, not yet through the pipeline
-    PROCESSED = "processed"
-    FAILED = "failed"  # permanently; a dead letter names the reason
-
-
-class AppAckStatus(StrEnum):
-    PENDING = "pending"  # to be delivered (again) at due_at
-    SENT = "sent"  # the sender's system confirmed it
-    FAILED = "failed"  # gave up after the attempts allowed; a dead letter names the reason
 
 
 class InboxEntry(Base):

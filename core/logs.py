@@ -16,6 +16,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, TextIO
 
 from core.ratelimit import TokenBucket
@@ -41,9 +42,16 @@ class JsonLinesFormatter(logging.Formatter):
         return json.dumps(payload, default=str, ensure_ascii=False)
 
 
-def configure_logging(level: str = "INFO", stream: TextIO | None = None) -> None:
-    handler = logging.StreamHandler(stream or sys.stderr)
+def configure_logging(level: str = "INFO", stream: TextIO | None = None, file: Path | None = None) -> None:
+    """JSON lines to ``stream`` (default stderr), or appended to ``file``. Python warnings
+    (a library's ``warnings.warn``) become log lines too, rather than bare text on stderr."""
+    handler: logging.Handler
+    if file is not None:
+        handler = logging.FileHandler(file, encoding="utf-8")
+    else:
+        handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonLinesFormatter())
+    logging.captureWarnings(True)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -11,7 +11,6 @@ Status columns hold StrEnum values, never free text; timestamps are timezone-awa
 from __future__ import annotations
 
 from datetime import datetime
-from enum import StrEnum
 
 from sqlalchemy import (
     BigInteger,
@@ -25,6 +24,8 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from core.statuses import JobOutputKind, JobStatus
 
 __all__ = [
     "AuditCheckpoint",
@@ -54,13 +55,6 @@ BigId = BigInteger().with_variant(Integer, "sqlite")
 
 class Base(DeclarativeBase):
     pass
-
-
-class JobStatus(StrEnum):
-    PENDING = "pending"
-    RUNNING = "running"
-    DONE = "done"
-    FAILED = "failed"
 
 
 class Resource(Base):
@@ -215,11 +209,6 @@ class Job(Base):
     # failed and every later screening of it is refused; worker.screen).
     screenings: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     screen_leak: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
-
-
-class JobOutputKind(StrEnum):
-    SUMMARY = "summary"  # body: verified sentences, citations, inputs, prompt, model (docs/model-contract.md)
-    FAILED = "failed"  # code and reason
 
 
 class JobOutput(Base):

@@ -577,6 +577,11 @@ class Settings(BaseSettings):
     )
     summary_max_sentences: int = Field(12, ge=1, le=60, description="Most sentences a summary may have.")
     log_level: str = Field("INFO", description="Python log level of the JSON-lines logs.")
+    log_file: Path | None = Field(
+        None,
+        description="Append the JSON-lines logs (of every process `sidecar serve` starts) to this file "
+        "instead of stderr. `sidecar demo` sets <data_dir>/sidecar.log.",
+    )
 
     @classmethod
     def settings_customise_sources(

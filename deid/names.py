@@ -39,6 +39,11 @@ def _load(name: str) -> tuple[str, ...]:
     return tuple(line.strip() for line in lines if line.strip() and not line.startswith("#"))
 
 
+def _words(name: str) -> list[str]:
+    """A whitespace-separated word list of ``deid/data`` (comment lines left out)."""
+    return [w for line in _load(name) for w in line.split()]
+
+
 @cache
 def english_given() -> frozenset[str]:
     return frozenset(n.casefold() for n in _load("en_given.txt"))
@@ -108,27 +113,7 @@ _EN_SURNAME_FIRST = re.compile(r"(?<![A-Za-z])(?P<name>[A-Z][a-z]+,[ \t]*[A-Z][a
 
 # Eponyms: a person's name that names a disease, sign or device. Kept unless a title
 # makes it a person ("Dr. Parkinson").
-_EPONYMS = frozenset(
-    n.casefold()
-    for n in """
-        Addison Alzheimer Apgar Asperger Babinski Baker Barrett Barton Behcet Bell Bennett
-        Billroth Bowen Brudzinski Buerger Burkitt Charcot Cheyne Stokes Colles Conn Crohn
-        Cushing Doppler Down Dupuytren Ewing Fallot Foley Gilbert Glasgow Gleason Graves
-        Guillain Barre Hartmann Hashimoto Heimlich Hirschsprung Hodgkin Holter Homan Horner
-        Huntington Jones Kaposi Kawasaki Kernig Klinefelter Korsakoff Kussmaul Lyme Marfan
-        McBurney Meckel Meniere Monteggia Morton Murphy Nissen Osgood Paget Parkinson Perthes
-        Pott Raynaud Reiter Reye Romberg Roux Schlatter Sjogren Smith Stevens Johnson Swan Ganz
-        Tourette Trendelenburg Turner Valsalva Virchow Waldenstrom Wegener Wernicke Whipple
-        Wilms Wilson Wolff White Gram Ziehl Neelsen Papanicolaou Pap Bartholin Cowper Langerhans
-        Lewy Meigs Mallory Weiss Zollinger Ellison Budd Chiari Arnold Dandy Walker Tinel Phalen
-        Finkelstein Lachman McMurray Thompson Allen Adson Spurling Hoffmann Chvostek Trousseau
-        Cullen Grey Turner Rovsing Rinne Weber Snellen Ishihara Mantoux Coombs Widal Schilling
-        Bence Westergren Wintrobe Gomori Giemsa Wright Jaeger Epley Dix Hallpike Brugada Mobitz
-        Wenckebach Osborn Austin Flint Graham Steell Duroziez Quincke Corrigan Kerley Fleischner
-        Hampton Westermark Kussmaul Cheyne Bouchard Heberden Osler Janeway Roth Levine Lown
-        Killip Forrester Child Pugh Ranson Glasgow Wells Geneva Caprini Braden Norton Morse
-    """.split()  # noqa: SIM905
-)
+_EPONYMS = frozenset(w.casefold() for w in _words("en_eponyms.txt"))
 _EPONYM_HEADS = re.compile(
     r"^(?:'s|’s)?\s*(?:disease|syndrome|sign|signs|test|lymphoma|sarcoma|palsy|procedure|fracture|"
     r"classification|score|scale|criteria|maneuver|manoeuvre|reflex|phenomenon|tube|catheter|"
@@ -139,50 +124,10 @@ _EPONYM_HEADS = re.compile(
     re.IGNORECASE,
 )
 # Capitalised words that follow cues but are not names.
-_EN_STOP = frozenset(
-    w.casefold()
-    for w in """
-        The A An This That These Those He She His Her They Their It Its We Our I You Your
-        Patient Pt No Not None Nil Yes Left Right Bilateral Upper Lower Middle Lobe Chest
-        Abdomen Pelvis Head Neck Normal Abnormal Negative Positive Stable Unchanged New Old
-        Acute Chronic Mild Moderate Severe Today Tomorrow Yesterday Monday Tuesday Wednesday
-        Thursday Friday Saturday Sunday January February March April May June July August
-        September October November December Jan Feb Mar Apr Jun Jul Aug Sep Sept Oct Nov Dec
-        Report Impression Findings Finding Conclusion Comparison Technique History Clinical
-        Indication Diagnosis Plan Assessment Exam Examination CT MRI MR US PET Xray X-ray ECG
-        EKG Lab Labs Blood Urine Specimen Sample Result Results Note Notes Comment Comments
-        Signed Dictated Reviewed Verified Electronically Hospital Clinic Department Ward Unit
-        Room Bed Floor Radiology Pathology Cardiology Oncology Surgery Medicine Emergency ICU ER
-        ED OR Nursing Pharmacy Laboratory Admission Discharge Follow Followup Return Call Phone
-        Tel Fax Email Mobile Address Contact Mr Mrs Ms Dr Miss Prof Nurse Doctor Family Friend
-        Son Daughter Wife Husband Mother Father Brother Sister Spouse Partner Guardian Given
-        Also Both All Any Each Per Via For From To In On At By With And Or Of As If Is Was Were
-        Be Been Has Have Had Will Shall Should Would Could Can May Might Must Who Whom Which
-        What When Where Why How Further Prior Previous Current Initial Final Repeat Page Unknown
-        Team Service Staff Attending Resident Consultant Registrar Fellow Intern Technologist
-        Ground Glass Nodule Nodules Mass Lesion Effusion Opacity Consolidation Edema Fracture
-        Tumor Cancer Grade Stage Type Score Level Total Dose Tablet Tablets Capsule Daily Twice
-        Once Oral IV PO Mg Ml Mmol Units Hours Days Weeks Months Years Age Sex Male Female Man
-        Woman Boy Girl Baby Infant Practitioner Practitioners Manager Specialist Educator
-        Anesthetist Midwife Assistant Aide Technician Coordinator Navigator Station Call
-        Practice Consultant Surgeon Physician Registrar Therapist
-    """.split()  # noqa: SIM905
-)
+_EN_STOP = frozenset(w.casefold() for w in _words("en_stop_words.txt"))
 
 # Capitalised words that may stand right before a name without being its given name.
-NOT_GIVEN = (
-    _EN_STOP
-    | frozenset(
-        w.casefold()
-        for w in """
-            Professor Sister Brother Dear Hello Hi Thank Thanks Signed Seen Reviewed Called
-            Informed Spoke Discussed Attn Rev Sr Fr Then Than When After Before Since Because
-            Although However Please Ask Asked Tell Told Note Noted Per Dictated Transcribed
-            Verified Approved Examined Mrs Ms Mx Mme
-        """.split()  # noqa: SIM905
-    )
-    | _EPONYMS
-)
+NOT_GIVEN = _EN_STOP | frozenset(w.casefold() for w in _words("en_not_given.txt")) | _EPONYMS
 
 
 def _en_tokens(name: str) -> list[str]:
@@ -338,188 +283,7 @@ _ZH_STOP_CHARS = frozenset(
     "检查治疗术诊断见示呈约伴及左右上下内外双单"
 )
 # Never part of a name: clinical terms (many start with a surname character) and staff titles.
-_ZH_PROTECTED = (
-    "右肺上叶",
-    "右肺中叶",
-    "右肺下叶",
-    "左肺上叶",
-    "左肺下叶",
-    "叶间裂",
-    "叶间胸膜",
-    "王氏综合征",
-    "高血压",
-    "高血糖",
-    "高血脂",
-    "高脂血症",
-    "高热",
-    "高度",
-    "高密度",
-    "低密度",
-    "白细胞",
-    "白蛋白",
-    "白内障",
-    "白血病",
-    "黄疸",
-    "黄染",
-    "黄色",
-    "黄体",
-    "安静",
-    "明显",
-    "明日",
-    "明确",
-    "常规",
-    "平素",
-    "平扫",
-    "康复",
-    "时有",
-    "时间",
-    "应用",
-    "方法",
-    "全身",
-    "全血",
-    "向上",
-    "向下",
-    "于今",
-    "由于",
-    "经过",
-    "经皮",
-    "经治",
-    "经口",
-    "主管医生",
-    "主管医师",
-    "主管护士",
-    "管床",
-    "门诊",
-    "门静脉",
-    "钟点",
-    "胡言",
-    "文字",
-    "关节",
-    "石膏",
-    "史密斯",
-    "毛玻璃",
-    "毛刺",
-    "毛细",
-    "边缘",
-    "边界",
-    "包块",
-    "包膜",
-    "包裹",
-    "宁静",
-    "齐平",
-    "程度",
-    "程序",
-    "曲线",
-    "屈曲",
-    "伸展",
-    "甘油",
-    "柯氏",
-    "艾滋",
-    "洪脉",
-    "牛奶",
-    "乳腺",
-    "苗条",
-    "谷丙",
-    "谷草",
-    "谷氨酰",
-    "钙化",
-    "房颤",
-    "房室",
-    "房间隔",
-    "童年",
-    "成人",
-    "成年",
-    "成形",
-    "华法林",
-    "杜冷丁",
-    "卫生",
-    "安全",
-    "戴口罩",
-    "车祸",
-    "冷静",
-    "孔径",
-    "尤其",
-    "相关",
-    "相当",
-    "马上",
-    "和平",
-    "金属",
-    "凌晨",
-    "毕业",
-    "史称",
-    "易感",
-    "易激惹",
-    "景象",
-    "晋升",
-    "管状",
-    "管壁",
-    "管腔",
-    "官能",
-    "高信号",
-    "低信号",
-    "等信号",
-    "高回声",
-    "高峰",
-    "高危",
-    "高龄",
-    "高级",
-    "高位",
-    "高钾",
-    "高钠",
-    "高钙",
-    "高糖",
-    "高尿酸",
-    "张力",
-    "张口",
-    "扩张",
-    "紧张",
-    "张开",
-    "韦氏",
-    "罗氏",
-    "唐氏",
-    "魏氏",
-    "许氏",
-    "柯萨奇",
-    "葛根",
-    "杨梅",
-    "龙胆",
-    "夏季",
-    "秋季",
-    "冬季",
-    "春季",
-    "雷诺",
-    "强直",
-    "强化",
-    "潘生丁",
-    "白癜风",
-    "田字",
-    "左侧",
-    "左心",
-    "左室",
-    "左房",
-    "左叶",
-    "路径",
-    "连续",
-    "连接",
-    "戚戚",
-    "向量",
-    "方向",
-    "方案",
-    "蒋氏",
-    "胡桃",
-    "苏醒",
-    "于是",
-    "江湖",
-    "司机",
-    "诸如",
-    "家属",
-    "患者",
-    "病人",
-    "医生",
-    "医师",
-    "护士",
-    "家人",
-)
+_ZH_PROTECTED = _load("zh_protected_terms.txt")
 _ZH_SURNAMES = chinese_surnames()
 _ZH_PROTECTED_RE = re.compile("|".join(sorted(map(re.escape, _ZH_PROTECTED), key=len, reverse=True)))
 

@@ -19,15 +19,31 @@ from ``core.errors``).
 DICOM: ``mapping.dicom.map_dataset`` maps one instance (a pydicom Dataset) to its ImagingStudy
 and a Patient stub, with patient keys and identifying values as above; ``merge_studies`` puts
 the instances of one study together.
+
+Members load on first use (``core.frontdoor``): ``sidecar stats`` reads a constant of
+``mapping.ids`` without loading the mapping tables.
 """
 
-from mapping.coverage import report_lines
-from mapping.message import map_message
-from mapping.model import MappedMessage, MappingOptions, PatientKey, UnmappedItem
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from core.frontdoor import lazy_exports
+
+if TYPE_CHECKING:
+    from mapping.coverage import report_lines
+    from mapping.message import map_message
+    from mapping.model import MappedMessage, MappingOptions, PatientKey, UnmappedItem
 
 __all__ = ["MappedMessage", "MappingOptions", "PatientKey", "UnmappedItem", "map_message", "report_lines"]
-
-# Users see mapping.X, not the private module it lives in (as httpx does).
-for _name in __all__:
-    globals()[_name].__module__ = "mapping"
-del _name
+__getattr__ = lazy_exports(
+    __name__,
+    {
+        "MappedMessage": "mapping.model",
+        "MappingOptions": "mapping.model",
+        "PatientKey": "mapping.model",
+        "UnmappedItem": "mapping.model",
+        "map_message": "mapping.message",
+        "report_lines": "mapping.coverage",
+    },
+)

@@ -27,6 +27,7 @@ Segments before the first PID belong to the message's (first) patient.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from core.errors import MappingError
@@ -493,76 +494,92 @@ class _Walker:
         self.close()
 
     def step(self, seg: Segment) -> None:
-        name = seg.name
-        if name == "NTE":
-            self.note(seg)
-            return
-        self.last = None
-        if name == "PID":
-            self.close()
-            self.first_pid = None
-            self.specimen_id = None
-            self.take_pid(seg)
-            return
-        if name == "PV1":
-            patient = self.patient
-            if patient is not None and patient.encounter_id is None and seg.has_content():
-                map_pv1(seg, patient, self.ctx)
-            else:
+        if seg.name != "NTE":
+            self.last = None  # a note belongs to the segment right before it
+        if (take := _SEGMENT_STEPS.get(seg.name)) is not None:
+            take(self, seg)
+        elif (bound := _PATIENT_SEGMENTS.get(seg.name)) is not None:
+            patient = self.current()
+            if patient is None or bound(self, seg, patient) is False:
                 self.ctx.skip(seg)
-            return
-        if name in ("PD1", "PV2"):
-            mapper = map_pd1 if name == "PD1" else map_pv2
-            if not mapper(seg, self.patient, self.ctx):
-                self.ctx.skip(seg)
-            return
-        if name == "ORC":
-            group = self.group
-            if self.orc_follows_obr and group is not None and group.obr is not None and group.orc is None:
-                group.orc = seg
-            else:
-                self.open(seg)
-            return
-        if name in _DETAILS:
-            self.detail(seg)
-            return
-        if name == "RXR" and self.group is not None and self.group.rxr is None and self.group.obr is None:
-            self.group.rxr = seg
-            return
-        patient = self.current() if name in ("OBX", "SPM", "PRB", "DG1", "AL1", "PR1", "FT1", "IN1") else None
-        if patient is None:
+        else:
             self.ctx.skip(seg)
-        elif name == "OBX":
-            if seg.value(3) or seg.raw(5):
-                self.observation(seg, patient)
-            else:
-                self.ctx.skip(seg)
-        elif name == "SPM":
-            self.specimen(seg, patient)
-        elif name == "PRB":
-            self.problem(seg, patient)
-        elif name in ("AL1", "DG1", "PR1"):
-            self.clinical(seg, patient)
-        elif name == "FT1":
-            self.charge(seg, patient)
-        elif not map_in1(seg, patient, self.ctx.position(seg), self.ctx):  # IN1
+
+    def pid(self, seg: Segment) -> None:
+        self.close()
+        self.first_pid = None
+        self.specimen_id = None
+        self.take_pid(seg)
+
+    def pv1(self, seg: Segment) -> None:
+        patient = self.patient
+        if patient is not None and patient.encounter_id is None and seg.has_content():
+            map_pv1(seg, patient, self.ctx)
+        else:
+            self.ctx.skip(seg)
+
+    def visit_detail(self, seg: Segment) -> None:
+        mapper = map_pd1 if seg.name == "PD1" else map_pv2
+        if not mapper(seg, self.patient, self.ctx):
+            self.ctx.skip(seg)
+
+    def orc(self, seg: Segment) -> None:
+        group = self.group
+        if self.orc_follows_obr and group is not None and group.obr is not None and group.orc is None:
+            group.orc = seg
+        else:
+            self.open(seg)
+
+    def rxr(self, seg: Segment) -> None:
+        group = self.group
+        if group is not None and group.rxr is None and group.obr is None:
+            group.rxr = seg
+        else:
             self.ctx.skip(seg)
 
     def detail(self, seg: Segment) -> None:
         group = self.group
         if group is None or not group.accepts(seg.name):
             group = self.open(None)
-        name = seg.name
-        if name == "OBR":
-            group.obr = seg
-        elif name == "RXO":
-            group.rxo = seg
-        elif name == "RXE":
-            group.rxe = seg
-        elif name == "RXD":
-            group.rxd = seg
-        else:
+        if seg.name == "RXA":
             group.rxa.append(seg)
+        else:
+            setattr(group, seg.name.lower(), seg)  # obr, rxo, rxe, rxd
+
+    def observation_segment(self, obx: Segment, patient: PatientRef) -> bool:
+        if not (obx.value(3) or obx.raw(5)):
+            return False
+        self.observation(obx, patient)
+        return True
+
+    def insurance(self, in1: Segment, patient: PatientRef) -> bool:
+        return map_in1(in1, patient, self.ctx.position(in1), self.ctx)
+
+
+# How the walk takes each segment it maps: the segments that shape the walk (patient, visit,
+# order groups) ...
+_SEGMENT_STEPS: dict[str, Callable[[_Walker, Segment], None]] = {
+    "NTE": _Walker.note,
+    "PID": _Walker.pid,
+    "PV1": _Walker.pv1,
+    "PD1": _Walker.visit_detail,
+    "PV2": _Walker.visit_detail,
+    "ORC": _Walker.orc,
+    "RXR": _Walker.rxr,
+    **dict.fromkeys(_DETAILS, _Walker.detail),
+}
+# ... and those mapped under the current patient (skipped without one, or when the map
+# answers False: nothing in the segment to map).
+_PATIENT_SEGMENTS: dict[str, Callable[[_Walker, Segment, PatientRef], bool | None]] = {
+    "OBX": _Walker.observation_segment,
+    "SPM": _Walker.specimen,
+    "PRB": _Walker.problem,
+    "AL1": _Walker.clinical,
+    "DG1": _Walker.clinical,
+    "PR1": _Walker.clinical,
+    "FT1": _Walker.charge,
+    "IN1": _Walker.insurance,
+}
 
 
 def map_generic(ctx: Context) -> None:

@@ -28,20 +28,24 @@ _MESSAGE_TYPE = re.compile(r"[A-Z0-9]{3}(\^[A-Z0-9]{1,4})?")
 _HL7_CODE = re.compile(r"[A-Z]{3}")
 
 
-def _mapper(code: str, trigger: str) -> Callable[[Context], None]:
-    if code == "ADT":
-        return map_adt
-    if code == "ORU" and trigger in RESULT_TRIGGERS:
-        return map_oru
-    if (code, trigger) in (("ORM", "O01"), ("OML", "O21")):
-        return map_orders
-    if code == "MDM" and trigger in DOCUMENT_TRIGGERS:
-        return map_mdm
-    if code == "SIU" and trigger in SCHEDULE_TRIGGERS:
-        return map_siu
-    if code == "VXU" and trigger == "V04":
-        return map_vxu
-    return map_generic  # segment by segment, the rest reported (see mapping.generic)
+Mapper = Callable[[Context], None]
+
+# The message types with a map of their own: MSH-9.1, the triggers it covers (None: all), the
+# map. Every other message goes segment by segment, the rest reported (mapping.generic).
+_MESSAGE_MAPS: dict[str, tuple[frozenset[str] | None, Mapper]] = {
+    "ADT": (None, map_adt),
+    "ORU": (frozenset(RESULT_TRIGGERS), map_oru),
+    "ORM": (frozenset({"O01"}), map_orders),
+    "OML": (frozenset({"O21"}), map_orders),
+    "MDM": (frozenset(DOCUMENT_TRIGGERS), map_mdm),
+    "SIU": (frozenset(SCHEDULE_TRIGGERS), map_siu),
+    "VXU": (frozenset({"V04"}), map_vxu),
+}
+
+
+def _mapper(code: str, trigger: str) -> Mapper:
+    triggers, mapper = _MESSAGE_MAPS.get(code, (frozenset(), map_generic))
+    return mapper if triggers is None or trigger in triggers else map_generic
 
 
 def _map(text: str, options: MappingOptions) -> MappedMessage:

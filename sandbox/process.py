@@ -14,6 +14,7 @@ from __future__ import annotations
 import multiprocessing.connection
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 from core.children import ChildLink
 from core.db import Database
@@ -33,6 +34,7 @@ class SandboxConfig:
     screen_timeout_s: float
     poll_interval_s: float
     log_level: str = "INFO"
+    log_file: Path | None = None  # log_file: None writes to stderr
     nice: int = 0
     language: str = "en"  # summary_language
     max_sentences: int = 12  # summary_max_sentences
@@ -42,7 +44,7 @@ def run_sandbox_child(
     conn: multiprocessing.connection.Connection, parent: int, config: SandboxConfig
 ) -> None:
     """Due jobs until told to stop; then every pending one (coalescing is only a delay)."""
-    configure_logging(config.log_level)
+    configure_logging(config.log_level, file=config.log_file)
     link = ChildLink(conn, parent, nice=config.nice)
     db = Database(url=config.database_url, model_zone=True)
     screen = LinkScreen(link, config.screen_timeout_s)

@@ -9,7 +9,6 @@ worker`` runs it), relay → RabbitMQ exchange, summary jobs → ``sidecar sandb
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import ssl
 import time
@@ -40,6 +39,7 @@ from core.tasks import LANE_TASK, SANDBOX_QUEUE, SUMMARY_TASK, lane_queue, make_
 from sandbox.runner import due_job_ids, requeue_stalled
 from sidecar.api import ApiServer, api_server
 from sidecar.api_guard import raise_fd_limit
+from sidecar.lifecycle import Part, Parts, loop_part
 from sidecar.loops import Loop
 from sidecar.outputs import OutputIntake
 from sidecar.sandbox_process import sandbox_process
@@ -267,6 +267,47 @@ class SidecarApp:
                 self.inbox,
                 on_committed=self._on_committed,
             )
+        self.parts = Parts(self._parts())
+
+    def _parts(self) -> list[Part]:
+        """Everything `serve` runs, in start order; stopped in reverse (sidecar.lifecycle).
+        The audit loops and the relay outlive the pipeline and the model zone, to checkpoint,
+        forward and publish what their drain leaves; the journal drains into the inbox
+        before the pipeline stops; the listeners start last and stop first."""
+        parts = [loop_part(loop.name, loop) for loop in self.audit_loops]
+        parts.append(loop_part("relay", self.relay_loop))
+        if self.app_ack_loop is not None:  # what is still due stays in app_acks for the next start
+            parts.append(loop_part("app-acks", self.app_ack_loop, final_round=False))
+        if self.sandbox is not None:  # its stop runs what is pending first
+            parts.append(Part("sandbox", self.sandbox.start, self.sandbox.stop))
+        if self.pipeline is not None:
+            parts.append(Part("pipeline", self.pipeline.start, self.pipeline.stop))
+        if self.dispatch_loop is not None:  # its final round hands over what the last ACKs stored
+            parts.append(loop_part("dispatch", self.dispatch_loop))
+        parts.append(loop_part("sweeper", self.sweeper, final_round=False))
+        # Entries acknowledged before a crash go first.
+        parts.append(Part("sweep", lambda: self._sweep(age_s=0.0), lambda _t: None))
+        if self.journal is not None:
+            parts.append(Part("journal", self.journal.start, self.journal.stop))
+        if self.settings.metrics_port is not None:
+            port, host = self.settings.metrics_port, self.settings.metrics_host
+            parts.append(
+                Part("metrics", lambda: start_http_server(port, host, self.metrics.registry), lambda _t: None)
+            )
+        if self.api is not None:
+            api = self.api
+            parts.append(Part("api", api.start, lambda _t: api.stop()))
+        parts.append(Part("mllp", self.server.start, self._stop_mllp))
+        if self.drop_folder is not None:
+            drop_folder = self.drop_folder
+            parts.append(Part("drop-folder", drop_folder.start, lambda _t: drop_folder.stop()))
+        if self.dicom is not None:
+            dicom = self.dicom
+            parts.append(Part("dicom", dicom.start, lambda _t: dicom.stop()))
+        return parts
+
+    async def _stop_mllp(self, timeout_s: float) -> None:
+        await self.server.stop(drain_timeout_s=min(10.0, timeout_s))
 
     @property
     def port(self) -> int:
@@ -274,59 +315,14 @@ class SidecarApp:
 
     async def start(self) -> None:
         if self.journal is not None:
-            # First: a second process on this data directory stops here, before anything
-            # runs; and what a previous run journaled goes into the inbox before new input.
-            self.journal.start()
-        if self.pipeline is not None:
-            await asyncio.to_thread(self.pipeline.start)
-        if self.dispatch_loop is not None:
-            self.dispatch_loop.start()
-        self.relay_loop.start()
-        if self.app_ack_loop is not None:
-            self.app_ack_loop.start()
-        if self.sandbox is not None:
-            await asyncio.to_thread(self.sandbox.start)
-        self.sweeper.start()
-        for loop in self.audit_loops:
-            loop.start()
-        self._sweep(age_s=0.0)  # entries acknowledged before a crash go first
-        if self.settings.metrics_port is not None:
-            start_http_server(self.settings.metrics_port, self.settings.metrics_host, self.metrics.registry)
-        if self.api is not None:
-            await asyncio.to_thread(self.api.start)
-        await self.server.start()
-        if self.drop_folder is not None:
-            self.drop_folder.start()
-        if self.dicom is not None:
-            self.dicom.start()
+            # First: a second process on this data directory stops here, before anything runs.
+            self.journal.open()
+        await self.parts.start()
         log.info("listening", extra={"port": self.port, "embedded": self.settings.embedded})
 
     async def stop(self, drain_timeout_s: float = 30.0) -> None:
         """Stop accepting, finish what was acknowledged, publish what was stored."""
-        await self.server.stop(drain_timeout_s=min(10.0, drain_timeout_s))
-        if self.journal is not None:
-            await asyncio.to_thread(self.journal.stop, drain_timeout_s)
-        if self.dicom is not None:
-            await asyncio.to_thread(self.dicom.stop)
-        if self.api is not None:
-            await asyncio.to_thread(self.api.stop)
-        if self.drop_folder is not None:
-            await asyncio.to_thread(self.drop_folder.stop)
-        self.sweeper.stop()
-        if self.pipeline is not None:
-            await asyncio.to_thread(self.pipeline.stop, drain_timeout_s)
-        if self.dispatch_loop is not None:
-            self.dispatch_loop.stop()
-            self.dispatch_loop.run_round()  # hand over what the last ACKs stored
-        if self.sandbox is not None:
-            await asyncio.to_thread(self.sandbox.stop, drain_timeout_s)  # runs what is pending first
-        self.relay_loop.stop()
-        self.relay_loop.run_round()
-        if self.app_ack_loop is not None:
-            self.app_ack_loop.stop()  # what is still due stays in app_acks for the next start
-        for loop in reversed(self.audit_loops):
-            loop.stop()
-            loop.run_round()  # what the last work appended is checkpointed (and forwarded)
+        await self.parts.stop(drain_timeout_s)
         self.publisher.close()
         self.inbox.close()
         self.db.dispose()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import json
 import os
@@ -10,20 +9,20 @@ import signal
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-import audit
+import audit  # its names load on first use (audit/__init__.py)
 from core.datadir import private_umask, secure_data_dir
-from core.db import Database
 from core.errors import SidecarError
 from core.logs import configure_logging
-from core.settings import Settings, load_settings
-from core.tables import DeadLetter
-from core.tasks import SANDBOX_QUEUE
+
+if TYPE_CHECKING:
+    from core.db import Database
+    from core.settings import Settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, help=__doc__)
 audit_app = typer.Typer(no_args_is_help=True, help="Audit log: verification for auditors.")
@@ -32,8 +31,7 @@ app.add_typer(audit_app, name="audit")
 app.add_typer(dead_app, name="dead-letters")
 
 # The group-commit thread needs the GIL back quickly after each database call while the
-# event loop is busy framing; Python's default 5 ms hand-over made a 100-message commit
-# take 22 ms instead of 5 ms (measured with bench/mllp.py).
+# event loop is busy framing (docs/intake.md, "How the intake commits").
 GIL_SWITCH_INTERVAL_S = 0.0005
 
 console = Console()
@@ -50,10 +48,25 @@ def _private_files() -> None:
     private_umask()
 
 
+# Each command imports what it needs when it runs: `sidecar --help` and `sidecar stats` answer
+# without loading SQLAlchemy's ORM, Alembic, Celery or the mapping (tests/test_cli_startup.py).
+
+
 def _settings(config: Path | None = None, **overrides: object) -> Settings:
+    from core.settings import load_settings
+
     settings = load_settings(config, **overrides)
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, file=settings.log_file)
     return settings
+
+
+def _database(settings: Settings) -> Database:
+    """The database, migrated to the code's schema (a no-op check when it already is)."""
+    from core.db import Database
+
+    db = Database(settings)
+    db.migrate()
+    return db
 
 
 def _private_data_dir(settings: Settings, *, create: bool = True) -> None:
@@ -90,6 +103,8 @@ def serve(
     config: ConfigFile = None,
 ) -> None:
     """MLLP listener, pipeline and event relay, until SIGTERM/SIGINT; then drain and exit 0."""
+    import asyncio
+
     from sidecar.app import SidecarApp
 
     settings = _settings(config, data_dir=data_dir, mllp_port=mllp_port, mllp_host=host)
@@ -169,6 +184,8 @@ def sandbox(
     # no access to what the identified zone keeps there.
     settings = _settings(config)
     celery = build_sandbox_app(settings)
+    from core.tasks import SANDBOX_QUEUE
+
     celery.worker_main(_celery_argv(SANDBOX_QUEUE, concurrency, "sandbox"))
 
 
@@ -189,7 +206,6 @@ def demo(
     """The whole chain on embedded defaults: a synthetic hospital sends ADT/ORU over MLLP."""
     from sidecar.demo import run_demo
 
-    configure_logging("WARNING")
     report = run_demo(data_dir, patients, console)
     if not report.audit_ok or not report.summary:
         raise typer.Exit(1)
@@ -220,18 +236,24 @@ def convert(
 
     With --deid, a DICOM file also gives its de-identified copy DIR/<new SOP Instance UID>.dcm.
     """
-    from deid import Vault
     from mapping import MappingOptions
-    from mapping.breadth import Breadth
     from sidecar.convert import write_outputs
-    from worker.context import load_secret
-    from worker.pipeline import DicomPipelineOptions
+    from worker.options import DicomPipelineOptions
 
     settings = _settings(config, data_dir=data_dir)
-    if deid and settings.secret is None:
-        _private_data_dir(settings)
-    vault = Vault(load_secret(settings), date_shift_max_days=settings.date_shift_max_days) if deid else None
-    breadth = Breadth() if report else None
+    vault = None
+    if deid:
+        from deid import Vault
+        from worker.context import load_secret
+
+        if settings.secret is None:
+            _private_data_dir(settings)
+        vault = Vault(load_secret(settings), date_shift_max_days=settings.date_shift_max_days)
+    breadth = None
+    if report:
+        from mapping.breadth import Breadth
+
+        breadth = Breadth()
     failed = write_outputs(
         paths,
         MappingOptions(default_timezone=settings.site_timezone),
@@ -260,14 +282,17 @@ def stats(
     config: ConfigFile = None,
 ) -> None:
     """Counts: inbox, resources by type, events, jobs, audit entries."""
-    from sidecar.stats import collect
+    from core.revision import head_revision
+    from sidecar.stats import collect, collect_from_url
 
     settings = _settings(config, data_dir=data_dir)
     _private_data_dir(settings, create=settings.database_url is None)
-    db = Database(settings)
-    db.migrate()
-    data = collect(db, settings.intake_journal_file)
-    db.dispose()
+    # A current schema is counted over a bare connection (no ORM to load); otherwise migrate.
+    data = collect_from_url(settings.effective_database_url, settings.intake_journal_file, head_revision())
+    if data is None:
+        db = _database(settings)
+        data = collect(db, settings.intake_journal_file)
+        db.dispose()
     if as_json:
         print(json.dumps(data, indent=2))
         return
@@ -292,8 +317,7 @@ def audit_checkpoint(data_dir: DataDir = None, config: ConfigFile = None) -> Non
 
     settings = _settings(config, data_dir=data_dir)
     _private_data_dir(settings, create=settings.database_url is None)
-    db = Database(settings)
-    db.migrate()
+    db = _database(settings)
     leaves = audit.leaves(db.engine)
     db.dispose()
     key = load_or_create_key(settings.audit_key_file)
@@ -313,8 +337,7 @@ def audit_verify(
     --checkpoint, also that the log's first entries are still the ones that checkpoint signed."""
     settings = _settings(config, data_dir=data_dir)
     _private_data_dir(settings, create=settings.database_url is None)
-    db = Database(settings)
-    db.migrate()
+    db = _database(settings)
     report = audit.verify(db.engine)
     pending = audit.pending_count(db.engine)
     if checkpoint is not None:
@@ -387,8 +410,7 @@ def audit_export(
     pseudonym = patient.removeprefix("Patient/") if patient else None
     settings = _settings(config, data_dir=data_dir)
     _private_data_dir(settings, create=settings.database_url is None)
-    db = Database(settings)
-    db.migrate()
+    db = _database(settings)
     try:
         with db.transaction() as session:
             audit.append(
@@ -442,8 +464,7 @@ def audit_archive(
         raise typer.Exit(2)
     cutoff = bound[0] if bound else datetime.now(UTC) - timedelta(days=settings.audit_retention_days)
     _private_data_dir(settings, create=settings.database_url is None)
-    db = Database(settings)
-    db.migrate()
+    db = _database(settings)
     try:
         done = archive(
             db.engine,
@@ -489,8 +510,7 @@ def reid(
 
     settings = _settings(config, data_dir=data_dir)
     _private_data_dir(settings, create=settings.database_url is None)
-    db = Database(settings)
-    db.migrate()
+    db = _database(settings)
     try:
         found = reidentify(
             db,
@@ -520,10 +540,11 @@ def dead_letters_list(data_dir: DataDir = None, config: ConfigFile = None) -> No
     """Unresolved dead letters with stage, code and reason."""
     from sqlalchemy import select
 
+    from core.tables import DeadLetter
+
     settings = _settings(config, data_dir=data_dir)
     _private_data_dir(settings, create=settings.database_url is None)
-    db = Database(settings)
-    db.migrate()
+    db = _database(settings)
     table = Table(title="dead letters")
     for col in ("id", "inbox", "stage", "code", "reason", "when"):
         table.add_column(col)
@@ -541,10 +562,11 @@ def dead_letters_list(data_dir: DataDir = None, config: ConfigFile = None) -> No
 @dead_app.command("show")
 def dead_letters_show(letter_id: int, data_dir: DataDir = None, config: ConfigFile = None) -> None:
     """One dead letter: stage, code, reason, and what it belongs to."""
+    from core.tables import DeadLetter
+
     settings = _settings(config, data_dir=data_dir)
     _private_data_dir(settings, create=settings.database_url is None)
-    db = Database(settings)
-    db.migrate()
+    db = _database(settings)
     with db.sessions() as s:
         letter = s.get(DeadLetter, letter_id)
         if letter is None:

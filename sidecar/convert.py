@@ -12,20 +12,22 @@ import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import pydicom
+from typing import TYPE_CHECKING, Any
 
 from connectors.hl7 import decode_message, peek_header, split_messages
 from core.errors import IngestError, SidecarError
 from core.fhir import FhirValidationError, transaction_bundle
-from deid import Vault, deidentify
 from mapping import MappingOptions, map_message, report_lines
-from mapping.breadth import Breadth
-from mapping.dicom import map_dataset
 from mapping.model import MappedMessage, SegmentUse
 from worker.objects import write_atomic
-from worker.pipeline import DicomPipelineOptions, PermanentFailure, deidentify_instance
+from worker.options import DicomPipelineOptions
+
+if TYPE_CHECKING:
+    from deid import Vault
+    from mapping.breadth import Breadth
+
+# DICOM (pydicom, the pipeline's de-identification of an instance) and de-identification are
+# imported where a file needs them: converting one HL7 message stays quick (bench/cli_startup.py).
 
 _DICM_OFFSET = 128  # Part-10: a 128-byte preamble, then "DICM"
 
@@ -60,6 +62,11 @@ def is_dicom_file(path: Path) -> bool:
 def convert_dicom(
     path: Path, options: MappingOptions, vault: Vault | None, dicom: DicomPipelineOptions
 ) -> Converted | ConvertFailure:
+    import pydicom
+
+    from mapping.dicom import map_dataset
+    from worker.pipeline import PermanentFailure, deidentify_instance
+
     try:
         ds = pydicom.dcmread(path)
     except OSError as exc:
@@ -115,6 +122,8 @@ def _bundle(raw: bytes, options: MappingOptions, vault: Vault | None) -> tuple[d
     mapped = map_message(decode_message(raw, declared).text, options)
     resources = mapped.resources
     if vault is not None:
+        from deid import deidentify
+
         keys = {pid: (key.authority, key.value) for pid, key in mapped.patient_keys.items()}
         resources = [r.resource for r in deidentify(resources, keys, mapped.phi_values, vault).resources]
     return transaction_bundle(resources), mapped

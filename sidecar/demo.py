@@ -25,6 +25,7 @@ import audit
 from connectors import MllpClient
 from connectors.hl7 import ack_code
 from core.datadir import secure_data_dir
+from core.logs import configure_logging
 from core.settings import Settings
 from core.tables import Resource
 from sidecar import hospital
@@ -56,10 +57,16 @@ class DemoReport:
 def run_demo(data_dir: Path | None, patients: int, console: Console) -> DemoReport:
     data_dir = data_dir or Path(tempfile.mkdtemp(prefix="sidecar-demo-"))
     settings = Settings(
-        data_dir=data_dir, mllp_port=0, dicom_port=0, summary_coalesce_s=0.3, relay_interval_s=0.1
+        data_dir=data_dir,
+        mllp_port=0,
+        dicom_port=0,
+        summary_coalesce_s=0.3,
+        relay_interval_s=0.1,
+        log_file=data_dir / "sidecar.log",  # the console is for what a person should read
     )
     # The demo's patients are synthetic, but its directory is kept as a real one is.
     secure_data_dir(data_dir, secrets=[settings.effective_secret_file])
+    configure_logging("INFO", file=settings.log_file)
     report = DemoReport(data_dir=data_dir)
     bus = LocalBus()
     lock = threading.Lock()
@@ -76,7 +83,7 @@ def run_demo(data_dir: Path | None, patients: int, console: Console) -> DemoRepo
         f"[bold]Synthetic hospital[/]: {patients} patients, {len(messages)} HL7 v2 messages (ADT, ORU), "
         f"{len(images)} CT images from its PACS"
     )
-    console.print(f"Data directory: {data_dir}")
+    console.print(f"Data directory: {data_dir} (logs: {settings.log_file})")
 
     async def main() -> None:
         app = SidecarApp(settings, bus=bus)

@@ -184,6 +184,9 @@ def imaging(patients: list[SyntheticPatient], count: int) -> list[Dataset]:
     start = datetime(2026, 3, 1, 8, 0)
     for n, p in enumerate(patients[:count]):
         ds = copy.deepcopy(template)
+        # UTF-8 (ISO_IR 192): the hospital's names include Chinese ones, which the template's
+        # default repertoire cannot carry.
+        ds.SpecificCharacterSet = "ISO_IR 192"
         ds.PatientID, ds.IssuerOfPatientID = p.mrn, AUTHORITY
         ds.PatientName = f"{p.family}^{p.given}"
         ds.PatientBirthDate, ds.PatientSex = p.birth_date, p.sex

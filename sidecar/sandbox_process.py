@@ -53,6 +53,7 @@ def sandbox_config(settings: Settings) -> SandboxConfig:
         screen_timeout_s=settings.screen_timeout_s,
         poll_interval_s=settings.relay_interval_s,
         log_level=settings.log_level,
+        log_file=settings.log_file,
         nice=settings.pipeline_nice,
         language=settings.summary_language,
         max_sentences=settings.summary_max_sentences,

@@ -1,108 +1,141 @@
-"""Counts for operators and tooling (`sidecar stats --json`). Keys are a contract:
-documented in the README; add keys, never rename them."""
+"""Counts for operators and tooling (`sidecar stats --json`, `GET /status`). Keys are a
+contract, documented in docs/operations.md: add keys, never rename them.
+
+Plain SQL over whichever connection is at hand: SQLAlchemy's in `serve` (``collect``), or a
+bare sqlite3 or psycopg connection in `sidecar stats` (``collect_from_url``), which then
+answers without loading the ORM. Each WHERE clause matches its partial index (migrations 0012
+and 0015) word for word, so the counts come from indexes.
+"""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable, Sequence
+from contextlib import closing
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import func, select, text
-
-from connectors.journal import journal_id_of, pending_in_journal
-from core.db import Database
-from core.tables import (
-    AppAck,
-    AppAckStatus,
-    AuditEntry,
-    AuditPending,
-    DeadLetter,
-    InboxEntry,
-    InboxStatus,
-    IntakeJournalPosition,
-    Job,
-    JobStatus,
-    OutboxEvent,
-    PipelineStat,
-    QuarantineEntry,
-    Resource,
-)
+from connectors.journal_file import journal_id_of, pending_in_journal
+from core.statuses import AppAckStatus, InboxStatus, JobStatus
 from mapping.ids import MESSAGE_SCOPE_AUTHORITY
+
+if TYPE_CHECKING:
+    from core.db import Database
+
+__all__ = ["UNLINKED_WHERE", "collect", "collect_from_url", "counts"]
 
 # A literal, not a bound parameter: SQLite uses a partial index only for a WHERE it can see.
 UNLINKED_WHERE = f"authority = '{MESSAGE_SCOPE_AUTHORITY}'"
+_JOURNAL_ID = re.compile(r"^[0-9a-fA-F-]{1,36}$")
+
+Rows = Callable[[str], Sequence[Sequence[Any]]]
+
+
+def _one(rows: Rows, sql: str) -> int:
+    return int(rows(sql)[0][0] or 0)
+
+
+def counts(rows: Rows, dialect: str, journal_file: Path | None = None) -> dict[str, Any]:
+    """Every count, ``rows`` running one SQL statement and returning its rows. ``journal_file``:
+    the MLLP intake journal, when it is on this machine (its messages are counted under
+    inbox.journal; elsewhere that key is 0)."""
+    by_status = {str(s): int(n) for s, n in rows("SELECT status, count(*) FROM inbox GROUP BY status")}
+    repaired = "repaired = 1" if dialect == "sqlite" else "repaired"
+    blocked = _one(rows, "SELECT count(*) FROM outbox WHERE blocked_at IS NOT NULL")
+    jobs = {str(s): int(n) for s, n in rows("SELECT status, count(*) FROM jobs GROUP BY status")}
+    app_acks = {str(s): int(n) for s, n in rows("SELECT status, count(*) FROM app_acks GROUP BY status")}
+    stages = rows("SELECT stage, sum(cpu_s), sum(entries) FROM pipeline_stats GROUP BY stage")
+    return {
+        "inbox": {
+            "received": sum(by_status.values()),
+            "processed": by_status.get(InboxStatus.PROCESSED, 0),
+            "failed": by_status.get(InboxStatus.FAILED, 0),
+            "pending": by_status.get(InboxStatus.RECEIVED, 0),
+            "duplicates": _one(
+                rows, "SELECT coalesce(sum(resend_count), 0) FROM inbox WHERE resend_count > 0"
+            ),
+            "repaired": _one(rows, f"SELECT count(*) FROM inbox WHERE {repaired}"),
+            "journal": _journaled(rows, journal_file),
+        },
+        # Patients scoped to one message (no identifier, or no PID: issue 19), as stored.
+        "unlinked": _one(rows, f"SELECT count(*) FROM reid_map WHERE {UNLINKED_WHERE}"),
+        "quarantined": _one(rows, "SELECT count(*) FROM quarantine"),
+        "dead_letters": _one(rows, "SELECT count(*) FROM dead_letters WHERE resolved_at IS NULL"),
+        "resources": {
+            str(t): int(n)
+            for t, n in rows(
+                "SELECT resource_type, count(*) FROM resources GROUP BY resource_type ORDER BY resource_type"
+            )
+        },
+        "events": {
+            "published": _one(rows, "SELECT count(*) FROM outbox WHERE sent_at IS NOT NULL"),
+            # A blocked event is never sent: the rest of the unsent ones are pending (both counts
+            # come from indexes; asking for "unsent and not blocked" read every unsent row).
+            "pending": _one(rows, "SELECT count(*) FROM outbox WHERE sent_at IS NULL") - blocked,
+            "blocked": blocked,
+        },
+        "jobs": {status.value: jobs.get(status, 0) for status in JobStatus},
+        "app_acks": {status.value: app_acks.get(status, 0) for status in AppAckStatus},
+        "audit_entries": _one(rows, "SELECT count(*) FROM audit_log"),
+        "audit_pending": _one(rows, "SELECT count(*) FROM audit_pending"),
+        "pipeline": {
+            # Every stage counts each entry of a batch once; "load" sees them all.
+            "entries": int(max((n or 0 for _, _, n in stages), default=0)),
+            "cpu_ms": {str(stage): round(float(cpu) * 1000, 1) for stage, cpu, _ in _by_first(stages)},
+        },
+    }
+
+
+def _by_first(found: Sequence[Sequence[Any]]) -> list[Sequence[Any]]:
+    return sorted(found, key=lambda row: str(row[0]))
+
+
+def _journaled(rows: Rows, journal_file: Path | None) -> int:
+    journal_id = journal_id_of(journal_file) if journal_file is not None else None
+    if journal_file is None or journal_id is None or not _JOURNAL_ID.match(journal_id):
+        return 0
+    moved = rows(f"SELECT moved_seq FROM intake_journals WHERE journal_id = '{journal_id}'")
+    return pending_in_journal(journal_file, int(moved[0][0]) if moved else 0)
 
 
 def collect(db: Database, journal_file: Path | None = None) -> dict[str, Any]:
-    """``journal_file``: the MLLP intake journal, when it is on this machine (its messages
-    are counted under inbox.journal; elsewhere that key is 0)."""
-    with db.reads() as s:
-        by_status = dict(s.execute(select(InboxEntry.status, func.count()).group_by(InboxEntry.status)).all())
-        # The WHERE clauses match the partial indexes of migration 0012 word for word.
-        dialect = s.get_bind().dialect.name
-        duplicates = s.execute(
-            text("SELECT coalesce(sum(resend_count), 0) FROM inbox WHERE resend_count > 0")
-        ).scalar_one()
-        repaired = s.execute(
-            text(
-                "SELECT count(*) FROM inbox WHERE " + ("repaired = 1" if dialect == "sqlite" else "repaired")
-            )
-        ).scalar_one()
-        resources = dict(
-            s.execute(
-                select(Resource.resource_type, func.count())
-                .group_by(Resource.resource_type)
-                .order_by(Resource.resource_type)
-            ).all()
-        )
-        published = s.execute(select(func.count()).where(OutboxEvent.sent_at.is_not(None))).scalar_one()
-        blocked = s.execute(text("SELECT count(*) FROM outbox WHERE blocked_at IS NOT NULL")).scalar_one()
-        # A blocked event is never sent: the rest of the unsent ones are pending (both counts
-        # come from indexes; asking for "unsent and not blocked" read every unsent row).
-        unsent = s.execute(select(func.count()).where(OutboxEvent.sent_at.is_(None))).scalar_one() - blocked
-        jobs = dict(s.execute(select(Job.status, func.count()).group_by(Job.status)).all())
-        app_acks = dict(s.execute(select(AppAck.status, func.count()).group_by(AppAck.status)).all())
-        stages = s.execute(
-            select(PipelineStat.stage, func.sum(PipelineStat.cpu_s), func.sum(PipelineStat.entries)).group_by(
-                PipelineStat.stage
-            )
-        ).all()
-        # Patients scoped to one message (no identifier, or no PID: issue 19), as stored; the
-        # WHERE clause matches the partial index of migration 0015 word for word.
-        unlinked = s.execute(text(f"SELECT count(*) FROM reid_map WHERE {UNLINKED_WHERE}")).scalar_one()
-        return {
-            "inbox": {
-                "received": sum(by_status.values()),
-                "processed": by_status.get(InboxStatus.PROCESSED, 0),
-                "failed": by_status.get(InboxStatus.FAILED, 0),
-                "pending": by_status.get(InboxStatus.RECEIVED, 0),
-                "duplicates": int(duplicates),
-                "repaired": repaired,
-                "journal": _journaled(s, journal_file),
-            },
-            "unlinked": unlinked,
-            "quarantined": s.execute(select(func.count()).select_from(QuarantineEntry)).scalar_one(),
-            "dead_letters": s.execute(
-                select(func.count()).select_from(DeadLetter).where(DeadLetter.resolved_at.is_(None))
-            ).scalar_one(),
-            "resources": resources,
-            "events": {"published": published, "pending": unsent, "blocked": blocked},
-            "jobs": {status.value: jobs.get(status, 0) for status in JobStatus},
-            "app_acks": {status.value: app_acks.get(status, 0) for status in AppAckStatus},
-            "audit_entries": s.execute(select(func.count()).select_from(AuditEntry)).scalar_one(),
-            "audit_pending": s.execute(select(func.count()).select_from(AuditPending)).scalar_one(),
-            "pipeline": {
-                # Every stage counts each entry of a batch once; "load" sees them all.
-                "entries": int(max((n for _, _, n in stages), default=0) or 0),
-                "cpu_ms": {stage: round(float(cpu) * 1000, 1) for stage, cpu, _ in sorted(stages)},
-            },
-        }
+    """The counts over the sidecar's own engine (one read transaction)."""
+    with db.engine.connect() as connection:
+        return counts(lambda sql: connection.exec_driver_sql(sql).all(), db.engine.dialect.name, journal_file)
 
 
-def _journaled(session: Any, journal_file: Path | None) -> int:
-    journal_id = journal_id_of(journal_file) if journal_file is not None else None
-    if journal_file is None or journal_id is None:
-        return 0
-    moved = session.execute(
-        select(IntakeJournalPosition.moved_seq).where(IntakeJournalPosition.journal_id == journal_id)
-    ).scalar_one_or_none()
-    return pending_in_journal(journal_file, int(moved or 0))
+def collect_from_url(url: str, journal_file: Path | None, head_revision: str) -> dict[str, Any] | None:
+    """The counts over a bare DB-API connection to ``url`` (SQLite file or PostgreSQL), read
+    only; None when the schema is not at ``head_revision`` (migrate first, then ``collect``)."""
+    if url.startswith("sqlite:///"):
+        import sqlite3
+
+        path = Path(url.removeprefix("sqlite:///"))
+        if not path.exists():
+            return None
+        # Read-write mode, only SELECTs: a read-only connection cannot open a WAL database
+        # whose shared-memory file no one has created yet.
+        with closing(sqlite3.connect(path, timeout=30)) as sqlite:
+            return _if_current(
+                lambda sql: sqlite.execute(sql).fetchall(), "sqlite", journal_file, head_revision
+            )
+    if url.startswith(("postgresql+psycopg://", "postgresql://")):
+        import psycopg
+
+        with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True) as pg:
+            return _if_current(
+                lambda sql: pg.execute(sql).fetchall(), "postgresql", journal_file, head_revision
+            )
+    return None
+
+
+def _if_current(
+    rows: Rows, dialect: str, journal_file: Path | None, head_revision: str
+) -> dict[str, Any] | None:
+    try:
+        version = rows("SELECT version_num FROM alembic_version")
+    except Exception:  # no such table (never migrated), in sqlite3's or psycopg's error class
+        return None
+    if [tuple(r) for r in version] != [(head_revision,)]:
+        return None
+    return counts(rows, dialect, journal_file)

@@ -17,6 +17,7 @@ import psycopg
 import pytest
 from sqlalchemy.engine import make_url
 
+from connectors.inbox import DatabaseInbox
 from core.db import Database
 from core.settings import Settings
 
@@ -108,3 +109,21 @@ def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
         check=True, capture_output=True,
     )  # fmt: skip
     return cert, key
+
+
+@pytest.fixture
+def inbox(tmp_path: Path) -> Iterator[tuple[Database, DatabaseInbox]]:
+    """A migrated SQLite database under the test's folder and its inbox (the drop folder's sink)."""
+    db = Database(Settings(data_dir=tmp_path / "data"))
+    db.migrate()
+    yield db, DatabaseInbox(db)
+    db.dispose()
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Iterator[Database]:
+    """A migrated SQLite database under the test's folder."""
+    database = Database(Settings(data_dir=tmp_path / "data"))
+    database.migrate()
+    yield database
+    database.dispose()

@@ -77,3 +77,13 @@ def deliberately_malformed() -> set[str]:
         if len(cols) > 7 and "MALFORMED on purpose" in cols[7]:
             names.add(cols[0])
     return names
+
+
+def pydicom_shipped_files() -> list[Path]:
+    """The files pydicom ships in its wheel, read in place. Not ``get_testdata_files()``: that
+    also looks for pydicom's online extras and, without ``requests``, retries their download
+    for ~21 s each."""
+    import pydicom.data
+
+    root = Path(pydicom.data.__file__).parent / "test_files"
+    return sorted(p for p in root.rglob("*") if p.is_file())

@@ -32,6 +32,40 @@ from worker.publishers import LocalBus, OutgoingEvent, pika_parameters
 REPO = Path(__file__).resolve().parents[1]
 
 
+def run_sidecar(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 300, **popen: Any
+) -> subprocess.CompletedProcess[str]:
+    """`sidecar ARGS` as a user runs it, run to its end; ``env`` adds to the environment."""
+    return subprocess.run(
+        [sys.executable, "-m", "sidecar", *args],
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        **popen,
+    )
+
+
+def serve_process(data_dir: Path, **popen: Any) -> tuple[subprocess.Popen[str], int]:
+    """`sidecar serve` as a user starts it, embedded on ``data_dir`` with a free MLLP port,
+    and that port (from the first line it prints). ``popen``: more for subprocess.Popen."""
+    options: dict[str, Any] = {"stderr": subprocess.PIPE, **popen}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sidecar", "serve", "--data-dir", str(data_dir), "--mllp-port", "0"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+        **options,
+    )
+    assert proc.stdout is not None
+    try:
+        return proc, int(json.loads(proc.stdout.readline())["mllp_port"])
+    except BaseException:
+        proc.kill()
+        raise
+
+
 def wait_for(predicate: Callable[[], bool], timeout: float = 60.0, interval: float = 0.1) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

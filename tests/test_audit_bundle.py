@@ -24,6 +24,7 @@ from audit.verify_bundle import BundleError, verify
 from core.db import Database
 from core.settings import Settings
 from core.tables import AuditCheckpoint, AuditEntry, AuditPatient
+from tests.deployments import run_sidecar
 
 REPO = Path(__file__).resolve().parents[1]
 # What the verifier must run without: the project's other packages and its heavy libraries.
@@ -72,10 +73,7 @@ def logged(tmp_path: Path) -> tuple[Path, Database]:
     return data, db
 
 
-def sidecar(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "sidecar", *args], cwd=REPO, capture_output=True, text=True, timeout=120
-    )
+sidecar = run_sidecar
 
 
 def standalone_verifier(*args: str) -> subprocess.CompletedProcess[str]:

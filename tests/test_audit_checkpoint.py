@@ -7,10 +7,7 @@ hashing is checked against Certificate Transparency's reference roots (RFC 9162 
 
 from __future__ import annotations
 
-import os
 import stat
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,6 +19,7 @@ from audit.merkle import root
 from core.db import Database
 from core.settings import Settings
 from core.tables import AuditEntry, AuditHead
+from tests.deployments import run_sidecar
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -49,11 +47,7 @@ CT_ROOTS = {
 }
 
 
-def sidecar(*args: str) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "sidecar", *args]
-    return subprocess.run(
-        command, cwd=REPO, env=dict(os.environ), capture_output=True, text=True, timeout=120
-    )
+sidecar = run_sidecar
 
 
 def _unwrapped(text: str) -> str:

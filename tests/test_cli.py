@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import subprocess
@@ -13,22 +12,13 @@ from pathlib import Path
 from connectors import MllpClient
 from core.fhir import validate_resource
 from tests.corpus import corpus_files, deliberately_malformed, message_type, split_messages
+from tests.deployments import run_sidecar, serve_process
 from tests.fixtures.messages import ADT_A01, IDENTIFIERS, ORU_R01, encoded
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def sidecar(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 300
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "sidecar", *args],
-        cwd=REPO,
-        env={**os.environ, **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+sidecar = run_sidecar
 
 
 def _adt_and_oru_files() -> tuple[list[Path], list[Path]]:
@@ -122,16 +112,8 @@ def test_a_second_serve_on_the_same_data_dir_stops_with_a_clear_error(tmp_path: 
 
 def test_serve_drains_on_sigterm_and_stats_reports(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "sidecar", "serve", "--data-dir", str(data), "--mllp-port", "0"],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc, port = serve_process(data)
     try:
-        assert proc.stdout is not None
-        port = json.loads(proc.stdout.readline())["mllp_port"]
         with MllpClient().connect("127.0.0.1", port, timeout=30) as client:
             client.send(encoded(ADT_A01))
             client.send(encoded(ORU_R01))
@@ -169,6 +151,16 @@ def test_demo_prints_a_summary_and_a_verified_chain(tmp_path: Path) -> None:
     words = " ".join(result.stdout.split())  # rich wraps lines at the terminal width
     assert re.search(r"PACS: 5 C-STOREs \(0x0000 5\); 5 ImagingStudy on the same", words)
     assert "5 de-identified .dcm files" in words
+    # Only what a person should read (issue 22): no log line, no warning, and the logs' file
+    # named once; what the processes logged is there.
+    printed = result.stdout + result.stderr
+    assert not [line for line in printed.splitlines() if line.lstrip().startswith('{"ts"')]
+    assert "warning" not in printed.lower(), printed
+    log_file = tmp_path / "demo" / "sidecar.log"
+    assert words.count(str(log_file)) == 1
+    assert '"logger"' in log_file.read_text(encoding="utf-8")
+    sentences = [m.group(1).rstrip() for m in re.finditer(r"│ \d+\. (.*?)│", result.stdout)]
+    assert sentences and not [text for text in sentences if "  " in text]  # no stray double space
 
 
 def test_convert_report_lists_z_segments_and_unexpected_segments(tmp_path: Path) -> None:

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 
 import pytest
 from sqlalchemy import func, select
@@ -17,17 +16,8 @@ from connectors.base import InboundMessage, Receipt, Rejected
 from connectors.commit import GroupCommitter
 from connectors.inbox import DatabaseInbox
 from core.db import Database
-from core.settings import Settings
 from core.tables import InboxEntry
 from tests.fixtures.messages import ORU_R01, inbound, with_control_id
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> Iterator[Database]:
-    database = Database(Settings(data_dir=tmp_path / "data"))
-    database.migrate()
-    yield database
-    database.dispose()
 
 
 def test_frames_gathered_when_it_stops_fail_instead_of_waiting(db: Database) -> None:

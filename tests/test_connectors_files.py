@@ -106,14 +106,6 @@ def records() -> Iterator[Records]:
         yield handler
 
 
-@pytest.fixture
-def inbox(tmp_path: Path) -> Iterator[tuple[Database, DatabaseInbox]]:
-    db = Database(Settings(data_dir=tmp_path / "data"))
-    db.migrate()
-    yield db, DatabaseInbox(db)
-    db.dispose()
-
-
 def config(
     tmp_path: Path, *, settle_s: float = 0.0, poll_interval_s: float = 1.0, renamed_only: bool = True
 ) -> DropFolderConfig:

@@ -13,7 +13,8 @@ from sqlalchemy import select
 
 import audit
 from connectors import InboundMessage
-from connectors.inbox import COPY_MIN_ROWS, DatabaseInbox, _Chainer
+from connectors.inbox import DatabaseInbox
+from connectors.inbox_postgres import COPY_MIN_ROWS, PostgresWriter, _Chainer
 from core.db import Database
 from core.settings import Settings
 from core.tables import AuditEntry, InboxEntry
@@ -120,14 +121,16 @@ def test_lone_messages_on_postgresql_are_audited_even_across_a_crash(pg_url: str
     db = Database(Settings(data_dir=tmp_path, database_url=pg_url))
     db.migrate()
     crashed = DatabaseInbox(db)
-    crashed._chainer = _Chainer(db, gather_s=3600, sweep_s=3600)  # never links before the "crash"
+    writer = crashed._writer
+    assert isinstance(writer, PostgresWriter)
+    writer._chainer = _Chainer(db, gather_s=3600, sweep_s=3600)  # never links before the "crash"
     first = [crashed.commit_many([_message(c)])[0] for c in ("M1", "M2", "M3")]
     resent = crashed.commit_many([_message("M2", T0 + timedelta(minutes=1))])[0]
     assert [r.duplicate for r in first] == [False, False, False] and resent.duplicate
     assert resent.inbox_id == first[1].inbox_id
     assert audit.pending_count(db.engine) == 4  # stored, audited, not yet linked
     assert collect(db)["audit_pending"] == 4  # what `sidecar stats` shows an operator
-    crashed._release()  # the process dies: nothing more from it
+    writer.release()  # the process dies: nothing more from it
 
     restarted = DatabaseInbox(db)
     restarted.commit_many([_message("M4"), _message("M5")])  # a batch: linked at once

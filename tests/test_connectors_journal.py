@@ -25,7 +25,8 @@ from sqlalchemy import select
 from connectors import journal as journal_module
 from connectors.base import InboundMessage, Receipt, Rejected, StoredReceipt
 from connectors.inbox import DatabaseInbox, JournalMark
-from connectors.journal import IntakeJournal, JournaledInbox, JournalLocked, journal_id_of, pending_in_journal
+from connectors.journal import IntakeJournal, JournaledInbox, JournalLocked
+from connectors.journal_file import journal_id_of, pending_in_journal
 from connectors.mllp.server import MllpConfig, MllpServer
 from core.db import Database
 from core.tables import AuditEntry, QuarantineEntry

@@ -14,20 +14,21 @@ from __future__ import annotations
 import copy
 import io
 import re
+import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 import pydicom
 import pytest
-from pydicom.data import get_testdata_files
 from pydicom.dataset import Dataset
 
 from deid.dicom import DicomOptions, deidentify_dataset
-from deid.dicom.deidentify import RECURSE, resolve_action
+from deid.dicom.actions import RECURSE, resolve_action
 from deid.dicom.private import is_safe_private
 from deid.dicom.values import DUMMY_BY_VR
 from deid.vault import Vault
+from tests.corpus import pydicom_shipped_files
 
 VAULT = Vault(b"corpus-test-secret-0123456789")
 _REMOVED = {"X", "Z", "D", "U"}
@@ -40,11 +41,9 @@ def _readable() -> tuple[list[tuple[Path, Dataset]], int]:
     broken = 0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for name in sorted(get_testdata_files()):
-            if not Path(name).is_file():
-                continue  # the list includes a folder of DICOMDIR test files
+        for name in pydicom_shipped_files():
             try:
-                files.append((Path(name), pydicom.dcmread(name)))
+                files.append((name, pydicom.dcmread(name)))
             except Exception:
                 broken += 1
     return files, broken
@@ -225,3 +224,17 @@ def test_raw_and_decoded_input_give_the_same_output(corpus, options: DicomOption
                 outputs.append((result.patient, result.quarantined, _canonical(back)))
         if len(outputs) == 2:
             assert outputs[0] == outputs[1], path.name
+
+
+def test_the_corpus_is_what_pydicom_ships_and_never_fetched(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Issue 22: get_testdata_files() also looks for pydicom's online extras and, without
+    # `requests`, sleeps through download retries; the corpus must not depend on either.
+    import pydicom.data.data_manager as manager
+
+    def refuse(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("the DICOM corpus asked pydicom to fetch files")
+
+    monkeypatch.setattr(manager, "fetch_data_files", refuse)
+    monkeypatch.setitem(sys.modules, "requests", None)
+    files, broken = _readable()
+    assert len(files) > 100 and broken < len(files)

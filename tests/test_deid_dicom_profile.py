@@ -21,7 +21,7 @@ from pydicom.sequence import Sequence
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from deid.dicom import DicomOptions, deidentify_dataset, make_profile_table, values
-from deid.dicom.deidentify import resolve_action
+from deid.dicom.actions import resolve_action
 from deid.vault import Vault
 from tests.corpus import shared_file
 

@@ -30,7 +30,7 @@ from sqlalchemy import create_engine, text
 
 import audit
 from connectors import MllpClient, peek_header
-from connectors.journal import journal_id_of, pending_in_journal
+from connectors.journal_file import journal_id_of, pending_in_journal
 from tests.deployments import msa
 from tests.fixtures.messages import ORU_R01, with_control_id
 

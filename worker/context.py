@@ -7,7 +7,8 @@ from core.settings import Settings
 from deid import Vault, load_or_create_secret
 from mapping import MappingOptions
 from worker.appacks import AppAckPolicy
-from worker.pipeline import DicomPipelineOptions, PipelineContext
+from worker.options import DicomPipelineOptions
+from worker.pipeline import PipelineContext
 
 
 def load_secret(settings: Settings) -> bytes:

@@ -24,7 +24,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
-from pathlib import Path
 
 import pydicom
 from sqlalchemy import select
@@ -44,6 +43,7 @@ from mapping import MappedMessage, MappingOptions, map_message
 from mapping.dicom import map_dataset
 from worker.appacks import AppAckPolicy, owe
 from worker.objects import DeidObject
+from worker.options import DicomPipelineOptions
 
 log = logging.getLogger("sidecar.worker.pipeline")
 
@@ -55,19 +55,12 @@ class Outcome(StrEnum):
 
 
 @dataclass(frozen=True)
-class DicomPipelineOptions:
-    object_dir: Path | None = None  # de-identified .dcm files go here; None: not kept
-    authority: str = ""  # assigning authority of PatientID when IssuerOfPatientID is empty
-    allow_burned_in: bool = False  # site rule: release images that may carry burned-in text
-
-
-@dataclass(frozen=True)
 class PipelineContext:
     db: Database
     vault: Vault
     mapping_options: MappingOptions
     coalesce_s: float
-    dicom: DicomPipelineOptions = DicomPipelineOptions()
+    dicom: DicomPipelineOptions = field(default_factory=DicomPipelineOptions)
     digest_hour: int | None = None  # daily digest summaries due at this UTC hour; None: none
     app_acks: AppAckPolicy | None = None  # application ACKs owed to senders (worker.appacks)
     # Validate every de-identified resource against the FHIR models before storing it.

@@ -207,7 +207,7 @@ def run_pipeline_child(
     from core.logs import configure_logging
     from worker.context import build_context
 
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, file=settings.log_file)
     link = ChildLink(conn, parent, nice=settings.pipeline_nice)
 
     def report(result: BatchResult) -> None:

@@ -55,11 +55,11 @@ import io
 import struct
 from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass
-from typing import ClassVar, Final, NamedTuple, TypeVar, cast
+from typing import ClassVar, Final, TypeVar, cast
 
 import pydicom
 from pydicom.charset import default_encoding
-from pydicom.datadict import dictionary_has_tag, dictionary_VR, keyword_for_tag
+from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element, empty_value_for_VR
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
@@ -74,26 +74,29 @@ from core.errors import DeidError
 from ..scrub import Scrubber
 from ..vault import Vault
 from . import values
+from .actions import (
+    COL,
+    RECURSE,
+    SHIFT,
+    C,
+    D,
+    DicomOptions,
+    K,
+    Plan,
+    U,
+    X,
+    Z,
+    pick,
+    plan_for,
+    plan_table,
+    resolve_action,
+    row_of,
+)
 from .private import is_safe_private
-from .profile_table import ACTIONS, OPTION_COLUMNS, PRIVATE, RANGES
+from .profile_table import PRIVATE
+from .raw import character_set, elements, file_meta, replace_elements, shallow_copy
 
 __all__ = ["DicomDeidResult", "DicomOptions", "burned_in_risk", "deidentify_dataset", "resolve_action"]
-
-
-@dataclass(frozen=True)
-class DicomOptions:
-    """Which PS3.15 options apply on top of the Basic Profile."""
-
-    retain_longitudinal_modified_dates: bool = True
-    """Shift dates by the patient's vault shift instead of removing them."""
-    retain_patient_characteristics: bool = False
-    """Keep sex, age (over 89 pooled to 090Y), size, weight, smoking and pregnancy status..."""
-    clean_descriptors: bool = True
-    """Descriptions through the text scrubber instead of removal where the table says C."""
-    retain_safe_private: bool = False
-    """Keep private attributes on ``private.SAFE_PRIVATE``; all others are removed anyway."""
-    allow_burned_in: bool = False
-    """Site rule: release images that may carry burned-in text (see ``burned_in_risk``)."""
 
 
 @dataclass(frozen=True)
@@ -106,14 +109,6 @@ class DicomDeidResult:
     """Why the image must not leave (burned-in text risk); then ``dataset`` is not for release."""
 
 
-# Resolved actions. SHIFT = move the date by the patient's offset; RECURSE = keep a
-# sequence and apply the profile to its items.
-X, Z, D, K, C, U, SHIFT, RECURSE = "X", "Z", "D", "K", "C", "U", "SHIFT", "RECURSE"
-
-_COL = {name: i + 1 for i, name in enumerate(OPTION_COLUMNS)}
-_TEXT_VRS: Final = frozenset(values.TEXT_MAX)
-_DATE_VRS: Final = frozenset({"DA", "DT", "TM"})
-_FREE_TEXT_VRS: Final = frozenset({"ST", "LT", "UT", "UC"})
 _CHARSET = 0x00080005
 _SOP_CLASS_UID = 0x00080016
 _MODALITY = 0x00080060
@@ -151,63 +146,6 @@ _METHOD_CODES: Final = {
 _META_KEEP: Final = frozenset({0x00020001, 0x00020002, 0x00020003, 0x00020010, 0x00020012, 0x00020013})
 
 
-def _row(tag: int) -> tuple[str, ...] | None:
-    row = ACTIONS.get(tag)
-    if row is not None:
-        return row
-    for mask, value, codes in RANGES:
-        if tag & mask == value:
-            return codes
-    return None
-
-
-def _pick(code: str) -> str:
-    """One action out of a (possibly combined) basic-profile code; see the module doc."""
-    choices = code.split("/")
-    for choice in ("U*", D, Z, X, K, C, U):
-        if choice in choices:
-            return RECURSE if choice == "U*" else choice
-    raise DeidError(f"unknown profile action code {code!r}")
-
-
-def resolve_action(tag: int, vr: str, options: DicomOptions, *, can_shift: bool) -> str:
-    """The action for a public attribute: X, Z, D, K, C, U, SHIFT or RECURSE.
-
-    ``can_shift``: the patient has a date shift and the modified-dates option is on.
-    Option columns override the basic profile; among enabled options a K for patient
-    characteristics comes first, then date modification, then description cleaning.
-    """
-    row = _row(tag)
-    if row is None:
-        return RECURSE if vr == "SQ" else K
-    chars = row[_COL["retain_patient_chars"]] if options.retain_patient_characteristics else ""
-    dates = row[_COL["retain_long_modif_dates"]]
-    desc = row[_COL["clean_desc"]] if options.clean_descriptors else ""
-    if chars == K:
-        action = K
-    elif dates == C and options.retain_longitudinal_modified_dates and can_shift and vr in _DATE_VRS:
-        action = SHIFT
-    elif C in (chars, desc):
-        action = C
-    else:
-        action = _pick(row[0])
-    if vr == "SQ":
-        # A sequence is never "dummied" or "cleaned" as a whole: its items go through
-        # the profile. Z empties it; X removes it.
-        return action if action in (X, Z) else RECURSE
-    if action == C and vr in _DATE_VRS:
-        return SHIFT if can_shift else _pick(row[0])
-    if action == C and vr not in _TEXT_VRS:
-        # Nothing to clean in a number or a binary blob (Exif maker notes): the basic
-        # action applies.
-        action = _pick(row[0])
-    if action == U and vr != "UI":
-        return D
-    if action == SHIFT and vr not in _DATE_VRS:
-        return _pick(row[0])
-    return action
-
-
 def burned_in_risk(ds: Dataset) -> str | None:
     """Why the pixels may carry burned-in identifying text, or None.
 
@@ -217,7 +155,7 @@ def burned_in_risk(ds: Dataset) -> str | None:
     flag = _text(ds, _BURNED_IN_ANNOTATION).upper()
     if flag == "YES":
         return "BurnedInAnnotation (0028,0301) is YES"
-    if flag == "NO" or not any(tag in ds._dict for tag in _PIXEL_TAGS):
+    if flag == "NO" or not any(tag in elements(ds) for tag in _PIXEL_TAGS):
         return None
     modality = _text(ds, _MODALITY).upper()
     sop_class = _text(ds, _SOP_CLASS_UID)
@@ -243,53 +181,6 @@ def _set_strings(elem: DataElement, items: list[str]) -> None:
     elem.value = items[0] if len(items) == 1 else items
 
 
-# -- per-attribute plans -------------------------------------------------------------
-
-
-class _Plan(NamedTuple):
-    """What happens to one public attribute; resolved once per (tag, VR) and options."""
-
-    action: str
-    """``resolve_action``'s answer."""
-    nested: str
-    """The action inside a sequence whose basic action is D (unlisted text and names)."""
-    phi: str | None
-    """The scrubber phi kind of the value, when the action removes or replaces it; "SQ"
-    for a removed or emptied sequence, whose items may hold such values."""
-    replaced: bool
-    """A sequence whose basic action includes D: the nested rule applies to its items."""
-
-
-_PlanTable = dict[tuple[int, str], _Plan]
-# (options, can_shift) -> {(tag, VR): plan}, filled on first sight of each attribute.
-# Bounded, since public tags and VRs are finite, but cleared past a size all the same.
-_PLANS: dict[tuple[DicomOptions, bool], _PlanTable] = {}
-_PLANS_MAX: Final = 50_000
-
-
-def _plan_table(options: DicomOptions, can_shift: bool) -> _PlanTable:
-    table = _PLANS.get((options, can_shift))
-    if table is None or len(table) > _PLANS_MAX:
-        table = _PLANS[(options, can_shift)] = {}
-    return table
-
-
-def _make_plan(tag: int, vr: str, options: DicomOptions, can_shift: bool) -> _Plan:
-    action = resolve_action(tag, vr, options, can_shift=can_shift)
-    row = _row(tag)
-    nested = action
-    if action == K and row is None:
-        # Inside a sequence the profile says to replace (D: Content Sequence, Graphic
-        # Annotation Sequence...), unlisted free text such as an SR Text Value
-        # (0040,A160) is report prose: cleaned like a descriptor, or replaced.
-        if vr in _FREE_TEXT_VRS:
-            nested = C if options.clean_descriptors else D
-        elif vr == "PN":
-            nested = D
-    replaced = action == RECURSE and row is not None and D in row[0].split("/")
-    return _Plan(action, nested, _phi_kind(tag, vr, action), replaced)
-
-
 _DICT_VR: dict[int, str] = {}
 
 
@@ -310,27 +201,6 @@ def _raw_vr(raw: RawDataElement) -> str:
             known = "UN"
         _DICT_VR[raw.tag] = known
     return known
-
-
-def _phi_kind(tag: int, vr: str, action: str) -> str | None:
-    if action not in (X, Z, D):
-        return None
-    if vr == "SQ":
-        return "SQ"
-    if vr == "PN":
-        return "NAME"
-    if vr in ("DA", "DT"):
-        return "DATE"
-    # CS is left out: coded values ("M", "ALTERED") are vocabulary, not identifiers, and
-    # would only blank ordinary words in descriptions.
-    if vr in _TEXT_VRS or vr in ("AE", "UR"):
-        keyword = (keyword_for_tag(tag) if dictionary_has_tag(tag) else "").lower()
-        if "telephone" in keyword or "telecom" in keyword:
-            return "PHONE"
-        if "address" in keyword:
-            return "ADDRESS"
-        return "ID"
-    return None
 
 
 class _Cleaner:
@@ -394,9 +264,9 @@ def _peek(ds: Dataset, elems: _Elements, tag: int) -> DataElement | None:
     elem = elems.get(tag)  # type: ignore[call-overload]
     if elem is None or isinstance(elem, DataElement):
         return elem
-    if elem.value is None and elem.length and elems is ds._dict:
+    if elem.value is None and elem.length and elems is elements(ds):
         return ds[tag]  # deferred read (dcmread's defer_size): pydicom reads the file
-    encoding = default_encoding if tag == _CHARSET else (ds.original_character_set or ds._character_set)
+    encoding = default_encoding if tag == _CHARSET else character_set(ds)
     return convert_raw_data_element(elem, encoding=encoding, ds=ds)
 
 
@@ -411,7 +281,7 @@ def _raw_texts(raw: RawDataElement) -> list[str]:
 
 def _text(ds: Dataset, tag: int) -> str:
     """The stripped text of an attribute, "" when absent; ``ds`` is not changed."""
-    elem = _peek(ds, ds._dict, tag)
+    elem = _peek(ds, elements(ds), tag)
     return str(elem.value or "").strip() if elem is not None else ""
 
 
@@ -497,7 +367,7 @@ def _encode_sequence(tag: BaseTag, elem: DataElement, encoding: tuple[object, ob
     out = bytearray()
     for item in elem.value or []:
         body = bytearray()
-        for item_elem_tag, item_elem in sorted(item._dict.items(), key=lambda pair: int(pair[0])):
+        for item_elem_tag, item_elem in sorted(elements(item).items(), key=lambda pair: int(pair[0])):
             if not isinstance(item_elem, RawDataElement) or not _same_encoding(item_elem, encoding):
                 return None
             value = item_elem.value
@@ -524,14 +394,12 @@ def _encode_sequence(tag: BaseTag, elem: DataElement, encoding: tuple[object, ob
 
 def _set(ds: Dataset, elem: _Element) -> None:
     """Store a new public, non-pixel element (what ``Dataset.__setitem__`` ends in)."""
-    ds._dict[elem.tag] = elem
+    elements(ds)[elem.tag] = elem
 
 
 def _shallow(ds: _D) -> _D:
     """A copy of ``ds`` sharing its element dict, for ``_Run.walk`` to replace."""
-    out = copy.copy(ds)  # keeps the encoding, preamble, file name... as attributes
-    object.__setattr__(out, "_private_blocks", {})
-    return out
+    return shallow_copy(ds)
 
 
 class _Run:
@@ -555,9 +423,9 @@ class _Run:
         self.known_key = tuple(sorted(self.known.items()))
         self.days = vault.date_shift_days(pseudonym) if pseudonym else None
         self.can_shift = options.retain_longitudinal_modified_dates and self.days is not None
-        self.table = _plan_table(options, self.can_shift)
+        self.table = plan_table(options, self.can_shift)  # read directly on the hot path
         # The table's private row says C (keep if safe) under Retain Safe Private.
-        self.keep_private = options.retain_safe_private and PRIVATE[_COL["retain_safe_private"]] == C
+        self.keep_private = options.retain_safe_private and PRIVATE[COL["retain_safe_private"]] == C
         self.kept_private = False
         self.dummy_depth = 0  # how many enclosing sequences have D in the basic profile
         # Removed or replaced values, in walk order, as (kind, dataset, element as it
@@ -567,11 +435,8 @@ class _Run:
         self.uids: dict[str, str] = {}  # keyed-hash UIDs of this object
         self.changes = 0  # elements removed or replaced so far (a sequence unchanged is kept raw)
 
-    def plan(self, tag: int, vr: str) -> _Plan:
-        plan = self.table.get((tag, vr))
-        if plan is None:
-            plan = self.table[(tag, vr)] = _make_plan(tag, vr, self.options, self.can_shift)
-        return plan
+    def plan(self, tag: int, vr: str) -> Plan:
+        return plan_for(tag, vr, self.options, self.can_shift)
 
     # -- phi values for the scrubber -------------------------------------------------
 
@@ -591,14 +456,14 @@ class _Run:
                     phi.setdefault(text, kind)
 
         def visit(data: Dataset) -> None:
-            for tag, raw in list(data._dict.items()):
+            for tag, raw in list(elements(data).items()):
                 if tag.is_private or _skip_group(tag):
                     continue
                 try:
                     vr = raw.VR if isinstance(raw, DataElement) else _raw_vr(raw)
                     if vr != "SQ" and not self.plan(int(tag), vr).phi:
                         continue  # nothing to learn: not decoded
-                    elem = _peek(data, data._dict, tag)
+                    elem = _peek(data, elements(data), tag)
                     if elem is None:
                         continue
                     if elem.VR == "SQ":
@@ -688,10 +553,7 @@ class _Run:
 
     def walk(self, ds: Dataset) -> None:
         """Apply the profile to ``ds`` under a new element dict (see the class doc)."""
-        old: _Elements = ds._dict
-        # Plain attributes: Dataset.__setattr__ first looks the names up as keywords.
-        object.__setattr__(ds, "_dict", {})
-        object.__setattr__(ds, "_private_blocks", {})
+        old: _Elements = replace_elements(ds, {})
         encoding = ds.original_encoding
         for tag, elem in old.items():
             try:
@@ -705,7 +567,7 @@ class _Run:
     def element(
         self, ds: Dataset, old: _Elements, tag: BaseTag, elem: _Element, encoding: tuple[object, object]
     ) -> None:
-        new: _Elements = ds._dict
+        new: _Elements = elements(ds)
         if tag >> 16 & 1:
             if self.keep_private and self._safe_private(ds, old, tag):
                 new[tag] = elem
@@ -809,18 +671,18 @@ class _Run:
         value is not looked at again, nor decoded: it is no time, number or code, and may
         be a name."""
         self.changes += 1
-        row = _row(int(tag))
-        action = _pick(row[0]) if row is not None else D
+        row = row_of(int(tag))
+        action = pick(row[0]) if row is not None else D
         if action == X:
-            ds._dict.pop(tag, None)
+            elements(ds).pop(tag, None)
         elif action == Z:
-            ds._dict[tag] = _encoded(tag, vr, _empty_value(vr), encoding)
+            elements(ds)[tag] = _encoded(tag, vr, _empty_value(vr), encoding)
         elif vr == "UI":
             # A UID that is not one is hashed like any other replaced UID.
             texts = _raw_texts(raw) if raw is not None else _strings(cast(DataElement, elem).value)
-            ds._dict[tag] = _encoded(tag, vr, self.uid_value(texts), encoding)
+            elements(ds)[tag] = _encoded(tag, vr, self.uid_value(texts), encoding)
         else:
-            ds._dict[tag] = _encoded(tag, vr, _dummy_value(vr), encoding)
+            elements(ds)[tag] = _encoded(tag, vr, _dummy_value(vr), encoding)
 
     def _safe_private(self, ds: Dataset, old: _Elements, tag: BaseTag) -> bool:
         if tag.is_private_creator:
@@ -943,11 +805,11 @@ def _skip_group(tag: int) -> bool:
 
 
 def _patient_key(ds: Dataset, authority: str) -> tuple[str, str] | None:
-    patient_id = _peek(ds, ds._dict, _PATIENT_ID)
+    patient_id = _peek(ds, elements(ds), _PATIENT_ID)
     value = str(patient_id.value or "").strip() if patient_id is not None else ""
     if not value:
         return None
-    issuer = _peek(ds, ds._dict, _ISSUER)
+    issuer = _peek(ds, elements(ds), _ISSUER)
     issuer_text = str(issuer.value or "").strip() if issuer is not None else ""
     return (issuer_text or authority, value)
 
@@ -966,7 +828,7 @@ def _stamp(out: Dataset, run: _Run, options: DicomOptions) -> None:
         applied.append("desc")
     if run.kept_private:
         applied.append("private")
-    out._dict.update(_method_elements(tuple(applied), out.original_encoding))
+    elements(out).update(_method_elements(tuple(applied), out.original_encoding))
 
 
 # (applied methods, encoding) -> the elements that record them, encoded once
@@ -999,20 +861,20 @@ def _method_elements(applied: tuple[str, ...], encoding: tuple[object, object]) 
     _set(ds, _new(_METHOD_CODE_SEQUENCE, "SQ", Sequence(items)))
     implicit, little = encoding
     if not isinstance(implicit, bool) or not isinstance(little, bool):
-        return dict(ds._dict)  # not read from a file: fresh elements, not cached
+        return dict(elements(ds))  # not read from a file: fresh elements, not cached
     fp = DicomBytesIO()
     fp.is_implicit_VR, fp.is_little_endian = implicit, little
     write_dataset(fp, ds)
     raw = read_dataset(io.BytesIO(fp.getvalue()), implicit, little)
-    cached = _METHOD_ELEMENTS[(applied, encoding)] = dict(raw._dict)
+    cached = _METHOD_ELEMENTS[(applied, encoding)] = dict(elements(raw))
     return cached
 
 
 def _meta(meta: FileMetaDataset, out: Dataset, run: _Run) -> FileMetaDataset:
     """The file meta of the copy: what a reader needs, with the new instance UID."""
     kept = _shallow(meta)
-    object.__setattr__(kept, "_dict", {tag: elem for tag, elem in meta._dict.items() if tag in _META_KEEP})
-    sop_instance = out._dict.get(_SOP_INSTANCE_UID)  # type: ignore[call-overload]
+    replace_elements(kept, {tag: elem for tag, elem in elements(meta).items() if tag in _META_KEEP})
+    sop_instance = elements(out).get(_SOP_INSTANCE_UID)  # type: ignore[call-overload]
     if sop_instance is not None:
         if isinstance(sop_instance, DataElement):
             uid = sop_instance.value
@@ -1021,7 +883,7 @@ def _meta(meta: FileMetaDataset, out: Dataset, run: _Run) -> FileMetaDataset:
         # The file meta is always explicit VR little endian (PS3.10 7.1).
         _set(kept, _encoded(BaseTag(_MEDIA_SOP_INSTANCE_UID), "UI", uid, (False, True)))
     else:
-        media = _peek(kept, kept._dict, _MEDIA_SOP_INSTANCE_UID)
+        media = _peek(kept, elements(kept), _MEDIA_SOP_INSTANCE_UID)
         if media is not None:
             media = copy.copy(media)
             run.uid(media)
@@ -1066,7 +928,7 @@ def deidentify_dataset(
     # they were, so asking the copy is asking the input, without decoding the input.
     quarantined = None if options.allow_burned_in else burned_in_risk(out)
     _stamp(out, run, options)
-    meta = ds.__dict__.get("file_meta")  # any Dataset may carry one, not only FileDataset
+    meta = file_meta(ds)
     if isinstance(meta, FileMetaDataset):
         out.file_meta = _meta(meta, out, run)
     if isinstance(out, pydicom.FileDataset):

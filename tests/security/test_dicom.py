@@ -39,7 +39,6 @@ from connectors.dicom import CANNOT_UNDERSTAND, SUCCESS, DicomConfig, DicomServe
 from connectors.dicom_check import Limits, check_object
 from connectors.inbox import DatabaseInbox
 from core.db import Database
-from core.settings import Settings
 from core.tables import InboxEntry, QuarantineEntry
 from deid.dicom import deidentify_dataset
 from deid.vault import Vault
@@ -53,14 +52,6 @@ RLE_2FRAME = Path(str(get_testdata_file("SC_rgb_rle_2frame.dcm")))
 TOO_LARGE = 0xA701
 DATASET_MISMATCH = 0xA900
 PIXEL_DATA_OW = b"\xe0\x7f\x10\x00OW\x00\x00"  # (7FE0,0010) OW, explicit VR little endian
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> Iterator[Database]:
-    database = Database(Settings(data_dir=tmp_path / "data"))
-    database.migrate()
-    yield database
-    database.dispose()
 
 
 @pytest.fixture

@@ -21,9 +21,7 @@ from sqlalchemy import select
 
 from connectors import files
 from connectors.files import DropFolder, DropFolderConfig, FileStatus
-from connectors.inbox import DatabaseInbox
 from core.db import Database
-from core.settings import Settings
 from core.tables import InboxEntry, QuarantineEntry
 from tests.deployments import Embedded, wait_for
 from tests.fixtures.logs import Records, captured
@@ -49,14 +47,6 @@ def huge_oru(control_id: str, size: int, tail: bytes) -> bytes:
 def records() -> Iterator[Records]:
     with captured("sidecar") as handler:
         yield handler
-
-
-@pytest.fixture
-def inbox(tmp_path: Path) -> Iterator[tuple[Database, DatabaseInbox]]:
-    db = Database(Settings(data_dir=tmp_path / "data"))
-    db.migrate()
-    yield db, DatabaseInbox(db)
-    db.dispose()
 
 
 def quarantined(db: Database) -> list[QuarantineEntry]:

@@ -13,7 +13,6 @@ import pwd
 import signal
 import stat
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,7 @@ from sqlalchemy import select
 
 from connectors import MllpClient
 from core.tables import AuditEntry, Resource
-from tests.deployments import Embedded, msa
+from tests.deployments import Embedded, msa, run_sidecar, serve_process
 from tests.fixtures.messages import ADT_A01, ORU_R01, encoded
 
 REPO = Path(__file__).resolve().parents[2]
@@ -30,15 +29,7 @@ REAL_ACCOUNT = pwd.getpwuid(os.getuid()).pw_name
 
 
 def _sidecar(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "sidecar", *args],
-        cwd=REPO,
-        env={**os.environ, **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=300,
-        umask=LOGIN_UMASK,
-    )
+    return run_sidecar(*args, env=env, umask=LOGIN_UMASK)
 
 
 def _open_to_others(root: Path) -> list[str]:
@@ -68,17 +59,8 @@ def test_demo_leaves_nothing_in_its_data_dir_open_to_other_users(tmp_path: Path)
 
 def test_serve_keeps_its_files_private_while_taking_messages_and_after(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "sidecar", "serve", "--data-dir", str(data), "--mllp-port", "0"],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        umask=LOGIN_UMASK,
-    )
+    proc, port = serve_process(data, stderr=subprocess.DEVNULL, umask=LOGIN_UMASK)
     try:
-        assert proc.stdout is not None
-        port = json.loads(proc.stdout.readline())["mllp_port"]
         with MllpClient().connect("127.0.0.1", port, timeout=30) as client:
             for message in (ADT_A01, ORU_R01):
                 assert msa(client.send(encoded(message)))[1] == "AA"

@@ -1,0 +1,15 @@
+"""The schema version the code expects, without Alembic: the newest migration's revision,
+read from the file names (``NNNN_what.py`` holds revision ``NNNN``; tests/test_cli_startup.py
+checks that against Alembic's own head)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = ["head_revision"]
+
+_VERSIONS = Path(__file__).with_name("migrations") / "versions"
+
+
+def head_revision() -> str:
+    return max(p.name[:4] for p in _VERSIONS.glob("[0-9][0-9][0-9][0-9]_*.py"))
