@@ -106,6 +106,9 @@ class SyslogForwarder:
         self._sock: socket.socket | None = None
         self._sent_up_to: int | None = None  # on the current connection
         self._in_flight: list[tuple[float, int]] = []  # (sent at, last seq), oldest first
+        # The stored cursor, read once: only this forwarder (of the one `serve`) moves it, so a
+        # round that has nothing to confirm writes nothing.
+        self._cursor: int | None = None
         self.sent = 0
 
     def _open(self) -> socket.socket:
@@ -116,13 +119,14 @@ class SyslogForwarder:
             raw.close()
             raise
 
-    def _cursor(self) -> int:
-        with self._engine.begin() as connection:
-            seq = connection.execute(select_rows(AuditCursor.seq).where(AuditCursor.name == CURSOR)).scalar()
-            if seq is None:
-                connection.execute(AuditCursor.__table__.insert(), {"name": CURSOR, "seq": 0})  # type: ignore[attr-defined]
-                return 0
-            return int(seq)
+    def _stored_cursor(self) -> int:
+        if self._cursor is None:
+            with self._engine.connect() as connection:
+                seq = connection.execute(
+                    select_rows(AuditCursor.seq).where(AuditCursor.name == CURSOR)
+                ).scalar()
+            self._cursor = int(seq or 0)
+        return self._cursor
 
     def _alive(self) -> bool:
         """The collector never writes to us: a readable socket means it closed (or failed)."""
@@ -137,7 +141,7 @@ class SyslogForwarder:
     def run_once(self) -> int:
         """Confirm what has been up long enough, then send one batch; returns how many were
         sent. A collector that cannot be reached raises (the loop retries, slower)."""
-        cursor = self._cursor()
+        cursor = self._stored_cursor()
         if self._sock is not None and not self._alive():
             self.close()
         if self._sock is not None:
@@ -176,9 +180,12 @@ class SyslogForwarder:
             return cursor
         self._in_flight = [(at, seq) for at, seq in self._in_flight if at > due]
         with self._engine.begin() as connection:
-            connection.execute(
+            moved = connection.execute(
                 update(AuditCursor).where(AuditCursor.name == CURSOR).values(seq=confirmed[-1])
             )
+            if not moved.rowcount:  # the first confirmation of this log
+                connection.execute(AuditCursor.__table__.insert(), {"name": CURSOR, "seq": confirmed[-1]})  # type: ignore[attr-defined]
+        self._cursor = confirmed[-1]
         return confirmed[-1]
 
     def close(self) -> None:

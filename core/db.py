@@ -15,7 +15,7 @@ from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
-from core.revision import head_revision
+from core.revision import VERSION_QUERY, is_head
 from core.zones import sqlite_authorizer
 
 if TYPE_CHECKING:
@@ -88,10 +88,10 @@ def is_current(engine: Engine) -> bool:
     """Whether the schema is already at ``head_revision()``."""
     try:
         with engine.connect() as conn:
-            found = conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
+            found = conn.execute(text(VERSION_QUERY)).scalars().all()
     except DBAPIError:  # no table yet (a new database), or none reachable: let Alembic say
         return False
-    return found == [head_revision()]
+    return is_head(found)
 
 
 def migrate(engine: Engine) -> None:

@@ -20,7 +20,6 @@ listener caps connections and times out slow requests (sidecar.api_guard).
 
 # No `from __future__ import annotations`: FastAPI reads the endpoints' annotations at
 # definition time, and the dependency aliases are local to create_api.
-import hmac
 import json
 import logging
 import ssl
@@ -57,6 +56,7 @@ from sidecar.api_common import (
     StoredTypes,
     fhir_response,
     outcome,
+    token_owner,
 )
 from sidecar.api_fhir import fhir_router
 from sidecar.api_guard import ConnectionGate, ConnectionLimits, GateCollector, guarded_protocol, soft_fd_limit
@@ -126,16 +126,12 @@ def create_api(
             raise HTTPException(
                 429, "too many failed authentications from this address", {"Retry-After": str(wait)}
             )
-        given = credentials.credentials.encode() if credentials is not None else b""
-        # Compare with every token (constant time each), so timing tells nothing of which matched.
-        names = [n for n, t in tokens.items() if hmac.compare_digest(given, t.get_secret_value().encode())]
-        if names:
-            caller = Caller(
-                names[0], population=names[0] in population, purpose=purpose_of(names[0]), source=source
-            )
+        given = credentials.credentials if credentials is not None else ""
+        if (name := token_owner(tokens, given)) is not None:
+            caller = Caller(name, population=name in population, purpose=purpose_of(name), source=source)
             request.state.actor = caller.actor  # the actor of a 5xx's audit entry (api_audit.ErrorAudit)
             return caller
-        grant = smart.grant_of(given.decode(errors="replace")) if smart is not None and given else None
+        grant = smart.grant_of(given) if smart is not None and given else None
         if credentials is None or grant is None:
             auth.failed(source, throttled=False)
             raise HTTPException(

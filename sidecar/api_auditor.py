@@ -10,7 +10,6 @@ sign-in, view and export is audited, refusals included.
 
 # No `from __future__ import annotations`: FastAPI reads route annotations at definition time.
 import csv
-import hmac
 import io
 import secrets
 import threading
@@ -27,6 +26,7 @@ from pydantic import SecretStr
 import audit
 from core.db import Database
 from sidecar.api_audit import AuthGuard, Redactor
+from sidecar.api_common import token_owner
 from sidecar.auditor_views import AlertRules, Row, dashboard, timeline
 
 __all__ = ["SESSION_COOKIE", "auditor_router"]
@@ -77,16 +77,16 @@ def auditor_router(
     def source_of(request: Request) -> str:
         return request.client.host if request.client is not None else "unknown"
 
-    def token_owner(given: str) -> str | None:
-        names = [
-            n for n, t in tokens.items() if hmac.compare_digest(given.encode(), t.get_secret_value().encode())
-        ]
-        return names[0] if names else None
-
     def record(
-        client: str, action: str, entity: str, request: Request, *, ok: bool = True, **extra: object
+        client: str,
+        action: str,
+        entity: str,
+        request: Request,
+        *,
+        ok: bool = True,
+        patients: Sequence[str] = (),
+        **extra: object,
     ) -> None:
-        patients = extra.pop("patients", [])
         with db.transaction() as session:
             audit.append(
                 session,
@@ -95,7 +95,7 @@ def auditor_router(
                 entity=entity,
                 outcome=audit.Outcome.SUCCESS if ok else audit.Outcome.FAILURE,
                 detail=dict(extra),
-                patients=patients if isinstance(patients, list) else [],
+                patients=patients,
                 context=audit.Context(source=source_of(request)),
             )
 
@@ -104,7 +104,7 @@ def auditor_router(
         client = sessions.client(request.cookies.get(SESSION_COOKIE))
         header = request.headers.get("authorization", "")
         if client is None and header.lower().startswith("bearer "):
-            client = token_owner(header[7:].strip())
+            client = token_owner(tokens, header[7:].strip())
             if client is None:
                 auth.failed(source_of(request), throttled=False)
                 raise HTTPException(401, "unknown bearer token", {"WWW-Authenticate": "Bearer"})
@@ -130,7 +130,7 @@ def auditor_router(
         if auth.retry_after(source):
             auth.failed(source, throttled=True)
             return page("login.html", 429, error="Too many failed sign-ins from this address; wait.")
-        owner = token_owner(given) if given else None
+        owner = token_owner(tokens, given) if given else None
         if owner is None or owner != name:
             auth.failed(source, throttled=False)
             return page("login.html", 401, error="Unknown client or token.")

@@ -3,12 +3,15 @@ path patterns, and the stored types (remembered a minute)."""
 
 # No `from __future__ import annotations`: FastAPI reads route annotations at definition time.
 import hashlib
+import hmac
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import HTTPException, Path, Request
 from fastapi.responses import JSONResponse
+from pydantic import SecretStr
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -32,6 +35,7 @@ __all__ = [
     "outcome",
     "require",
     "returned",
+    "token_owner",
 ]
 
 FHIR_JSON = "application/fhir+json"
@@ -127,3 +131,12 @@ def returned(resources: list[dict[str, Any]]) -> dict[str, Any]:
     if len(refs) <= RETURNED_LISTED:
         out["refs"] = refs
     return out
+
+
+def token_owner(tokens: Mapping[str, SecretStr], given: str) -> str | None:
+    """The static-token client ``given`` belongs to. Compared with every token (constant time
+    each), so timing tells nothing of which matched."""
+    names = [
+        n for n, t in tokens.items() if hmac.compare_digest(given.encode(), t.get_secret_value().encode())
+    ]
+    return names[0] if names else None

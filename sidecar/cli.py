@@ -282,13 +282,12 @@ def stats(
     config: ConfigFile = None,
 ) -> None:
     """Counts: inbox, resources by type, events, jobs, audit entries."""
-    from core.revision import head_revision
     from sidecar.stats import collect, collect_from_url
 
     settings = _settings(config, data_dir=data_dir)
     _private_data_dir(settings, create=settings.database_url is None)
     # A current schema is counted over a bare connection (no ORM to load); otherwise migrate.
-    data = collect_from_url(settings.effective_database_url, settings.intake_journal_file, head_revision())
+    data = collect_from_url(settings.effective_database_url, settings.intake_journal_file)
     if data is None:
         db = _database(settings)
         data = collect(db, settings.intake_journal_file)

@@ -47,9 +47,7 @@ async def _call(fn: Callable[..., Any], *args: Any) -> None:
     if inspect.iscoroutinefunction(fn):
         await fn(*args)
     else:
-        result = await asyncio.to_thread(fn, *args)
-        if inspect.isawaitable(result):
-            await result
+        await asyncio.to_thread(fn, *args)
 
 
 class Parts:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from connectors.journal_file import journal_id_of, pending_in_journal
+from core.revision import VERSION_QUERY, is_head
 from core.statuses import AppAckStatus, InboxStatus, JobStatus
 from mapping.ids import MESSAGE_SCOPE_AUTHORITY
 
@@ -104,9 +105,9 @@ def collect(db: Database, journal_file: Path | None = None) -> dict[str, Any]:
         return counts(lambda sql: connection.exec_driver_sql(sql).all(), db.engine.dialect.name, journal_file)
 
 
-def collect_from_url(url: str, journal_file: Path | None, head_revision: str) -> dict[str, Any] | None:
+def collect_from_url(url: str, journal_file: Path | None) -> dict[str, Any] | None:
     """The counts over a bare DB-API connection to ``url`` (SQLite file or PostgreSQL), read
-    only; None when the schema is not at ``head_revision`` (migrate first, then ``collect``)."""
+    only; None when the schema is not the code's (migrate first, then ``collect``)."""
     if url.startswith("sqlite:///"):
         import sqlite3
 
@@ -116,26 +117,20 @@ def collect_from_url(url: str, journal_file: Path | None, head_revision: str) ->
         # Read-write mode, only SELECTs: a read-only connection cannot open a WAL database
         # whose shared-memory file no one has created yet.
         with closing(sqlite3.connect(path, timeout=30)) as sqlite:
-            return _if_current(
-                lambda sql: sqlite.execute(sql).fetchall(), "sqlite", journal_file, head_revision
-            )
+            return _if_current(lambda sql: sqlite.execute(sql).fetchall(), "sqlite", journal_file)
     if url.startswith(("postgresql+psycopg://", "postgresql://")):
         import psycopg
 
         with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True) as pg:
-            return _if_current(
-                lambda sql: pg.execute(sql).fetchall(), "postgresql", journal_file, head_revision
-            )
+            return _if_current(lambda sql: pg.execute(sql).fetchall(), "postgresql", journal_file)
     return None
 
 
-def _if_current(
-    rows: Rows, dialect: str, journal_file: Path | None, head_revision: str
-) -> dict[str, Any] | None:
+def _if_current(rows: Rows, dialect: str, journal_file: Path | None) -> dict[str, Any] | None:
     try:
-        version = rows("SELECT version_num FROM alembic_version")
+        version = rows(VERSION_QUERY)
     except Exception:  # no such table (never migrated), in sqlite3's or psycopg's error class
         return None
-    if [tuple(r) for r in version] != [(head_revision,)]:
+    if not is_head(r[0] for r in version):
         return None
     return counts(rows, dialect, journal_file)
