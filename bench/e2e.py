@@ -378,7 +378,10 @@ def _stat(pid: int) -> tuple[int, str, float, float] | None:
 
 
 def _what(pid: int, comm: str) -> str:
-    """A short name for a child process: multiprocessing's helpers by role, else its comm."""
+    """A short name for a child process: serve's children by the name they give themselves
+    (core.children), multiprocessing's helpers by role, else its comm."""
+    if comm.startswith("sc-"):
+        return comm
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
@@ -918,8 +921,10 @@ def steady(
         "steady", workdir, deployment.mllp_port, run=run, first=STEADY_BASE, patients=args.patients,
         rate=args.steady_rate, seconds=args.steady_seconds, in_flight=args.steady_in_flight,
     ).ready()  # fmt: skip
+    before = cpu_snapshot(deployment.roots())
     client.go()
     result = client.result(args.steady_seconds + timeout_for(0, args))
+    after = cpu_snapshot(deployment.roots())
     _check_client("steady sender", result)
     acks = {int(seq): float(t) for seq, t in result["acks"] if seq >= 0}
     settle(deployment, poller, args, "steady phase", done0 + _stored(result))
@@ -939,12 +944,32 @@ def steady(
         "ack_p50_ms": result["ack_p50_ms"],
         "ack_p99_ms": result["ack_p99_ms"],
         "ack_to_processed": latency([processed[s] - t for s, t in acks.items() if s in processed], len(acks)),
+        # While the sender ran: at a fixed rate, the CPU left over is what latency has to work with.
+        "cpu_ms_per_msg": cpu_per_message(before, after, max(1, result["acked"])),
+        "ack_to_processed_by_second": by_second(
+            [(t, processed[s] - t) for s, t in acks.items() if s in processed]
+        ),
     }
     if deployment.events is not None:
         seq_at = deployment.events.seq_at
         orus = [s for s in acks if not is_adt(s)]
         out["ack_to_event"] = latency([seq_at[s] - acks[s] for s in orus if s in seq_at], len(orus))
     return out
+
+
+def by_second(latencies: list[tuple[float, float]]) -> list[tuple[int, float, float]]:
+    """(second of the phase, median ms, worst ms) of what was ACKed in that second: where the
+    slow ones bunch (a batch that ran long, a checkpoint) and whether a backlog built up."""
+    if not latencies:
+        return []
+    start = min(at for at, _ in latencies)
+    buckets: dict[int, list[float]] = {}
+    for at, value in latencies:
+        buckets.setdefault(int(at - start), []).append(value)
+    return [
+        (second, round(statistics.median(values) * 1e3, 1), round(max(values) * 1e3, 1))
+        for second, values in sorted(buckets.items())
+    ]
 
 
 def latency(values: list[float], expected: int) -> dict[str, Any]:
@@ -1132,6 +1157,17 @@ def report(results: dict[str, Any]) -> None:
         for r in rows[::step] + ([rows[-1]] if (len(rows) - 1) % step else []):
             counts = f"{r['received']:9.0f} {r['processed']:10.0f} {r['pending']:8.0f}"
             print(f"  {r['t']:6d} {r['acked']:8d} {counts}")
+    for mode, m in results["modes"].items():
+        steady_result = m.get("steady")
+        if not steady_result or "cpu_ms_per_msg" not in steady_result:
+            continue
+        print(f"\n{mode}: CPU ms per message during the steady phase ({steady_result['acked']} messages)")
+        for label, ms in sorted(steady_result["cpu_ms_per_msg"].items()):
+            print(f"  {label:40s} {ms:9.3f}")
+        seconds = steady_result.get("ack_to_processed_by_second", [])
+        if seconds:
+            print(f"{mode}: ACK -> processed by second of the steady phase (median / worst ms)")
+            print("  " + "  ".join(f"{t}:{p50:.0f}/{worst:.0f}" for t, p50, worst in seconds))
 
 
 def _loadavg() -> list[float]:

@@ -12,6 +12,7 @@ the link (sandbox.screen.LinkScreen).
 from __future__ import annotations
 
 import multiprocessing.connection
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,7 +21,7 @@ from core.children import ChildLink
 from core.db import Database
 from core.logs import configure_logging
 from sandbox.llm import ModelConfig, load_model
-from sandbox.runner import due_job_ids, run_job
+from sandbox.runner import JobOutcome, due_job_ids, run_job
 from sandbox.screen import LinkScreen
 
 __all__ = ["SandboxConfig", "run_sandbox_child"]
@@ -38,31 +39,45 @@ class SandboxConfig:
     nice: int = 0
     language: str = "en"  # summary_language
     max_sentences: int = 12  # summary_max_sentences
+    # How long a stop drains pending jobs (under core.children's 30 s stop limit); what is
+    # not done by then, or once the parent or its screen is gone, stays pending for the next
+    # start: jobs are rows, so nothing is lost, and none is failed for want of a screen.
+    drain_s: float = 20.0
 
 
 def run_sandbox_child(
     conn: multiprocessing.connection.Connection, parent: int, config: SandboxConfig
 ) -> None:
-    """Due jobs until told to stop; then every pending one (coalescing is only a delay)."""
+    """Due jobs until told to stop; then every pending one (coalescing is only a delay) for up
+    to ``drain_s``, while the parent and its screen are there."""
     configure_logging(config.log_level, file=config.log_file)
     link = ChildLink(conn, parent, nice=config.nice)
     db = Database(url=config.database_url, model_zone=True)
     screen = LinkScreen(link, config.screen_timeout_s)
     model = load_model(config.model_config, config.model)
 
-    def run_due(*, drain: bool = False) -> int:
-        horizon = datetime.max.replace(tzinfo=UTC) if drain else None
+    def run_due(*, drain_until: float | None = None) -> int:
+        """Due jobs (every pending one when draining); how many ran, or -1 when a drain must end."""
+        horizon = datetime.max.replace(tzinfo=UTC) if drain_until is not None else None
         done = 0
         for job_id in due_job_ids(db, now=horizon):
-            run_job(
+            if drain_until is None and link.stop.is_set():
+                break  # the drain takes over, with its time limit
+            if drain_until is not None and (link.parent_gone.is_set() or time.monotonic() > drain_until):
+                done = -1
+                break
+            result = run_job(
                 db,
                 job_id,
                 model,
                 screen=screen,
-                ignore_due=drain,
+                ignore_due=drain_until is not None,
                 language=config.language,
                 max_sentences=config.max_sentences,
             )
+            if drain_until is not None and result.outcome is JobOutcome.DEFERRED:
+                done = -1  # no screen any more: the rest would only spend their attempts
+                break
             done += 1
         if done:
             link.report({"changed": True})
@@ -75,7 +90,8 @@ def run_sandbox_child(
                 continue
             link.wake.wait(config.poll_interval_s)
             link.wake.clear()
-        while run_due(drain=True):
+        drain_until = time.monotonic() + config.drain_s
+        while run_due(drain_until=drain_until) > 0:
             pass
     finally:
         db.dispose()

@@ -41,14 +41,13 @@ from sidecar.api import ApiServer, api_server
 from sidecar.api_guard import raise_fd_limit
 from sidecar.lifecycle import Part, Parts, loop_part
 from sidecar.loops import Loop
-from sidecar.outputs import OutputIntake
+from sidecar.relay_process import build_outputs, build_relay, events_publisher, relay_process
 from sidecar.sandbox_process import sandbox_process
 from worker.appacks import AppAckSender
 from worker.context import build_context
 from worker.dispatch import InboxDispatcher
-from worker.leakguard import LeakGuard
 from worker.pipeline import pending_inbox_ids
-from worker.publishers import LocalBus, Publisher, RabbitPublisher
+from worker.publishers import LocalBus, Publisher
 from worker.relay import Relay
 from worker.runner import pipeline_processes
 from worker.screen import ScreenService
@@ -141,25 +140,20 @@ class SidecarApp:
         self.db.migrate()
         self.ctx = build_context(settings, self.db)
         self.bus = bus or LocalBus()
-        events_url = settings.effective_events_url
-        self.publisher: Publisher = (
-            RabbitPublisher(events_url, settings.events_exchange) if events_url else self.bus
-        )
-        self.relay = Relay(
-            self.db,
-            self.publisher,
-            batch_size=settings.relay_batch_size,
-            guard=LeakGuard(self.ctx.vault),
-        )
-        # What the model zone hands back is checked and stored here, before the relay
-        # publishes (sidecar.outputs): the sandbox writes neither resources nor outbox.
-        self.outputs = OutputIntake(
-            self.db,
-            LeakGuard(self.ctx.vault),
-            model_version=settings.model_version,
-            model_weights_digest=settings.model_weights_digest,
-        )
-        self.relay_loop = Loop("relay", self._relay_round, settings.relay_interval_s)
+        # The relay in a process of its own (sidecar/relay_process.py), unless it must
+        # deliver to subscribers of an in-process bus given here (the demo, in-process tests).
+        self.relay_process: Children | None = relay_process(settings) if bus is None else None
+        self.relay: Relay | None = None  # in this process: a thread (relay_loop)
+        self.publisher: Publisher | None = None
+        if self.relay_process is None:
+            self.publisher = events_publisher(settings, self.bus)
+            self.relay = build_relay(settings, self.ctx, self.publisher)
+        # What the model zone hands back is checked and stored in the identified zone, before
+        # the relay publishes (sidecar.outputs): the sandbox writes neither resources nor outbox.
+        self.outputs = build_outputs(settings, self.ctx)
+        self.relay_loop: Loop | None = None
+        if self.relay is not None:
+            self.relay_loop = Loop("relay", self._relay_round, settings.relay_interval_s)
         # Application ACKs go out from here, the process that faces the senders, whichever
         # process decided them (worker.appacks).
         self.app_ack_loop: Loop | None = None
@@ -275,7 +269,10 @@ class SidecarApp:
         forward and publish what their drain leaves; the journal drains into the inbox
         before the pipeline stops; the listeners start last and stop first."""
         parts = [loop_part(loop.name, loop) for loop in self.audit_loops]
-        parts.append(loop_part("relay", self.relay_loop))
+        if self.relay_process is not None:
+            parts.append(Part("relay", self.relay_process.start, self.relay_process.stop))
+        if self.relay_loop is not None:
+            parts.append(loop_part("relay", self.relay_loop))
         if self.app_ack_loop is not None:  # what is still due stays in app_acks for the next start
             parts.append(loop_part("app-acks", self.app_ack_loop, final_round=False))
         if self.sandbox is not None:  # its stop runs what is pending first
@@ -323,7 +320,8 @@ class SidecarApp:
     async def stop(self, drain_timeout_s: float = 30.0) -> None:
         """Stop accepting, finish what was acknowledged, publish what was stored."""
         await self.parts.stop(drain_timeout_s)
-        self.publisher.close()
+        if self.publisher is not None:
+            self.publisher.close()
         self.inbox.close()
         self.db.dispose()
         log.info("stopped")
@@ -342,7 +340,10 @@ class SidecarApp:
             if self.sandbox is not None:
                 self.sandbox.wake()
             self.outputs.drain()
-            self.relay.drain()
+            if self.relay is not None:
+                self.relay.drain()
+            elif self.relay_process is not None:
+                self.relay_process.wake()
             if not self._pending_jobs() and not pending_inbox_ids(self.db, limit=1) and not self._unsent():
                 return True
             time.sleep(0.05)
@@ -366,13 +367,16 @@ class SidecarApp:
 
     def _after_pipeline(self, report: dict[str, Any]) -> None:
         if report.get("changed"):
-            self.relay_loop.wake()
+            for relay in (self.relay_process, self.relay_loop):
+                if relay is not None:
+                    relay.wake()
         if self.app_ack_loop is not None:
             self.app_ack_loop.wake()
         if report.get("jobs") and self.sandbox is not None:
             self.sandbox.wake()
 
     def _relay_round(self) -> int:
+        assert self.relay is not None  # the loop exists only with the relay in this process
         return self.outputs.run_once() + self.relay.run_once()
 
     def _unsent(self) -> int:

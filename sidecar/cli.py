@@ -127,6 +127,7 @@ def serve(
         ports |= {"api_port": sidecar.api.port} if sidecar.api else {}
         ports |= {"dicom_port": sidecar.dicom.port} if sidecar.dicom else {}
         ports |= {"pipeline_pids": sidecar.pipeline.pids} if sidecar.pipeline else {}
+        ports |= {"relay_pids": sidecar.relay_process.pids} if sidecar.relay_process else {}
         print(json.dumps({"event": "listening", **ports}), flush=True)
         await stop.wait()
         await sidecar.stop()

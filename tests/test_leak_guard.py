@@ -53,7 +53,7 @@ def test_a_planted_leak_is_blocked_dead_lettered_and_audited(tmp_path: Path) -> 
             for resource in (leaky, safe):
                 event = resource_event(resource, ChangeKind.CREATED, patient=patient, time=now)
                 add_outbox(s, event, resource_routing_key("Observation", ChangeKind.CREATED), now=now)
-        assert dep.app is not None
+        assert dep.app is not None and dep.app.relay_loop is not None  # an in-process bus: a thread
         dep.app.relay_loop.wake()
         wait_for(lambda: collect(dep.db)["events"]["pending"] == 0, timeout=30)
 
