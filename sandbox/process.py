@@ -56,32 +56,39 @@ def run_sandbox_child(
     screen = LinkScreen(link, config.screen_timeout_s)
     model = load_model(config.model_config, config.model)
 
-    def run_due(*, drain_until: float | None = None) -> int:
-        """Due jobs (every pending one when draining); how many ran, or -1 when a drain must end."""
-        horizon = datetime.max.replace(tzinfo=UTC) if drain_until is not None else None
+    def run(job_id: int, *, drain: bool = False) -> JobOutcome:
+        return run_job(
+            db,
+            job_id,
+            model,
+            screen=screen,
+            ignore_due=drain,
+            language=config.language,
+            max_sentences=config.max_sentences,
+        ).outcome
+
+    def run_due() -> int:
         done = 0
-        for job_id in due_job_ids(db, now=horizon):
-            if drain_until is None and link.stop.is_set():
+        for job_id in due_job_ids(db):
+            if link.stop.is_set():
                 break  # the drain takes over, with its time limit
-            if drain_until is not None and (link.parent_gone.is_set() or time.monotonic() > drain_until):
-                done = -1
-                break
-            result = run_job(
-                db,
-                job_id,
-                model,
-                screen=screen,
-                ignore_due=drain_until is not None,
-                language=config.language,
-                max_sentences=config.max_sentences,
-            )
-            if drain_until is not None and result.outcome is JobOutcome.DEFERRED:
-                done = -1  # no screen any more: the rest would only spend their attempts
-                break
+            run(job_id)
             done += 1
         if done:
             link.report({"changed": True})
         return done
+
+    def drain(until: float) -> None:
+        """Every pending job (coalescing is only a delay) until ``until``, while the parent
+        and its screen are there; what is left stays pending for the next start."""
+        while ids := due_job_ids(db, now=datetime.max.replace(tzinfo=UTC)):
+            for job_id in ids:
+                if link.parent_gone.is_set() or time.monotonic() > until:
+                    return
+                outcome = run(job_id, drain=True)
+                link.report({"changed": True})
+                if outcome is JobOutcome.DEFERRED:
+                    return  # no screen any more: the rest would only spend their attempts
 
     link.ready()
     try:
@@ -90,9 +97,7 @@ def run_sandbox_child(
                 continue
             link.wake.wait(config.poll_interval_s)
             link.wake.clear()
-        drain_until = time.monotonic() + config.drain_s
-        while run_due(drain_until=drain_until) > 0:
-            pass
+        drain(time.monotonic() + config.drain_s)
     finally:
         db.dispose()
         link.stopped()

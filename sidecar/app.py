@@ -139,14 +139,13 @@ class SidecarApp:
         self.db = Database(settings)
         self.db.migrate()
         self.ctx = build_context(settings, self.db)
-        self.bus = bus or LocalBus()
         # The relay in a process of its own (sidecar/relay_process.py), unless it must
         # deliver to subscribers of an in-process bus given here (the demo, in-process tests).
         self.relay_process: Children | None = relay_process(settings) if bus is None else None
         self.relay: Relay | None = None  # in this process: a thread (relay_loop)
         self.publisher: Publisher | None = None
-        if self.relay_process is None:
-            self.publisher = events_publisher(settings, self.bus)
+        if bus is not None:
+            self.publisher = events_publisher(settings, bus)
             self.relay = build_relay(settings, self.ctx, self.publisher)
         # What the model zone hands back is checked and stored in the identified zone, before
         # the relay publishes (sidecar.outputs): the sandbox writes neither resources nor outbox.

@@ -12,13 +12,22 @@ log = logging.getLogger("sidecar.loops")
 
 
 class Loop:
-    def __init__(self, name: str, round_fn: Callable[[], int], interval_s: float) -> None:
+    def __init__(
+        self,
+        name: str,
+        round_fn: Callable[[], int],
+        interval_s: float,
+        *,
+        wake: threading.Event | None = None,
+        stop: threading.Event | None = None,
+    ) -> None:
+        """``wake``, ``stop``: events someone else sets (a child process's link), for ``run``."""
         self.name = name
         self._round = round_fn
         self._interval = interval_s
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._wake = wake or threading.Event()
+        self._stop = stop or threading.Event()
+        self._thread = threading.Thread(target=self.run, name=name, daemon=True)
         self.failures = 0
 
     def start(self) -> None:
@@ -40,7 +49,8 @@ class Loop:
             log.warning("loop round failed", extra={"loop": self.name, "error_type": type(exc).__name__})
             return 0
 
-    def _run(self) -> None:
+    def run(self) -> None:
+        """Rounds on the calling thread until stopped (``start`` runs them on a thread of their own)."""
         while not self._stop.is_set():
             did = self.run_round()
             if did:

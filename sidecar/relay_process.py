@@ -16,12 +16,12 @@ sent).
 
 from __future__ import annotations
 
-import logging
 import multiprocessing.connection
 import time
 
 from core.children import ChildLink, Children
 from core.settings import Settings
+from sidecar.loops import Loop
 from sidecar.outputs import OutputIntake
 from worker.leakguard import LeakGuard
 from worker.pipeline import PipelineContext
@@ -29,8 +29,6 @@ from worker.publishers import LocalBus, Publisher, RabbitPublisher
 from worker.relay import Relay
 
 __all__ = ["build_outputs", "build_relay", "events_publisher", "relay_process", "run_relay_child"]
-
-log = logging.getLogger("sidecar.relay")
 
 # A stop publishes what is left for up to this long (under core.children's 30 s stop
 # limit); anything later stays unsent in the outbox for the next start.
@@ -70,28 +68,18 @@ def run_relay_child(conn: multiprocessing.connection.Connection, parent: int, se
     publisher = events_publisher(settings, LocalBus())
     relay = build_relay(settings, ctx, publisher)
     outputs = build_outputs(settings, ctx)
-    failures = 0
-
-    def round_() -> int:
-        nonlocal failures
-        try:
-            done = outputs.run_once() + relay.run_once()
-        except Exception as exc:  # the database or the broker away: the rows wait, retried
-            failures += 1
-            log.warning("relay round failed", extra={"error_type": type(exc).__name__})
-            return 0
-        failures = 0
-        return done
-
+    loop = Loop(
+        "relay",
+        lambda: outputs.run_once() + relay.run_once(),
+        settings.relay_interval_s,
+        wake=link.wake,
+        stop=link.stop,
+    )
     link.ready()
     try:
-        while not link.stop.is_set():
-            if round_():
-                continue
-            link.wake.wait(settings.relay_interval_s if not failures else max(settings.relay_interval_s, 1.0))
-            link.wake.clear()
+        loop.run()
         deadline = time.monotonic() + DRAIN_S
-        while not link.parent_gone.is_set() and time.monotonic() < deadline and round_():
+        while not link.parent_gone.is_set() and time.monotonic() < deadline and loop.run_round():
             pass
     finally:
         publisher.close()
