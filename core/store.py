@@ -107,6 +107,28 @@ def put_resource(
     return change
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """What ``ResourceWriter.put`` makes of a resource's content alone, whatever is stored:
+    its canonical JSON without meta, the hash of that, its search index values, and the
+    leak screen's verdict (None: not screened; the screen skips meta, so it is the
+    verdict on the stored version too). The pipeline makes these before it takes the write
+    lock (worker.batch), so the lock is held for the comparison and the writes only."""
+
+    resource: dict[str, Any]
+    content: str
+    digest: str
+    index: tuple[str | None, datetime | None, datetime | None]
+    kinds: tuple[str, ...] | None = None
+
+
+def prepare(resource: dict[str, Any], kinds: Sequence[str] | None = None) -> Prepared:
+    content = canonical_json({k: v for k, v in resource.items() if k != "meta"})
+    digest = hashlib.sha256(content.encode()).hexdigest()
+    verdict = None if kinds is None else tuple(kinds)
+    return Prepared(resource, content, digest, index_values(resource), verdict)
+
+
 @dataclass
 class _Head:
     """What is stored (or staged in this batch) for one resource."""
@@ -237,15 +259,18 @@ class ResourceWriter:
         patient: str | None,
         origin: str,
         source_seq: int | None = None,
+        prepared: Prepared | None = None,
     ) -> StoredChange:
-        """``put_resource``'s rules, staged for ``flush``."""
+        """``put_resource``'s rules, staged for ``flush``. ``prepared``: ``prepare`` of this
+        very resource, made earlier (anything else is worked out here)."""
         rtype, rid = resource["resourceType"], resource["id"]
         key = (rtype, rid)
         if key not in self._heads:
             self.load([key], lock=True)
         head = self._heads[key]
-        content = canonical_json({k: v for k, v in resource.items() if k != "meta"})
-        digest = hashlib.sha256(content.encode()).hexdigest()
+        if prepared is None or prepared.resource is not resource:
+            prepared = prepare(resource)
+        content, digest = prepared.content, prepared.digest
         stated = head.source_seq if head is not None else None
         if head is not None and stated is not None and source_seq is not None and source_seq < stated:
             return StoredChange(rtype, rid, head.version, None, stale=True)
@@ -271,7 +296,7 @@ class ResourceWriter:
                 body,
                 in_db=head is not None and head.in_db,
                 new_version=True,
-                index=index_values(stored),
+                index=prepared.index,
             ),
         )
         self._history.append(
@@ -285,10 +310,12 @@ class ResourceWriter:
             }
         )
         event = resource_event(stored, change, patient=patient, time=self._now_iso)
-        kinds = self._screen(patient, stored) if self._screen is not None and patient else []
-        reason = block_reason(event["id"], kinds) if kinds else None
+        kinds: Sequence[str] = []
+        if self._screen is not None and patient:
+            kinds = prepared.kinds if prepared.kinds is not None else self._screen(patient, stored)
+        reason = block_reason(event["id"], list(kinds)) if kinds else None
         if kinds:
-            self.blocked.append((event["id"], kinds))
+            self.blocked.append((event["id"], list(kinds)))
         self._outbox.append(
             {
                 "event_id": event["id"],

@@ -92,7 +92,7 @@ def requeue_stalled(db: Database, *, older_than_s: float = 300.0) -> int:
 
 def due_job_ids(db: Database, *, now: datetime | None = None, limit: int = 100) -> list[int]:
     now = now or datetime.now(UTC)
-    with db.sessions() as session:
+    with db.reads() as session:  # a poll: no write lock (run_job claims each one)
         query = select(Job.id).where(Job.status == JobStatus.PENDING, Job.due_at <= now)
         return list(session.execute(query.order_by(Job.due_at).limit(limit)).scalars())
 

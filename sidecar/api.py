@@ -65,7 +65,7 @@ from sidecar.api_subscriptions import subscription_router
 from sidecar.bulk_export import BulkExporter
 from sidecar.loops import Loop
 from sidecar.smart import TokenService
-from sidecar.stats import collect
+from sidecar.stats import StatusCounts
 from sidecar.subscriptions import Deliverer, DeliverySettings
 
 __all__ = ["ApiServer", "api_server", "create_api"]
@@ -112,6 +112,7 @@ def create_api(
     api.state.exporter, api.state.deliverer = exporter, deliverer
     api.add_middleware(ErrorAudit, db=db, body=lambda: outcome("exception", "internal error (audited)"))
     bearer = HTTPBearer(auto_error=False)
+    status_counts = StatusCounts(db, journal_file)
 
     def purpose_of(name: str) -> str:
         return (purposes or {}).get(name, DEFAULT_PURPOSE)
@@ -235,7 +236,7 @@ def create_api(
 
     @api.get("/status")
     def status(who: Client) -> dict[str, Any]:
-        counts = collect(db, journal_file)  # counts only: no patient data, nothing to screen
+        counts = status_counts()  # counts only: no patient data, nothing to screen
         with db.transaction() as session:
             audit.append(session, actor=who.actor, action="status.read", entity="status")
         return counts

@@ -9,7 +9,9 @@ and 0015) word for word, so the counts come from indexes.
 
 from __future__ import annotations
 
+import math
 import re
+import time
 from collections.abc import Callable, Sequence
 from contextlib import closing
 from pathlib import Path
@@ -23,13 +25,16 @@ from mapping.ids import MESSAGE_SCOPE_AUTHORITY
 if TYPE_CHECKING:
     from core.db import Database
 
-__all__ = ["UNLINKED_WHERE", "collect", "collect_from_url", "counts"]
+__all__ = ["UNLINKED_WHERE", "StatusCounts", "collect", "collect_from_url", "counts"]
 
 # A literal, not a bound parameter: SQLite uses a partial index only for a WHERE it can see.
 UNLINKED_WHERE = f"authority = '{MESSAGE_SCOPE_AUTHORITY}'"
 _JOURNAL_ID = re.compile(r"^[0-9a-fA-F-]{1,36}$")
 
 Rows = Callable[[str], Sequence[Sequence[Any]]]
+RESOURCES_BY_TYPE = (
+    "SELECT resource_type, count(*) FROM resources GROUP BY resource_type ORDER BY resource_type"
+)
 
 
 def _one(rows: Rows, sql: str) -> int:
@@ -62,12 +67,7 @@ def counts(rows: Rows, dialect: str, journal_file: Path | None = None) -> dict[s
         "unlinked": _one(rows, f"SELECT count(*) FROM reid_map WHERE {UNLINKED_WHERE}"),
         "quarantined": _one(rows, "SELECT count(*) FROM quarantine"),
         "dead_letters": _one(rows, "SELECT count(*) FROM dead_letters WHERE resolved_at IS NULL"),
-        "resources": {
-            str(t): int(n)
-            for t, n in rows(
-                "SELECT resource_type, count(*) FROM resources GROUP BY resource_type ORDER BY resource_type"
-            )
-        },
+        "resources": {str(t): int(n) for t, n in rows(RESOURCES_BY_TYPE)},
         "events": {
             "published": _one(rows, "SELECT count(*) FROM outbox WHERE sent_at IS NOT NULL"),
             # A blocked event is never sent: the rest of the unsent ones are pending (both counts
@@ -100,9 +100,37 @@ def _journaled(rows: Rows, journal_file: Path | None) -> int:
 
 
 def collect(db: Database, journal_file: Path | None = None) -> dict[str, Any]:
-    """The counts over the sidecar's own engine (one read transaction)."""
-    with db.engine.connect() as connection:
+    """The counts over the sidecar's own engine (one read transaction; on SQLite a plain
+    BEGIN, so ``GET /status`` reads beside the writers instead of queuing for their lock)."""
+    from core.db import READ_ONLY
+
+    with db.engine.execution_options(**{READ_ONLY: True}).connect() as connection:
         return counts(lambda sql: connection.exec_driver_sql(sql).all(), db.engine.dialect.name, journal_file)
+
+
+class StatusCounts:
+    """``collect`` for a server asked often (``GET /status``): the resources by type, which
+    read the whole key index of the resources (~20 ms per 100,000 on SQLite, and a monitor
+    polls), are reused for up to ``max_age_s``; every other count is read each time."""
+
+    def __init__(self, db: Database, journal_file: Path | None = None, *, max_age_s: float = 5.0) -> None:
+        self._db, self._journal_file, self._max_age_s = db, journal_file, max_age_s
+        self._by_type: Sequence[Sequence[Any]] = ()
+        self._read_at = -math.inf
+
+    def __call__(self) -> dict[str, Any]:
+        from core.db import READ_ONLY
+
+        def rows(sql: str) -> Sequence[Sequence[Any]]:
+            if sql != RESOURCES_BY_TYPE:
+                return connection.exec_driver_sql(sql).all()
+            if time.monotonic() - self._read_at > self._max_age_s:
+                self._by_type = connection.exec_driver_sql(sql).all()
+                self._read_at = time.monotonic()
+            return self._by_type
+
+        with self._db.engine.execution_options(**{READ_ONLY: True}).connect() as connection:
+            return counts(rows, self._db.engine.dialect.name, self._journal_file)
 
 
 def collect_from_url(url: str, journal_file: Path | None) -> dict[str, Any] | None:

@@ -11,10 +11,12 @@ import pytest
 from sqlalchemy import select
 
 from connectors.inbox import DatabaseInbox
+from core.db import Database
 from core.events import ChangeKind, resource_event, resource_routing_key
 from core.settings import Settings
 from core.store import add_outbox
-from core.tables import AuditEntry, DeadLetter, OutboxEvent, Resource
+from core.tables import AuditEntry, DeadLetter, OutboxEvent, PhiToken, Resource
+from deid import Vault
 from sidecar.stats import collect
 from tests.deployments import Embedded, wait_for
 from tests.fixtures.messages import ADT_A01, encoded, inbound
@@ -150,3 +152,25 @@ def test_a_date_is_not_read_as_an_identifier_but_every_other_string_is() -> None
     assert kinds({"note": [{"text": "seen"}, {"text": ["x", {"deep": "Harriet Quimby"}]}]}) == ["NAME"]
     assert kinds({"id": "2175550147", "valueString": "call (217) 555-0147"}) == ["PHONE"]
     assert kinds({"id": "QUIMBY", "reference": "Patient/4711234", "valueInteger": 2026}) == []
+
+
+def test_a_patients_tokens_are_read_again_once_older_than_asked(db: Database) -> None:
+    """The pipeline keeps a patient's tokens between batches (it learns its own); what another
+    writer adds reaches it once what it read is older than ``max_age_s``."""
+    guard = LeakGuard(Vault(b"k" * 32))
+    with db.transaction() as s:
+        s.add(PhiToken(patient="p1", token="t-old", kind="ID"))
+    with db.reads() as s:
+        guard.prefetch(s, ["p1"], max_age_s=3600.0)
+        assert guard.kinds_of(s, "p1", frozenset({"t-old", "t-new"})) == ["ID"]
+    with db.transaction() as s:
+        s.add(PhiToken(patient="p1", token="t-new", kind="PHONE"))
+    with db.reads() as s:
+        guard.prefetch(s, ["p1"], max_age_s=3600.0)  # read just now: kept
+        assert guard.kinds_of(s, "p1", frozenset({"t-new"})) == []
+        guard.prefetch(s, ["p1"], max_age_s=0.0)  # any age is too old: read again
+        assert guard.kinds_of(s, "p1", frozenset({"t-new"})) == ["PHONE"]
+    guard.forget()
+    with db.reads() as s:
+        guard.prefetch(s, ["p1"])  # forgotten: read whatever max_age_s
+        assert guard.kinds_of(s, "p1", frozenset({"t-old", "t-new"})) == ["ID", "PHONE"]

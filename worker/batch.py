@@ -37,12 +37,14 @@ from connectors.hl7 import AckCode
 from core.bulk import insert_rows
 from core.store import (
     REMEMBERED_KINDS,
+    Prepared,
     ResourceWriter,
     Screen,
     StoredChange,
     compose_known,
     known_phi_rows,
     phi_digest,
+    prepare,
 )
 from core.tables import InboxEntry, InboxStatus, OutboxEvent, PatientPhi, PhiToken, ReidEntry
 from deid import DeidentifiedResource
@@ -80,6 +82,7 @@ _KEYS_PER_QUERY = 500
 _STUB_TYPES = frozenset({"Patient"})  # create_only stubs (DICOM's Patient) are checked against what is stored
 
 
+TOKENS_MAX_AGE_S = 30.0  # how long the pipeline trusts a patient's tokens it read (see _prepare)
 AUDIT_STAGE = "store.audit"  # a part of the "store" stage, counted apart too
 
 
@@ -88,7 +91,8 @@ class PipelineState:
     (thread time), summed over batches (``sidecar stats``: ``pipeline.cpu_ms.<stage>``),
     and the identifier rows it knows are stored (``seen``), so a patient's next message
     does not insert them again (rows are only ever inserted, so "stored" stays true), and
-    the leak guard with its cache of token hashes per text."""
+    the leak guard with its caches: token hashes per text, and the tokens of the patients
+    it saw lately (see ``_prepare``)."""
 
     def __init__(self, seen_max: int = 200_000) -> None:
         self.seconds: dict[str, float] = {}
@@ -143,6 +147,7 @@ class _Entry:
     source: str
     charset: str
     outcome: Transformed | PermanentFailure | None = None
+    prepared: list[Prepared | None] = field(default_factory=list)  # one per resource
 
 
 class _Known:
@@ -287,6 +292,8 @@ def process_batch(ctx: PipelineContext, inbox_ids: Sequence[int], *, state: Pipe
                     # Before the transaction commits: a crash after this leaves the entry
                     # RECEIVED and the rerun finds the same bytes in place.
                     put_object(ctx.dicom.object_dir, obj)
+    with state.stage("prepare"):
+        _prepare(ctx, entries, state)
     stored_keys: list[tuple[str, ...]] = []
     with state.stage("store"):
         with ctx.db.transaction() as session:
@@ -346,7 +353,7 @@ def _store_batch(
     stored_keys: list[tuple[str, ...]],
 ) -> BatchResult:
     received = _still_received(session, ctx, [e.inbox_id for e in entries])
-    writer = ResourceWriter(session, now=now, screen=_screen(session, ctx, entries, state))
+    writer = ResourceWriter(session, now=now, screen=_screen(session, state))
     writer.load(
         (
             (item.resource["resourceType"], item.resource["id"])
@@ -368,7 +375,7 @@ def _store_batch(
         if isinstance(outcome, Transformed):
             mark = writer.mark()
             try:
-                changes, kept = _stage_resources(writer, entry.inbox_id, outcome)
+                changes, kept = _stage_resources(writer, entry.inbox_id, outcome, entry.prepared)
                 stored.append(
                     (
                         entry,
@@ -429,19 +436,54 @@ def _store_batch(
     return BatchResult([results[i] for i in sorted(results)])
 
 
-def _screen(session: Session, ctx: PipelineContext, entries: list[_Entry], state: PipelineState) -> Screen:
-    """The relay's leak check, run here on the events the batch writes: the patients' stored
-    tokens (one read) plus what the batch's entries report. In the pipeline's processes, which
-    scale, rather than in the relay's one; the relay still checks any row not screened."""
+def _prepare(ctx: PipelineContext, entries: list[_Entry], state: PipelineState) -> None:
+    """Before the write transaction, what storing a resource needs of its content alone
+    (``core.store.prepare``: JSON, hash, search index, the leak screen's verdict), so the
+    write lock, which the listener's inbox and the relay wait for, is held for the rest only.
+    Not for the types the store merges with what is stored (their content is known only
+    inside the transaction).
+
+    The screen is the relay's leak check, run here on the events the batch writes: the
+    patients' stored tokens (one read) plus what the batch's entries report. In the
+    pipeline's processes, which scale, rather than in the relay's one; the relay still
+    checks any row not screened. Read before the transaction like the known values
+    (``_Known``): a patient's entries are handled by one process (worker.runner's lanes), so
+    no other transaction adds to its tokens meanwhile."""
     if state.guard is None:
         state.guard = LeakGuard(ctx.vault)
     guard = state.guard
-    guard.forget()
-    done = [e.outcome for e in entries if isinstance(e.outcome, Transformed)]
-    guard.prefetch(session, {p for t in done for p in t.patients})
-    for t in done:
-        for patient in t.patients:
-            guard.learn(patient, t.tokens)
+    done = [(e, e.outcome) for e in entries if isinstance(e.outcome, Transformed)]
+    with ctx.db.reads() as session:
+        # A patient's tokens grow with each of its messages (order and visit numbers), so
+        # reading them all again for every batch cost more the longer the patient stayed.
+        # This process stores them itself, and learns each batch's below, so what it read
+        # stays complete; read again after TOKENS_MAX_AGE_S all the same (a replay, or a
+        # message of the patient another lane took, may have added some).
+        guard.prefetch(session, {p for _, t in done for p in t.patients}, max_age_s=TOKENS_MAX_AGE_S)
+        for _, t in done:
+            for patient in t.patients:
+                guard.learn(patient, t.tokens)
+        for entry, t in done:
+            entry.prepared = [
+                None
+                if _merged(item.resource["resourceType"])
+                else prepare(
+                    item.resource,
+                    guard.kinds_in(session, item.patient, item.resource) if item.patient else (),
+                )
+                for item in t.resources
+            ]
+
+
+def _merged(rtype: str) -> bool:
+    """Stored as a merge with the stored version (``_stage_resources``)."""
+    return rtype in MERGED_TYPES or rtype == "ImagingStudy"
+
+
+def _screen(session: Session, state: PipelineState) -> Screen:
+    """The leak screen of what ``_prepare`` could not screen, over the tokens it read."""
+    guard = state.guard
+    assert guard is not None, "_prepare runs first"
     return lambda patient, resource: guard.kinds_in(session, patient, resource) if patient else []
 
 
@@ -455,13 +497,18 @@ def _blocked(session: Session, blocked: list[tuple[str, list[str]]], *, now: dat
 
 
 def _stage_resources(
-    writer: ResourceWriter, inbox_id: int, transformed: Transformed
+    writer: ResourceWriter,
+    inbox_id: int,
+    transformed: Transformed,
+    prepared: Sequence[Prepared | None] = (),
 ) -> tuple[list[StoredChange], list[DeidentifiedResource]]:
-    """One entry's resources, by the rules of its kind (see docs/architecture.md, data flow 2)."""
+    """One entry's resources, by the rules of its kind (see docs/architecture.md, data flow 2).
+    ``prepared``: ``_prepare``'s work, one per resource (or none)."""
     origin = f"inbox:{inbox_id}"
     changes: list[StoredChange] = []
     kept: list[DeidentifiedResource] = []
-    for item in transformed.resources:
+    ready = list(prepared) or [None] * len(transformed.resources)
+    for item, made in zip(transformed.resources, ready, strict=True):
         resource: dict[str, Any] = item.resource
         rtype, rid = resource["resourceType"], resource["id"]
         if f"{rtype}/{rid}" in transformed.create_only and writer.current(rtype, rid)[0] is not None:
@@ -481,7 +528,9 @@ def _stage_resources(
                 clear = transformed.cleared.get(f"{rtype}/{rid}", frozenset())
                 resource = merge_update(current, resource, keep=keep, clear=clear)
         # Anything else from an entry older than the newest that stated it is left as stored.
-        changes.append(writer.put(resource, patient=item.patient, origin=origin, source_seq=source_seq))
+        changes.append(
+            writer.put(resource, patient=item.patient, origin=origin, source_seq=source_seq, prepared=made)
+        )
         kept.append(item)
     return changes, kept
 

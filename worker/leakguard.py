@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
@@ -75,6 +76,7 @@ class LeakGuard:
     def __init__(self, vault: Vault) -> None:
         self._vault = vault
         self._cache: OrderedDict[str, dict[str, str]] = OrderedDict()
+        self._read_at: dict[str, float] = {}  # patient -> when its tokens were read (monotonic)
         # text -> its token hashes. A payload's tokens are the union of its strings' tokens,
         # and most strings (code displays, units, statuses) recur in every event: one keyed
         # hash per word run was ~0.3 ms of CPU per event without this.
@@ -87,25 +89,41 @@ class LeakGuard:
         if patient not in self._cache:
             query = select(PhiToken.token, PhiToken.kind).where(PhiToken.patient == patient)
             self._cache[patient] = {token: kind for token, kind in session.execute(query).all()}
+            self._read_at[patient] = time.monotonic()
             if len(self._cache) > _CACHE_PATIENTS:
-                self._cache.popitem(last=False)
+                evicted, _ = self._cache.popitem(last=False)
+                self._read_at.pop(evicted, None)
         return self._cache[patient]
 
     def forget(self) -> None:
         self._cache.clear()
+        self._read_at.clear()
 
-    def prefetch(self, session: Session, patients: Iterable[str]) -> None:
-        """Read the tokens of many patients at once (a relay round's subjects)."""
-        missing = sorted({p for p in patients if p not in self._cache})
+    def prefetch(self, session: Session, patients: Iterable[str], *, max_age_s: float | None = None) -> None:
+        """Read the tokens of many patients at once (a relay round's subjects). ``max_age_s``:
+        keep what was read of a patient less than this long ago (None: whenever it was read)."""
+        now = time.monotonic()
+        missing = sorted(
+            {
+                p
+                for p in patients
+                if p not in self._cache
+                or (max_age_s is not None and now - self._read_at.get(p, 0.0) > max_age_s)
+            }
+        )
         for start in range(0, len(missing), _PATIENTS_PER_QUERY):
             chunk = missing[start : start + _PATIENTS_PER_QUERY]
             found: dict[str, dict[str, str]] = {p: {} for p in chunk}
             query = select(PhiToken.patient, PhiToken.token, PhiToken.kind).where(PhiToken.patient.in_(chunk))
             for patient, token, kind in session.execute(query):
                 found[patient][token] = kind
-            self._cache.update(found)
+            for patient, tokens in found.items():
+                self._cache[patient] = tokens
+                self._cache.move_to_end(patient)
+                self._read_at[patient] = now
         while len(self._cache) > max(_CACHE_PATIENTS, len(missing)):
-            self._cache.popitem(last=False)
+            evicted, _ = self._cache.popitem(last=False)
+            self._read_at.pop(evicted, None)
 
     def learn(self, patient: str, tokens: dict[str, str]) -> None:
         """Add tokens not stored yet (the pipeline's batch, before its commit)."""
@@ -139,6 +157,16 @@ class LeakGuard:
         if not known:
             return []
         return sorted({known[t] for text in _strings(payload) for t in self._text_tokens(text) if t in known})
+
+    def payload_tokens(self, payload: Any) -> frozenset[str]:
+        """The keyed tokens of a payload, without the database: made before a transaction
+        and compared with ``kinds_of`` inside it."""
+        return frozenset(t for text in _strings(payload) for t in self._text_tokens(text))
+
+    def kinds_of(self, session: Session, patient: str, tokens: frozenset[str]) -> list[str]:
+        """``kinds_in`` over ``payload_tokens`` made earlier."""
+        known = self._tokens(session, patient)
+        return sorted({known[t] for t in tokens if t in known}) if known else []
 
     def _text_tokens(self, text: str) -> frozenset[str]:
         if _DATE_SHAPE.fullmatch(text):

@@ -54,6 +54,8 @@ class Relay:
 
     def run_once(self) -> int:
         """Publish one batch; returns how many rows were sent (0: nothing to do)."""
+        if not self._waiting():
+            return 0
         with self._db.transaction() as session:
             query = (
                 select(
@@ -90,6 +92,17 @@ class Relay:
                 patients=subjects(r.body for r in passed),
             )
             return len(passed)
+
+    def _waiting(self) -> bool:
+        """Whether any row waits, read beside the writers: a round that finds none then
+        takes no write lock (on SQLite, the one the pipeline and the inbox queue for)."""
+        with self._db.reads() as session:
+            query = (
+                select(_OUTBOX.c.id)
+                .where(_OUTBOX.c.sent_at.is_(None), _OUTBOX.c.blocked_at.is_(None))
+                .limit(1)
+            )
+            return session.execute(query).first() is not None
 
     def drain(self) -> int:
         total = 0

@@ -55,6 +55,10 @@ class ScreenService:
         now = datetime.now(UTC)
         stage = "prompt" if stage == "prompt" else "answer"
         kinds: list[str] = []
+        # The text's tokens before the write transaction (keyed hashes of its words: the
+        # costly part, and it needs no database); the patient's, read fresh inside it.
+        guard = LeakGuard(self._vault)
+        tokens = guard.payload_tokens(text)
         with self._db.transaction() as session:
             job = session.execute(select(Job).where(Job.id == job_id).with_for_update()).scalar_one_or_none()
             refusal = _refusal(job, self._max)
@@ -64,7 +68,7 @@ class ScreenService:
             else:
                 job.screenings += 1
                 # A fresh guard each time: the patient's tokens grow as messages arrive.
-                kinds = LeakGuard(self._vault).kinds_in(session, job.patient, text)
+                kinds = guard.kinds_of(session, job.patient, tokens)
                 verdict = LEAK if kinds else CLEAN
                 outcome = audit.Outcome.FAILURE if kinds else audit.Outcome.SUCCESS
                 detail = {"stage": stage, "verdict": verdict, "kinds": kinds, "screening": job.screenings}
