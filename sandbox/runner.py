@@ -122,7 +122,13 @@ def run_job(
         if not claimed:
             return JobResult(job_id, JobOutcome.NOT_DUE)
         kind, patient = session.execute(select(Job.kind, Job.patient).where(Job.id == job_id)).one()
+    # Read after the claim committed (so it holds everything the job was triggered by), and
+    # beside the writers: a patient's context grows with its stay, and reading and parsing
+    # it inside the claim's transaction held SQLite's write lock, which the pipeline and the
+    # inbox wait for, as long.
+    with db.reads() as session:
         context = patient_context(session, patient)
+    with db.transaction() as session:
         audit.append(
             session,
             actor="sandbox",

@@ -122,6 +122,7 @@ class _Checked:
     device: dict[str, Any]
     prompt: dict[str, Any]
     summary: dict[str, Any]
+    tokens: frozenset[str]  # of its texts, for the leak screen's last look under the write lock
 
 
 class OutputIntake:
@@ -162,6 +163,12 @@ class OutputIntake:
     def _take(self, output_id: int) -> None:
         now = datetime.now(UTC)
         self._guard.forget()  # the patient's tokens grow as messages arrive
+        # The checks first, in a read beside the writers (parsing, the leak screen, the
+        # inputs' versions, the verifier, building and validating three resources: held
+        # inside the write transaction, they kept the pipeline and the inbox waiting). The
+        # verdict stands if the job is still the attempt it was made for, which the write
+        # transaction checks under its lock before it stores or fails anything.
+        verdict = self._verdict(output_id, now=now)
         with self._db.transaction() as session:
             output = session.get(JobOutput, output_id, with_for_update=True)
             if output is None:
@@ -184,24 +191,48 @@ class OutputIntake:
                 code = (output.code or "sandbox")[:64]
                 _fail(session, job, code, output.reason or "the sandbox gave no reason", now=now)
                 return
-            try:
-                checked = self._check(session, job, _parse(output.body), now=now)
-            except OutputRejected as exc:
-                _fail(session, job, exc.code, str(exc)[:MAX_REASON_CHARS], now=now)
+            if verdict is None or verdict[0] != job.attempts:  # a newer attempt meanwhile: check again
+                verdict = (job.attempts, self._checked(session, job, output.body, now=now))
+            checked = verdict[1]
+            if isinstance(checked, _Checked):
+                # The patient's tokens again, as they are now: a message may have added some.
+                self._guard.forget()
+                try:
+                    _no_leak(self._guard.kinds_of(session, job.patient, checked.tokens))
+                except OutputRejected as exc:
+                    checked = exc
+            if isinstance(checked, OutputRejected):
+                _fail(session, job, checked.code, str(checked)[:MAX_REASON_CHARS], now=now)
                 return
             _store(session, job, checked, now=now)
+
+    def _verdict(self, output_id: int, *, now: datetime) -> tuple[int, _Checked | OutputRejected] | None:
+        """(the job's attempt, the checks' outcome) of a summary output of a running job,
+        read without the write lock; None for anything else (``_take`` handles it)."""
+        with self._db.reads() as session:
+            output = session.get(JobOutput, output_id)
+            job = session.get(Job, output.job_id) if output is not None else None
+            if output is None or job is None or job.status != JobStatus.RUNNING:
+                return None
+            if output.outcome != JobOutputKind.SUMMARY:
+                return None
+            return job.attempts, self._checked(session, job, output.body, now=now)
+
+    def _checked(
+        self, session: Session, job: Job, raw: str | None, *, now: datetime
+    ) -> _Checked | OutputRejected:
+        try:
+            return self._check(session, job, _parse(raw), now=now)
+        except OutputRejected as exc:
+            return exc
 
     def _check(self, session: Session, job: Job, body: SummaryOutput, *, now: datetime) -> _Checked:
         # First: a leak is filed as one, whatever else is wrong with the output.
         model = body.model
         texts = [s.text for s in body.sentences]
         fields = [model.name, model.version, model.served, model.response_id or ""]
-        kinds = self._guard.kinds_in(session, job.patient, [texts, body.prompt, fields])
-        if kinds:
-            raise OutputRejected(
-                "answer-leak",
-                f"known identifier(s) of the patient in the sandbox's output; not stored: {', '.join(kinds)}",
-            )
+        tokens = self._guard.payload_tokens([texts, body.prompt, fields])
+        _no_leak(self._guard.kinds_of(session, job.patient, tokens))
 
         if body.kind != LEGACY_KINDS.get(job.kind, job.kind):
             raise OutputRejected("output-rejected", "the output is not of this job's summary kind")
@@ -263,7 +294,15 @@ class OutputIntake:
                 validate_resource(resource)
         except FhirValidationError as exc:
             raise OutputRejected("invalid-output", str(exc)) from exc
-        return _Checked(body, device, prompt, summary)
+        return _Checked(body, device, prompt, summary, tokens)
+
+
+def _no_leak(kinds: list[str]) -> None:
+    if kinds:
+        raise OutputRejected(
+            "answer-leak",
+            f"known identifier(s) of the patient in the sandbox's output; not stored: {', '.join(kinds)}",
+        )
 
 
 def _parse(raw: str | None) -> SummaryOutput:
