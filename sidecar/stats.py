@@ -100,12 +100,9 @@ def _journaled(rows: Rows, journal_file: Path | None) -> int:
 
 
 def collect(db: Database, journal_file: Path | None = None) -> dict[str, Any]:
-    """The counts over the sidecar's own engine (one read transaction; on SQLite a plain
-    BEGIN, so ``GET /status`` reads beside the writers instead of queuing for their lock)."""
-    from core.db import READ_ONLY
-
-    with db.engine.execution_options(**{READ_ONLY: True}).connect() as connection:
-        return counts(lambda sql: connection.exec_driver_sql(sql).all(), db.engine.dialect.name, journal_file)
+    """The counts over the sidecar's own engine, every one read now (one read transaction;
+    on SQLite a plain BEGIN, beside the writers instead of queuing for their lock)."""
+    return StatusCounts(db, journal_file, max_age_s=0.0)()
 
 
 class StatusCounts:
@@ -119,12 +116,12 @@ class StatusCounts:
         self._read_at = -math.inf
 
     def __call__(self) -> dict[str, Any]:
-        from core.db import READ_ONLY
+        from core.db import READ_ONLY  # here: `sidecar stats` reads this module without the ORM
 
         def rows(sql: str) -> Sequence[Sequence[Any]]:
             if sql != RESOURCES_BY_TYPE:
                 return connection.exec_driver_sql(sql).all()
-            if time.monotonic() - self._read_at > self._max_age_s:
+            if time.monotonic() - self._read_at >= self._max_age_s:
                 self._by_type = connection.exec_driver_sql(sql).all()
                 self._read_at = time.monotonic()
             return self._by_type

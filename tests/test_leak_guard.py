@@ -20,6 +20,7 @@ from deid import Vault
 from sidecar.stats import collect
 from tests.deployments import Embedded, wait_for
 from tests.fixtures.messages import ADT_A01, encoded, inbound
+from worker import leakguard
 from worker.batch import process
 from worker.context import build_context
 from worker.leakguard import LeakGuard
@@ -174,3 +175,20 @@ def test_a_patients_tokens_are_read_again_once_older_than_asked(db: Database) ->
     with db.reads() as s:
         guard.prefetch(s, ["p1"])  # forgotten: read whatever max_age_s
         assert guard.kinds_of(s, "p1", frozenset({"t-old", "t-new"})) == ["ID", "PHONE"]
+
+
+def test_every_patient_asked_for_stays_cached_whatever_the_bound(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``learn`` adds a batch's tokens to what ``prefetch`` read: a patient evicted in
+    between would be screened against the batch's tokens alone."""
+    monkeypatch.setattr(leakguard, "_CACHE_PATIENTS", 2)
+    guard = LeakGuard(Vault(b"k" * 32))
+    with db.transaction() as s:
+        s.add(PhiToken(patient="p0", token="t-stored", kind="ID"))
+    with db.reads() as s:
+        guard.prefetch(s, ["p0"])
+        guard.prefetch(s, ["p1"])
+        guard.prefetch(s, ["p0", "p2"], max_age_s=3600.0)  # p0 cached and the oldest; p2 new
+        guard.learn("p0", {"t-batch": "NAME"})
+        assert guard.kinds_of(s, "p0", frozenset({"t-stored", "t-batch"})) == ["ID", "NAME"]

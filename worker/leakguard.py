@@ -101,15 +101,15 @@ class LeakGuard:
 
     def prefetch(self, session: Session, patients: Iterable[str], *, max_age_s: float | None = None) -> None:
         """Read the tokens of many patients at once (a relay round's subjects). ``max_age_s``:
-        keep what was read of a patient less than this long ago (None: whenever it was read)."""
+        keep what was read of a patient less than this long ago (None: whenever it was read).
+        Every one of them is cached afterwards, whatever the cache's bound: ``learn`` adds to
+        what is read here, and must never start a patient's tokens from nothing."""
         now = time.monotonic()
+        wanted = set(patients)
         missing = sorted(
-            {
-                p
-                for p in patients
-                if p not in self._cache
-                or (max_age_s is not None and now - self._read_at.get(p, 0.0) > max_age_s)
-            }
+            p
+            for p in wanted
+            if p not in self._cache or (max_age_s is not None and now - self._read_at.get(p, 0.0) > max_age_s)
         )
         for start in range(0, len(missing), _PATIENTS_PER_QUERY):
             chunk = missing[start : start + _PATIENTS_PER_QUERY]
@@ -119,9 +119,10 @@ class LeakGuard:
                 found[patient][token] = kind
             for patient, tokens in found.items():
                 self._cache[patient] = tokens
-                self._cache.move_to_end(patient)
                 self._read_at[patient] = now
-        while len(self._cache) > max(_CACHE_PATIENTS, len(missing)):
+        for patient in wanted:  # the least lately asked for go first
+            self._cache.move_to_end(patient)
+        while len(self._cache) > max(_CACHE_PATIENTS, len(wanted)):
             evicted, _ = self._cache.popitem(last=False)
             self._read_at.pop(evicted, None)
 
