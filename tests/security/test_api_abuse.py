@@ -23,7 +23,7 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-import sidecar.api
+import sidecar.stats
 from core.ratelimit import RateLimitFilter
 from core.tables import AuditEntry, Resource
 from tests.deployments import REPO, Embedded, msa, wait_for
@@ -243,7 +243,7 @@ def test_a_request_that_fails_inside_is_answered_500_and_audited_without_content
         raise RuntimeError(f"the store broke while reading {MRN}")
 
     start = _entries(dep)[-1].seq
-    monkeypatch.setattr(sidecar.api, "collect", broken)
+    monkeypatch.setattr(sidecar.stats.StatusCounts, "__call__", broken)
     with httpx.Client(base_url=base, timeout=20) as http:
         response = http.get("/status", headers={"Authorization": f"Bearer {TOKEN}"})
     assert response.status_code == 500
