@@ -310,12 +310,12 @@ class ResourceWriter:
             }
         )
         event = resource_event(stored, change, patient=patient, time=self._now_iso)
-        kinds: Sequence[str] = []
+        kinds: list[str] = []
         if self._screen is not None and patient:
-            kinds = prepared.kinds if prepared.kinds is not None else self._screen(patient, stored)
-        reason = block_reason(event["id"], list(kinds)) if kinds else None
+            kinds = list(prepared.kinds) if prepared.kinds is not None else self._screen(patient, stored)
+        reason = block_reason(event["id"], kinds) if kinds else None
         if kinds:
-            self.blocked.append((event["id"], list(kinds)))
+            self.blocked.append((event["id"], kinds))
         self._outbox.append(
             {
                 "event_id": event["id"],

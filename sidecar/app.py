@@ -41,7 +41,7 @@ from sidecar.api import ApiServer, api_server
 from sidecar.api_guard import raise_fd_limit
 from sidecar.lifecycle import Part, Parts, loop_part
 from sidecar.loops import Loop
-from sidecar.relay_process import build_outputs, build_relay, events_publisher, relay_process
+from sidecar.relay_process import build_outputs, build_relay, events_publisher, relay_process, relay_round
 from sidecar.sandbox_process import sandbox_process
 from worker.appacks import AppAckSender
 from worker.context import build_context
@@ -152,7 +152,7 @@ class SidecarApp:
         self.outputs = build_outputs(settings, self.ctx)
         self.relay_loop: Loop | None = None
         if self.relay is not None:
-            self.relay_loop = Loop("relay", self._relay_round, settings.relay_interval_s)
+            self.relay_loop = Loop("relay", relay_round(self.outputs, self.relay), settings.relay_interval_s)
         # Application ACKs go out from here, the process that faces the senders, whichever
         # process decided them (worker.appacks).
         self.app_ack_loop: Loop | None = None
@@ -373,10 +373,6 @@ class SidecarApp:
             self.app_ack_loop.wake()
         if report.get("jobs") and self.sandbox is not None:
             self.sandbox.wake()
-
-    def _relay_round(self) -> int:
-        assert self.relay is not None  # the loop exists only with the relay in this process
-        return self.outputs.run_once() + self.relay.run_once()
 
     def _unsent(self) -> int:
         with self.db.reads() as session:

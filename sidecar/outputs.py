@@ -191,9 +191,10 @@ class OutputIntake:
                 code = (output.code or "sandbox")[:64]
                 _fail(session, job, code, output.reason or "the sandbox gave no reason", now=now)
                 return
-            if verdict is None or verdict[0] != job.attempts:  # a newer attempt meanwhile: check again
-                verdict = (job.attempts, self._checked(session, job, output.body, now=now))
-            checked = verdict[1]
+            if verdict is not None and verdict[0] == job.attempts:
+                checked = verdict[1]
+            else:  # a newer attempt meanwhile: check again
+                checked = self._checked(session, job, output.body, now=now)
             if isinstance(checked, _Checked):
                 # The patient's tokens again, as they are now: a message may have added some.
                 self._guard.forget()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import multiprocessing.connection
 import time
+from collections.abc import Callable
 
 from core.children import ChildLink, Children
 from core.settings import Settings
@@ -28,7 +29,14 @@ from worker.pipeline import PipelineContext
 from worker.publishers import LocalBus, Publisher, RabbitPublisher
 from worker.relay import Relay
 
-__all__ = ["build_outputs", "build_relay", "events_publisher", "relay_process", "run_relay_child"]
+__all__ = [
+    "build_outputs",
+    "build_relay",
+    "events_publisher",
+    "relay_process",
+    "relay_round",
+    "run_relay_child",
+]
 
 # A stop publishes what is left for up to this long (under core.children's 30 s stop
 # limit); anything later stays unsent in the outbox for the next start.
@@ -56,6 +64,12 @@ def build_outputs(settings: Settings, ctx: PipelineContext) -> OutputIntake:
     )
 
 
+def relay_round(outputs: OutputIntake, relay: Relay) -> Callable[[], int]:
+    """One round, in a process of its own or a thread of serve's: take what the model zone
+    handed back (its summaries' events go into the outbox), then publish the outbox."""
+    return lambda: outputs.run_once() + relay.run_once()
+
+
 def run_relay_child(conn: multiprocessing.connection.Connection, parent: int, settings: Settings) -> None:
     """Relay rounds until told to stop (then what is left, for up to DRAIN_S) or the parent
     is gone (the rows stay in the outbox; the next start publishes them)."""
@@ -70,7 +84,7 @@ def run_relay_child(conn: multiprocessing.connection.Connection, parent: int, se
     outputs = build_outputs(settings, ctx)
     loop = Loop(
         "relay",
-        lambda: outputs.run_once() + relay.run_once(),
+        relay_round(outputs, relay),
         settings.relay_interval_s,
         wake=link.wake,
         stop=link.stop,

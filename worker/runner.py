@@ -113,11 +113,7 @@ class PipelineRunner:
         """One batch; returns how many entries it took (0: nothing to do)."""
         ids = self.next_batch()
         if not ids:
-            # Not at every idle moment: at a steady rate the pipeline idles between most
-            # batches, and each flush is a write transaction of its own (4% of a pipeline
-            # process's time at 300 msg/s, docs/benchmarks.md).
-            if time.monotonic() - self._last_stats > STATS_EVERY_S:
-                self.flush_stats()
+            self._flush_stats_when_due()
             return 0
         try:
             result = process_entries(self._ctx, ids, state=self.state)
@@ -145,9 +141,15 @@ class PipelineRunner:
                 self._on_batch(result)
             except Exception:
                 log.exception("batch callback failed")
+        self._flush_stats_when_due()
+        return len(ids)
+
+    def _flush_stats_when_due(self) -> None:
+        # Not after every batch, nor at every idle moment: at a steady rate the pipeline
+        # idles between most batches, and each flush is a write transaction of its own (4%
+        # of a pipeline process's time at 300 msg/s, docs/benchmarks.md).
         if time.monotonic() - self._last_stats > STATS_EVERY_S:
             self.flush_stats()
-        return len(ids)
 
     def _collect_garbage(self) -> None:
         gc.collect(1)
