@@ -125,6 +125,17 @@ class _Checked:
     tokens: frozenset[str]  # of its texts, for the leak screen's last look under the write lock
 
 
+@dataclass(frozen=True)
+class _Verdict:
+    """The checks' outcome, and the output it was reached on: (job id, attempt, body). An
+    output's row id alone does not name it: on SQLite a deleted last row's id is given to
+    the next insert, so another relay may have taken this one and the sandbox handed back
+    another job's output under the same id before the write transaction."""
+
+    made_for: tuple[int, int, str | None]
+    checked: _Checked | OutputRejected
+
+
 class OutputIntake:
     def __init__(
         self,
@@ -166,8 +177,9 @@ class OutputIntake:
         # The checks first, in a read beside the writers (parsing, the leak screen, the
         # inputs' versions, the verifier, building and validating three resources: held
         # inside the write transaction, they kept the pipeline and the inbox waiting). The
-        # verdict stands if the job is still the attempt it was made for, which the write
-        # transaction checks under its lock before it stores or fails anything.
+        # verdict stands if the row is still the output it was reached on (same job, attempt
+        # and body), which the write transaction checks under its lock before it stores or
+        # fails anything.
         verdict = self._verdict(output_id, now=now)
         with self._db.transaction() as session:
             output = session.get(JobOutput, output_id, with_for_update=True)
@@ -191,9 +203,9 @@ class OutputIntake:
                 code = (output.code or "sandbox")[:64]
                 _fail(session, job, code, output.reason or "the sandbox gave no reason", now=now)
                 return
-            if verdict is not None and verdict[0] == job.attempts:
-                checked = verdict[1]
-            else:  # a newer attempt meanwhile: check again
+            if verdict is not None and verdict.made_for == (job.id, job.attempts, output.body):
+                checked = verdict.checked
+            else:  # another output under this id, or a newer attempt, meanwhile: check again
                 checked = self._checked(session, job, output.body, now=now)
             if isinstance(checked, _Checked):
                 # The patient's tokens again, as they are now: a message may have added some.
@@ -207,9 +219,9 @@ class OutputIntake:
                 return
             _store(session, job, checked, now=now)
 
-    def _verdict(self, output_id: int, *, now: datetime) -> tuple[int, _Checked | OutputRejected] | None:
-        """(the job's attempt, the checks' outcome) of a summary output of a running job,
-        read without the write lock; None for anything else (``_take`` handles it)."""
+    def _verdict(self, output_id: int, *, now: datetime) -> _Verdict | None:
+        """The checks' outcome of a summary output of a running job, read without the write
+        lock; None for anything else (``_take`` handles it)."""
         with self._db.reads() as session:
             output = session.get(JobOutput, output_id)
             job = session.get(Job, output.job_id) if output is not None else None
@@ -217,7 +229,9 @@ class OutputIntake:
                 return None
             if output.outcome != JobOutputKind.SUMMARY:
                 return None
-            return job.attempts, self._checked(session, job, output.body, now=now)
+            return _Verdict(
+                (job.id, job.attempts, output.body), self._checked(session, job, output.body, now=now)
+            )
 
     def _checked(
         self, session: Session, job: Job, raw: str | None, *, now: datetime

@@ -542,3 +542,57 @@ def test_a_chinese_summary_is_joined_without_spaces_and_each_kind_has_its_loinc_
         ("imaging-report", "18748-4"),
         ("digest", "60591-5"),
     }
+
+
+def test_a_verdict_reached_on_one_output_is_not_used_for_another_under_the_same_id(
+    ctx: PipelineContext, verifier: StandIn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two relays take in outputs at once (serve's and the relay process's). Between one's
+    checks and its write transaction, the other takes the output, and the sandbox hands back
+    another patient's output, which SQLite gives the same row id. The first must check that
+    one afresh: stored with the first's verdict, one patient's summary went under another."""
+    first = hand_back(ctx.db, body())
+    slow, other_relay = intake(ctx), intake(ctx)
+    checked_on = slow._verdict
+    swapped: list[int] = []
+
+    def checks_then_the_other_relay_acts(output_id: int, *, now: datetime) -> Any:
+        verdict = checked_on(output_id, now=now)
+        assert other_relay.run_once() == 1
+        x1 = "Observation/x1/_history/1"
+        swapped.append(
+            hand_back(
+                ctx.db,
+                body(
+                    sentences=[{"text": "Sodium 150 mmol/L is high.", "facts": [x1]}],
+                    inputs=[x1, f"Patient/{OTHER}/_history/1"],
+                ),
+                patient=OTHER,
+            )
+        )
+        with ctx.db.sessions() as s:
+            assert s.execute(select(JobOutput.id)).scalars().all() == [output_id]  # the id again
+        return verdict
+
+    monkeypatch.setattr(slow, "_verdict", checks_then_the_other_relay_acts)
+    assert slow.run_once() == 1
+    [second] = swapped
+    with ctx.db.sessions() as s:
+        jobs = {j.id: j.result for j in s.execute(select(Job)).scalars()}
+        owners = {
+            r.resource_id: r.patient
+            for r in s.execute(
+                select(Resource).where(Resource.resource_type == "DocumentReference")
+            ).scalars()
+        }
+    assert jobs == {
+        first: f"DocumentReference/{summary_document_id(PATIENT, 'lab-report')}",
+        second: f"DocumentReference/{summary_document_id(OTHER, 'lab-report')}",
+    }
+    assert owners[summary_document_id(PATIENT, "lab-report")] == PATIENT
+    assert owners[summary_document_id(OTHER, "lab-report")] == OTHER
+    [theirs] = [
+        d for d in stored(ctx.db, "DocumentReference") if d["id"] == summary_document_id(OTHER, "lab-report")
+    ]
+    assert theirs["subject"]["reference"] == f"Patient/{OTHER}"
+    assert "Sodium 150" in decoded(theirs["content"][0]["attachment"])
