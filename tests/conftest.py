@@ -62,9 +62,14 @@ def pg_url() -> Iterator[str]:
 
 
 @pytest.fixture
-def sandbox_url(pg_url: str) -> Iterator[str]:
+def sandbox_url(pg_url: str, tmp_path: Path) -> Iterator[str]:
     """A login role in ``sidecar_model_zone`` (the migrations' group role) on the test's
-    fresh database: what `sidecar sandbox` logs in as in production."""
+    fresh database: what `sidecar sandbox` logs in as in production. The database is
+    migrated first, as an operator's would be: on a new cluster nothing else has created
+    the group role yet."""
+    migrated = Database(Settings(data_dir=tmp_path, database_url=pg_url))
+    migrated.migrate()
+    migrated.dispose()
     role = f"sandbox_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
         conn.execute(f"CREATE ROLE {role} LOGIN IN ROLE sidecar_model_zone")
