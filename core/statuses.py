@@ -6,7 +6,13 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-__all__ = ["AppAckStatus", "InboxStatus", "JobOutputKind", "JobStatus"]
+__all__ = [
+    "PENDING_EVENTS_WHERE",
+    "AppAckStatus",
+    "InboxStatus",
+    "JobOutputKind",
+    "JobStatus",
+]
 
 
 class InboxStatus(StrEnum):
@@ -31,3 +37,9 @@ class JobStatus(StrEnum):
 class JobOutputKind(StrEnum):
     SUMMARY = "summary"  # body: verified sentences, citations, inputs, prompt, model (docs/model-contract.md)
     FAILED = "failed"  # code and reason
+
+
+# The outbox events waiting for the relay, as the partial index ix_outbox_pending (migration
+# 0021) states it: a query that names it word for word can use that index, however stale
+# the planner's statistics.
+PENDING_EVENTS_WHERE = "sent_at IS NULL AND blocked_at IS NULL"

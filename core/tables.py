@@ -30,6 +30,7 @@ from core.model_tables import (
     AuthAssertion,
     Base,
     BigId,
+    EventTally,
     ExportJob,
     Job,
     JobOutput,
@@ -41,8 +42,10 @@ from core.model_tables import (
     ResourceHistory,
     Subscription,
 )
+from core.statuses import PENDING_EVENTS_WHERE
 
 __all__ = [
+    "PENDING_EVENTS_WHERE",
     "AppAck",
     "AppAckStatus",
     "AuditCheckpoint",
@@ -55,6 +58,7 @@ __all__ = [
     "Base",
     "BigId",
     "DeadLetter",
+    "EventTally",
     "ExportJob",
     "InboxEntry",
     "InboxStatus",

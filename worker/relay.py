@@ -8,18 +8,22 @@ order per patient because the pipeline processes one patient's messages in order
 from __future__ import annotations
 
 import logging
+import os
 import re
+import socket
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, select
+from sqlalchemy import Select, Table, bindparam, select, text
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 import audit
 from core.db import Database
 from core.store import block_reason
-from core.tables import OutboxEvent
+from core.tables import PENDING_EVENTS_WHERE, EventTally, OutboxEvent
 from worker.leakguard import LeakGuard, record_block
 from worker.publishers import OutgoingEvent, Publisher
 
@@ -31,6 +35,18 @@ _MARK_SENT = (
     .where(_OUTBOX.c.id == bindparam("k_id"))
     .values(sent_at=bindparam("at"), attempts=_OUTBOX.c.attempts + 1)
 )
+
+
+def waiting_events(limit: int) -> Select[tuple[int, str, str, str, bool]]:
+    """The oldest events waiting to be sent, by the predicate of their partial index
+    (ix_outbox_pending: on PostgreSQL the index on (sent_at, id) also held every event sent
+    since the last vacuum, and a poll read them all)."""
+    return (
+        select(_OUTBOX.c.id, _OUTBOX.c.event_id, _OUTBOX.c.routing_key, _OUTBOX.c.body, _OUTBOX.c.screened)
+        .where(text(PENDING_EVENTS_WHERE))
+        .order_by(_OUTBOX.c.id)
+        .limit(limit)
+    )
 
 
 # A CloudEvent's subject, as core.events writes it: found without parsing each event, as the
@@ -51,24 +67,19 @@ class Relay:
         self._publisher = publisher
         self._batch_size = batch_size
         self._guard = guard
+        self._name = f"{socket.gethostname()}:{os.getpid()}"
+        insert = sqlite_insert if db.is_sqlite else pg_insert
+        tally = insert(EventTally).values(relay=self._name, published=bindparam("count"))
+        self._tally = tally.on_conflict_do_update(
+            index_elements=["relay"], set_={"published": EventTally.published + tally.excluded.published}
+        )
 
     def run_once(self) -> int:
         """Publish one batch; returns how many rows were sent (0: nothing to do)."""
         if not self._waiting():
             return 0
         with self._db.transaction() as session:
-            query = (
-                select(
-                    _OUTBOX.c.id,
-                    _OUTBOX.c.event_id,
-                    _OUTBOX.c.routing_key,
-                    _OUTBOX.c.body,
-                    _OUTBOX.c.screened,
-                )
-                .where(_OUTBOX.c.sent_at.is_(None), _OUTBOX.c.blocked_at.is_(None))
-                .order_by(_OUTBOX.c.id)
-                .limit(self._batch_size)
-            )
+            query = waiting_events(self._batch_size)
             if not self._db.is_sqlite:
                 query = query.with_for_update(skip_locked=True)  # several relays may run
             rows: Sequence[Any] = session.execute(query).all()
@@ -82,6 +93,7 @@ class Relay:
             # On PublishError the transaction rolls back and the rows stay unsent.
             self._publisher.publish(events)
             session.execute(_MARK_SENT, [{"k_id": r.id, "at": now} for r in passed])
+            session.execute(self._tally, {"count": len(passed)})
             audit.append(
                 session,
                 actor="worker:relay",
@@ -97,12 +109,7 @@ class Relay:
         """Whether any row waits, read beside the writers: a round that finds none then
         takes no write lock (on SQLite, the one the pipeline and the inbox queue for)."""
         with self._db.reads() as session:
-            query = (
-                select(_OUTBOX.c.id)
-                .where(_OUTBOX.c.sent_at.is_(None), _OUTBOX.c.blocked_at.is_(None))
-                .limit(1)
-            )
-            return session.execute(query).first() is not None
+            return session.execute(waiting_events(1).with_only_columns(_OUTBOX.c.id)).first() is not None
 
     def drain(self) -> int:
         total = 0
