@@ -40,8 +40,10 @@ RESOURCES_BY_TYPE = (
 # Every count has an index that matches its WHERE. On a busy table PostgreSQL has not yet
 # analysed, the planner took "blocked_at IS NOT NULL" (or "resend_count > 0") to match nearly
 # every row and read the whole table instead of the partial index of the few that do: 60 ms
-# per count at 60,000 events, on each poll. With sequential scans priced out it takes the index.
-_INDEXES_ONLY = "enable_seqscan = off"
+# per count at 60,000 events, on each poll. With sequential scans priced out it takes the
+# index; JIT goes too, as the price put the tiny tables' scans over its threshold (90 ms of
+# compiling for a one-row table).
+_INDEXES_ONLY = ("enable_seqscan = off", "jit = off")
 
 
 def _one(rows: Rows, sql: str) -> int:
@@ -136,7 +138,8 @@ class StatusCounts:
         dialect = self._db.engine.dialect.name
         with self._db.engine.execution_options(**{READ_ONLY: True}).connect() as connection:
             if dialect == "postgresql":
-                connection.exec_driver_sql(f"SET LOCAL {_INDEXES_ONLY}")
+                for setting in _INDEXES_ONLY:
+                    connection.exec_driver_sql(f"SET LOCAL {setting}")
             return counts(rows, dialect, self._journal_file)
 
 
@@ -157,7 +160,8 @@ def collect_from_url(url: str, journal_file: Path | None) -> dict[str, Any] | No
         import psycopg
 
         with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True) as pg:
-            pg.execute(f"SET {_INDEXES_ONLY}")  # this connection's, closed after
+            for setting in _INDEXES_ONLY:
+                pg.execute(f"SET {setting}")  # this connection's, closed after
             return _if_current(lambda sql: pg.execute(sql).fetchall(), "postgresql", journal_file)
     return None
 
