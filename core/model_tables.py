@@ -158,12 +158,9 @@ class OutboxEvent(Base):
     __tablename__ = "outbox"
     __table_args__ = (
         Index("ix_outbox_unsent", "sent_at", "id"),
-        # What the relay polls for (migration 0021): the waiting events alone.
-        Index(
-            "ix_outbox_pending",
-            "id",
-            sqlite_where=text(PENDING_EVENTS_WHERE),
-            postgresql_where=text(PENDING_EVENTS_WHERE),
+        # What the relay polls for on PostgreSQL (migration 0021): the waiting events alone.
+        Index("ix_outbox_pending", "id", postgresql_where=text(PENDING_EVENTS_WHERE)).ddl_if(
+            dialect="postgresql"
         ),
         Index(
             "ix_outbox_blocked",

@@ -81,7 +81,7 @@ def counts(rows: Rows, dialect: str, journal_file: Path | None = None) -> dict[s
             # Tallied by the relays as they mark events sent (migration 0021): counting the
             # sent rows read the whole outbox, which keeps every event ever written.
             "published": _one(rows, "SELECT coalesce(sum(published), 0) FROM event_tallies"),
-            "pending": _one(rows, f"SELECT count(*) FROM outbox WHERE {PENDING_EVENTS_WHERE}"),
+            "pending": _pending_events(rows, dialect, blocked),
             "blocked": blocked,
         },
         "jobs": {status.value: jobs.get(status, 0) for status in JobStatus},
@@ -94,6 +94,16 @@ def counts(rows: Rows, dialect: str, journal_file: Path | None = None) -> dict[s
             "cpu_ms": {str(stage): round(float(cpu) * 1000, 1) for stage, cpu, _ in _by_first(stages)},
         },
     }
+
+
+def _pending_events(rows: Rows, dialect: str, blocked: int) -> int:
+    if dialect == "postgresql":
+        # The partial index of the waiting events (migration 0021): the index on (sent_at, id)
+        # also holds every event sent since the last vacuum there.
+        return _one(rows, f"SELECT count(*) FROM outbox WHERE {PENDING_EVENTS_WHERE}")
+    # A blocked event is never sent: the rest of the unsent ones are pending (both counts come
+    # from indexes; asking SQLite for "unsent and not blocked" read every unsent row).
+    return _one(rows, "SELECT count(*) FROM outbox WHERE sent_at IS NULL") - blocked
 
 
 def _by_first(found: Sequence[Sequence[Any]]) -> list[Sequence[Any]]:
