@@ -18,6 +18,7 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -25,7 +26,7 @@ from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ChildLink", "Children"]
+__all__ = ["ChildLink", "Children", "process_name"]
 
 log = logging.getLogger("sidecar.children")
 
@@ -33,6 +34,12 @@ STOP, WAKE = "stop", "wake"
 REQUEST, ANSWER = "request", "answer"  # keys of a request (child -> parent) and its answer
 SUPERVISE_EVERY_S = 0.5
 _PARENT_CHECK_S = 0.5
+
+
+def process_name() -> str:
+    """host:pid, the key under which a process adds to its counters (``pipeline_stats``,
+    ``event_tallies``): one row per process, so processes never update the same row."""
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def _short(name: str) -> str:

@@ -14,24 +14,17 @@ import pytest
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import insert, update
-from sqlalchemy.sql import ClauseElement
 
 from core.db import MIGRATIONS, Database
 from core.settings import Settings
 from core.tables import InboxEntry, InboxStatus, OutboxEvent
 from sidecar.stats import collect
+from tests.plans import query_plan
 from worker.pipeline import pending_inbox_ids
 from worker.publishers import LocalBus, OutgoingEvent
 from worker.relay import Relay, waiting_events
 
 SENT, WAITING = 6000, 150
-
-
-def _plan(db: Database, query: ClauseElement) -> str:
-    compiled = query.compile(db.engine, compile_kwargs={"literal_binds": True})
-    explain = "EXPLAIN QUERY PLAN" if db.is_sqlite else "EXPLAIN"
-    with db.engine.connect() as connection:
-        return "\n".join(str(row[-1]) for row in connection.exec_driver_sql(f"{explain} {compiled}"))
 
 
 def _events(db: Database, first: int, count: int) -> None:
@@ -71,7 +64,7 @@ def busy(db_on_both: Database) -> Database:
 
 def test_the_relay_polls_by_the_waiting_events_index(busy: Database) -> None:
     for query in (waiting_events(2000), waiting_events(1)):
-        plan = _plan(busy, query)
+        plan = query_plan(busy, query)
         if busy.is_sqlite:
             # No dead index entries on SQLite: either index finds the waiting events, in order.
             assert "USING" in plan and "SCAN" not in plan and "TEMP B-TREE" not in plan, plan

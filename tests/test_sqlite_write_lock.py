@@ -9,13 +9,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
-from sqlalchemy.sql import ClauseElement
 
 from core.db import Database
 from deid import Vault
 from sandbox.runner import due_job_ids
 from sidecar.outputs import OutputIntake, _owners_select, _versions_select
 from sidecar.stats import StatusCounts
+from tests.plans import query_plan
 from worker.leakguard import LeakGuard
 from worker.publishers import LocalBus
 from worker.relay import Relay
@@ -47,18 +47,11 @@ def test_idle_polls_answer_while_a_writer_holds_the_lock(db: Database) -> None:
         assert status["resources"] == {}
 
 
-def _plan(db: Database, query: ClauseElement) -> str:
-    compiled = query.compile(db.engine, compile_kwargs={"literal_binds": True})
-    with db.engine.connect() as connection:
-        rows = connection.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}").all()
-    return "\n".join(str(row[-1]) for row in rows)
-
-
 @pytest.mark.parametrize("count", [1, 2, 40])
 def test_a_summarys_inputs_are_looked_up_by_key_not_by_scanning(db: Database, count: int) -> None:
     heads = [("Observation", f"o{i}") for i in range(count)]
-    owners = _plan(db, _owners_select(heads))
-    versions = _plan(db, _versions_select([(t, i, 1) for t, i in heads]))
+    owners = query_plan(db, _owners_select(heads))
+    versions = query_plan(db, _versions_select([(t, i, 1) for t, i in heads]))
     for plan, table in ((owners, "resources"), (versions, "resource_history")):
         assert f"SCAN {table}" not in plan, plan
         assert f"SEARCH {table}" in plan, plan

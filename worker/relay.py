@@ -8,9 +8,7 @@ order per patient because the pipeline processes one patient's messages in order
 from __future__ import annotations
 
 import logging
-import os
 import re
-import socket
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -22,6 +20,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 import audit
+from core.children import process_name
 from core.db import Database
 from core.store import block_reason
 from core.tables import PENDING_EVENTS_WHERE, EventTally, OutboxEvent
@@ -74,7 +73,7 @@ class Relay:
         self._publisher = publisher
         self._batch_size = batch_size
         self._guard = guard
-        self._name = f"{socket.gethostname()}:{os.getpid()}"
+        self._name = process_name()
         insert = sqlite_insert if db.is_sqlite else pg_insert
         tally = insert(EventTally).values(relay=self._name, published=bindparam("count"))
         self._tally = tally.on_conflict_do_update(

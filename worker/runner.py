@@ -22,8 +22,6 @@ from __future__ import annotations
 import gc
 import logging
 import multiprocessing.connection
-import os
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -35,7 +33,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError
 
-from core.children import ChildLink, Children
+from core.children import ChildLink, Children, process_name
 from core.settings import Settings
 from core.tables import InboxEntry, InboxStatus, PipelineStat
 from worker.batch import BatchResult, PipelineState, process_entries
@@ -74,7 +72,7 @@ class PipelineRunner:
         self._dicom_issuer = dicom_issuer
         self._on_batch = on_batch
         self.state = PipelineState()
-        self.name = name or f"{socket.gethostname()}:{os.getpid()}"
+        self.name = name or process_name()
         self._failures = 0
         self._last_stats = time.monotonic()
         self._last_full_gc = time.monotonic()

@@ -4,8 +4,6 @@ Also the screening of the sandbox's texts (``sidecar.screen``; see worker.screen
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import threading
 import time
 from typing import Any
@@ -13,6 +11,7 @@ from typing import Any
 from celery import Celery
 from sqlalchemy.exc import DBAPIError
 
+from core.children import process_name
 from core.settings import Settings
 from core.tasks import (
     LANE_TASK,
@@ -63,7 +62,7 @@ def build_worker_app(settings: Settings) -> Celery:
                 lanes=Lanes(frozenset({lane}), settings.pipeline_lanes),
                 dicom_issuer=settings.dicom_issuer_default,
                 on_batch=lambda result: send_jobs(result.job_ids),
-                name=f"{socket.gethostname()}:{os.getpid()}:lane-{lane}",
+                name=f"{process_name()}:lane-{lane}",
             )
         return runners[lane]
 
